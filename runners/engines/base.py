@@ -1,0 +1,93 @@
+"""The one small interface every engine implements.
+
+The runner owns tokenisation, the workload, timing, meters and the record; an engine only turns token ids into new
+token ids. Prompts arrive as *unpadded* token id lists (same tokenisation for every runtime); each engine pads or
+schedules them the way its runtime wants and reports which it did in ``describe()``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from runners.job import Job, JobError
+
+# Called by the engine right after each decode step's tokens exist (on the host, device synchronised), so the runner
+# can time the first token and the steps after it without knowing the runtime.
+StepHook = Callable[[], None]
+
+
+class Engine:
+    name: ClassVar[str] = ""
+    # device -> precisions this engine supports there; a device missing here is not supported at all.
+    precisions: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # engine_options this engine understands: name -> (type, one-line meaning)
+    options: ClassVar[dict[str, tuple[type, str]]] = {
+        "threads": (int, "CPU threads for the runtime (default: all visible cores)"),
+    }
+
+    def __init__(self, job: Job, model_dir: Path, tokenizer: Any, cache_dir: Path | None):
+        self.job = job
+        self.model_dir = model_dir
+        self.tokenizer = tokenizer
+        self.cache_dir = cache_dir
+
+    # --- validation ---------------------------------------------------------------------------------------------
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        for key, value in options.items():
+            if key not in cls.options:
+                allowed = ", ".join(sorted(cls.options)) or "none"
+                raise JobError(f"engine_options.{key}", f"engine {cls.name!r} has no such option",
+                               f"remove it; options of {cls.name!r}: {allowed}")
+            kind, _ = cls.options[key]
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+                raise JobError(f"engine_options.{key}", f"must be {kind.__name__}, got {value!r}",
+                               f"give it a {kind.__name__} value")
+
+    def check_host(self) -> None:
+        """Raise JobError when this host cannot run the job (e.g. CUDA asked, none visible)."""
+        if self.job.device == "cuda":
+            from runners.environment import cuda_problem
+
+            problem = cuda_problem()
+            if problem:
+                raise JobError("device", f"cuda asked but {problem}",
+                               "run cuda jobs on a host with an NVIDIA GPU (and the NVIDIA container runtime), "
+                               "or set device to \"cpu\"")
+
+    # --- phases ---------------------------------------------------------------------------------------------------
+    def prepare(self) -> dict[str, Any]:
+        """Convert the model for this runtime into the cache (outside any measured window). Idempotent.
+
+        Returns facts for the record, at least {"cached": bool} (True: the conversion already existed)."""
+        return {"cached": True, "artifact": str(self.model_dir), "conversion": "none"}
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def compile(self) -> dict[str, Any] | None:
+        """Optional ahead-of-time step with its own window (e.g. torch.compile); None when the engine has none."""
+        return None
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, ignore_eos: bool,
+                 on_step: StepHook) -> list[list[int]]:
+        """Greedy-generate for one batch; return the new token ids per prompt (exactly max_new_tokens each when
+        ignore_eos). Call ``on_step()`` once per decode step."""
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (CUDA) so that a timestamp means the work is done."""
+
+    def describe(self) -> dict[str, Any]:
+        """What actually ran: provider, threads, batching mode, library versions, settings that change tokens."""
+        return {}
+
+    def close(self) -> None:
+        pass
+
+    # --- helpers ----------------------------------------------------------------------------------------------------
+    def threads(self) -> int:
+        import os
+
+        return int(self.job.engine_options.get("threads") or len(os.sched_getaffinity(0)))

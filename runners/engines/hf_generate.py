@@ -1,0 +1,87 @@
+"""Greedy generation through the transformers ``generate`` API, shared by every engine whose model object speaks it
+(torch eager and compiled, optimum's ONNX Runtime and OpenVINO models): left padding, KV cache, a fresh greedy
+generation config (so no model's sampling defaults leak in), exactly N new tokens when EOS is ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runners.engines.base import StepHook
+
+
+def left_pad(prompts: list[list[int]], pad_id: int):
+    import torch
+
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[row, width - len(p):] = 1
+    return ids, mask
+
+
+def pad_token_id(tokenizer: Any, model_config: Any) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, getattr(model_config, "pad_token_id", None),
+                      getattr(model_config, "eos_token_id", None), 0):
+        if isinstance(candidate, list):
+            candidate = candidate[0] if candidate else None
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def eos_ids(tokenizer: Any, model_config: Any) -> set[int]:
+    ids = set()
+    for value in (tokenizer.eos_token_id, getattr(model_config, "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list):
+            ids.update(v for v in value if isinstance(v, int))
+    return ids
+
+
+def greedy_generate(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, ignore_eos: bool,
+                    on_step: StepHook, device: Any = "cpu") -> list[list[int]]:
+    import torch
+    from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+    class _StepClock(StoppingCriteria):
+        # generate() calls stopping criteria once per step, right after the new tokens are appended.
+        def __call__(self, input_ids, scores, **kwargs):
+            on_step()
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    config = model.config
+    pad = pad_token_id(tokenizer, config)
+    eos = sorted(eos_ids(tokenizer, config))
+    ids, mask = left_pad(prompts, pad)
+    ids, mask = ids.to(device), mask.to(device)
+    gen_config = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True, pad_token_id=pad,
+        # eos None: the model keeps generating after EOS, so every prompt gets exactly max_new_tokens.
+        eos_token_id=None if ignore_eos else (eos or None),
+        bos_token_id=getattr(config, "bos_token_id", None),
+    )
+    # transformers fills fields left at their default (eos None) from the model's own generation config, which
+    # would bring EOS stopping back: clear it on the model for the call.
+    model_gen = getattr(model, "generation_config", None)
+    saved_eos = getattr(model_gen, "eos_token_id", None)
+    if model_gen is not None and ignore_eos:
+        model_gen.eos_token_id = None
+    try:
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config,
+                                 stopping_criteria=StoppingCriteriaList([_StepClock()]))
+    finally:
+        if model_gen is not None:
+            model_gen.eos_token_id = saved_eos
+    new = out[:, ids.shape[1]:].tolist()
+    if ignore_eos:
+        return new
+    trimmed = []
+    for row in new:  # rows that hit EOS early are padded afterwards: keep up to and including the EOS
+        cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+        trimmed.append(row[:cut])
+    return trimmed

@@ -1,0 +1,276 @@
+"""The job contract: what the orchestrator hands the runner.
+
+A job is a JSON file. Every field is validated here, once, and every problem is reported as one line that names the
+field and the fix (``JobError``), so that a bad cell of the matrix fails with a reason a person can act on.
+
+Example (all keys but engine/device/model optional)::
+
+    {"schema": "slm-matrix.job/1",
+     "engine": "torch", "device": "cpu", "precision": "fp32",
+     "model": {"name": "tiny-llama", "path": "/models/tiny-llama"},
+     "workload": {"style": "fragment", "count": 8, "selection": "first", "seed": 2412},
+     "generation": {"batch_size": 1, "new_tokens": 32, "fixed_length": true},
+     "warmup": {"batches": 1},
+     "meters": {"sample_interval_s": 0.1, "idle_seconds": 0, "codecarbon": true},
+     "engine_options": {"threads": 2},
+     "cache_dir": "/cache", "seed": 0,
+     "trial": {"run_id": "smoke", "trial_id": "…", "repetition": 0}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+JOB_SCHEMA = "slm-matrix.job/1"
+
+DEVICES = ("cpu", "cuda")
+PROMPT_STYLES = ("fragment", "full")
+SELECTIONS = ("first", "sample")
+DATASETS = ("humaneval",)
+
+
+class JobError(ValueError):
+    """A bad job: names the field, what is wrong and how to fix it, in one line."""
+
+    def __init__(self, field_path: str, problem: str, fix: str):
+        self.field = field_path
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"job.{field_path}: {problem} — {fix}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    path: str | None = None  # a local directory in Hugging Face layout
+    hub_id: str | None = None  # resolved from a mounted HF cache, never downloaded here
+    revision: str | None = None
+    hf_cache: str | None = None  # HF_HUB_CACHE-style folder holding hub_id (read-only mount)
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    dataset: str = "humaneval"
+    style: str = "fragment"
+    count: int | None = None  # None: every task (164)
+    selection: str = "first"
+    seed: int = 2412
+    min_tokens: int = 10  # the study's fragment length window, in tokens of the model's tokenizer
+    max_tokens: int = 15
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    batch_size: int = 1
+    new_tokens: int | None = 128  # exactly this many when fixed_length
+    max_length: int | None = None  # the study's `max_length` (prompt + new); exclusive with new_tokens
+    fixed_length: bool = True  # ignore EOS and produce the whole budget
+
+    def budget(self, padded_prompt_len: int) -> int:
+        """New-token budget of one batch whose (left-padded) prompt length is given."""
+        if self.max_length is not None:
+            return max(1, self.max_length - padded_prompt_len)
+        assert self.new_tokens is not None
+        return self.new_tokens
+
+
+@dataclass(frozen=True)
+class WarmupSpec:
+    batches: int = 1  # warm-up batches run before the measured window, on prompts outside the measured set order
+
+
+@dataclass(frozen=True)
+class MeterSpec:
+    sample_interval_s: float = 0.1
+    idle_seconds: float = 0.0  # measured inside the runner before loading, when > 0
+    codecarbon: bool = True  # CO2 intensity, and the *estimated* fallback where no counter exists
+    country_iso_code: str = "USA"  # codecarbon offline mode: grid intensity of this country
+    keep_series: bool = True  # keep the sampled time series of the generate window in the record
+    rapl_root: str = "/sys/class/powercap"
+
+
+@dataclass(frozen=True)
+class Job:
+    engine: str
+    device: str
+    model: ModelSpec
+    precision: str = "fp32"
+    workload: WorkloadSpec = field(default_factory=WorkloadSpec)
+    generation: GenerationSpec = field(default_factory=GenerationSpec)
+    warmup: WarmupSpec = field(default_factory=WarmupSpec)
+    meters: MeterSpec = field(default_factory=MeterSpec)
+    engine_options: dict[str, Any] = field(default_factory=dict)
+    cache_dir: str | None = None  # prepared (converted) models live here, keyed by engine/model/precision
+    reference: str | None = None  # a record of the torch fp32 reference, for token agreement
+    seed: int = 0
+    trial: dict[str, Any] = field(default_factory=dict)  # passed through to the record (run id, repetition, image)
+    schema: str = JOB_SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def hash(self) -> str:
+        """Identity of the work: everything but the trial bookkeeping."""
+        body = {k: v for k, v in self.to_dict().items() if k != "trial"}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+# --- parsing -----------------------------------------------------------------------------------------------------
+
+
+class _Reader:
+    """Pops typed fields off one JSON object; whatever is left over is an unknown key."""
+
+    def __init__(self, data: Any, path: str):
+        if not isinstance(data, dict):
+            raise JobError(path or "(root)", f"must be a JSON object, got {type(data).__name__}",
+                           "write it as {\"key\": value, …}")
+        self.data = dict(data)
+        self.path = path
+
+    def _p(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, choices=None, minimum=None,
+            nullable: bool = False) -> Any:
+        if key not in self.data:
+            if default is ...:
+                raise JobError(self._p(key), "is missing", f"add \"{key}\" to the job")
+            return default
+        value = self.data.pop(key)
+        if value is None and nullable:
+            return None
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int in Python; a job saying `"batch_size": true` is a mistake, not 1.
+        if isinstance(value, bool) and bool not in kinds:
+            ok = False
+        elif float in kinds and isinstance(value, int):
+            ok = True
+            value = float(value)
+        else:
+            ok = isinstance(value, kinds)
+        if not ok:
+            names = " or ".join(k.__name__ for k in kinds)
+            raise JobError(self._p(key), f"must be {names}, got {value!r}", f"give \"{key}\" a {names} value")
+        if choices is not None and value not in choices:
+            raise JobError(self._p(key), f"unknown value {value!r}", f"use one of: {', '.join(map(str, choices))}")
+        if minimum is not None and value < minimum:
+            raise JobError(self._p(key), f"must be ≥ {minimum}, got {value!r}", f"set \"{key}\" to {minimum} or more")
+        return value
+
+    def sub(self, key: str) -> "_Reader":
+        return _Reader(self.data.pop(key, {}), self._p(key))
+
+    def done(self, allowed: list[str]) -> None:
+        if self.data:
+            key = sorted(self.data)[0]
+            raise JobError(self._p(key), "unknown key", f"remove it; allowed keys here: {', '.join(allowed)}")
+
+
+def parse_job(data: Any) -> Job:
+    """Validate a job given as a JSON-like dict; raise JobError naming the first bad field."""
+    from runners.engines import ENGINE_NAMES, engine_class  # the registry knows which engines exist
+
+    r = _Reader(data, "")
+    schema = r.get("schema", str, JOB_SCHEMA)
+    if schema != JOB_SCHEMA:
+        raise JobError("schema", f"unsupported job schema {schema!r}", f"write jobs for {JOB_SCHEMA!r}")
+    engine = r.get("engine", str, choices=ENGINE_NAMES)
+    device = r.get("device", str, choices=DEVICES)
+    precision = r.get("precision", str, "fp32")
+    supported = engine_class(engine).precisions.get(device, ())
+    if not supported:
+        raise JobError("device", f"engine {engine!r} does not run on {device!r}",
+                       f"use device {' or '.join(engine_class(engine).precisions)} with this engine")
+    if precision not in supported:
+        raise JobError("precision", f"engine {engine!r} on {device} has no precision {precision!r}",
+                       f"use one of: {', '.join(supported)}")
+
+    m = r.sub("model")
+    model = ModelSpec(
+        name=m.get("name", str, None, nullable=True) or "",
+        path=m.get("path", str, None, nullable=True),
+        hub_id=m.get("hub_id", str, None, nullable=True),
+        revision=m.get("revision", str, None, nullable=True),
+        hf_cache=m.get("hf_cache", str, None, nullable=True),
+    )
+    m.done(["name", "path", "hub_id", "revision", "hf_cache"])
+    if not model.path and not model.hub_id:
+        raise JobError("model", "names no model", "give model.path (a local HF directory) or model.hub_id")
+    if model.path and model.hub_id:
+        raise JobError("model", "gives both path and hub_id", "keep one of model.path or model.hub_id")
+    if not model.name:
+        model = ModelSpec(**{**asdict(model), "name": model.hub_id or Path(model.path or "").name})
+
+    w = r.sub("workload")
+    workload = WorkloadSpec(
+        dataset=w.get("dataset", str, "humaneval", choices=DATASETS),
+        style=w.get("style", str, "fragment", choices=PROMPT_STYLES),
+        count=w.get("count", int, None, minimum=1, nullable=True),
+        selection=w.get("selection", str, "first", choices=SELECTIONS),
+        seed=w.get("seed", int, 2412),
+        min_tokens=w.get("min_tokens", int, 10, minimum=1),
+        max_tokens=w.get("max_tokens", int, 15, minimum=1),
+    )
+    w.done(["dataset", "style", "count", "selection", "seed", "min_tokens", "max_tokens"])
+    if workload.max_tokens < workload.min_tokens:
+        raise JobError("workload.max_tokens", "is below min_tokens", "make max_tokens ≥ min_tokens")
+
+    g = r.sub("generation")
+    has_max_length = "max_length" in g.data and g.data["max_length"] is not None
+    generation = GenerationSpec(
+        batch_size=g.get("batch_size", int, 1, minimum=1),
+        new_tokens=g.get("new_tokens", int, None if has_max_length else 128, minimum=1, nullable=True),
+        max_length=g.get("max_length", int, None, minimum=2, nullable=True),
+        fixed_length=g.get("fixed_length", bool, True),
+    )
+    g.done(["batch_size", "new_tokens", "max_length", "fixed_length"])
+    if generation.new_tokens is not None and generation.max_length is not None:
+        raise JobError("generation", "gives both new_tokens and max_length", "keep one of them")
+    if generation.new_tokens is None and generation.max_length is None:
+        raise JobError("generation.new_tokens", "is missing", "give new_tokens (or the study's max_length)")
+
+    wu = r.sub("warmup")
+    warmup = WarmupSpec(batches=wu.get("batches", int, 1, minimum=0))
+    wu.done(["batches"])
+
+    mt = r.sub("meters")
+    meters = MeterSpec(
+        sample_interval_s=mt.get("sample_interval_s", float, 0.1, minimum=0.005),
+        idle_seconds=mt.get("idle_seconds", float, 0.0, minimum=0.0),
+        codecarbon=mt.get("codecarbon", bool, True),
+        country_iso_code=mt.get("country_iso_code", str, "USA"),
+        keep_series=mt.get("keep_series", bool, True),
+        rapl_root=mt.get("rapl_root", str, "/sys/class/powercap"),
+    )
+    mt.done(["sample_interval_s", "idle_seconds", "codecarbon", "country_iso_code", "keep_series", "rapl_root"])
+
+    engine_options = r.get("engine_options", dict, {})
+    engine_class(engine).check_options(engine_options)
+    job = Job(
+        engine=engine, device=device, precision=precision, model=model, workload=workload,
+        generation=generation, warmup=warmup, meters=meters, engine_options=engine_options,
+        cache_dir=r.get("cache_dir", str, None, nullable=True),
+        reference=r.get("reference", str, None, nullable=True),
+        seed=r.get("seed", int, 0),
+        trial=r.get("trial", dict, {}),
+    )
+    r.done(["schema", "engine", "device", "precision", "model", "workload", "generation", "warmup", "meters",
+            "engine_options", "cache_dir", "reference", "seed", "trial"])
+    return job
+
+
+def load_job(path: str | Path) -> Job:
+    p = Path(path)
+    if not p.is_file():
+        raise JobError("(file)", f"no job file at {p}", "pass the path of a job JSON file")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise JobError("(file)", f"{p} is not valid JSON ({e.msg} at line {e.lineno})", "fix the JSON syntax") from e
+    return parse_job(data)

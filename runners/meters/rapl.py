@@ -1,0 +1,80 @@
+"""RAPL powercap counters (``/sys/class/powercap/intel-rapl*``): CPU package and DRAM energy, *measured*.
+
+``energy_uj`` is a free-running counter that wraps at ``max_energy_range_uj``. Each read adds the delta since the
+previous read to a running total, so a window sees every wrap as long as reads come more often than one wrap period
+(~minutes at full power): the sampler thread reads every interval, which guarantees that.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Sub-domains "core"/"uncore" are parts of the package: counting them too would count energy twice.
+_KEPT_DOMAINS = ("package", "dram")
+
+
+@dataclass
+class RaplCounter:
+    component: str  # "cpu:package-0", "cpu:dram-0"
+    path: Path
+    max_range_uj: int
+    _last_raw: int | None = None
+    _total_uj: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def read_raw(self) -> int:
+        return int((self.path / "energy_uj").read_text().strip())
+
+    def total_uj(self) -> int:
+        """Energy accumulated since the first read, wraparound included."""
+        raw = self.read_raw()
+        with self._lock:
+            if self._last_raw is not None:
+                self._total_uj += wrap_delta(self._last_raw, raw, self.max_range_uj)
+            self._last_raw = raw
+            return self._total_uj
+
+
+def wrap_delta(before: int, after: int, max_range: int) -> int:
+    """Counter delta between two raw readings; a smaller second reading means the counter wrapped once."""
+    if after >= before:
+        return after - before
+    return max_range - before + after + 1 if max_range else after
+
+
+def discover(root: str | Path = "/sys/class/powercap") -> tuple[list[RaplCounter], str | None]:
+    """Find readable package and DRAM domains. Returns (counters, reason when none can be used)."""
+    root = Path(root)
+    if not root.is_dir():
+        return [], f"no powercap tree at {root} (no RAPL on this host or not exposed to the container)"
+    counters: list[RaplCounter] = []
+    problems: list[str] = []
+    # Top-level zones are packages (intel-rapl:N); their children (intel-rapl:N:M) hold dram.
+    for zone in sorted(root.glob("intel-rapl:*")):
+        if zone.name.count(":") != 1:
+            continue
+        package_index = zone.name.split(":")[1]
+        for domain in [zone, *sorted(zone.glob(f"{zone.name}:*"))]:
+            try:
+                name = (domain / "name").read_text().strip()
+            except OSError:
+                continue
+            kind = name.split("-")[0]
+            if kind not in _KEPT_DOMAINS:
+                continue
+            try:
+                max_range = int((domain / "max_energy_range_uj").read_text().strip())
+                counter = RaplCounter(f"cpu:{kind}-{package_index}", domain, max_range)
+                counter.total_uj()  # first read: proves readability, sets the baseline
+            except PermissionError:
+                problems.append(f"{domain}/energy_uj is not readable (run as root or make it readable)")
+                continue
+            except (OSError, ValueError) as e:
+                problems.append(f"{domain}: {e}")
+                continue
+            counters.append(counter)
+    if counters:
+        return counters, None
+    return [], "; ".join(problems) or f"no intel-rapl package domains under {root}"

@@ -1,0 +1,184 @@
+"""The trial record: what the runner writes for one job. Versioned; validated against RECORD_SCHEMA.
+
+Shape (``slm-matrix.record/1``)::
+
+    schema, mode ("run" | "prepare"), status ("ok" | "failed"), error (null | {phase, type, message}),
+    created_unix
+    job (the job as run), job_hash, trial (bookkeeping passed through from the job)
+    engine  {name, device, precision, details{…what actually ran: provider, threads, batching, versions…}}
+    model   {name, source ("path"|"hub"), path, hub_id, model_type, architecture, parameters}
+    workload {dataset, style, seed, selection, prompts, task_ids[]}
+    phases  {load|prepare|compile|warmup|generate: Window}   (only the phases that ran)
+      Window = {start_unix, end_unix, duration_s, energy: [Figure], energy_total{measured_j, estimated_j},
+                samples{n, interval_s, summary{metric: {mean,min,max}}, series{t_s[], metric[]…} | null}, info{}}
+      Figure = {component, joules|null, source ("measured"|"estimated"|"unavailable"), meter, reason|null}
+        component: "gpu:<i>" (NVML), "cpu:package-<i>" / "cpu:dram-<i>" (RAPL), "cpu" / "ram" / "gpu" (codecarbon)
+    idle    null | {duration_s, power: [{component, watts|null, source, meter, reason}]}
+    tokens  {prompts, batches, input, output}
+    per_prompt [{index, task_id, batch, prompt_tokens, new_tokens, latency_s, ttft_s, tpot_s, output_ids[]}]
+    metrics {tokens_per_s, joules_per_token{measured, estimated}, latency_s{…}, ttft_s{…}, tpot_s{…}}
+    co2     {intensity_g_per_kwh|null, country_iso_code, source, reason}
+    agreement null | {reference, prompts, identical, share_identical, first_divergence[]}
+    environment {hostname, platform, python, cpu_model, cpu_count, gpus[], driver, cuda, libraries{}, image_id,
+                 image, runner_version}
+    host    (added by the orchestrator: its own windows around the container, idle baseline, container facts)
+
+Measured and estimated joules are never added together: ``energy_total`` and ``joules_per_token`` keep them apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+RECORD_SCHEMA_ID = "slm-matrix.record/1"
+SOURCES = ("measured", "estimated", "unavailable")
+PHASES = ("prepare", "load", "compile", "warmup", "generate")
+
+_num = {"type": "number"}
+_num_or_null = {"type": ["number", "null"]}
+_str_or_null = {"type": ["string", "null"]}
+_stats = {"type": ["object", "null"], "additionalProperties": _num_or_null}
+
+FIGURE_SCHEMA = {
+    "type": "object",
+    "required": ["component", "joules", "source", "meter", "reason"],
+    "properties": {
+        "component": {"type": "string"},
+        "joules": _num_or_null,
+        "source": {"enum": list(SOURCES)},
+        "meter": {"type": "string"},
+        "reason": _str_or_null,
+    },
+    # An unavailable figure must carry no number; a number must carry its source.
+    "if": {"properties": {"source": {"const": "unavailable"}}},
+    "then": {"properties": {"joules": {"type": "null"}, "reason": {"type": "string"}}},
+    "else": {"properties": {"joules": _num}},
+}
+
+WINDOW_SCHEMA = {
+    "type": "object",
+    "required": ["start_unix", "end_unix", "duration_s", "energy", "energy_total", "samples", "info"],
+    "properties": {
+        "start_unix": _num,
+        "end_unix": _num,
+        "duration_s": {"type": "number", "minimum": 0},
+        "energy": {"type": "array", "items": FIGURE_SCHEMA},
+        "energy_total": {
+            "type": "object",
+            "required": ["measured_j", "estimated_j"],
+            "properties": {"measured_j": _num_or_null, "estimated_j": _num_or_null},
+        },
+        "samples": {
+            "type": ["object", "null"],
+            "properties": {"n": {"type": "integer"}, "interval_s": _num, "summary": {"type": "object"},
+                           "series": {"type": ["object", "null"]}},
+        },
+        "info": {"type": "object"},
+    },
+}
+
+PROMPT_SCHEMA = {
+    "type": "object",
+    "required": ["index", "task_id", "batch", "prompt_tokens", "new_tokens", "latency_s", "ttft_s", "tpot_s",
+                 "output_ids"],
+    "properties": {
+        "index": {"type": "integer"},
+        "task_id": {"type": "string"},
+        "batch": {"type": "integer"},
+        "prompt_tokens": {"type": "integer", "minimum": 1},
+        "new_tokens": {"type": "integer", "minimum": 0},
+        "latency_s": _num,
+        "ttft_s": _num_or_null,
+        "tpot_s": _num_or_null,
+        "output_ids": {"type": "array", "items": {"type": "integer"}},
+    },
+}
+
+RECORD_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": RECORD_SCHEMA_ID,
+    "type": "object",
+    "required": ["schema", "mode", "status", "error", "created_unix", "job", "job_hash", "trial", "engine", "model",
+                 "phases", "environment"],
+    "properties": {
+        "schema": {"const": RECORD_SCHEMA_ID},
+        "mode": {"enum": ["run", "prepare"]},
+        "status": {"enum": ["ok", "failed"]},
+        "error": {
+            "type": ["object", "null"],
+            "required": ["phase", "type", "message"],
+            "properties": {"phase": {"type": "string"}, "type": {"type": "string"}, "message": {"type": "string"}},
+        },
+        "created_unix": _num,
+        "job": {"type": ["object", "null"]},
+        "job_hash": _str_or_null,
+        "trial": {"type": "object"},
+        "engine": {"type": "object", "properties": {"name": {"type": "string"}, "device": {"type": "string"},
+                                                     "precision": {"type": "string"},
+                                                     "details": {"type": "object"}}},
+        "model": {"type": "object"},
+        "workload": {"type": ["object", "null"]},
+        "phases": {"type": "object", "propertyNames": {"enum": list(PHASES)},
+                   "additionalProperties": WINDOW_SCHEMA},
+        "idle": {
+            "type": ["object", "null"],
+            "properties": {"duration_s": _num, "power": {"type": "array", "items": {
+                "type": "object", "required": ["component", "watts", "source", "meter"],
+                "properties": {"watts": _num_or_null, "source": {"enum": list(SOURCES)}}}}},
+        },
+        "tokens": {"type": ["object", "null"], "properties": {
+            "prompts": {"type": "integer"}, "batches": {"type": "integer"},
+            "input": {"type": "integer"}, "output": {"type": "integer"}}},
+        "per_prompt": {"type": "array", "items": PROMPT_SCHEMA},
+        "metrics": {"type": ["object", "null"], "properties": {
+            "tokens_per_s": _num_or_null,
+            "joules_per_token": {"type": "object", "properties": {"measured": _num_or_null,
+                                                                  "estimated": _num_or_null}},
+            "latency_s": _stats, "ttft_s": _stats, "tpot_s": _stats}},
+        "co2": {"type": ["object", "null"]},
+        "agreement": {"type": ["object", "null"]},
+        "environment": {"type": "object"},
+        "host": {"type": ["object", "null"]},
+    },
+    "allOf": [
+        # A failed record says why; a successful one has no error.
+        {"if": {"properties": {"status": {"const": "failed"}}},
+         "then": {"properties": {"error": {"type": "object"}}},
+         "else": {"properties": {"error": {"type": "null"}}}},
+        # A successful measured run carries the generate window and the per-prompt outputs.
+        {"if": {"properties": {"status": {"const": "ok"}, "mode": {"const": "run"}}},
+         "then": {"required": ["tokens", "per_prompt", "metrics"],
+                  "properties": {"phases": {"required": ["load", "generate"]}}}},
+        {"if": {"properties": {"status": {"const": "ok"}, "mode": {"const": "prepare"}}},
+         "then": {"properties": {"phases": {"required": ["prepare"]}}}},
+    ],
+}
+
+
+def validate_record(record: dict[str, Any]) -> None:
+    """Raise jsonschema.ValidationError when the record does not match RECORD_SCHEMA."""
+    import jsonschema
+
+    jsonschema.validate(record, RECORD_SCHEMA)
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """Write JSON so that a reader never sees half a file: temp file in the same folder, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,260 @@
+"""One trial: load the job → (idle) → prepare → load → (compile) → warm-up → measured generation → record.
+
+Each phase is its own meter window; time and energy of a window come from the same two instants. Whatever happens,
+a record is written (status "failed" with the phase and the reason when something breaks).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from runners import environment
+from runners.agreement import token_agreement
+from runners.engines import engine_class
+from runners.engines.base import Engine
+from runners.job import Job, JobError, ModelSpec
+from runners.meters import MeterSet
+from runners.record import RECORD_SCHEMA_ID, write_json_atomic
+from runners.workload import load_prompts
+
+
+def resolve_model(spec: ModelSpec) -> Path:
+    """The local directory of the model. Hub ids are looked up in the (mounted) HF cache only, never downloaded."""
+    if spec.path:
+        path = Path(spec.path)
+        if not (path / "config.json").is_file():
+            raise JobError("model.path", f"{path} is not a Hugging Face model folder (no config.json)",
+                           "point model.path at a folder made by save_pretrained, or prepare the model first")
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(spec.hub_id, revision=spec.revision, cache_dir=spec.hf_cache,
+                                      local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError) as e:
+        raise JobError("model.hub_id", f"{spec.hub_id} is not in the model cache {spec.hf_cache or '(default)'}"
+                       f" ({type(e).__name__})",
+                       "run `orchestrate.py prepare` on a host with internet, or mount the cache holding it") from e
+
+
+def load_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.padding_side = "left"
+    return tok
+
+
+def _stats(values: list[float]) -> dict[str, float] | None:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    q = statistics.quantiles(vals, n=10) if len(vals) > 1 else [vals[0]] * 9
+    return {"mean": statistics.fmean(vals), "p50": statistics.median(vals), "p90": q[8], "min": min(vals),
+            "max": max(vals)}
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+class Trial:
+    def __init__(self, job: Job | None, raw_job: Any, mode: str = "run"):
+        self.job = job
+        self.mode = mode
+        self.phase = "job"
+        self.record: dict[str, Any] = {
+            "schema": RECORD_SCHEMA_ID, "mode": mode, "status": "failed", "error": None,
+            "created_unix": time.time(),
+            "job": job.to_dict() if job else (raw_job if isinstance(raw_job, dict) else None),
+            "job_hash": job.hash if job else None,
+            "trial": (job.trial if job else (raw_job or {}).get("trial", {}) if isinstance(raw_job, dict) else {}),
+            "engine": {"name": job.engine, "device": job.device, "precision": job.precision, "details": {}}
+            if job else {},
+            "model": {"name": job.model.name, "path": job.model.path, "hub_id": job.model.hub_id,
+                      "source": "path" if job.model.path else "hub"} if job else {},
+            "workload": None, "phases": {}, "idle": None, "tokens": None, "per_prompt": [], "metrics": None,
+            "co2": None, "agreement": None, "environment": {}, "host": None,
+        }
+
+    def fail(self, error: BaseException) -> None:
+        self.record["status"] = "failed"
+        message = str(error) if isinstance(error, JobError) else f"{type(error).__name__}: {error}"
+        self.record["error"] = {"phase": self.phase, "type": type(error).__name__, "message": message,
+                                "traceback": None if isinstance(error, JobError) else traceback.format_exc(limit=8)}
+
+    def run(self) -> dict[str, Any]:
+        job = self.job
+        assert job is not None
+        rec = self.record
+        rec["environment"] = environment.collect(job.trial)
+        self.phase = "meters"
+        meters = MeterSet.create(job.meters)
+        engine: Engine | None = None
+        try:
+            rec["environment"]["meters"] = meters.describe()
+            if job.meters.idle_seconds > 0:
+                self.phase = "idle"
+                rec["idle"] = meters.idle(job.meters.idle_seconds)
+            self.phase = "model"
+            model_dir = resolve_model(job.model)
+            tokenizer = load_tokenizer(model_dir)
+            cache_dir = Path(job.cache_dir) if job.cache_dir else None
+            engine = engine_class(job.engine)(job, model_dir, tokenizer, cache_dir)
+            self.phase = "host"
+            engine.check_host()
+
+            self.phase = "prepare"
+            with meters.window("prepare") as w:
+                w.info.update(engine.prepare())
+            rec["phases"]["prepare"] = w.result
+            if self.mode == "prepare":
+                rec["engine"]["details"] = engine.describe()
+                rec["status"] = "ok"
+                return rec
+
+            self.phase = "workload"
+            prompts = load_prompts(job.workload, tokenizer)
+            encoded = [tokenizer(p.text)["input_ids"] for p in prompts]
+            rec["workload"] = {"dataset": job.workload.dataset, "style": job.workload.style,
+                               "seed": job.workload.seed, "selection": job.workload.selection,
+                               "prompts": len(prompts), "task_ids": [p.task_id for p in prompts],
+                               "texts": [p.text for p in prompts], "methods": [p.method for p in prompts]}
+            self._model_facts(model_dir)
+
+            self.phase = "load"
+            with meters.window("load") as w:
+                engine.load()
+                engine.synchronize()
+            rec["phases"]["load"] = w.result
+
+            if type(engine).compile is not Engine.compile:
+                self.phase = "compile"
+                with meters.window("compile") as w:
+                    w.info.update(engine.compile() or {})
+                    engine.synchronize()
+                rec["phases"]["compile"] = w.result
+
+            batches = _batches(list(range(len(prompts))), job.generation.batch_size)
+            ignore_eos = job.generation.fixed_length
+            if job.warmup.batches:
+                self.phase = "warmup"
+                with meters.window("warmup", {"batches": job.warmup.batches}) as w:
+                    for k in range(job.warmup.batches):
+                        batch = [encoded[i] for i in batches[k % len(batches)]]
+                        engine.generate(batch, self._budget(batch), ignore_eos, lambda: None)
+                    engine.synchronize()
+                rec["phases"]["warmup"] = w.result
+
+            self.phase = "generate"
+            per_prompt = []
+            with meters.window("generate", {"batches": len(batches)}) as w:
+                for b, members in enumerate(batches):
+                    batch = [encoded[i] for i in members]
+                    steps: list[float] = []
+
+                    def on_step(steps=steps):
+                        engine.synchronize()
+                        steps.append(time.perf_counter())
+
+                    engine.synchronize()
+                    t0 = time.perf_counter()
+                    outputs = engine.generate(batch, self._budget(batch), ignore_eos, on_step)
+                    engine.synchronize()
+                    t1 = time.perf_counter()
+                    ttft = (steps[0] - t0) if steps else None
+                    for i, out in zip(members, outputs):
+                        n = len(out)
+                        tpot = ((t1 - steps[0]) / (n - 1)) if steps and n > 1 else None
+                        per_prompt.append({"index": i, "task_id": prompts[i].task_id, "batch": b,
+                                           "prompt_tokens": len(encoded[i]), "new_tokens": n,
+                                           "latency_s": t1 - t0, "ttft_s": ttft, "tpot_s": tpot,
+                                           "output_ids": [int(t) for t in out]})
+            gen = w.result
+            rec["phases"]["generate"] = gen
+            rec["per_prompt"] = per_prompt
+            rec["engine"]["details"] = engine.describe()
+            self._summarise(gen, per_prompt, len(batches), w.intensity_g_per_kwh)
+
+            if job.reference:
+                self.phase = "agreement"
+                reference = json.loads(Path(job.reference).read_text())
+                rec["agreement"] = token_agreement(rec, reference, job.reference)
+            rec["status"] = "ok"
+            rec["error"] = None
+        except BaseException as e:  # noqa: BLE001 — every failure becomes a record; KeyboardInterrupt too
+            self.fail(e)
+            if engine is not None:
+                try:
+                    rec["engine"]["details"] = engine.describe()
+                except Exception:
+                    pass
+            if isinstance(e, KeyboardInterrupt):
+                raise
+        finally:
+            if engine is not None:
+                engine.close()
+            meters.close()
+        return rec
+
+    def _budget(self, batch: list[list[int]]) -> int:
+        assert self.job is not None
+        return self.job.generation.budget(max(len(p) for p in batch))
+
+    def _model_facts(self, model_dir: Path) -> None:
+        try:
+            config = json.loads((model_dir / "config.json").read_text())
+        except (OSError, ValueError):
+            return
+        self.record["model"].update({"model_type": config.get("model_type"),
+                                     "architecture": (config.get("architectures") or [None])[0],
+                                     "resolved_path": str(model_dir),
+                                     "parameters": count_parameters(model_dir)})
+
+    def _summarise(self, gen: dict, per_prompt: list[dict], n_batches: int, intensity: float | None) -> None:
+        rec = self.record
+        out_tokens = sum(p["new_tokens"] for p in per_prompt)
+        rec["tokens"] = {"prompts": len(per_prompt), "batches": n_batches,
+                         "input": sum(p["prompt_tokens"] for p in per_prompt), "output": out_tokens}
+        totals = gen["energy_total"]
+        jpt = {k: (totals[f"{k}_j"] / out_tokens if totals[f"{k}_j"] is not None and out_tokens else None)
+               for k in ("measured", "estimated")}
+        # Latency is per batch: count it once per batch, not once per prompt of the batch.
+        first_of_batch = {p["batch"]: p for p in per_prompt}.values()
+        rec["metrics"] = {
+            "tokens_per_s": out_tokens / gen["duration_s"] if gen["duration_s"] > 0 else None,
+            "joules_per_token": jpt,
+            "latency_s": _stats([p["latency_s"] for p in first_of_batch]),
+            "ttft_s": _stats([p["ttft_s"] for p in first_of_batch]),
+            "tpot_s": _stats([p["tpot_s"] for p in per_prompt]),
+        }
+        rec["co2"] = {"intensity_g_per_kwh": intensity, "country_iso_code": self.job.meters.country_iso_code,
+                      "source": "codecarbon" if intensity is not None else None,
+                      "reason": None if intensity is not None else "codecarbon disabled or unavailable"}
+
+    def write(self, out: Path) -> None:
+        write_json_atomic(out, self.record)
+
+
+def count_parameters(model_dir: Path) -> int | None:
+    """Parameters stored in the model's safetensors files, read from their headers (no weights loaded)."""
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        return None
+    from safetensors import safe_open
+
+    total = 0
+    for f in files:
+        with safe_open(str(f), framework="np") as st:
+            for key in st.keys():
+                n = 1
+                for dim in st.get_slice(key).get_shape():
+                    n *= dim
+                total += n
+    return total
