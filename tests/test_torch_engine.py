@@ -1,0 +1,113 @@
+"""The torch engine through the whole runner: seven architectures, exact token counts, schema-valid records."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from _models import smollm2_dir, tiny_model_dir, tiny_models  # noqa: F401  (pytest fixtures)
+import pytest
+
+from runners import fixtures
+from runners.engines.hf_generate import greedy_generate
+from runners.environment import cuda_problem
+from runners.job import parse_job
+from runners.record import validate_record
+from runners.runner import Trial, load_tokenizer
+
+
+def run(model_dir, **over):
+    data = {"engine": "torch", "device": "cpu", "model": {"path": str(model_dir)},
+            "workload": {"count": 4, "seed": 2412}, "generation": {"batch_size": 1, "new_tokens": 12},
+            "warmup": {"batches": 1}, "meters": {"codecarbon": False, "sample_interval_s": 0.05}}
+    for key, value in over.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    record = Trial(parse_job(data), data).run()
+    validate_record(record)
+    return record
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("arch", fixtures.ARCHITECTURES)
+def test_each_architecture_generates_exactly_n_new_tokens(tiny_models, arch, batch):
+    record = run(tiny_models[arch], generation={"batch_size": batch, "new_tokens": 12},
+                 workload={"count": 5})
+    assert record["status"] == "ok", record["error"]
+    assert record["model"]["model_type"] == arch
+    assert [p["new_tokens"] for p in record["per_prompt"]] == [12] * 5
+    assert all(len(p["output_ids"]) == 12 for p in record["per_prompt"])
+    assert record["tokens"] == {"prompts": 5, "batches": -(-5 // batch), "input": record["tokens"]["input"],
+                                "output": 60}
+    assert record["engine"]["details"]["kv_cache"] is True
+    gen = record["phases"]["generate"]
+    assert gen["duration_s"] > 0 and record["metrics"]["tokens_per_s"] > 0
+    first = record["per_prompt"][0]
+    assert 0 < first["ttft_s"] < first["latency_s"] and first["tpot_s"] > 0
+
+
+def test_batched_and_single_give_the_same_greedy_tokens(tiny_model_dir):
+    one = run(tiny_model_dir, generation={"batch_size": 1}, workload={"count": 4})
+    four = run(tiny_model_dir, generation={"batch_size": 4}, workload={"count": 4})
+    from runners.agreement import token_agreement
+
+    agreement = token_agreement(four, one)
+    assert agreement["prompts"] == 4 and agreement["share_identical"] == 1.0
+
+
+def test_fixed_length_ignores_eos_and_stop_at_eos_stops(tiny_model_dir, tmp_path):
+    """Make the first greedy token the EOS: fixed length must still give N tokens, stop-at-EOS exactly one."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = load_tokenizer(tiny_model_dir)
+    prompt = [tok("def add(a, b):")["input_ids"]]
+    first = greedy_generate(model, tok, prompt, 3, True, lambda: None)[0][0]
+    eos_dir = tmp_path / "eos-model"
+    shutil.copytree(tiny_model_dir, eos_dir)
+    for name in ("config.json", "generation_config.json"):
+        path = eos_dir / name
+        data = json.loads(path.read_text())
+        data["eos_token_id"] = first
+        path.write_text(json.dumps(data))
+    model = AutoModelForCausalLM.from_pretrained(eos_dir)
+    assert len(greedy_generate(model, tok, prompt, 6, True, lambda: None)[0]) == 6
+    assert greedy_generate(model, tok, prompt, 6, False, lambda: None)[0] == [first]
+
+
+def test_record_with_meters_idle_and_estimated_energy(tiny_model_dir):
+    record = run(tiny_model_dir, meters={"codecarbon": True, "idle_seconds": 0.3})
+    gen = record["phases"]["generate"]
+    assert {"load", "warmup", "generate", "prepare"} <= set(record["phases"])
+    sources = {f["component"]: f["source"] for f in gen["energy"]}
+    # This machine has no RAPL and no NVML: CPU and RAM are codecarbon estimates, GPU is unavailable.
+    if not record["environment"]["meters"]["rapl"]:
+        assert sources["cpu"] == "estimated" and gen["energy_total"]["measured_j"] is None
+        assert record["metrics"]["joules_per_token"]["estimated"] > 0
+        assert record["metrics"]["joules_per_token"]["measured"] is None
+    assert record["idle"]["duration_s"] >= 0.3
+    assert record["co2"]["intensity_g_per_kwh"] > 0
+    env = record["environment"]
+    assert env["libraries"]["torch"] and env["libraries"]["transformers"] and env["cpu_model"]
+
+
+def test_smollm2_real_model_on_cpu(smollm2_dir):
+    record = run(smollm2_dir, workload={"count": 6}, generation={"new_tokens": 24},
+                 meters={"codecarbon": True})
+    assert record["status"] == "ok", record["error"]
+    assert record["model"]["parameters"] == pytest.approx(134.5e6, rel=0.02)
+    assert record["tokens"]["output"] == 6 * 24
+    gen = record["phases"]["generate"]
+    assert gen["duration_s"] > record["per_prompt"][0]["latency_s"]
+    assert gen["energy_total"]["estimated_j"] > 0 or gen["energy_total"]["measured_j"] > 0
+    tok = load_tokenizer(smollm2_dir)
+    text = tok.decode(record["per_prompt"][0]["output_ids"])
+    assert text.strip(), "a real model writes something"
+
+
+@pytest.mark.skipif(cuda_problem() is not None, reason=f"no CUDA here: {cuda_problem()}")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_generation_with_nvml_energy(tiny_model_dir, precision):
+    record = run(tiny_model_dir, device="cuda", precision=precision)
+    assert record["status"] == "ok", record["error"]
+    gen = record["phases"]["generate"]
+    assert any(f["component"].startswith("gpu:") and f["source"] == "measured" for f in gen["energy"])

@@ -1,0 +1,63 @@
+"""The HumanEval workload: 164 tasks, the study's fragment protocol (seeded, 10–15 tokens), selection."""
+
+from __future__ import annotations
+
+from _models import smollm2_dir, tiny_model_dir, tiny_models  # noqa: F401  (pytest fixtures)
+import pytest
+
+from runners.job import WorkloadSpec
+from runners.runner import load_tokenizer
+from runners.workload import humaneval_tasks, load_prompts
+
+
+def test_humaneval_has_164_tasks_in_order():
+    tasks = humaneval_tasks()
+    assert len(tasks) == 164
+    assert [t["task_id"] for t in tasks[:3]] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
+    assert tasks[-1]["task_id"] == "HumanEval/163"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return load_tokenizer(tiny_model_dir)
+
+
+def n_tokens(tok, text):
+    return len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def test_fragments_are_10_to_15_tokens_and_reproducible(tokenizer):
+    spec = WorkloadSpec(style="fragment", seed=2412)
+    prompts = load_prompts(spec, tokenizer)
+    assert len(prompts) == 164
+    assert all(10 <= n_tokens(tokenizer, p.text) <= 15 for p in prompts)
+    # every fragment is a piece of its own task's prompt
+    tasks = {t["task_id"]: t["prompt"] for t in humaneval_tasks()}
+    assert all(p.text in tasks[p.task_id] for p in prompts if p.method == "line")
+    again = load_prompts(spec, tokenizer)
+    assert [p.text for p in again] == [p.text for p in prompts]
+    other = load_prompts(WorkloadSpec(style="fragment", seed=7), tokenizer)
+    assert sum(a.text != b.text for a, b in zip(prompts, other)) > 100
+
+
+def test_fragment_of_a_task_does_not_depend_on_the_selection(tokenizer):
+    everything = {p.task_id: p.text for p in load_prompts(WorkloadSpec(seed=1), tokenizer)}
+    sample = load_prompts(WorkloadSpec(seed=1, count=10, selection="sample"), tokenizer)
+    assert len(sample) == 10 and [p.index for p in sample] == list(range(10))
+    assert all(everything[p.task_id] == p.text for p in sample)
+    ids = [int(p.task_id.split("/")[1]) for p in sample]
+    assert ids == sorted(ids) and ids != list(range(10))
+    assert [p.task_id for p in load_prompts(WorkloadSpec(seed=1, count=3), tokenizer)] == \
+        ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
+
+
+def test_full_prompts_are_the_task_prompts(tokenizer):
+    prompts = load_prompts(WorkloadSpec(style="full", count=5), tokenizer)
+    tasks = humaneval_tasks()
+    assert [p.text for p in prompts] == [t["prompt"] for t in tasks[:5]]
+
+
+def test_fragments_under_the_real_smollm2_tokenizer(smollm2_dir):
+    tok = load_tokenizer(smollm2_dir)
+    prompts = load_prompts(WorkloadSpec(seed=2412), tok)
+    assert len(prompts) == 164 and all(10 <= n_tokens(tok, p.text) <= 15 for p in prompts)
