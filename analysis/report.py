@@ -1,0 +1,513 @@
+"""The report: one self-contained HTML file (plots embedded) and a Markdown summary, written from the numbers.
+
+``analyse(run_dirs)`` does the work (tables, metrics, statistics, savings, the study's figures); ``write_report``
+renders it; ``build_report`` does both. Tables are exported next to the report as parquet and CSV.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import plots
+from analysis.load import Tables, load_runs
+from analysis.metrics import SUMMARY_COLUMNS, add_metrics, model_config_medians, pareto_front, with_agreement
+from analysis.stats import (ALPHA, MIN_N_TEST, Comparison, fmt_p, p_words, run_statistics, savings_best_worst,
+                            savings_matrix, savings_pair, savings_range)
+from analysis.study import (DEFAULT_STUDY_CSV, STUDY_ID, STUDY_PAIR, STUDY_SETUP, compare_with_study, headline,
+                            our_medians, read_medians)
+
+DEFAULT_PAIRS = (STUDY_PAIR, ("TORCH-CPU", "ONNX-CPU"))
+ESTIMATED_NOTE = ("ESTIMATED, not measured: no hardware energy counter (RAPL, NVML) was available, so energy comes "
+                  "from codecarbon's model (CPU load × a per-thread power figure, plus a modelled RAM power). Use it "
+                  "to rank configurations on this machine with care; it is not a measurement of joules.")
+
+
+@dataclass
+class Analysis:
+    tables: Tables
+    ok: pd.DataFrame
+    medians: pd.DataFrame
+    comparisons: list[Comparison]
+    best_worst: pd.DataFrame
+    pairs: dict[tuple[str, str], pd.DataFrame]
+    savings_matrix: pd.DataFrame
+    study: dict | None = None  # the study's headline recomputed from its medians
+    study_comparison: pd.DataFrame | None = None
+    warnings: list[str] = field(default_factory=list)
+    min_n: int = MIN_N_TEST
+
+    @property
+    def sources(self) -> list[str]:
+        return sorted(set(self.ok["energy_source"].dropna()))
+
+
+def analyse(run_dirs, *, study_csv: str | Path | None = DEFAULT_STUDY_CSV, pairs=DEFAULT_PAIRS,
+            min_n: int = MIN_N_TEST, seed: int = 0) -> Analysis:
+    tables = load_runs(run_dirs)
+    if tables.trials.empty:
+        raise ValueError(f"no records (schema slm-matrix.record/1) under {', '.join(map(str, tables.run_dirs))}")
+    ok = add_metrics(tables.ok)
+    ok = with_agreement(ok, tables.prompts)
+    medians = model_config_medians(ok) if not ok.empty else pd.DataFrame()
+    metrics = ["energy_j", "duration_s"]
+    if not ok.empty and ok["net_energy_j"].notna().any():
+        metrics.insert(1, "net_energy_j")
+    comparisons = run_statistics(ok, metrics, min_n=min_n, seed=seed) if not ok.empty else []
+    a = Analysis(tables=tables, ok=ok, medians=medians, comparisons=comparisons,
+                 best_worst=savings_best_worst(medians, "energy_j") if not medians.empty else pd.DataFrame(),
+                 pairs={p: savings_pair(medians, *p, "energy_j") for p in pairs} if not medians.empty else {},
+                 savings_matrix=savings_matrix(medians, "energy_j") if not medians.empty else pd.DataFrame(),
+                 min_n=min_n)
+    if study_csv is not None and Path(study_csv).is_file():
+        study = read_medians(study_csv)
+        a.study = headline(study)
+        a.study_comparison = compare_with_study(our_medians(ok), study) if not ok.empty else None
+    a.warnings = _warnings(a)
+    return a
+
+
+def _warnings(a: Analysis) -> list[str]:
+    out = []
+    ok = a.ok
+    if not a.tables.problems.empty:
+        out.append(f"{len(a.tables.problems)} record(s) do not match the runner's schema (listed under Failures).")
+    if ok.empty:
+        return out + ["No successful trial: nothing to measure."]
+    cuda_cpu = ok[(ok["device"] == "cuda") & ok["provider"].astype(str).str.contains("CPU", case=False)]
+    for cfg in sorted(cuda_cpu["config"].unique()):
+        out.append(f"{cfg}: asked for CUDA but the provider was {cuda_cpu[cuda_cpu['config'] == cfg]['provider'].iloc[0]}"
+                   " — the runtime fell back to the CPU.")
+    work = ok.groupby("model")[["prompts", "tokens_output"]].nunique()
+    for model in work[(work > 1).any(axis=1)].index:
+        out.append(f"{model}: configurations ran different workloads (prompt or token counts differ).")
+    missing_net = ok[ok["net_energy_j"].isna()]
+    if len(missing_net):
+        out.append(f"{len(missing_net)} trial(s) have no idle baseline for every component of their energy source:"
+                   " their net energy is missing (raw kept).")
+    return out
+
+
+# --- formatting ---------------------------------------------------------------------------------------------------
+
+
+def fmt(x, digits: int = 3) -> str:
+    if x is None or isinstance(x, str):
+        return "–" if x is None else x
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if not math.isfinite(v):
+        return "–"
+    if v == 0:
+        return "0"
+    if abs(v) >= 10 ** digits:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}g}" if abs(v) >= 1e-3 else f"{v:.2e}"
+
+
+def _fmt_df(df: pd.DataFrame) -> pd.DataFrame:
+    return df.apply(lambda col: col.map(fmt)) if not df.empty else df
+
+
+def _pct(x: float) -> str:
+    return f"{x:.1f} %"
+
+
+def _range_words(r: dict, a: str, b: str, digits: int = 1) -> str:
+    """'A used x–y % less energy than B', or the honest version when the sign changes."""
+    lo, hi, d = r["low"], r["high"], digits
+    if lo >= 0:
+        return f"{a} used {lo:.{d}f} %–{hi:.{d}f} % less energy than {b}"
+    if hi <= 0:
+        return f"{a} used {-hi:.{d}f} %–{-lo:.{d}f} % more energy than {b}"
+    return f"{a} used between {-lo:.{d}f} % more and {hi:.{d}f} % less energy than {b}"
+
+
+def _source_words(a: Analysis) -> str:
+    s = a.sources
+    if s == ["estimated"]:
+        return "estimated"
+    if s == ["measured"]:
+        return "measured"
+    return "measured for some configurations, estimated for others (see the source column)"
+
+
+# --- headline sentences -------------------------------------------------------------------------------------------
+
+
+def headlines(a: Analysis) -> list[str]:
+    ok, t = a.ok, a.tables.trials
+    n_failed = len(a.tables.failures)
+    out = []
+    if ok.empty:
+        return [f"No trial succeeded; {n_failed} failed (see Failures)."]
+    reps = ok.groupby(["model", "config"]).size()
+    out.append(f"{len(ok)} successful trials of {ok['model'].nunique()} model(s) × {ok['config'].nunique()} "
+               f"configuration(s), {reps.min()}–{reps.max()} repetition(s) per cell; {n_failed} trial(s) failed"
+               f"{' (listed under Failures)' if n_failed else ''}. Energy figures are {_source_words(a)}.")
+    for (pa, pb), df in a.pairs.items():
+        r = savings_range(df)
+        if r:
+            out.append(f"{_range_words(r, pa, pb)} (median energy per model, {r['n_models']} model(s)).")
+    r = savings_range(a.best_worst)
+    if r:
+        best_counts = a.best_worst["best"].value_counts()
+        out.append(f"Within each model the best configuration used {r['low']:.1f} %–{r['high']:.1f} % less energy "
+                   f"than the worst; the best was {best_counts.index[0]} for {best_counts.iloc[0]} of "
+                   f"{len(a.best_worst)} model(s).")
+    by_model = {c.name: c for c in a.comparisons if c.scope == "model" and c.metric == "energy_j"}
+    for _, bw in a.best_worst.iterrows():
+        model = bw["model"]
+        m = a.medians[(a.medians["model"] == model) & (a.medians["config"] == bw["best"])].iloc[0]
+        sentence = (f"{model}: {bw['best']} used the least energy ({fmt(m['j_per_token'])} J/token, "
+                    f"{fmt(m['tokens_per_wh'])} tokens/Wh), {_pct(bw['savings_pct'])} less than {bw['worst']}")
+        cmp = by_model.get(model)
+        if cmp is not None and cmp.tested:
+            pair = cmp.pairs[((cmp.pairs["a"] == bw["best"]) & (cmp.pairs["b"] == bw["worst"]))
+                             | ((cmp.pairs["a"] == bw["worst"]) & (cmp.pairs["b"] == bw["best"]))]
+            sentence += f"; {cmp.verdict()}"
+            if len(pair):
+                p = pair.iloc[0]
+                sentence += (f"; best vs worst: Dunn–Holm {p_words(p['p_holm'])}, Cliff's |δ| = {abs(p['delta']):.2f}"
+                             f" ({p['magnitude']})")
+        elif cmp is not None:
+            sentence += f"; {cmp.note}"
+        out.append(sentence + ".")
+    if not a.medians.empty:
+        fronts = []
+        for model, part in a.medians.groupby("model"):
+            front = part[pareto_front(part, "duration_s", "energy_j")]
+            fronts.append(f"{model}: {', '.join(sorted(front['config']))}")
+        out.append("Pareto-optimal in energy and time (nothing both cheaper and faster): " + "; ".join(fronts) + ".")
+    agree = a.medians.dropna(subset=["agreement"]) if "agreement" in a.medians else pd.DataFrame()
+    if not agree.empty:
+        low = agree[agree["agreement"] < 1.0]
+        if low.empty:
+            out.append("Every configuration produced token-identical outputs to the torch fp32 reference.")
+        else:
+            out.append("Outputs that differ from the torch fp32 reference: " + "; ".join(
+                f"{r.model} {r.config} {r.agreement * 100:.0f} % identical" for r in low.itertuples()) + ".")
+    if a.study:
+        s = a.study
+        out.append(f"Recomputed from the published medians of {STUDY_ID}: "
+                   f"{_range_words(s['pair_savings_range'], *s['pair'], digits=2)}, and the best CPU engine saved "
+                   f"{s['cpu_best_worst_range']['low']:.2f} %–{s['cpu_best_worst_range']['high']:.2f} % against the "
+                   "worst (the study reports 37.99 %–89.16 % and 8.98 %–72.04 %).")
+    if a.study_comparison is not None and not a.study_comparison.empty:
+        sc = a.study_comparison
+        out.append(f"Against the study for the same model and configuration ({len(sc)} cell(s)), our energy per "
+                   f"prompt is {fmt(sc['energy_ratio'].min())}×–{fmt(sc['energy_ratio'].max())}× and our time per "
+                   f"prompt {fmt(sc['time_ratio'].min())}×–{fmt(sc['time_ratio'].max())}× the study's — on "
+                   "different hardware and workload size, so ratios, not a replication.")
+    return out
+
+
+# --- tables for the report ----------------------------------------------------------------------------------------
+
+
+def summary_tables(a: Analysis) -> dict[str, pd.DataFrame]:
+    m = a.medians
+    if m.empty:
+        return {}
+    keys = ["model", "size_group", "config", "n", "energy_source"]
+    labels = dict(SUMMARY_COLUMNS)
+    energy_cols = ["energy_j", "net_energy_j", "j_per_token", "j_per_prompt", "wh_per_1000_prompts", "tokens_per_wh",
+                   "edp_js", "edp_per_b", "wh_per_b", "co2_g"]
+    perf_cols = ["duration_s", "tokens_per_s", "ttft_s_median", "tpot_s_median", "agreement"]
+    res_cols = [c for c in a.ok.columns if c.startswith("sampled_") and (
+        ("util" in c and c.endswith("_mean")) or (("mem" in c or "rss" in c) and c.endswith("_max")))]
+    out = {
+        "Energy (medians over repetitions)": m[keys + energy_cols].rename(
+            columns={**labels, "energy_source": "source", "size_group": "size"}),
+        "Time and output (medians over repetitions)": m[keys[:4] + perf_cols].rename(
+            columns={**labels, "size_group": "size"}),
+    }
+    if res_cols:
+        res = a.ok.groupby(["model", "config"])[res_cols].median().reset_index()
+        out["Utilisation and memory (sampled, medians over repetitions)"] = res.rename(
+            columns={c: c.removeprefix("sampled_") for c in res_cols})
+    return out
+
+
+def stats_overview(a: Analysis) -> pd.DataFrame:
+    rows = []
+    for c in a.comparisons:
+        g = c.groups
+        rows.append({"scope": c.scope, "name": c.name, "metric": c.metric, "configs": len(g),
+                     "n per config": f"{g['n'].min()}–{g['n'].max()}" if len(g) else "–",
+                     "normal (Shapiro–Wilk)": f"{int((g['normal'] == True).sum())}/{int(g['normal'].notna().sum())}",  # noqa: E712
+                     "H": c.kruskal_h, "p": fmt_p(c.kruskal_p) if c.tested else "–",
+                     "result": ("significant" if c.significant else "not significant") if c.tested else c.note})
+    return pd.DataFrame(rows)
+
+
+def _comparison_tables(c: Comparison) -> tuple[pd.DataFrame, pd.DataFrame]:
+    g = c.groups.copy()
+    g["median [95 % CI]"] = [f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]" for m, lo, hi in zip(g["median"], g["ci_low"],
+                                                                                    g["ci_high"])]
+    g["Shapiro–Wilk"] = [note if note else f"W = {w:.3f}, p = {fmt_p(p)}" for w, p, note in
+                         zip(g["shapiro_w"], g["shapiro_p"], g["shapiro_note"])]
+    groups = g[["config", "n", "median [95 % CI]", "Shapiro–Wilk"]]
+    pairs = c.pairs
+    if not pairs.empty:
+        pairs = pairs.assign(p_holm=pairs["p_holm"].map(fmt_p), delta=pairs["delta"].map(lambda d: f"{d:+.2f}"),
+                             significant=pairs["significant"].map({True: "yes", False: "no"}))
+        pairs = pairs[["a", "b", "median_a", "median_b", "p_holm", "significant", "delta", "magnitude"]].rename(
+            columns={"p_holm": "Dunn–Holm p", "delta": "Cliff's δ (a vs b)"})
+    return groups, pairs
+
+
+# --- rendering ----------------------------------------------------------------------------------------------------
+
+
+def md_table(df: pd.DataFrame) -> str:
+    if df is None or df.empty:
+        return "_(none)_\n"
+    d = _fmt_df(df)
+    head = "| " + " | ".join(map(str, d.columns)) + " |"
+    sep = "|" + "|".join("---" for _ in d.columns) + "|"
+    body = ["| " + " | ".join(str(v).replace("|", "\\|").replace("\n", " ") for v in row) + " |"
+            for row in d.itertuples(index=False)]
+    return "\n".join([head, sep, *body]) + "\n"
+
+
+def html_table(df: pd.DataFrame, index: bool = False) -> str:
+    if df is None or df.empty:
+        return "<p class='muted'>(none)</p>"
+    return _fmt_df(df).to_html(index=index, border=0, classes="t", escape=True)
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1300px;padding:1.5em;
+color:#1b1b1b;line-height:1.45}
+h1{margin-bottom:.2em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em} h3{margin-top:1.4em}
+.muted{color:#666} .banner{padding:.8em 1em;border-radius:6px;margin:1em 0;font-weight:500}
+.estimated{background:#fff3cd;border:2px solid #e0a800} .measured{background:#d1e7dd;border:2px solid #198754}
+.mixed{background:#f8d7da;border:2px solid #dc3545} .warn{background:#f8f9fa;border-left:4px solid #e0a800;
+padding:.4em .8em;margin:.3em 0}
+table.t{border-collapse:collapse;font-size:.82em;margin:.6em 0;display:block;overflow-x:auto}
+table.t th,table.t td{border:1px solid #ddd;padding:.25em .5em;text-align:right;white-space:nowrap}
+table.t th{background:#f3f3f3} table.t td:first-child,table.t th:first-child{text-align:left}
+ul.headline li{margin:.35em 0} img{max-width:100%;border:1px solid #eee;margin:.5em 0}
+nav a{margin-right:1em} details{margin:.5em 0} summary{cursor:pointer;font-weight:600}
+"""
+
+
+@dataclass
+class Figures:
+    png: dict[str, bytes] = field(default_factory=dict)  # name -> PNG
+    captions: dict[str, str] = field(default_factory=dict)
+
+
+def make_figures(a: Analysis) -> Figures:
+    f = Figures()
+    ok = a.ok
+    if ok.empty:
+        return f
+    src = _source_words(a) if len(a.sources) == 1 else "mixed sources"
+    f.png["box_energy"] = plots.to_png(plots.box_plots(ok, "energy_j", f"energy, {src} (J)"))
+    f.captions["box_energy"] = f"Energy of the generate window per trial ({src}), per model × configuration."
+    f.png["box_time"] = plots.to_png(plots.box_plots(ok, "duration_s", "time (s)"))
+    f.captions["box_time"] = "Duration of the generate window per trial, per model × configuration."
+    f.png["pareto"] = plots.to_png(plots.energy_time_scatter(a.medians, energy_label=f"median energy, {src} (J)"))
+    f.captions["pareto"] = ("Median energy against median time per configuration; ringed points joined by the dashed "
+                            "line are the Pareto front.")
+    if not a.savings_matrix.empty and a.savings_matrix.shape[1] > 1:
+        f.png["savings"] = plots.to_png(plots.savings_heatmap(
+            a.savings_matrix, f"% of energy ({src}) saved against the worst configuration of each model"))
+        f.captions["savings"] = "Savings heatmap: (worst − configuration) / worst × 100, per model, median energy."
+    traces = []
+    with_series = ok[ok["trial_id"].isin(list(a.tables.series))]
+    if not with_series.empty:
+        model = sorted(with_series["model"].unique())[0]
+        for cfg, part in with_series[with_series["model"] == model].groupby("config"):
+            # The trial whose energy is closest to its configuration's median: a typical one, not an outlier.
+            r = part.loc[(part["energy_j"] - part["energy_j"].median()).abs().idxmin()]
+            traces.append((f"{model} · {cfg} · rep {r['repetition']}", a.tables.series[r["trial_id"]]))
+    fig = plots.power_over_time(traces[:6])
+    if fig is not None:
+        f.png["power"] = plots.to_png(fig)
+        f.captions["power"] = ("Sampled power (or utilisation where no power was sampled) over the generate window of "
+                               "a typical trial (closest to its configuration's median energy).")
+    return f
+
+
+def _banner(a: Analysis) -> tuple[str, str]:
+    s = a.sources
+    if s == ["estimated"]:
+        return "estimated", "All energy figures in this report are " + ESTIMATED_NOTE
+    if s == ["measured"]:
+        comps = sorted(set(a.ok["energy_components"].dropna()))
+        return "measured", ("All energy figures are measured by hardware counters (components: "
+                            + "; ".join(comps) + ").")
+    by_cfg = a.ok.groupby("config")["energy_source"].agg(lambda x: "+".join(sorted(set(x.dropna()))))
+    return "mixed", ("Energy sources differ between configurations — measured and estimated figures are never "
+                     "added, and configurations of different sources are not compared by a test: "
+                     + "; ".join(f"{c}: {v}" for c, v in by_cfg.items()) + ". Estimated means " + ESTIMATED_NOTE)
+
+
+def render(a: Analysis, figs: Figures, title: str) -> tuple[str, str]:
+    """(HTML, Markdown)."""
+    kind, banner = _banner(a) if not a.ok.empty else ("mixed", "No successful trial.")
+    heads = headlines(a)
+    tables = summary_tables(a)
+    overview = stats_overview(a)
+    runs = ", ".join(sorted(a.tables.trials["run_id"].astype(str).unique()))
+    hosts = a.tables.trials[["hostname", "cpu_model", "gpu_model"]].drop_duplicates()
+    host_words = "; ".join(" / ".join(str(v) for v in r if isinstance(v, str)) for r in hosts.itertuples(index=False))
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    failures = a.tables.failures.drop(columns=["record"], errors="ignore")
+    problems = a.tables.problems
+
+    h, md = [], []
+    h.append(f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{CSS}</style></head><body>")
+    h.append(f"<h1>{html.escape(title)}</h1><p class='muted'>Runs: {html.escape(runs)} · hosts: "
+             f"{html.escape(host_words)} · generated {html.escape(stamp)}</p>")
+    h.append(f"<div class='banner {kind}'>{html.escape(banner)}</div>")
+    h.append("<nav><a href='#headline'>Headline</a><a href='#tables'>Tables</a><a href='#stats'>Statistics</a>"
+             "<a href='#savings'>Savings</a><a href='#study'>Study</a><a href='#plots'>Plots</a>"
+             "<a href='#failures'>Failures</a></nav>")
+    md += [f"# {title}", "", f"Runs: {runs} · hosts: {host_words} · generated {stamp}", "", f"> **{banner}**", ""]
+
+    h.append("<h2 id='headline'>Headline</h2><ul class='headline'>"
+             + "".join(f"<li>{html.escape(s)}</li>" for s in heads) + "</ul>")
+    md += ["## Headline", ""] + [f"- {s}" for s in heads] + [""]
+    if a.warnings:
+        h.append("".join(f"<div class='warn'>⚠ {html.escape(w)}</div>" for w in a.warnings))
+        md += [f"> ⚠ {w}" for w in a.warnings] + [""]
+
+    h.append("<h2 id='tables'>Tables</h2><p class='muted'>Energy of the generate window. <b>net</b> = raw − idle "
+             "power × duration (same component, same source); <b>EDP</b> = energy × time (J·s); <b>/B</b> = per "
+             "billion parameters; Wh/1000 prompts as AI Energy Score reports; agreement = share of prompts whose "
+             "tokens equal the torch fp32 reference.</p>")
+    md += ["## Tables", ""]
+    for name, df in tables.items():
+        h.append(f"<h3>{html.escape(name)}</h3>{html_table(df)}")
+        md += [f"### {name}", "", md_table(df)]
+
+    h.append(f"<h2 id='stats'>Statistics</h2><p class='muted'>Per model and per size group, configuration as the "
+             f"factor. Shapiro–Wilk per configuration; Kruskal–Wallis across configurations; Dunn's post-hoc with "
+             f"Holm correction; Cliff's δ with Romano et al.'s magnitudes (|δ| &lt; 0.147 negligible, &lt; 0.33 "
+             f"small, &lt; 0.474 medium, else large); medians with 95 % bootstrap CIs (BCa). α = {ALPHA}. No test is "
+             f"run for a configuration with fewer than {a.min_n} repetitions.</p>")
+    md += ["## Statistics", "", f"Kruskal–Wallis per model and size group (α = {ALPHA}; configurations with fewer "
+           f"than {a.min_n} repetitions are not tested).", "", md_table(overview)]
+    h.append(html_table(overview))
+    for c in a.comparisons:
+        if c.metric == "net_energy_j":
+            continue  # in the overview; details for raw energy and time keep the report readable
+        groups, pairs = _comparison_tables(c)
+        h.append(f"<details><summary>{html.escape(c.scope)} {html.escape(c.name)} — {html.escape(c.metric)}: "
+                 f"{html.escape(c.verdict())}</summary>{html_table(groups)}"
+                 + (f"<p>Dunn post-hoc (Holm) and Cliff's δ</p>{html_table(pairs)}" if not pairs.empty else "")
+                 + "</details>")
+        md += [f"### {c.scope} {c.name} — {c.metric}", "", c.verdict(), "", md_table(groups)]
+        if not pairs.empty:
+            md += ["Dunn post-hoc (Holm) and Cliff's δ:", "", md_table(pairs)]
+
+    h.append("<h2 id='savings'>Savings</h2><p class='muted'>From median energy per model × configuration: best vs "
+             "worst = (worst − best) / worst; a pair A vs B = (B − A) / B (negative: A used more).</p>")
+    md += ["## Savings", ""]
+    bw = a.best_worst.rename(columns={"best_value": "best J", "worst_value": "worst J", "savings_pct": "saved %"})
+    h.append(f"<h3>Best vs worst configuration per model</h3>{html_table(bw)}")
+    md += ["### Best vs worst configuration per model", "", md_table(bw)]
+    for (pa, pb), df in a.pairs.items():
+        h.append(f"<h3>{pa} vs {pb}</h3>")
+        md += [f"### {pa} vs {pb}", ""]
+        if df.empty:
+            h.append("<p class='muted'>Not in this run (no model has both configurations).</p>")
+            md += ["_Not in this run (no model has both configurations)._", ""]
+        else:
+            d = df.rename(columns={"a_value": f"{pa} J", "b_value": f"{pb} J", "savings_pct": "saved %"})
+            h.append(html_table(d))
+            md += [md_table(d)]
+
+    h.append(f"<h2 id='study'>Comparison with the study ({STUDY_ID})</h2>")
+    md += [f"## Comparison with the study ({STUDY_ID})", ""]
+    if a.study:
+        s = a.study
+        lines = [f"Study setup: {STUDY_SETUP}.",
+                 f"{s['pair'][0]} vs {s['pair'][1]}, recomputed from the published medians: "
+                 f"{s['pair_savings_range']['low']:.2f} %–{s['pair_savings_range']['high']:.2f} % "
+                 f"(study: 37.99 %–89.16 %).",
+                 f"Best vs worst CPU engine, recomputed: {s['cpu_best_worst_range']['low']:.2f} %–"
+                 f"{s['cpu_best_worst_range']['high']:.2f} % (study: 8.98 %–72.04 %; its lower end was typed by "
+                 "hand, the table gives 8.91 %). JIT rows are left out, as in the study (one forward pass, no "
+                 "generation)."]
+        h.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in lines) + "</ul>")
+        md += [f"- {x}" for x in lines] + [""]
+        sc = a.study_comparison
+        note = ("DIFFERENT HARDWARE AND WORKLOAD: ours vs the study's per prompt (the study's 164-prompt totals ÷ 164; "
+                "about 113–118 new tokens per prompt there). Ratios = ours ÷ study; they say how far apart the "
+                "setups are, not whether either is right.")
+        h.append(f"<div class='banner mixed'>{html.escape(note)}</div>")
+        md += [f"> **{note}**", ""]
+        if sc is None or sc.empty:
+            h.append("<p class='muted'>No model × configuration of this run is in the study's table.</p>")
+            md += ["_No model × configuration of this run is in the study's table._", ""]
+        else:
+            h.append(html_table(sc))
+            md += [md_table(sc)]
+    else:
+        h.append("<p class='muted'>No study medians table given.</p>")
+        md += ["_No study medians table given._", ""]
+
+    h.append("<h2 id='plots'>Plots</h2>")
+    md += ["## Plots", ""]
+    for name, png in figs.png.items():
+        b64 = base64.b64encode(png).decode()
+        cap = html.escape(figs.captions.get(name, name))
+        h.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{b64}'>"
+                 f"<figcaption class='muted'>{cap}</figcaption></figure>")
+        md += [f"![{figs.captions.get(name, name)}](plots/{name}.png)", ""]
+    if "power" not in figs.png:
+        h.append("<p class='muted'>No sampled power or utilisation series in these records.</p>")
+
+    h.append(f"<h2 id='failures'>Failures ({len(failures)})</h2>")
+    md += [f"## Failures ({len(failures)})", ""]
+    h.append(html_table(failures))
+    md += [md_table(failures)]
+    if not problems.empty:
+        h.append(f"<h3>Records that do not match the runner's schema</h3>{html_table(problems)}")
+        md += ["### Records that do not match the runner's schema", "", md_table(problems)]
+    h.append("</body></html>")
+    return "\n".join(h), "\n".join(md)
+
+
+def write_report(a: Analysis, out_dir: str | Path, *, title: str | None = None) -> dict[str, Path]:
+    out = Path(out_dir)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    figs = make_figures(a)
+    for name, png in figs.png.items():
+        (out / "plots" / f"{name}.png").write_bytes(png)
+    runs = ", ".join(sorted(a.tables.trials["run_id"].astype(str).unique()))
+    page, md = render(a, figs, title or f"Runtime comparison — {runs}")
+    paths = {"html": out / "report.html", "markdown": out / "report.md"}
+    paths["html"].write_text(page, encoding="utf-8")
+    paths["markdown"].write_text(md, encoding="utf-8")
+    a.tables.export(out / "tables")
+    a.ok.to_parquet(out / "tables" / "trials_metrics.parquet", index=False)
+    a.ok.to_csv(out / "tables" / "trials_metrics.csv", index=False)
+    a.medians.to_csv(out / "tables" / "medians.csv", index=False)
+    stats_overview(a).to_csv(out / "tables" / "statistics.csv", index=False)
+    pairs = [c.pairs.assign(scope=c.scope, name=c.name, metric=c.metric) for c in a.comparisons if not c.pairs.empty]
+    if pairs:
+        pd.concat(pairs, ignore_index=True).to_csv(out / "tables" / "posthoc.csv", index=False)
+    return paths
+
+
+def build_report(run_dirs, out_dir, **kw) -> dict[str, Path]:
+    title = kw.pop("title", None)
+    return write_report(analyse(run_dirs, **kw), out_dir, title=title)

@@ -1,0 +1,201 @@
+"""Synthetic trial records shaped exactly like the runner's (they pass ``runners.record.validate_record``).
+
+Used by the tests (known answers) and by ``python -m analysis synth`` to demo a report without a runtime. Every
+number is made up; the records say so in ``environment.hostname`` ("synthetic").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+RECORD_SCHEMA_ID = "slm-matrix.record/1"
+
+# Component names as the runner's meters write them (see runners/record.py).
+ESTIMATED_COMPONENTS = {"cpu": 0.8, "ram": 0.2}  # codecarbon fallback, share of the energy
+MEASURED_CPU = {"cpu:package-0": 0.85, "cpu:dram-0": 0.15}  # RAPL
+MEASURED_CUDA = {"gpu:0": 0.7, "cpu:package-0": 0.3}  # NVML + RAPL
+
+
+def _window(start: float, duration: float, energy: dict[str, float], source: str, *, meter: str,
+            series: dict[str, list[float]] | None = None, interval: float = 0.1) -> dict[str, Any]:
+    figures = [{"component": c, "joules": float(j), "source": source, "meter": meter, "reason": None}
+               for c, j in energy.items()]
+    total = float(sum(energy.values())) if energy else None
+    summary = {k: {"mean": float(np.mean(v)), "min": float(np.min(v)), "max": float(np.max(v))}
+               for k, v in (series or {}).items() if k != "t_s"}
+    return {
+        "start_unix": start, "end_unix": start + duration, "duration_s": duration,
+        "energy": figures,
+        "energy_total": {"measured_j": total if source == "measured" else None,
+                         "estimated_j": total if source == "estimated" else None},
+        "samples": {"n": len(series["t_s"]) if series else 0, "interval_s": interval, "summary": summary,
+                    "series": series},
+        "info": {},
+    }
+
+
+def _reference_ids(model: str, task: int, n: int) -> list[int]:
+    """Deterministic 'greedy output' of a model for a task: the same for every runtime unless perturbed."""
+    h = int(hashlib.sha256(f"{model}/{task}".encode()).hexdigest()[:8], 16)
+    return [(h + 7919 * i) % 49152 for i in range(n)]
+
+
+def make_record(*, model: str = "tiny-a", hub_id: str | None = None, params_b: float = 0.5,
+                engine: str = "torch", device: str = "cpu", precision: str = "fp32", runtime: str | None = None,
+                provider: str | None = None, run_id: str = "synthetic", repetition: int = 0, order_index: int = 0,
+                energy_j: float = 100.0, duration_s: float = 10.0, source: str = "estimated",
+                components: dict[str, float] | None = None, idle_w: dict[str, float] | None = None,
+                host_idle_w: dict[str, float] | None = None, prompts: int = 4, new_tokens: int = 8,
+                batch: int = 1, intensity_g_per_kwh: float | None = 400.0, diverge: Iterable[int] = (),
+                status: str = "ok", error: dict[str, str] | None = None, series: bool = True,
+                load_s: float = 2.0, seed: int = 0, agreement: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One schema-valid record. ``energy_j`` is the generate window's total, split over ``components`` (shares);
+    ``idle_w`` goes to the runner's idle baseline, ``host_idle_w`` to the orchestrator's; ``diverge`` lists prompt
+    indices whose output differs from the reference tokens (for agreement)."""
+    runtime = runtime or f"{engine}-{device}"
+    if components is None:
+        components = ESTIMATED_COMPONENTS if source == "estimated" else (
+            MEASURED_CUDA if device == "cuda" else MEASURED_CPU)
+    meter = "codecarbon" if source == "estimated" else "rapl+nvml"
+    energy = {c: energy_j * share for c, share in components.items()}
+    trial_id = f"{run_id}-{model}-{runtime}-{precision}-r{repetition}"
+    t0 = 1_800_000_000.0 + 1000 * order_index
+    # The bookkeeping the orchestrator passes through (orchestrator/execute.py, _bookkeeping).
+    trial = {"run_id": run_id, "trial_id": trial_id, "cell_id": f"{model}/{runtime}/{precision}/b{batch}",
+             "runtime": runtime, "engine": engine, "model": model, "setting": precision, "repetition": repetition,
+             "order_index": order_index, "seed": seed, "matrix_hash": "synthetic", "matrix_name": "synthetic",
+             "model_params_b": params_b}
+    job = {"schema": "slm-matrix.job/1", "engine": engine, "device": device, "precision": precision,
+           "model": {"name": model, "path": f"/models/{model}"},
+           "workload": {"style": "fragment", "count": prompts, "selection": "first", "seed": 2412},
+           "generation": {"batch_size": batch, "new_tokens": new_tokens, "fixed_length": True},
+           "trial": trial}
+    record: dict[str, Any] = {
+        "schema": RECORD_SCHEMA_ID, "mode": "run", "status": status, "error": None, "created_unix": t0 + 900,
+        "job": job, "job_hash": hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest(),
+        "trial": trial,
+        "engine": {"name": engine, "device": device, "precision": precision,
+                   "details": {"provider": provider or ("CUDAExecutionProvider" if device == "cuda" and engine == "onnx"
+                                                        else device), "threads": 2}},
+        "model": {"name": model, "source": "hub" if hub_id else "path", "path": f"/models/{model}", "hub_id": hub_id,
+                  "model_type": "llama", "architecture": "LlamaForCausalLM", "parameters": int(params_b * 1e9)},
+        "workload": {"dataset": "humaneval", "style": "fragment", "seed": 2412, "selection": "first",
+                     "prompts": prompts, "task_ids": [f"HumanEval/{i}" for i in range(prompts)]},
+        "phases": {},
+        "environment": {"hostname": "synthetic", "platform": "Linux", "python": "3.11", "cpu_model": "Synthetic CPU",
+                        "cpu_count": 2, "gpus": [{"name": "Synthetic GPU"}] if device == "cuda" else [],
+                        "driver": None, "cuda": None, "libraries": {}, "image_id": None, "image": runtime,
+                        "runner_version": "0.1.0"},
+    }
+    if idle_w is not None:
+        record["idle"] = {"duration_s": 5.0, "power": [
+            {"component": c, "watts": w, "source": source, "meter": meter, "reason": None} for c, w in idle_w.items()]}
+    else:
+        record["idle"] = None
+    if host_idle_w is not None:
+        record["host"] = {"idle": {"duration_s": 10.0, "power": [
+            {"component": c, "watts": w, "source": source, "meter": meter, "reason": None}
+            for c, w in host_idle_w.items()]}}
+    if status == "failed":
+        record["error"] = error or {"phase": "load", "type": "RuntimeError", "message": "synthetic failure"}
+        record["phases"]["load"] = _window(t0, load_s, {c: 1.0 for c in components}, source, meter=meter)
+        return record
+
+    load_share = 0.1
+    record["phases"]["load"] = _window(t0, load_s, {c: j * load_share for c, j in energy.items()}, source, meter=meter)
+    sampled = None
+    if series:
+        n = max(2, min(200, int(duration_s / 0.1)))
+        t = np.linspace(0.0, duration_s, n)
+        mean_w = energy_j / duration_s
+        # A slight ramp and ripple around the mean power, so the plot has a shape; the energy is fixed above.
+        power = mean_w * (1 + 0.05 * np.sin(t / 2.0) + 0.05 * (t / max(duration_s, 1e-9) - 0.5))
+        key = "gpu0_power_w" if device == "cuda" else "cpu_power_w"
+        sampled = {"t_s": t.round(4).tolist(), key: power.round(3).tolist(),
+                   "cpu_util_pct": np.clip(60 + 30 * np.sin(t), 0, 100).round(2).tolist(),
+                   "proc_rss_mb": (500 + 10 * t).round(1).tolist()}  # key names as runners/meters write them
+        if device == "cuda":
+            sampled["gpu0_util_pct"] = np.clip(80 + 10 * np.cos(t), 0, 100).round(2).tolist()
+            sampled["gpu0_mem_used_mb"] = (2000 + 0 * t).round(1).tolist()
+    record["phases"]["warmup"] = _window(t0 + load_s, 1.0, {c: j / max(prompts, 1) for c, j in energy.items()},
+                                         source, meter=meter)
+    record["phases"]["generate"] = _window(t0 + load_s + 1.0, duration_s, energy, source, meter=meter,
+                                           series=sampled)
+    per_prompt = []
+    diverge = set(diverge)
+    batches = -(-prompts // batch)
+    for i in range(prompts):
+        latency = duration_s / batches
+        ttft = latency * 0.2
+        ids = _reference_ids(model, i, new_tokens)
+        if i in diverge:
+            ids = ids[: new_tokens // 2] + [0] * (new_tokens - new_tokens // 2)
+        per_prompt.append({"index": i, "task_id": f"HumanEval/{i}", "batch": i // batch, "prompt_tokens": 12,
+                           "new_tokens": new_tokens, "latency_s": latency, "ttft_s": ttft,
+                           "tpot_s": (latency - ttft) / max(new_tokens - 1, 1), "output_ids": ids})
+    output = prompts * new_tokens
+    record["tokens"] = {"prompts": prompts, "batches": batches, "input": 12 * prompts, "output": output}
+    record["per_prompt"] = per_prompt
+    lat = [p["latency_s"] for p in per_prompt]
+    jpt = energy_j / output
+    record["metrics"] = {"tokens_per_s": output / duration_s,
+                         "joules_per_token": {"measured": jpt if source == "measured" else None,
+                                              "estimated": jpt if source == "estimated" else None},
+                         "latency_s": {"mean": float(np.mean(lat)), "median": float(np.median(lat))},
+                         "ttft_s": None, "tpot_s": None}
+    record["co2"] = {"intensity_g_per_kwh": intensity_g_per_kwh, "country_iso_code": "USA",
+                     "source": "codecarbon" if intensity_g_per_kwh is not None else "unavailable",
+                     "reason": None if intensity_g_per_kwh is not None else "codecarbon not installed"}
+    record["agreement"] = agreement
+    return record
+
+
+# A small matrix with built-in, known effects: (engine, device, precision, energy factor, time factor).
+DEMO_CONFIGS = (
+    ("torch", "cpu", "fp32", 1.00, 1.00),
+    ("onnx", "cpu", "fp32", 0.75, 0.80),
+    ("openvino", "cpu", "fp32", 0.60, 0.55),
+    ("onnx", "cpu", "int8", 0.45, 0.50),
+)
+DEMO_MODELS = (("tiny-coder-135m", None, 0.135), ("mid-coder-1.1b", None, 1.1), ("big-coder-2.7b", None, 2.7))
+
+
+def synthetic_run(*, run_id: str = "synthetic", models=DEMO_MODELS, configs=DEMO_CONFIGS, repetitions: int = 10,
+                  base_j_per_b: float = 400.0, noise: float = 0.05, seed: int = 0, source: str = "estimated",
+                  idle_w: dict[str, float] | None = None, failed: int = 1, prompts: int = 4,
+                  new_tokens: int = 16) -> list[dict[str, Any]]:
+    """Records of a whole synthetic run: every model × config × repetition, in a seeded random order, with
+    multiplicative log-normal noise; ``failed`` trials (the last ones in order) fail at load."""
+    rng = np.random.default_rng(seed)
+    cells = [(m, c, r) for m in models for c in configs for r in range(repetitions)]
+    order = rng.permutation(len(cells))
+    idle_w = {"cpu": 2.0, "ram": 1.0} if idle_w is None and source == "estimated" else idle_w
+    records = []
+    for order_index, k in enumerate(order):
+        (name, hub_id, params_b), (engine, device, precision, e_f, t_f), rep = cells[k]
+        energy = base_j_per_b * (0.2 + params_b) * e_f * float(rng.lognormal(0.0, noise))
+        duration = 20.0 * (0.2 + params_b) * t_f * float(rng.lognormal(0.0, noise))
+        is_failed = order_index >= len(order) - failed
+        records.append(make_record(
+            model=name, hub_id=hub_id, params_b=params_b, engine=engine, device=device, precision=precision,
+            run_id=run_id, repetition=rep, order_index=order_index, energy_j=energy, duration_s=duration,
+            source=source, idle_w=idle_w, prompts=prompts, new_tokens=new_tokens,
+            diverge=(0,) if precision == "int8" else (), seed=seed,
+            status="failed" if is_failed else "ok",
+            error={"phase": "load", "type": "MemoryError", "message": "synthetic: out of memory while loading"}
+            if is_failed else None))
+    return records
+
+
+def write_run(records: list[dict[str, Any]], run_dir: str | Path) -> Path:
+    """Write records the way the orchestrator lays them out: ``<run_dir>/trials/<trial_id>.json``."""
+    out = Path(run_dir) / "trials"
+    out.mkdir(parents=True, exist_ok=True)
+    for rec in records:
+        (out / f"{rec['trial']['trial_id']}.json").write_text(json.dumps(rec, indent=1))
+    return Path(run_dir)
