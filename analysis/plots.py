@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 import matplotlib
 
@@ -39,8 +40,10 @@ def box_plots(ok: pd.DataFrame, value: str, label: str) -> plt.Figure:
     for ax, model in zip(axes, models):
         part = ok[ok["model"] == model]
         order = sorted(part["config"].unique())
-        sns.boxplot(data=part, x="config", y=value, hue="config", order=order, palette=pal, ax=ax, legend=False,
-                    fliersize=0)
+        with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib 3.11's deprecated `vert`: not ours to fix
+            warnings.simplefilter("ignore", matplotlib.MatplotlibDeprecationWarning)
+            sns.boxplot(data=part, x="config", y=value, hue="config", order=order, palette=pal, ax=ax, legend=False,
+                        fliersize=0)
         sns.stripplot(data=part, x="config", y=value, order=order, color="black", size=3, alpha=0.6, ax=ax)
         ax.set_title(model, fontsize=11)
         ax.set_xlabel("")

@@ -145,11 +145,10 @@ def compare_configs(df: pd.DataFrame, value: str, *, group: str = "config", scop
         return cmp
     tested = data[data[group].isin(enough)]
     samples = [tested.loc[tested[group] == c, value].to_numpy() for c in enough]
-    try:
-        h, p = stats.kruskal(*samples)
-    except ValueError as e:  # scipy: all numbers identical
-        cmp.note = "; ".join([f"no test: {e}", *notes])
+    if np.unique(np.concatenate(samples)).size == 1:  # nothing to rank: scipy returns NaN (older: raises)
+        cmp.note = "; ".join(["no test: all values are identical", *notes])
         return cmp
+    h, p = stats.kruskal(*samples)
     cmp.tested, cmp.kruskal_h, cmp.kruskal_p = True, float(h), float(p)
     cmp.note = "; ".join(notes) or None
     dunn = sp.posthoc_dunn(tested, val_col=value, group_col=group, p_adjust="holm")
