@@ -1,0 +1,267 @@
+"""orchestrate.py: plan, build, prepare, run and follow the matrix.
+
+    orchestrate.py plan    [--matrix F]                    validate, show the trials in their seeded order
+    orchestrate.py build   [--matrix F | --all] [--device cpu|cuda]   build the runtime images (layer-cached)
+    orchestrate.py prepare [--matrix F] [--run-id ID]      models into the host cache + engine conversions
+    orchestrate.py run     [--matrix F] [--run-id ID] [--build] [--launcher docker|process] [--retry-failed]
+    orchestrate.py status  [--run-id ID | --matrix F]      done / failed / left
+Filters (plan, prepare, run): --runtime R, --model M, --setting S (repeatable).
+
+Exit status: 0 done (failed trials are results, recorded as such; --strict makes them exit 1), 2 bad matrix or
+arguments, 3 the host cannot do it (no Docker engine, image not built), 130 interrupted (nothing finished is lost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from orchestrator import REPO_ROOT
+from orchestrator.images import ImageError, build, discover, image_info
+from orchestrator.matrix import MatrixError, load
+from orchestrator.models import DEFAULT_CACHE, ModelCache
+from orchestrator.plan import expand
+from orchestrator.store import RunConflict, RunStore
+from orchestrator.ui import Reporter
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class HostProblem(RuntimeError):
+    pass
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--matrix", default=str(REPO_ROOT / "matrix.toml"), help="matrix file (default: matrix.toml)")
+    common.add_argument("--run-id", help="results/<run-id>/ (default: the matrix's name); the same id resumes")
+    common.add_argument("--results", default=str(REPO_ROOT / "results"), help="results folder (default: results/)")
+    common.add_argument("--cache", default=str(DEFAULT_CACHE),
+                        help=f"host model cache (default: $SLM_MATRIX_CACHE or {DEFAULT_CACHE})")
+    filters = argparse.ArgumentParser(add_help=False)
+    for f in ("runtime", "model", "setting"):
+        filters.add_argument(f"--{f}", action="append", help=f"only this {f} (repeatable)")
+    launch = argparse.ArgumentParser(add_help=False)
+    launch.add_argument("--launcher", choices=("docker", "process"), default="docker",
+                        help="docker (default): one container per trial; process: the runner as a plain process")
+    launch.add_argument("--build", action="store_true", help="build the needed images first (layer-cached)")
+
+    p = argparse.ArgumentParser(prog="orchestrate.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("plan", parents=[common, filters], help="validate the matrix and list the trials")
+    b = sub.add_parser("build", parents=[common], help="build the runtime images")
+    b.add_argument("--runtime", action="append", help="only this runtime (repeatable)")
+    b.add_argument("--all", action="store_true", help="every runtime under images/, not just the matrix's")
+    b.add_argument("--device", choices=("cpu", "cuda"), help="only runtimes of this device")
+    b.add_argument("--no-cache", action="store_true")
+    sub.add_parser("prepare", parents=[common, filters, launch], help="fetch models, run engine conversions")
+    r = sub.add_parser("run", parents=[common, filters, launch], help="run (or resume) the matrix")
+    r.add_argument("--retry-failed", action="store_true", help="run failed trials again")
+    r.add_argument("--strict", action="store_true", help="exit 1 when any selected trial is recorded as failed")
+    sub.add_parser("status", parents=[common], help="what is done, failed, left")
+    return p.parse_args(argv)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    # SIGTERM (docker stop, CI cancel) ends the run like Ctrl-C: trial in flight stopped, finished ones kept
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return {"plan": cmd_plan, "build": cmd_build, "prepare": cmd_run, "run": cmd_run,
+                "status": cmd_status}[args.command](args)
+    except MatrixError as e:
+        err_console.print(f"[red]error:[/] {escape(str(e))}")
+        return 2
+    except (HostProblem, ImageError, RunConflict) as e:
+        err_console.print(f"[red]error:[/] {escape(str(e))}")
+        return 3
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: the trial in flight was stopped and removed; every finished trial is "
+                      "recorded — run the same command again to resume")
+        return 130
+
+
+def _plan(args):
+    matrix = load(args.matrix)
+    plan = expand(matrix)
+    trials = plan.select(runtimes=getattr(args, "runtime", None), models=getattr(args, "model", None),
+                         settings=getattr(args, "setting", None))
+    return matrix, plan, trials
+
+
+def cmd_plan(args) -> int:
+    matrix, plan, trials = _plan(args)
+    console.print(f"matrix {matrix.name} ({matrix.path}, sha256 {matrix.hash[:12]}), seed {matrix.seed}: "
+                  f"{len(plan.cells)} cells × {matrix.repetitions} repetitions = {len(plan.trials)} trials"
+                  + (f", {len(trials)} selected" if len(trials) != len(plan.trials) else ""))
+    for x in plan.excluded:
+        console.print(f"  not a cell: {escape(x)}")
+    for t in trials:
+        console.print(f"  {t.order_index:5d}  {t.id}")
+    return 0
+
+
+def _client():
+    from orchestrator.docker_launcher import connect
+
+    try:
+        client = connect()
+        client.ping()
+        return client
+    except Exception as e:
+        raise HostProblem(f"cannot reach the Docker engine ({type(e).__name__}: {e}) — start dockerd (or set "
+                          "DOCKER_HOST), or run with --launcher process") from e
+
+
+def cmd_build(args) -> int:
+    runtimes = discover()
+    if args.all or args.runtime:
+        names = args.runtime or list(runtimes)
+        for n in names:
+            if n not in runtimes:
+                raise MatrixError("--runtime", n, "no such runtime under images/", f"use one of: {', '.join(runtimes)}")
+        chosen = [runtimes[n] for n in names]
+    else:
+        chosen = [r.runtime for r in load(args.matrix).runtimes.values()]
+    chosen = [r for r in chosen if not args.device or r.device == args.device]
+    client = _client()
+    table = Table("runtime", "image", "id", "size (MB)", "build (s)")
+    for rt in chosen:
+        console.print(f"building {rt.image} from {rt.dockerfile.relative_to(REPO_ROOT)}")
+        info = build(client, rt, log=lambda line: console.print(f"  {escape(line)}"), nocache=args.no_cache)
+        table.add_row(rt.name, info["image"], info["id"][7:19], f"{info['size_mb']:.0f}", f"{info['build_s']:.1f}")
+    console.print(table)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from orchestrator.execute import Executor
+
+    matrix, plan, trials = _plan(args)
+    run_id = args.run_id or matrix.name
+    store = RunStore(args.results, run_id)
+    store.open(matrix, [t.id for t in plan.trials])
+    if args.launcher == "docker":
+        from orchestrator.docker_launcher import DockerLauncher
+
+        launcher = DockerLauncher(_client(), run_id)
+    else:
+        from orchestrator.process_launcher import ProcessLauncher
+
+        launcher = ProcessLauncher()
+    reporter = Reporter(console)
+    ex = Executor(plan, store, launcher, ModelCache(Path(args.cache)), reporter,
+                  retry_failed=getattr(args, "retry_failed", False))
+    sel = ex.select(trials)
+    console.print(f"run {run_id} ({store.root}): matrix {matrix.name} sha256 {matrix.hash[:12]}, seed {matrix.seed}; "
+                  f"{len(trials)} trials selected: {len(sel.done)} already recorded, {len(sel.skipped)} skipped, "
+                  f"{len(sel.todo)} to run [{launcher.name}]")
+    for reason, n in Counter(sel.skipped.values()).items():
+        console.print(f"  [yellow]skipped {n} trial(s):[/] {escape(reason)}")
+    entry = {"command": args.command, "started_unix": time.time(), "launcher": launcher.name,
+             "selected": len(trials), "already_recorded": len(sel.done), "skipped": sel.skipped, "counts": None,
+             "interrupted": False}
+    try:
+        stale = launcher.remove_stale()
+        if stale:
+            console.print(f"  removed {len(stale)} container(s) left by an earlier, killed orchestrator")
+        if args.launcher == "docker" and sel.todo:
+            _ensure_images(launcher.client, {t.cell.runtime.runtime for t in sel.todo}, args.build)
+        broken = ex.prepare(sel.todo) if sel.todo else {}
+        if args.command == "prepare":
+            entry["counts"] = {"cells_not_runnable": len(broken)}
+            console.print(f"prepare done: {len({t.cell.id for t in sel.todo})} cells, {len(broken)} not runnable")
+            return 0
+        entry["counts"] = counts = ex.run(sel.todo, broken)
+        reporter.stop()
+        console.print(f"run {run_id}: {counts['ok']} ok, {counts['failed']} failed, "
+                      f"{counts['skipped'] + len(sel.skipped)} skipped this time; {len(sel.done)} were already "
+                      f"recorded. `orchestrate.py status --run-id {run_id}` for the whole matrix.")
+        if args.strict:
+            failed = [t.id for t in trials if (store.record(t.id) or {}).get("status") == "failed"]
+            if failed:
+                console.print(f"[red]--strict: {len(failed)} failed trial(s)[/]: {', '.join(failed[:5])}")
+                return 1
+        return 0
+    except KeyboardInterrupt:
+        entry["interrupted"] = True
+        raise
+    finally:
+        reporter.stop()
+        ex.close()
+        entry["ended_unix"] = time.time()
+        store.log_invocation(entry)
+
+
+def _ensure_images(client, runtimes, do_build: bool) -> None:
+    for rt in sorted(runtimes, key=lambda r: r.name):
+        if do_build:
+            console.print(f"building {rt.image} (cached layers make an unchanged image take seconds)")
+            info = build(client, rt, log=lambda line: None)
+            console.print(f"  {rt.image} {info['id'][7:19]} {info['size_mb']:.0f} MB ({info['build_s']:.1f} s)")
+        elif image_info(client, rt) is None:
+            raise HostProblem(f"image {rt.image} is not built — run `python orchestrate.py build --runtime {rt.name}`"
+                              f" (or `make images`), or add --build")
+
+
+def cmd_status(args) -> int:
+    if args.run_id:
+        store = RunStore(args.results, args.run_id)
+        if not store.exists():
+            runs = sorted(p.name for p in Path(args.results).glob("*/run.json")) if Path(args.results).is_dir() else []
+            raise HostProblem(f"no run {args.run_id!r} under {args.results} (runs there: "
+                              f"{', '.join(p for p in runs) or 'none'})")
+        matrix = load(store.root / "matrix.toml")
+    else:
+        matrix = load(args.matrix)
+        store = RunStore(args.results, matrix.name)
+        if not store.exists():
+            console.print(f"run {matrix.name}: not started ({store.root} does not exist)")
+            return 0
+    plan = expand(matrix)
+    records = store.records()
+    run = store.read_run()
+    last = run["invocations"][-1] if run["invocations"] else {}
+    skipped = last.get("skipped") or {}
+    table = Table("runtime", "engine", "setting", "ok", "failed", "left")
+    rows: dict[tuple, Counter] = {}
+    failures = []
+    for t in plan.trials:
+        key = (t.cell.runtime.name, t.cell.engine, t.cell.setting.name)
+        rec = records.get(t.id)
+        state = "left" if rec is None else rec["status"]
+        rows.setdefault(key, Counter())[state if state != "ok" else "ok"] += 1
+        if rec is not None and rec["status"] == "failed":
+            failures.append((t.id, rec.get("error") or {}))
+    totals = Counter()
+    for key, c in rows.items():
+        table.add_row(*key, str(c["ok"]), str(c["failed"]), str(c["left"]))
+        totals.update(c)
+    console.print(f"run {store.run_id} ({store.root}): matrix {matrix.name} sha256 {matrix.hash[:12]}, "
+                  f"seed {matrix.seed}, {len(plan.trials)} trials: {totals['ok']} ok, {totals['failed']} failed, "
+                  f"{totals['left']} left")
+    console.print(table)
+    for tid, err in failures:
+        console.print(f"  [red]failed[/] {tid}: [{escape(str(err.get('type')))}] "
+                      f"{escape(str(err.get('message', ''))[:160])}")
+    for reason, n in Counter(skipped.values()).items():
+        console.print(f"  [yellow]skipped last time ({n}):[/] {escape(reason)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""Prepare and run the trials of a plan, one at a time, whatever the launcher.
+
+Per trial: cooldown (GPUs back near their idle temperature, bounded) → host idle baseline → launch the runner under
+the host meters' "container" window → decide ok/failed from the exit facts → record (with ``host``) written
+atomically. A failed trial is recorded with its reason and the matrix goes on; Ctrl-C stops the trial in flight (its
+container is removed) and loses nothing finished.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.launch import LaunchSpec, Outcome
+from orchestrator.models import ModelCache, ModelUnavailable
+from orchestrator.plan import Cell, Plan, Trial
+from orchestrator.store import RunStore, failed_record
+from runners.record import write_json_atomic
+
+
+@dataclass
+class Selection:
+    """What this invocation does with the selected trials."""
+    todo: list[Trial] = field(default_factory=list)
+    done: list[Trial] = field(default_factory=list)  # already recorded (ok, or failed and not retried)
+    skipped: dict[str, str] = field(default_factory=dict)  # trial id -> why it cannot run on this host
+
+
+def cell_job(plan: Plan, cell: Cell, cache: ModelCache) -> dict[str, Any]:
+    from orchestrator.matrix import job_body
+
+    job = job_body(plan.matrix, cell.runtime, cell.engine, cell.model, cell.setting, cache.job_model(cell.model))
+    job["cache_dir"] = str(cache.engines)
+    job["seed"] = plan.matrix.seed
+    return job
+
+
+class Executor:
+    def __init__(self, plan: Plan, store: RunStore, launcher, cache: ModelCache, reporter, *,
+                 retry_failed: bool = False):
+        self.plan = plan
+        self.store = store
+        self.launcher = launcher
+        self.cache = cache
+        self.ui = reporter
+        self.retry_failed = retry_failed
+        self._gpu_problem: str | None | bool = False  # False: not asked yet
+        self.meters = None
+        self.idle_temps: dict[int, float] = {}
+
+    # --- what to do ---------------------------------------------------------------------------------------------
+    def gpu_problem(self) -> str | None:
+        if self._gpu_problem is False:
+            self._gpu_problem = self.launcher.gpu_problem()
+        return self._gpu_problem  # type: ignore[return-value]
+
+    def select(self, trials: list[Trial]) -> Selection:
+        sel = Selection()
+        for t in trials:
+            rec = self.store.record(t.id)
+            if rec is not None and (rec["status"] == "ok" or not self.retry_failed):
+                sel.done.append(t)
+            elif t.cell.runtime.runtime.gpu and self.gpu_problem():
+                sel.skipped[t.id] = f"{t.cell.runtime.name} needs a GPU: {self.gpu_problem()}"
+            else:
+                sel.todo.append(t)
+        return sel
+
+    def _meters(self):
+        if self.meters is None:
+            from runners.job import MeterSpec
+            from runners.meters import MeterSet
+
+            spec = self.plan.matrix.job["meters"]
+            # the host's window spans the whole container: keep its summary, not a series hours long
+            self.meters = MeterSet.create(MeterSpec(
+                sample_interval_s=float(spec.get("sample_interval_s", 0.1)),
+                codecarbon=bool(spec.get("codecarbon", True)),
+                country_iso_code=spec.get("country_iso_code", "USA"), keep_series=False,
+                rapl_root=spec.get("rapl_root", "/sys/class/powercap")))
+            self.idle_temps = self.meters.gpu_temperatures()
+        return self.meters
+
+    def close(self) -> None:
+        if self.meters is not None:
+            self.meters.close()
+            self.meters = None
+
+    # --- prepare ------------------------------------------------------------------------------------------------------
+    def prepare(self, trials: list[Trial]) -> dict[str, str]:
+        """Models into the host cache, then each cell's engine conversion in its own (prepare) container.
+        Returns {cell id: reason} for cells that cannot run (their trials are skipped or failed, never launched)."""
+        self.cache.make()
+        cells: dict[str, Cell] = {t.cell.id: t.cell for t in trials}
+        models = {c.model.name: c.model for c in cells.values()}
+        broken: dict[str, str] = {}
+        unavailable: dict[str, str] = {}
+        for name, m in models.items():
+            path = self.store.prepare_path(f"model__{name}")
+            try:
+                info = self.cache.fetch(m)
+                write_json_atomic(path, {"status": "ok", **info})
+                if not info.get("cached"):
+                    self.ui.note(f"prepared model {name} ({m.source}) in {info['duration_s']:.1f} s")
+            except ModelUnavailable as e:
+                write_json_atomic(path, {"status": "failed", "model": name, "error": str(e)})
+                unavailable[name] = str(e)
+                self.ui.note(f"[yellow]model {name} unavailable:[/] {e}")
+        for cid, cell in cells.items():
+            if cell.model.name in unavailable:
+                broken[cid] = f"model not available: {unavailable[cell.model.name]}"
+                continue
+            path = self.store.prepare_path(cid)
+            prev = _read(path)
+            if prev and prev.get("status") == "ok":
+                continue
+            rec = self._prepare_cell(cell)
+            write_json_atomic(path, rec)
+            if rec["status"] != "ok":
+                err = rec["error"]
+                broken[cid] = f"engine prepare failed [{err['type']}] {err['message']}"
+                self.ui.note(f"[red]prepare {cell.label} failed:[/] {err['message']}")
+            else:
+                dur = (rec.get("phases", {}).get("prepare") or {}).get("duration_s")
+                self.ui.note(f"prepared {cell.label}" + (f" in {dur:.1f} s" if dur is not None else ""))
+        return broken
+
+    def _prepare_cell(self, cell: Cell) -> dict[str, Any]:
+        job = cell_job(self.plan, cell, self.cache)
+        job["trial"] = {"run_id": self.store.run_id, "cell_id": cell.id, "runtime": cell.runtime.name,
+                        "image": cell.runtime.runtime.image, "matrix_hash": self.plan.matrix.hash}
+        name = f"prepare__{cell.id}"
+        limits = self.plan.matrix.container_for(cell.runtime, cell.model)
+        spec = LaunchSpec(name=name, runtime=cell.runtime.runtime, mode="prepare", job=job,
+                          work=self.store.work(name), log_path=self.store.log_path(name),
+                          timeout_s=limits["timeout_s"], mem_limit=limits["mem_limit"], cpus=limits["cpus"],
+                          shm_size=limits["shm_size"])
+        outcome = self.launcher.run(spec, self._meters())
+        record = self._judge(outcome, job, spec, mode="prepare")
+        shutil.rmtree(spec.work, ignore_errors=True)
+        return record
+
+    # --- run ------------------------------------------------------------------------------------------------------------
+    def run(self, todo: list[Trial], broken: dict[str, str]) -> dict[str, int]:
+        counts = {"ok": 0, "failed": 0, "skipped": 0}
+        self.ui.start(len(todo))
+        for t in todo:
+            self.ui.trial_started(t)
+            if t.cell.id in broken and broken[t.cell.id].startswith("model not available"):
+                # an environment problem, like a missing GPU: skip, so a host that has the model runs it later
+                counts["skipped"] += 1
+                self.ui.trial_skipped(t, broken[t.cell.id])
+                continue
+            if t.cell.id in broken:
+                job = cell_job(self.plan, t.cell, self.cache)
+                job["trial"] = self._bookkeeping(t)
+                record = failed_record(job, "prepare", "PrepareFailed", broken[t.cell.id])
+                record["host"] = None
+                self.store.write_trial(t.id, record)
+            else:
+                record = self.run_trial(t)
+            counts[record["status"]] += 1
+            self.ui.trial_finished(t, record)
+        return counts
+
+    def _bookkeeping(self, t: Trial) -> dict[str, Any]:
+        m = self.plan.matrix
+        return {"run_id": self.store.run_id, "trial_id": t.id, "cell_id": t.cell.id, "runtime": t.cell.runtime.name,
+                "engine": t.cell.engine, "model": t.cell.model.name, "setting": t.cell.setting.name,
+                "repetition": t.repetition, "order_index": t.order_index, "seed": m.seed, "matrix_hash": m.hash,
+                "matrix_name": m.name, "model_params_b": t.cell.model.params_b, "size_group": t.cell.model.group,
+                "image": t.cell.runtime.runtime.image if self.launcher.name == "docker" else None}
+
+    def run_trial(self, t: Trial) -> dict[str, Any]:
+        m = self.plan.matrix
+        meters = self._meters()
+        cooldown = self._cooldown(meters)
+        idle = meters.idle(m.host["idle_seconds"]) if m.host["idle_seconds"] > 0 else None
+        job = cell_job(self.plan, t.cell, self.cache)
+        job["trial"] = self._bookkeeping(t)
+        limits = m.container_for(t.cell.runtime, t.cell.model)
+        spec = LaunchSpec(name=t.id, runtime=t.cell.runtime.runtime, mode="run", job=job, work=self.store.work(t.id),
+                          log_path=self.store.log_path(t.id), timeout_s=limits["timeout_s"],
+                          mem_limit=limits["mem_limit"], cpus=limits["cpus"], shm_size=limits["shm_size"])
+        begin = time.time()
+        outcome = self.launcher.run(spec, meters)
+        if outcome.facts.get("image_id"):
+            job["trial"]["image_id"] = outcome.facts["image_id"]
+        record = self._judge(outcome, job, spec, mode="run")
+        record["host"]["idle"] = idle
+        record["host"]["cooldown"] = cooldown
+        record["host"]["begin_unix"] = begin
+        self.store.write_trial(t.id, record)
+        shutil.rmtree(spec.work, ignore_errors=True)
+        return record
+
+    def _judge(self, o: Outcome, job: dict[str, Any], spec: LaunchSpec, mode: str) -> dict[str, Any]:
+        """ok only when the runner exited 0 with an ok record; otherwise failed, with the most specific reason."""
+        rec = o.record
+        reason: tuple[str, str, str] | None = None
+        if o.launch_error:
+            reason = ("launch", "LaunchError", o.launch_error)
+        elif o.timed_out:
+            reason = ("container", "Timeout", f"no result within timeout_s={spec.timeout_s:g} s; the runner was "
+                                              f"killed (exit {o.exit_code})")
+        elif o.oom_killed:
+            reason = ("container", "OOMKilled", f"killed for memory: over mem_limit={spec.mem_limit} "
+                                                f"(exit {o.exit_code})")
+        elif rec is None:
+            last = (_tail(spec.log_path, 1) or "").strip()
+            reason = ("container", "NoRecord", f"the runner exited with {o.exit_code} without writing a record"
+                                               + (f": {last}" if last else ""))
+        elif o.exit_code != 0 and rec.get("status") == "ok":
+            reason = ("container", "ExitCode", f"the runner wrote an ok record but exited with {o.exit_code}")
+        if rec is None:
+            rec = failed_record(job, *reason, mode=mode)  # type: ignore[misc]
+        elif reason is not None:
+            rec["status"] = "failed"
+            rec["error"] = {"phase": reason[0], "type": reason[1], "message": reason[2],
+                            "runner_error": rec.get("error")}
+        if job.get("trial", {}).get("image_id"):  # known only once launched; the runner saw the trial without it
+            rec.setdefault("trial", {})["image_id"] = job["trial"]["image_id"]
+        rec["host"] = {
+            "launcher": o.facts.get("launcher"), "container_id": o.facts.get("container_id"),
+            "image": o.facts.get("image"), "image_id": o.facts.get("image_id"), "limits": o.facts.get("limits"),
+            "exit_code": o.exit_code, "oom_killed": o.oom_killed, "timed_out": o.timed_out,
+            "started_unix": o.facts.get("started_unix"), "exited_unix": o.facts.get("exited_unix"),
+            "container": o.window, "idle": None,
+            "log": str(spec.log_path.relative_to(self.store.root)),
+            "log_tail": _tail(spec.log_path) if rec["status"] != "ok" else None,
+            "overhead_s": {**o.timings, **_runner_span(rec, o.facts)},
+        }
+        return rec
+
+    def _cooldown(self, meters) -> dict[str, Any]:
+        """Wait until every GPU is within the margin of its idle temperature (taken when the run started)."""
+        if not self.idle_temps:
+            return {"waited_s": 0.0, "reached": None, "reason": "no GPU temperature sensor (NVML) on this host"}
+        m = self.plan.matrix.host
+        t0 = time.monotonic()
+        while True:
+            temps = meters.gpu_temperatures()
+            hot = {i: c for i, c in temps.items() if c > self.idle_temps.get(i, c) + m["cooldown_margin_c"]}
+            waited = time.monotonic() - t0
+            if not hot or waited >= m["cooldown_max_s"]:
+                return {"waited_s": waited, "reached": not hot, "temps_c": temps, "idle_temps_c": self.idle_temps,
+                        "margin_c": m["cooldown_margin_c"], "max_s": m["cooldown_max_s"]}
+            time.sleep(1.0)
+
+
+def _runner_span(rec: dict[str, Any], facts: dict[str, Any]) -> dict[str, float]:
+    """Time inside the container before the runner's first window and after its last one (interpreter start,
+    imports, record writing): the part of the container's span that no runner window covers."""
+    phases = [p for p in (rec.get("phases") or {}).values() if isinstance(p, dict) and "start_unix" in p]
+    if not phases or not facts.get("started_unix") or not facts.get("exited_unix"):
+        return {}
+    return {"runner_startup_s": min(p["start_unix"] for p in phases) - facts["started_unix"],
+            "runner_exit_s": facts["exited_unix"] - max(p["end_unix"] for p in phases)}
+
+
+def _tail(path: Path, lines: int = 20) -> str | None:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return None
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,133 @@
+"""Runtime discovery from images/*/Dockerfile LABELs, and image builds through the Docker SDK.
+
+A runtime is a folder under images/ whose Dockerfile carries the io.slm-matrix.* labels; nothing here names one, so
+a new runtime is one new folder (plus its matrix.toml entry).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from orchestrator import REPO_ROOT
+
+IMAGE_PREFIX_ENV = "IMAGE_PREFIX"
+LABEL_PREFIX = "io.slm-matrix."
+REQUIRED_LABELS = ("runtime", "engines", "device", "gpu", "precisions")
+
+
+class ImageError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: str
+    engines: tuple[str, ...]  # the first is the default engine
+    device: str  # "cpu" | "cuda"
+    gpu: bool  # needs a GPU DeviceRequest
+    precisions: tuple[str, ...]
+    dockerfile: Path
+
+    @property
+    def image(self) -> str:
+        return f"{os.environ.get(IMAGE_PREFIX_ENV, 'slm-matrix')}/{self.name}:latest"
+
+
+def _labels(dockerfile: Path) -> dict[str, str]:
+    """LABEL key=value pairs of a Dockerfile, continuation lines joined, quotes handled by shlex."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    labels: dict[str, str] = {}
+    for line in text.splitlines():
+        m = re.match(r"\s*LABEL\s+(.*)$", line, re.IGNORECASE)
+        if not m:
+            continue
+        for word in shlex.split(m.group(1), comments=True):
+            if "=" in word:
+                key, _, value = word.partition("=")
+                labels[key] = value
+    return labels
+
+
+def parse_runtime(dockerfile: Path) -> Runtime:
+    labels = {k[len(LABEL_PREFIX):]: v for k, v in _labels(dockerfile).items() if k.startswith(LABEL_PREFIX)}
+    missing = [k for k in REQUIRED_LABELS if not labels.get(k)]
+    if missing:
+        raise ImageError(f"{dockerfile}: missing LABEL {', '.join(LABEL_PREFIX + k for k in missing)} — every "
+                         f"runtime Dockerfile declares {', '.join(LABEL_PREFIX + k for k in REQUIRED_LABELS)}")
+    folder = dockerfile.parent.name
+    if labels["runtime"] != folder:
+        raise ImageError(f"{dockerfile}: LABEL {LABEL_PREFIX}runtime={labels['runtime']!r} differs from its folder "
+                         f"{folder!r} — make them equal")
+    if labels["device"] not in ("cpu", "cuda"):
+        raise ImageError(f"{dockerfile}: LABEL {LABEL_PREFIX}device={labels['device']!r} — use cpu or cuda")
+    if labels["gpu"] not in ("true", "false"):
+        raise ImageError(f"{dockerfile}: LABEL {LABEL_PREFIX}gpu={labels['gpu']!r} — use true or false")
+    return Runtime(name=folder, engines=tuple(labels["engines"].split()), device=labels["device"],
+                   gpu=labels["gpu"] == "true", precisions=tuple(labels["precisions"].split()),
+                   dockerfile=dockerfile)
+
+
+def discover(images_dir: Path | None = None) -> dict[str, Runtime]:
+    """Every runtime under images/: folders with a Dockerfile (others, e.g. wheelhouse/, are build inputs)."""
+    root = images_dir or REPO_ROOT / "images"
+    return {df.parent.name: parse_runtime(df) for df in sorted(root.glob("*/Dockerfile"))}
+
+
+# --- Docker -------------------------------------------------------------------------------------------------------
+
+
+def image_info(client, runtime: Runtime) -> dict[str, Any] | None:
+    """{image, id, size_mb, created} of the local image, or None when it is not built. Never pulls: a missing
+    local image would otherwise surface as an APIError 500 from a failed pull."""
+    import docker.errors
+
+    try:
+        img = client.images.get(runtime.image)
+    except docker.errors.ImageNotFound:
+        return None
+    return {"image": runtime.image, "id": img.id, "size_mb": round(img.attrs["Size"] / 1e6, 1),
+            "created": img.attrs.get("Created")}
+
+
+def build_args() -> dict[str, str]:
+    """Same rule as images/build.sh: BASE_IMAGE when non-empty; PIP_EXTRA_INDEX_URL when set (empty = none)."""
+    args = {}
+    if os.environ.get("BASE_IMAGE"):
+        args["BASE_IMAGE"] = os.environ["BASE_IMAGE"]
+    if "PIP_EXTRA_INDEX_URL" in os.environ:
+        args["PIP_EXTRA_INDEX_URL"] = os.environ["PIP_EXTRA_INDEX_URL"]
+    return args
+
+
+def build(client, runtime: Runtime, *, log: Callable[[str], None] = print, nocache: bool = False) -> dict[str, Any]:
+    """Build one runtime image (the builder's layer cache makes an unchanged rebuild take about a second)."""
+    import docker.errors
+
+    t0 = time.monotonic()
+    context = REPO_ROOT
+    stream = client.api.build(path=str(context), dockerfile=str(runtime.dockerfile.relative_to(context)),
+                              tag=runtime.image, buildargs=build_args(), rm=True, forcerm=True, nocache=nocache,
+                              decode=True)
+    last_error = None
+    for chunk in stream:
+        if "stream" in chunk and chunk["stream"].strip():
+            log(chunk["stream"].rstrip())
+        if "error" in chunk:
+            last_error = chunk["error"].strip()
+            log(last_error)
+    if last_error:
+        raise ImageError(f"building {runtime.image} from {runtime.dockerfile} failed: {last_error}")
+    try:
+        info = image_info(client, runtime)
+    except docker.errors.APIError as e:
+        raise ImageError(f"{runtime.image} built but cannot be inspected: {e}") from e
+    if info is None:
+        raise ImageError(f"{runtime.image}: the build reported no error but the image is missing")
+    info["build_s"] = round(time.monotonic() - t0, 1)
+    return info

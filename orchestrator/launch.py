@@ -1,0 +1,66 @@
+"""What every launcher takes and gives back: one runner invocation through the job contract.
+
+A launcher writes the job file, starts the runner (a container, or a plain process), streams its output to the log,
+enforces the timeout, opens the host meters' "container" window around the runner's whole span, and hands back the
+runner's record (or None) with the facts of how the run ended. It never decides whether the trial failed: the
+executor does, from these facts, the same way for every launcher.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.images import Runtime
+
+
+@dataclass
+class LaunchSpec:
+    name: str  # trial id (or prepare id): container label, log and work folder names
+    runtime: Runtime
+    mode: str  # "run" | "prepare": the runner's subcommand
+    job: dict[str, Any]  # the full job, paths as the host sees them (the launcher maps them)
+    work: Path  # an empty folder for job.json and out/
+    log_path: Path
+    timeout_s: float
+    mem_limit: str | None = None
+    cpus: float | None = None
+    shm_size: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    record: dict[str, Any] | None  # what the runner wrote, if anything
+    exit_code: int | None
+    oom_killed: bool = False
+    timed_out: bool = False
+    launch_error: str | None = None  # the runner never ran (image missing, start refused)
+    window: dict[str, Any] | None = None  # host meters around the runner's whole span
+    facts: dict[str, Any] = field(default_factory=dict)  # launcher, container_id, image, image_id, limits…
+    timings: dict[str, float] = field(default_factory=dict)  # create_s, start_s, run_s, stop_s, collect_s
+
+
+def write_job(spec: LaunchSpec, job: dict[str, Any]) -> Path:
+    """job.json inside work/job/ (mounted read-only) and an out/ folder the image's uid 1000 can write."""
+    job_dir = spec.work / "job"
+    out_dir = spec.work / "out"
+    job_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.chmod(0o777)
+    path = job_dir / "job.json"
+    path.write_text(json.dumps(job, indent=1))
+    path.chmod(0o644)
+    job_dir.chmod(0o755)
+    return path
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError:
+        return None  # cannot happen with write_json_atomic; treated as "no record" all the same

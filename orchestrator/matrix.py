@@ -1,0 +1,374 @@
+"""matrix.toml: loading and validation.
+
+Every problem is one ``MatrixError`` line naming the file, the key path, what is wrong and what is allowed — checked
+on load, before any image is built or any container started. The runner-side sections (workload, generation, warmup,
+meters, engine_options, precision) are checked by building each cell's job and handing it to runners.job.parse_job,
+so the matrix accepts exactly what the runner accepts and the two cannot drift apart.
+
+Layout (see matrix.toml for the study, matrix-smoke.toml for the smoke run)::
+
+    [matrix]   name, seed, repetitions, runtimes = [...]?, models = [...]?, settings = [...]?
+    [workload] [generation] [warmup] [meters]      -> the job's sections, as runners/job.py defines them
+    [host]     idle_seconds, cooldown_max_s, cooldown_margin_c     (the orchestrator's own measurement)
+    [container] timeout_s, mem_limit, cpus, shm_size                (defaults; runtimes and models may override)
+    [settings.<name>]  precision, generation = {...}               (default: one setting "fp32")
+    [runtimes.<name>]  engines = [...]?, engine_options = {...}, + container overrides
+    [models.<name>]    hub_id | path | fixture, revision, params_b, group, size, tokenizer, seed,
+                       + container overrides
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.images import ImageError, Runtime, discover
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+SIZE_GROUPS = ("<1B", "1B–2B", "≥2B")
+JOB_SECTIONS = ("workload", "generation", "warmup", "meters")
+CONTAINER_KEYS = {
+    "timeout_s": ((int, float), "wall-clock limit of one trial's container, seconds"),
+    "mem_limit": (str, "container memory limit, Docker syntax (\"8g\", \"512m\")"),
+    "cpus": ((int, float), "CPU limit of the container (Docker --cpus)"),
+    "shm_size": (str, "size of /dev/shm, Docker syntax (\"2g\")"),
+}
+CONTAINER_DEFAULTS = {"timeout_s": 4 * 3600.0, "mem_limit": None, "cpus": None, "shm_size": "1g"}
+HOST_KEYS = {
+    "idle_seconds": ((int, float), 10.0, "host idle-power baseline measured before each trial (0 = none)"),
+    "cooldown_max_s": ((int, float), 120.0, "longest wait for the GPUs to cool back to their idle temperature"),
+    "cooldown_margin_c": ((int, float), 3.0, "a GPU counts as cool within this many °C of its idle temperature"),
+}
+MODEL_KEYS = ("hub_id", "path", "fixture", "revision", "params_b", "group", "size", "tokenizer", "seed")
+
+
+class MatrixError(ValueError):
+    """One line: file, key path, problem, fix."""
+
+    def __init__(self, source: str, key: str, problem: str, fix: str):
+        self.key = key
+        super().__init__(f"{source}: {key}: {problem} — {fix}")
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    precision: str
+    generation: dict[str, Any] = field(default_factory=dict)  # overrides of [generation]
+
+
+@dataclass(frozen=True)
+class RuntimeEntry:
+    name: str
+    runtime: Runtime  # what images/<name>/Dockerfile says it can run
+    engines: tuple[str, ...]
+    engine_options: dict[str, Any]
+    container: dict[str, Any]  # overrides of [container]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    source: str  # "hub" | "path" | "fixture"
+    hub_id: str | None = None
+    revision: str | None = None
+    path: Path | None = None  # resolved against the matrix file's folder
+    fixture: str | None = None
+    fixture_options: dict[str, Any] = field(default_factory=dict)  # size, tokenizer, seed
+    params_b: float | None = None
+    group: str | None = None
+    container: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Matrix:
+    path: Path
+    text: str
+    hash: str
+    name: str
+    seed: int
+    repetitions: int
+    job: dict[str, dict[str, Any]]  # workload, generation, warmup, meters: as written
+    host: dict[str, float]
+    container: dict[str, Any]
+    settings: dict[str, Setting]
+    runtimes: dict[str, RuntimeEntry]  # selected ones, in matrix order
+    models: dict[str, ModelEntry]  # selected ones, in matrix order
+
+    def container_for(self, runtime: RuntimeEntry, model: ModelEntry) -> dict[str, Any]:
+        """Container limits of one cell: [container] < runtime < model (a big model needs more time/memory)."""
+        return {**self.container, **runtime.container, **model.container}
+
+
+def size_group(params_b: float) -> str:
+    return SIZE_GROUPS[0] if params_b < 1 else SIZE_GROUPS[1] if params_b < 2 else SIZE_GROUPS[2]
+
+
+class _Table:
+    """Typed reads from one TOML table; keys left over at the end are reported as unknown, with the allowed ones."""
+
+    def __init__(self, src: str, data: Any, path: str):
+        if not isinstance(data, dict):
+            raise MatrixError(src, path, f"must be a table, got {_tname(data)}", f"write it as [{path}] or {{…}}")
+        self.src, self.data, self.path = src, dict(data), path
+
+    def key(self, k: str) -> str:
+        return f"{self.path}.{k}" if self.path else k
+
+    def get(self, k: str, kind, default: Any = ..., *, choices=None, minimum=None, what: str = "") -> Any:
+        if k not in self.data:
+            if default is ...:
+                raise MatrixError(self.src, self.key(k), "is missing", f"add {k} = … ({what or _kname(kind)})")
+            return default
+        v = self.data.pop(k)
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if (isinstance(v, bool) and bool not in kinds) or not isinstance(v, kinds):
+            raise MatrixError(self.src, self.key(k), f"must be {_kname(kind)}, got {_tname(v)} {v!r}",
+                              f"give {k} a {_kname(kind)} value{f' ({what})' if what else ''}")
+        if choices is not None and v not in choices:
+            raise MatrixError(self.src, self.key(k), f"unknown value {v!r}", f"use one of: {', '.join(choices)}")
+        if minimum is not None and v < minimum:
+            raise MatrixError(self.src, self.key(k), f"must be ≥ {minimum}, got {v!r}", f"set it to {minimum} or more")
+        return float(v) if float in kinds and not isinstance(v, bool) and isinstance(v, int) else v
+
+    def names(self, k: str, allowed: list[str], what: str) -> list[str] | None:
+        """An optional list selecting some of ``allowed`` (None: all)."""
+        v = self.get(k, list, None)
+        if v is None:
+            return None
+        for i, item in enumerate(v):
+            if item not in allowed:
+                raise MatrixError(self.src, f"{self.key(k)}[{i}]", f"unknown {what} {item!r}",
+                                  f"use one of: {', '.join(allowed) or '(none defined)'}")
+        if len(set(v)) != len(v):
+            raise MatrixError(self.src, self.key(k), "lists a name twice", "list each once")
+        return v
+
+    def table(self, k: str, default: Any = ...) -> dict:
+        v = self.get(k, dict, {} if default is ... else default)
+        return v
+
+    def done(self, allowed) -> None:
+        if self.data:
+            k = sorted(self.data)[0]
+            raise MatrixError(self.src, self.key(k), "unknown key",
+                              f"remove it; allowed keys here: {', '.join(allowed)}")
+
+
+def _kname(kind) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list",
+             dict: "a table"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds if not (k is int and float in kinds))
+
+
+def _tname(v: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "table"}.get(
+        type(v), type(v).__name__)
+
+
+def _check_name(src: str, key: str, name: str) -> None:
+    # names become file names and container labels
+    if not NAME_RE.match(name):
+        raise MatrixError(src, key, f"name {name!r} has characters a file name cannot carry",
+                          "use letters, digits, '.', '_' and '-' only")
+
+
+def _container(t: _Table) -> dict[str, Any]:
+    out = {}
+    for k, (kind, what) in CONTAINER_KEYS.items():
+        if k in t.data:
+            out[k] = t.get(k, kind, minimum=0.001 if kind != str else None, what=what)
+    return out
+
+
+def load(path: str | Path, *, images_dir: Path | None = None) -> Matrix:
+    """Load and validate a matrix file."""
+    path = Path(path)
+    src = str(path)
+    if not path.is_file():
+        raise MatrixError(src, "(file)", "no such file", "pass --matrix with the path of a matrix TOML file")
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise MatrixError(src, "(syntax)", f"not valid TOML: {e}", "fix the TOML syntax") from e
+    try:
+        known_runtimes = discover(images_dir)
+    except ImageError as e:
+        raise MatrixError(src, "runtimes", str(e), "fix the Dockerfile's LABEL lines") from e
+
+    top = _Table(src, data, "")
+    sections = ["matrix", *JOB_SECTIONS, "host", "container", "settings", "runtimes", "models"]
+
+    # --- definitions ------------------------------------------------------------------------------------------
+    rt_defs = _Table(src, top.table("runtimes"), "runtimes")
+    runtime_entries: dict[str, RuntimeEntry] = {}
+    for name in list(rt_defs.data):
+        key = f"runtimes.{name}"
+        if name not in known_runtimes:
+            raise MatrixError(src, key, "no such runtime under images/",
+                              f"use one of: {', '.join(known_runtimes) or '(none: images/*/Dockerfile missing)'}"
+                              " — a new runtime is a folder images/<name>/ with a labelled Dockerfile")
+        rt = known_runtimes[name]
+        t = _Table(src, rt_defs.data.pop(name), key)
+        engines = t.get("engines", list, [rt.engines[0]], what="engines of this image to run")
+        for i, e in enumerate(engines):
+            if e not in rt.engines:
+                raise MatrixError(src, f"{key}.engines[{i}]", f"image {rt.image} has no engine {e!r}",
+                                  f"use one of: {', '.join(rt.engines)} (its io.slm-matrix.engines label)")
+        if not engines:
+            raise MatrixError(src, f"{key}.engines", "is empty", f"list at least one of: {', '.join(rt.engines)}")
+        opts = t.table("engine_options")
+        cont = _container(t)
+        t.done(["engines", "engine_options", *CONTAINER_KEYS])
+        runtime_entries[name] = RuntimeEntry(name, rt, tuple(engines), dict(opts), cont)
+
+    m_defs = _Table(src, top.table("models"), "models")
+    model_entries: dict[str, ModelEntry] = {}
+    for name in list(m_defs.data):
+        key = f"models.{name}"
+        _check_name(src, key, name)
+        model_entries[name] = _model(src, key, m_defs.data.pop(name), path.parent)
+
+    s_defs = _Table(src, top.table("settings", {"fp32": {"precision": "fp32"}}), "settings")
+    settings_all: dict[str, Setting] = {}
+    for name in list(s_defs.data):
+        key = f"settings.{name}"
+        _check_name(src, key, name)
+        t = _Table(src, s_defs.data.pop(name), key)
+        settings_all[name] = Setting(name, t.get("precision", str, what="e.g. \"fp32\""),
+                                     dict(t.table("generation")))
+        t.done(["precision", "generation"])
+
+    # --- selection ------------------------------------------------------------------------------------------------
+    mt = _Table(src, top.table("matrix"), "matrix")
+    name = mt.get("name", str, path.stem)
+    seed = mt.get("seed", int, what="orders the trials; recorded in every record")
+    reps = mt.get("repetitions", int, minimum=1)
+    sel_rt = mt.names("runtimes", list(runtime_entries), "runtime") or list(runtime_entries)
+    sel_m = mt.names("models", list(model_entries), "model") or list(model_entries)
+    sel_s = mt.names("settings", list(settings_all), "setting") or list(settings_all)
+    mt.done(["name", "seed", "repetitions", "runtimes", "models", "settings"])
+    if not sel_rt or not sel_m:
+        raise MatrixError(src, "matrix", "selects no runtime or no model",
+                          "define [runtimes.<name>] and [models.<name>] entries")
+
+    job_sections = {s: dict(top.table(s)) for s in JOB_SECTIONS}
+    ht = _Table(src, top.table("host"), "host")
+    host = {k: ht.get(k, kind, default, minimum=0, what=what) for k, (kind, default, what) in HOST_KEYS.items()}
+    ht.done(list(HOST_KEYS))
+    ct = _Table(src, top.table("container"), "container")
+    container = {**CONTAINER_DEFAULTS, **_container(ct)}
+    ct.done(list(CONTAINER_KEYS))
+    top.done(sections)
+
+    matrix = Matrix(path=path, text=text, hash=hashlib.sha256(text.encode()).hexdigest(), name=name, seed=seed,
+                    repetitions=reps, job=job_sections, host=host, container=container,
+                    settings={s: settings_all[s] for s in sel_s},
+                    runtimes={r: runtime_entries[r] for r in sel_rt},
+                    models={m: model_entries[m] for m in sel_m})
+    _check_jobs(matrix, {**runtime_entries}, {**model_entries}, settings_all)
+    return matrix
+
+
+def _model(src: str, key: str, data: Any, base: Path) -> ModelEntry:
+    t = _Table(src, data, key)
+    given = [k for k in ("hub_id", "path", "fixture") if k in t.data]
+    if len(given) != 1:
+        raise MatrixError(src, key, f"gives {' and '.join(given) if given else 'no source'}",
+                          "give exactly one of hub_id (Hugging Face id), path (a local HF folder) or fixture")
+    hub_id = t.get("hub_id", str, None)
+    revision = t.get("revision", str, None)
+    raw_path = t.get("path", str, None)
+    fixture = t.get("fixture", str, None)
+    params_b = t.get("params_b", (int, float), None, minimum=0, what="parameter count in billions")
+    group = t.get("group", str, None, choices=SIZE_GROUPS)
+    fopts = {k: t.get(k, kind, None) for k, kind in (("size", str), ("tokenizer", str), ("seed", int))}
+    fopts = {k: v for k, v in fopts.items() if v is not None}
+    cont = _container(t)
+    t.done([*MODEL_KEYS, *CONTAINER_KEYS])
+    if fopts and not fixture:
+        raise MatrixError(src, f"{key}.{sorted(fopts)[0]}", "only applies to fixture models", "remove it")
+    if revision and not hub_id:
+        raise MatrixError(src, f"{key}.revision", "only applies to hub models", "remove it or give hub_id")
+    if hub_id and params_b is None:
+        raise MatrixError(src, f"{key}.params_b", "is missing", "give the parameter count in billions (size group)")
+    if fixture:
+        from runners import fixtures
+
+        allowed = [*fixtures.ARCHITECTURES, "smollm2"]
+        if fixture not in allowed:
+            raise MatrixError(src, f"{key}.fixture", f"unknown fixture {fixture!r}", f"use one of: {', '.join(allowed)}")
+        if fixture == "smollm2" and fopts:
+            raise MatrixError(src, f"{key}.{sorted(fopts)[0]}", "the smollm2 fixture has no options", "remove it")
+        for k, choices in (("size", fixtures.SIZES), ("tokenizer", fixtures.TOKENIZERS)):
+            if k in fopts and fopts[k] not in choices:
+                raise MatrixError(src, f"{key}.{k}", f"unknown value {fopts[k]!r}", f"use one of: {', '.join(choices)}")
+    path = (base / raw_path).resolve() if raw_path else None
+    if group is None and params_b is not None:
+        group = size_group(params_b)
+    source = "hub" if hub_id else "path" if path else "fixture"
+    return ModelEntry(name=key.split(".", 1)[1], source=source, hub_id=hub_id, revision=revision, path=path,
+                      fixture=fixture, fixture_options=fopts, params_b=params_b, group=group, container=cont)
+
+
+# --- the runner's own validation, mapped back onto matrix keys -----------------------------------------------------
+
+
+def job_body(matrix: Matrix, runtime: RuntimeEntry, engine: str, model: ModelEntry, setting: Setting,
+             model_spec: dict[str, Any]) -> dict[str, Any]:
+    """The job of one cell, without the trial bookkeeping and with ``model_spec`` as the launcher sees the model."""
+    generation = {**matrix.job["generation"], **setting.generation}
+    # new_tokens and max_length exclude each other: a setting giving one replaces the matrix's other
+    if "new_tokens" in setting.generation:
+        generation.pop("max_length", None)
+    if "max_length" in setting.generation:
+        generation.pop("new_tokens", None)
+    return {
+        "engine": engine, "device": runtime.runtime.device, "precision": setting.precision,
+        "model": model_spec,
+        "workload": copy.deepcopy(matrix.job["workload"]), "generation": generation,
+        "warmup": copy.deepcopy(matrix.job["warmup"]), "meters": copy.deepcopy(matrix.job["meters"]),
+        "engine_options": copy.deepcopy(runtime.engine_options),
+    }
+
+
+def _check_jobs(matrix: Matrix, runtimes: dict[str, RuntimeEntry], models: dict[str, ModelEntry],
+                settings: dict[str, Setting]) -> None:
+    from runners.job import JobError, parse_job
+
+    src = str(matrix.path)
+    # Every defined entry is checked, selected or not: a broken entry should not wait for the day it is selected.
+    for m in models.values():
+        for r in runtimes.values():
+            for s in settings.values():
+                if s.precision not in r.runtime.precisions:
+                    continue  # not a cell: this image does not offer that precision
+                for e in r.engines:
+                    spec = {"name": m.name, "path": "/models/x"} if m.source != "hub" else {
+                        "name": m.name, "hub_id": m.hub_id, "revision": m.revision, "hf_cache": "/hf-cache"}
+                    try:
+                        parse_job(job_body(matrix, r, e, m, s, spec))
+                    except JobError as err:
+                        raise MatrixError(src, _matrix_key(err.field, r, e, s), f"{err.problem}",
+                                          f"{err.fix} (checked as the job of {r.name}/{e}/{m.name}/{s.name})") \
+                            from err
+
+
+def _matrix_key(job_field: str, r: RuntimeEntry, engine: str, s: Setting) -> str:
+    head, _, rest = job_field.partition(".")
+    if head == "engine_options":
+        return f"runtimes.{r.name}.engine_options{'.' + rest if rest else ''}"
+    if head in ("engine", "device"):
+        return f"runtimes.{r.name}.engines ({engine})"
+    if head == "precision":
+        return f"settings.{s.name}.precision"
+    if head == "generation" and rest in s.generation:
+        return f"settings.{s.name}.generation.{rest}"
+    return job_field

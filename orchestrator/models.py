@@ -1,0 +1,127 @@
+"""The host model cache: hub downloads, fixture builds, local folders — all before and outside any measured window.
+
+    <cache>/hf/        a Hugging Face hub cache (snapshot_download cache_dir); mounted read-only as the job's hf_cache
+    <cache>/models/    fixture models built by runners.fixtures, one folder per fixture and options
+    <cache>/engines/   engine conversions (ONNX, OpenVINO IR, GGUF …): the job's cache_dir, written only by `prepare`
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.matrix import ModelEntry
+
+DEFAULT_CACHE = Path(os.environ.get("SLM_MATRIX_CACHE", Path.home() / ".cache" / "slm-matrix"))
+
+
+class ModelUnavailable(RuntimeError):
+    pass
+
+
+@dataclass
+class ModelCache:
+    root: Path
+
+    @property
+    def hf(self) -> Path:
+        return self.root / "hf"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def engines(self) -> Path:
+        return self.root / "engines"
+
+    def make(self) -> None:
+        for d in (self.hf, self.models, self.engines):
+            d.mkdir(parents=True, exist_ok=True)
+        # images run as uid 1000; the prepare container writes conversions here
+        os.chmod(self.engines, 0o777)
+
+    def local_path(self, m: ModelEntry) -> Path | None:
+        """The model folder a job points at (None for hub models: those are found in the hf cache)."""
+        if m.source == "path":
+            return m.path
+        if m.source == "fixture":
+            from runners import fixtures
+
+            if m.fixture == "smollm2":
+                return self.models / fixtures.SMOLLM2_DIRNAME
+            return self.models / fixtures.fixture_name(m.fixture, **m.fixture_options)
+        return None
+
+    def job_model(self, m: ModelEntry) -> dict[str, Any]:
+        """The job's model section, with host paths (a launcher maps them to what it mounts)."""
+        if m.source == "hub":
+            return {"name": m.name, "hub_id": m.hub_id, "revision": m.revision, "hf_cache": str(self.hf)}
+        return {"name": m.name, "path": str(self.local_path(m))}
+
+    # --- fetching -------------------------------------------------------------------------------------------------
+    def fetch(self, m: ModelEntry) -> dict[str, Any]:
+        """Make the model available locally; returns facts for prepare/<model>.json (duration, cached, path)."""
+        t0 = time.monotonic()
+        start = time.time()
+        if m.source == "path":
+            if not (m.path / "config.json").is_file():
+                raise ModelUnavailable(f"models.{m.name}.path: {m.path} has no config.json — point it at a folder "
+                                       "written by save_pretrained")
+            info = {"cached": True, "path": str(m.path)}
+        elif m.source == "fixture":
+            info = self._build_fixture(m)
+        else:
+            info = self._download(m)
+        return {"model": m.name, "source": m.source, "hub_id": m.hub_id, "fixture": m.fixture, **info,
+                "start_unix": start, "duration_s": time.monotonic() - t0}
+
+    def _build_fixture(self, m: ModelEntry) -> dict[str, Any]:
+        from runners import fixtures  # builds atomically and reuses a complete folder itself
+
+        out = self.local_path(m)
+        cached = (out / fixtures.MARKER).is_file()
+        if m.fixture == "smollm2":
+            path = fixtures.build_smollm2(out)
+        else:
+            path = fixtures.build_tiny(m.fixture, out, **m.fixture_options)
+        _readable(Path(path))
+        return {"cached": cached, "path": str(path)}
+
+    def _download(self, m: ModelEntry) -> dict[str, Any]:
+        from huggingface_hub import snapshot_download
+
+        try:  # already here: no network needed (and none used)
+            path = snapshot_download(m.hub_id, revision=m.revision, cache_dir=self.hf, local_files_only=True)
+            return {"cached": True, "path": path}
+        except Exception:
+            pass
+        if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0"):
+            raise ModelUnavailable(f"models.{m.name}: {m.hub_id} is not in {self.hf} and HF_HUB_OFFLINE is set — "
+                                   "prepare on a host with internet and copy the cache, or unset HF_HUB_OFFLINE")
+        try:
+            from huggingface_hub import HfApi
+
+            files = HfApi().list_repo_files(m.hub_id, revision=m.revision)
+            # weights once: safetensors when the repo has them, else the PyTorch .bin files; no TF/Flax/ONNX copies
+            weights = ["*.safetensors"] if any(f.endswith(".safetensors") for f in files) else ["*.bin"]
+            path = snapshot_download(m.hub_id, revision=m.revision, cache_dir=self.hf,
+                                     allow_patterns=["*.json", "*.model", "*.txt", "*.py", "*.tiktoken", *weights])
+        except Exception as e:
+            raise ModelUnavailable(f"models.{m.name}: downloading {m.hub_id} failed ({type(e).__name__}: "
+                                   f"{str(e).splitlines()[0] if str(e) else ''}) — check the network/HF_TOKEN, "
+                                   "or give the model as path = a local folder") from e
+        return {"cached": False, "path": path}
+
+
+def _readable(root: Path) -> None:
+    """Containers run as uid 1000 and mount the folder read-only: it must be world-readable (builds stage in a
+    mkdtemp folder, which is 0700)."""
+    for d, _, files in os.walk(root):
+        os.chmod(d, os.stat(d).st_mode | 0o555)
+        for f in files:
+            p = os.path.join(d, f)
+            os.chmod(p, os.stat(p).st_mode | 0o444)

@@ -1,0 +1,118 @@
+"""results/<run-id>/: one record per trial, written atomically, plus the matrix snapshot the run was started with.
+
+    results/<run-id>/
+      matrix.toml            the matrix as it was when the run started (its sha256 is in run.json and every record)
+      run.json               run id, matrix hash, seed, the full trial order, one entry per invocation
+      trials/<trial>.json    one record per finished trial (ok or failed); its presence means "done"
+      prepare/<name>.json    model fetches and engine conversions, outside every measured window
+      logs/<name>.log        the container's (or process's) output
+      work/<name>/           job.json + out/ of the trial in flight (removed once its record is stored)
+
+A record is only ever written complete (runners.record.write_json_atomic), so an interrupted run loses at most the
+trial in flight, and a resume finds every finished trial intact.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from runners.record import RECORD_SCHEMA_ID, write_json_atomic
+
+
+class RunConflict(RuntimeError):
+    pass
+
+
+class RunStore:
+    def __init__(self, results: str | Path, run_id: str):
+        self.root = Path(results) / run_id
+        self.run_id = run_id
+        self.trials_dir = self.root / "trials"
+        self.prepare_dir = self.root / "prepare"
+        self.logs_dir = self.root / "logs"
+        self.work_dir = self.root / "work"
+
+    # --- the run ------------------------------------------------------------------------------------------------
+    @property
+    def run_file(self) -> Path:
+        return self.root / "run.json"
+
+    def exists(self) -> bool:
+        return self.run_file.is_file()
+
+    def read_run(self) -> dict[str, Any]:
+        return json.loads(self.run_file.read_text())
+
+    def open(self, matrix, order: list[str]) -> dict[str, Any]:
+        """Create the run, or check that an existing one was started with the same matrix (then it resumes)."""
+        if self.exists():
+            run = self.read_run()
+            if run["matrix"]["sha256"] != matrix.hash:
+                raise RunConflict(
+                    f"results/{self.run_id} was started with another matrix (sha256 {run['matrix']['sha256'][:12]}, "
+                    f"now {matrix.hash[:12]} from {matrix.path}) — resume it with its own snapshot "
+                    f"({self.root / 'matrix.toml'}) or start a new --run-id")
+            return run
+        for d in (self.trials_dir, self.prepare_dir, self.logs_dir, self.work_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        (self.root / "matrix.toml").write_text(matrix.text)
+        run = {"run_id": self.run_id, "created_unix": time.time(), "hostname": socket.gethostname(),
+               "matrix": {"name": matrix.name, "path": str(matrix.path), "sha256": matrix.hash,
+                          "snapshot": "matrix.toml"},
+               "seed": matrix.seed, "order": order, "invocations": []}
+        write_json_atomic(self.run_file, run)
+        return run
+
+    def log_invocation(self, entry: dict[str, Any]) -> None:
+        run = self.read_run()
+        run["invocations"].append(entry)
+        write_json_atomic(self.run_file, run)
+
+    # --- trials ---------------------------------------------------------------------------------------------------
+    def trial_path(self, trial_id: str) -> Path:
+        return self.trials_dir / f"{trial_id}.json"
+
+    def record(self, trial_id: str) -> dict[str, Any] | None:
+        p = self.trial_path(trial_id)
+        return json.loads(p.read_text()) if p.is_file() else None
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        return {p.stem: json.loads(p.read_text()) for p in sorted(self.trials_dir.glob("*.json"))}
+
+    def write_trial(self, trial_id: str, record: dict[str, Any]) -> Path:
+        return write_json_atomic(self.trial_path(trial_id), record)
+
+    def prepare_path(self, name: str) -> Path:
+        return self.prepare_dir / f"{name}.json"
+
+    def work(self, name: str) -> Path:
+        """A fresh work folder (whatever an interrupted attempt left there is discarded)."""
+        d = self.work_dir / name
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        return d
+
+    def log_path(self, name: str) -> Path:
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        return self.logs_dir / f"{name}.log"
+
+
+def failed_record(job: dict[str, Any] | None, phase: str, error_type: str, message: str,
+                  mode: str = "run") -> dict[str, Any]:
+    """The record of a trial whose runner wrote none (killed for memory, timed out, crashed before writing)."""
+    job = job or {}
+    model = job.get("model") or {}
+    return {
+        "schema": RECORD_SCHEMA_ID, "mode": mode, "status": "failed",
+        "error": {"phase": phase, "type": error_type, "message": message},
+        "created_unix": time.time(), "job": job or None, "job_hash": None, "trial": job.get("trial", {}),
+        "engine": {"name": job.get("engine"), "device": job.get("device"), "precision": job.get("precision"),
+                   "details": {}},
+        "model": {"name": model.get("name"), "path": model.get("path"), "hub_id": model.get("hub_id")},
+        "phases": {}, "environment": {}, "host": None,
+    }

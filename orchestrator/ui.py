@@ -1,0 +1,78 @@
+"""Progress bar over the trials (with ETA) and one summary line per trial, with rich."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+def energy_text(window: dict[str, Any] | None) -> str:
+    if not window:
+        return "energy n/a"
+    tot = window.get("energy_total") or {}
+    if tot.get("measured_j") is not None:
+        return f"{tot['measured_j']:.1f} J measured"
+    if tot.get("estimated_j") is not None:
+        return f"{tot['estimated_j']:.1f} J estimated"
+    return "energy unavailable"
+
+
+def trial_line(label: str, rec: dict[str, Any]) -> str:
+    host = rec.get("host") or {}
+    span = ""
+    if host.get("started_unix") and host.get("exited_unix"):
+        span = f" | container {host['exited_unix'] - host['started_unix']:.1f} s"
+    if rec["status"] != "ok":
+        err = rec.get("error") or {}
+        log = f" (log: {host['log']})" if host.get("log") else ""
+        return (f"[red]✗[/] {escape(label)} [red]failed[/] [{escape(str(err.get('type')))}] "
+                f"{escape(str(err.get('message', ''))[:200])}{escape(log)}{span}")
+    gen = (rec.get("phases") or {}).get("generate") or {}
+    tokens = rec.get("tokens") or {}
+    tps = (rec.get("metrics") or {}).get("tokens_per_s")
+    return (f"[green]✓[/] {escape(label)} — {tokens.get('prompts')} prompts, {tokens.get('output')} new tokens, "
+            f"generate {gen.get('duration_s', 0):.2f} s" + (f", {tps:.1f} tok/s" if tps else "")
+            + f", {energy_text(gen)}{span}")
+
+
+class Reporter:
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(highlight=False)
+        self.progress: Progress | None = None
+        self.task = None
+        self.n = 0
+
+    def note(self, msg: str) -> None:
+        (self.progress.console if self.progress else self.console).print(msg)
+
+    def start(self, total: int) -> None:
+        if total == 0:
+            return
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                 console=self.console, transient=True)
+        self.progress.start()
+        self.task = self.progress.add_task("trials", total=total)
+
+    def trial_started(self, t) -> None:
+        self.n += 1
+        if self.progress:
+            self.progress.update(self.task, description=f"{t.label}")
+
+    def trial_finished(self, t, rec: dict[str, Any]) -> None:
+        self.note(f"[{self.n}] {trial_line(t.label, rec)}")
+        if self.progress:
+            self.progress.advance(self.task)
+
+    def trial_skipped(self, t, reason: str) -> None:
+        self.note(f"[{self.n}] [yellow]–[/] {escape(t.label)} skipped: {escape(reason)}")
+        if self.progress:
+            self.progress.advance(self.task)
+
+    def stop(self) -> None:
+        if self.progress:
+            self.progress.stop()
+            self.progress = None
