@@ -265,6 +265,9 @@ def trial_row(record: dict, path: Path, run_dir: Path, problem: str | None = Non
             row[f"{prefix}net_energy_{source}_j"] = e.get(f"net_{source}_j")
             if phase == "generate":
                 row[f"energy_{source}_components"] = e.get(f"{source}_components")
+    prep_info = _get(wins.get("prepare"), "info") or {}
+    row["prepare_cached"] = prep_info.get("cached")  # True: the conversion existed already (its cost was paid before)
+    row["prepare_conversion"] = prep_info.get("conversion")
     row["duration_s"] = row["generate_duration_s"]
     # The headline figure: measured where the record has it, otherwise estimated — never their sum.
     source = next((s for s in SOURCES if row[f"energy_{s}_j"] is not None), None)
@@ -322,10 +325,9 @@ def _disambiguate_configs(trials: pd.DataFrame) -> pd.DataFrame:
     if trials.empty:
         return trials
     for key in ("runtime", "setting"):
-        values = trials[key].fillna("")
-        n = values.groupby(trials["config"]).nunique()
-        mask = trials["config"].isin(n[n > 1].index)
-        trials.loc[mask, "config"] = trials.loc[mask, "config"] + "[" + values[mask] + "]"
+        n = trials.groupby("config")[key].nunique()  # missing values (prepare records have no setting) don't count
+        mask = trials["config"].isin(n[n > 1].index) & trials[key].notna()
+        trials.loc[mask, "config"] = trials.loc[mask, "config"] + "[" + trials.loc[mask, key] + "]"
     return trials
 
 

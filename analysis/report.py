@@ -88,6 +88,12 @@ def _warnings(a: Analysis) -> list[str]:
     work = ok.groupby("model")[["prompts", "tokens_output"]].nunique()
     for model in work[(work > 1).any(axis=1)].index:
         out.append(f"{model}: configurations ran different workloads (prompt or token counts differ).")
+    nonpositive = ok[pd.to_numeric(ok["net_energy_j"], errors="coerce") <= 0]
+    if len(nonpositive):
+        kinds = "+".join(sorted(set(nonpositive["energy_source"].dropna())))
+        out.append(f"{len(nonpositive)} trial(s) have net energy ≤ 0 ({kinds}): the idle baseline draws as much "
+                   "power as the work does" + (" — an estimate that barely tells load from idle; compare raw energy and "
+                   "time instead." if kinds == "estimated" else "."))
     missing_net = ok[ok["net_energy_j"].isna()]
     if len(missing_net):
         out.append(f"{len(missing_net)} trial(s) have no idle baseline for every component of their energy source:"
@@ -238,6 +244,17 @@ def summary_tables(a: Analysis) -> dict[str, pd.DataFrame]:
         out["Utilisation and memory (sampled, medians over repetitions)"] = res.rename(
             columns={c: c.removeprefix("sampled_") for c in res_cols})
     return out
+
+
+def preparation_table(a: Analysis) -> pd.DataFrame:
+    """The prepare records (conversions into the cache): time and energy, per source, never summed."""
+    t = a.tables.trials
+    prep = t[t["mode"] == "prepare"]
+    cols = ["model", "config", "status", "prepare_cached", "prepare_conversion", "prepare_duration_s",
+            "prepare_energy_measured_j", "prepare_energy_estimated_j"]
+    return prep.reindex(columns=cols).rename(columns={
+        "prepare_cached": "cached", "prepare_conversion": "conversion", "prepare_duration_s": "time s",
+        "prepare_energy_measured_j": "measured J", "prepare_energy_estimated_j": "estimated J"})
 
 
 def stats_overview(a: Analysis) -> pd.DataFrame:
@@ -396,6 +413,11 @@ def render(a: Analysis, figs: Figures, title: str) -> tuple[str, str]:
     for name, df in tables.items():
         h.append(f"<h3>{html.escape(name)}</h3>{html_table(df)}")
         md += [f"### {name}", "", md_table(df)]
+
+    prep = preparation_table(a)
+    if not prep.empty:
+        h.append("<h3>Preparation (model conversion, outside every measured window)</h3>" + html_table(prep))
+        md += ["### Preparation (model conversion, outside every measured window)", "", md_table(prep)]
 
     h.append(f"<h2 id='stats'>Statistics</h2><p class='muted'>Per model and per size group, configuration as the "
              f"factor. Shapiro–Wilk per configuration; Kruskal–Wallis across configurations; Dunn's post-hoc with "

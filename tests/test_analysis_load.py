@@ -136,6 +136,25 @@ def test_params_fall_back_to_model_parameters_and_labels_disambiguate(tmp_path):
     assert sorted(t["config"]) == ["TORCH-CUDA[torch-cuda118]", "TORCH-CUDA[torch-cuda121]"]
 
 
+def test_prepare_records_are_kept_apart_and_do_not_split_labels(tmp_path):
+    run = make_record(model="m", repetition=0)
+    prep = make_record(model="m")
+    prep["mode"] = "prepare"  # as the orchestrator's prepare step writes it: no setting, no repetition
+    prep["phases"] = {"prepare": prep["phases"]["load"]}
+    prep["phases"]["prepare"]["info"] = {"cached": False, "conversion": "onnx export"}
+    prep["trial"] = {k: prep["trial"][k] for k in ("run_id", "cell_id", "runtime")}
+    validate_record(prep)
+    write_run([run], tmp_path / "r")
+    (tmp_path / "r" / "prepare").mkdir()
+    (tmp_path / "r" / "prepare" / "cell.json").write_text(json.dumps(prep))
+    t = load_runs(tmp_path / "r")
+    assert sorted(t.trials["mode"]) == ["prepare", "run"] and len(t.ok) == 1
+    assert set(t.trials["config"]) == {"TORCH-CPU"}  # a missing setting is not a second setting
+    p = t.trials.set_index("mode").loc["prepare"]
+    assert (p["prepare_cached"], p["prepare_conversion"]) == (False, "onnx export")
+    assert p["prepare_energy_estimated_j"] == pytest.approx(10.0)
+
+
 def test_several_runs_load_together_and_export(tmp_path):
     r1 = _write(tmp_path, [make_record(run_id="r1", repetition=i) for i in range(2)], "r1")
     r2 = _write(tmp_path, [make_record(run_id="r2", repetition=i) for i in range(3)], "r2")
