@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 J_PER_WH = 3600.0
-REFERENCE_CONFIGS = ("TORCH-CPU", "TORCH-CUDA")  # torch fp32: the reference for token agreement, CPU first
+REFERENCE_DEVICES = ("cpu", "cuda")  # torch fp32 is the reference for token agreement, on the CPU first
 
 # Columns the summary shows, in order: (column, label).
 SUMMARY_COLUMNS = (
@@ -67,11 +67,13 @@ def token_agreement(prompts: pd.DataFrame, trials: pd.DataFrame) -> tuple[pd.Dat
     if p.empty:
         return p, pd.Series(dtype=float)
     for model, mp in p.groupby("model"):
-        ref_cfg = next((c for c in REFERENCE_CONFIGS if (mp["config"] == c).any()), None)
-        if ref_cfg is None:
+        # By engine/precision, not label: a label may carry a runtime suffix (two torch images on one device).
+        cands = trials[(trials["model"] == model) & (trials["status"] == "ok") & (trials["engine"] == "torch")
+                       & (trials["precision"] == "fp32") & trials["trial_id"].isin(mp["trial_id"])]
+        if cands.empty:
             continue
-        ref_trials = trials[(trials["model"] == model) & (trials["config"] == ref_cfg) & (trials["status"] == "ok")]
-        ref_trial = ref_trials.sort_values(["run_id", "repetition"]).iloc[0]["trial_id"]
+        order = cands["device"].map({d: i for i, d in enumerate(REFERENCE_DEVICES)}).fillna(len(REFERENCE_DEVICES))
+        ref_trial = cands.assign(_o=order).sort_values(["_o", "run_id", "config", "repetition"]).iloc[0]["trial_id"]
         rp = mp[mp["trial_id"] == ref_trial]
         ref = {(t, i): list(ids) for t, i, ids in zip(rp["task_id"], rp["index"], rp["output_ids"])}
         for idx, r in mp.iterrows():

@@ -130,13 +130,19 @@ def _pct(x: float) -> str:
     return f"{x:.1f} %"
 
 
+def _span(lo: float, hi: float, digits: int = 1) -> str:
+    """'12.3 %–45.6 %', or one figure when the range is a single value (one model)."""
+    a, b = f"{lo:.{digits}f}", f"{hi:.{digits}f}"
+    return f"{a} %" if a == b else f"{a} %–{b} %"
+
+
 def _range_words(r: dict, a: str, b: str, digits: int = 1) -> str:
     """'A used x–y % less energy than B', or the honest version when the sign changes."""
     lo, hi, d = r["low"], r["high"], digits
     if lo >= 0:
-        return f"{a} used {lo:.{d}f} %–{hi:.{d}f} % less energy than {b}"
+        return f"{a} used {_span(lo, hi, d)} less energy than {b}"
     if hi <= 0:
-        return f"{a} used {-hi:.{d}f} %–{-lo:.{d}f} % more energy than {b}"
+        return f"{a} used {_span(-hi, -lo, d)} more energy than {b}"
     return f"{a} used between {-lo:.{d}f} % more and {hi:.{d}f} % less energy than {b}"
 
 
@@ -169,7 +175,7 @@ def headlines(a: Analysis) -> list[str]:
     r = savings_range(a.best_worst)
     if r:
         best_counts = a.best_worst["best"].value_counts()
-        out.append(f"Within each model the best configuration used {r['low']:.1f} %–{r['high']:.1f} % less energy "
+        out.append(f"Within each model the best configuration used {_span(r['low'], r['high'])} less energy "
                    f"than the worst; the best was {best_counts.index[0]} for {best_counts.iloc[0]} of "
                    f"{len(a.best_worst)} model(s).")
     by_model = {c.name: c for c in a.comparisons if c.scope == "model" and c.metric == "energy_j"}

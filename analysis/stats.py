@@ -140,8 +140,7 @@ def compare_configs(df: pd.DataFrame, value: str, *, group: str = "config", scop
         notes.append("too few repetitions for a test (n < %d): %s" % (
             min_n, ", ".join(f"{c} (n={n})" for c, n in zip(few[group], few["n"]))))
     if len(enough) < 2:
-        notes.insert(0, "no test" if len(groups) >= 2 else "only one configuration: nothing to compare")
-        cmp.note = "; ".join(notes)
+        cmp.note = "; ".join(notes) if len(groups) >= 2 else "only one configuration: nothing to compare"
         return cmp
     tested = data[data[group].isin(enough)]
     samples = [tested.loc[tested[group] == c, value].to_numpy() for c in enough]
