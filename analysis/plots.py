@@ -9,7 +9,6 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: the analysis runs in CI and over SSH
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 

@@ -82,9 +82,8 @@ def _warnings(a: Analysis) -> list[str]:
     if ok.empty:
         return out + ["No successful trial: nothing to measure."]
     cuda_cpu = ok[(ok["device"] == "cuda") & ok["provider"].astype(str).str.contains("CPU", case=False)]
-    for cfg in sorted(cuda_cpu["config"].unique()):
-        out.append(f"{cfg}: asked for CUDA but the provider was {cuda_cpu[cuda_cpu['config'] == cfg]['provider'].iloc[0]}"
-                   " — the runtime fell back to the CPU.")
+    for cfg, provider in cuda_cpu.groupby("config")["provider"].first().items():
+        out.append(f"{cfg}: asked for CUDA but the provider was {provider} — the runtime fell back to the CPU.")
     work = ok.groupby("model")[["prompts", "tokens_output"]].nunique()
     for model in work[(work > 1).any(axis=1)].index:
         out.append(f"{model}: configurations ran different workloads (prompt or token counts differ).")
@@ -92,8 +91,8 @@ def _warnings(a: Analysis) -> list[str]:
     if len(nonpositive):
         kinds = "+".join(sorted(set(nonpositive["energy_source"].dropna())))
         out.append(f"{len(nonpositive)} trial(s) have net energy ≤ 0 ({kinds}): the idle baseline draws as much "
-                   "power as the work does" + (" — an estimate that barely tells load from idle; compare raw energy and "
-                   "time instead." if kinds == "estimated" else "."))
+                   "power as the work does" + (" — an estimate that barely tells load from idle; compare raw energy "
+                   "and time instead." if kinds == "estimated" else "."))
     missing_net = ok[ok["net_energy_j"].isna()]
     if len(missing_net):
         out.append(f"{len(missing_net)} trial(s) have no idle baseline for every component of their energy source:"
@@ -159,7 +158,7 @@ def _source_words(a: Analysis) -> str:
 
 
 def headlines(a: Analysis) -> list[str]:
-    ok, t = a.ok, a.tables.trials
+    ok = a.ok
     n_failed = len(a.tables.failures)
     out = []
     if ok.empty:
@@ -191,8 +190,8 @@ def headlines(a: Analysis) -> list[str]:
             sentence += f"; {cmp.verdict()}"
             if len(pair):
                 p = pair.iloc[0]
-                sentence += (f"; best vs worst: Dunn–Holm {p_words(p['p_holm'])}, Cliff's |δ| = {abs(p['delta']):.2f}"
-                             f" ({p['magnitude']})")
+                sentence += (f"; best vs worst: Dunn–Holm {p_words(p['p_holm'])}, "
+                             f"Cliff's |δ| = {abs(p['delta']):.2f} ({p['magnitude']})")
         elif cmp is not None:
             sentence += f"; {cmp.note}"
         out.append(sentence + ".")
@@ -267,9 +266,10 @@ def stats_overview(a: Analysis) -> pd.DataFrame:
     rows = []
     for c in a.comparisons:
         g = c.groups
+        normal = g["normal"].dropna().astype(bool)
         rows.append({"scope": c.scope, "name": c.name, "metric": c.metric, "configs": len(g),
                      "n per config": f"{g['n'].min()}–{g['n'].max()}" if len(g) else "–",
-                     "normal (Shapiro–Wilk)": f"{int((g['normal'] == True).sum())}/{int(g['normal'].notna().sum())}",  # noqa: E712
+                     "normal (Shapiro–Wilk)": f"{int(normal.sum())}/{len(normal)}",
                      "H": c.kruskal_h, "p": fmt_p(c.kruskal_p) if c.tested else "–",
                      "result": ("significant" if c.significant else "not significant") if c.tested else c.note})
     return pd.DataFrame(rows)
@@ -477,9 +477,9 @@ def render(a: Analysis, figs: Figures, title: str) -> tuple[str, str]:
         h.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in lines) + "</ul>")
         md += [f"- {x}" for x in lines] + [""]
         sc = a.study_comparison
-        note = ("DIFFERENT HARDWARE AND WORKLOAD: ours vs the study's per prompt (the study's 164-prompt totals ÷ 164; "
-                "about 113–118 new tokens per prompt there). Ratios = ours ÷ study; they say how far apart the "
-                "setups are, not whether either is right.")
+        note = ("DIFFERENT HARDWARE AND WORKLOAD: ours vs the study's per prompt (the study's 164-prompt totals "
+                "÷ 164; about 113–118 new tokens per prompt there). Ratios = ours ÷ study; they say how far apart "
+                "the setups are, not whether either is right.")
         h.append(f"<div class='banner mixed'>{html.escape(note)}</div>")
         md += [f"> **{note}**", ""]
         if sc is None or sc.empty:
