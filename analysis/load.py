@@ -28,6 +28,7 @@ RECORD_SCHEMA_ID = "slm-matrix.record/1"
 PHASES = ("prepare", "load", "compile", "warmup", "generate")
 SOURCES = ("measured", "estimated")
 SIZE_GROUPS = ("<1B", "1B–2B", "≥2B")  # the study's groups, spelt as orchestrator/matrix.py spells them
+NUMERIC_SUFFIXES = ("_j", "_s", "_b", "_kwh", "_median", "_mean", "_max", "_identical")
 SKIP_DIRS = {"work"}  # results/<run>/work/<trial>/: the trial in flight, not yet judged by the orchestrator
 # Engine names as the study labels them (it says OV for OpenVINO).
 ENGINE_ALIASES = {"openvino": "ov", "pytorch": "torch", "onnxruntime": "onnx", "ort": "onnx", "torchscript": "jit"}
@@ -355,6 +356,9 @@ def load_runs(paths: Iterable[str | Path] | str | Path, *, validate: bool = True
             if isinstance(sampled, dict) and sampled.get("t_s"):
                 series[row["trial_id"]] = sampled
     tdf = pd.DataFrame(trials)
+    for col in tdf.columns:  # a figure missing in every record is still a number column (NaN), not an object one
+        if col.endswith(NUMERIC_SUFFIXES):
+            tdf[col] = pd.to_numeric(tdf[col], errors="coerce").astype(float)
     if not tdf.empty:
         tdf = _disambiguate_configs(tdf).sort_values(["run_id", "model", "config", "repetition"],
                                                      na_position="last").reset_index(drop=True)

@@ -177,6 +177,12 @@ def headlines(a: Analysis) -> list[str]:
         out.append(f"Within each model the best configuration used {_span(r['low'], r['high'])} less energy "
                    f"than the worst; the best was {best_counts.index[0]} for {best_counts.iloc[0]} of "
                    f"{len(a.best_worst)} model(s).")
+    if a.medians["device"].nunique() > 1:  # the study's "within CPU" figure, and within every other device
+        for device, part in a.medians.groupby("device"):
+            r = savings_range(savings_best_worst(part, "energy_j"))
+            if r:
+                out.append(f"Within {device.upper()} alone the best configuration used {_span(r['low'], r['high'])} "
+                           f"less energy than the worst ({r['n_models']} model(s)).")
     by_model = {c.name: c for c in a.comparisons if c.scope == "model" and c.metric == "energy_j"}
     for _, bw in a.best_worst.iterrows():
         model = bw["model"]

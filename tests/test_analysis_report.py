@@ -90,12 +90,24 @@ def test_measured_run_and_study_comparison(tmp_path):
     md = build_report([run], tmp_path / "out")["markdown"].read_text()
     assert "All energy figures are measured by hardware counters" in md and "ESTIMATED" not in md
     assert "TORCH-CUDA used 50.0 % less energy than ONNX-CUDA" in md  # one model: one figure, not a range
+    assert "Within CUDA alone" not in md  # one device: the overall best-vs-worst already says it
     study = md.split("## Comparison with the study")[1].split("## Plots")[0]
     assert "DIFFERENT HARDWARE" in study
     # ours 300 J / 4 prompts vs the study's 12.8 kJ / 164 prompts for codeparrot-small TORCH-CUDA
     row = a.study_comparison.set_index("config").loc["TORCH-CUDA"]
     assert row["energy_ratio"] == pytest.approx(75.0 / (12800 / 164), rel=0.02)
     assert "codeparrot-small | codeparrot-small | TORCH-CUDA" in study
+
+
+def test_best_vs_worst_within_each_device(tmp_path):
+    # CPU: 100 vs 80 J (20 % saved); CUDA: 40 vs 10 J (75 % saved); 3 repetitions each
+    energies = {("torch", "cpu"): 100.0, ("onnx", "cpu"): 80.0, ("torch", "cuda"): 40.0, ("onnx", "cuda"): 10.0}
+    recs = [make_record(model="m", engine=e, device=d, repetition=r, energy_j=j) for (e, d), j in energies.items()
+            for r in range(3)]
+    md = build_report([write_run(recs, tmp_path / "r")], tmp_path / "out")["markdown"].read_text()
+    assert "Within CPU alone the best configuration used 20.0 % less energy than the worst" in md
+    assert "Within CUDA alone the best configuration used 75.0 % less energy than the worst" in md
+    assert "the best configuration used 90.0 % less energy than the worst" in md  # overall: 10 vs 100 J
 
 
 def test_no_records_is_an_error(tmp_path):
