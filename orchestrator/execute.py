@@ -117,6 +117,10 @@ class Executor:
             prev = _read(path)
             if prev and prev.get("status") == "ok":
                 continue
+            if not _converts(cell.engine):  # nothing to convert: spare a container start per cell
+                write_json_atomic(path, {"status": "ok", "mode": "prepare", "cell_id": cid, "conversion": "none",
+                                         "reason": f"engine {cell.engine!r} loads the model folder as it is"})
+                continue
             rec = self._prepare_cell(cell)
             write_json_atomic(path, rec)
             if rec["status"] != "ok":
@@ -249,6 +253,13 @@ class Executor:
                 return {"waited_s": waited, "reached": not hot, "temps_c": temps, "idle_temps_c": self.idle_temps,
                         "margin_c": m["cooldown_margin_c"], "max_s": m["cooldown_max_s"]}
             time.sleep(1.0)
+
+
+def _converts(engine: str) -> bool:
+    from runners.engines import engine_class
+    from runners.engines.base import Engine
+
+    return engine_class(engine).prepare is not Engine.prepare
 
 
 def _runner_span(rec: dict[str, Any], facts: dict[str, Any]) -> dict[str, float]:

@@ -19,6 +19,8 @@ from orchestrator import REPO_ROOT
 IMAGE_PREFIX_ENV = "IMAGE_PREFIX"
 LABEL_PREFIX = "io.slm-matrix."
 REQUIRED_LABELS = ("runtime", "engines", "device", "gpu", "precisions")
+# Optional labels: container settings this runtime needs (e.g. vLLM's shared memory); the matrix may override them.
+CONTAINER_LABELS = {"shm-size": "shm_size", "mem-limit": "mem_limit"}
 
 
 class ImageError(RuntimeError):
@@ -33,6 +35,7 @@ class Runtime:
     gpu: bool  # needs a GPU DeviceRequest
     precisions: tuple[str, ...]
     dockerfile: Path
+    container: tuple[tuple[str, str], ...] = ()  # (container key, value) from the optional labels
 
     @property
     def image(self) -> str:
@@ -70,7 +73,8 @@ def parse_runtime(dockerfile: Path) -> Runtime:
         raise ImageError(f"{dockerfile}: LABEL {LABEL_PREFIX}gpu={labels['gpu']!r} — use true or false")
     return Runtime(name=folder, engines=tuple(labels["engines"].split()), device=labels["device"],
                    gpu=labels["gpu"] == "true", precisions=tuple(labels["precisions"].split()),
-                   dockerfile=dockerfile)
+                   dockerfile=dockerfile,
+                   container=tuple((key, labels[label]) for label, key in CONTAINER_LABELS.items() if label in labels))
 
 
 def discover(images_dir: Path | None = None) -> dict[str, Runtime]:

@@ -101,8 +101,9 @@ class Matrix:
     models: dict[str, ModelEntry]  # selected ones, in matrix order
 
     def container_for(self, runtime: RuntimeEntry, model: ModelEntry) -> dict[str, Any]:
-        """Container limits of one cell: [container] < runtime < model (a big model needs more time/memory)."""
-        return {**self.container, **runtime.container, **model.container}
+        """Container limits of one cell: [container] < the image's labels < runtime entry < model entry (a big model
+        needs more time and memory)."""
+        return {**self.container, **dict(runtime.runtime.container), **runtime.container, **model.container}
 
 
 def size_group(params_b: float) -> str:
@@ -129,7 +130,7 @@ class _Table:
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if (isinstance(v, bool) and bool not in kinds) or not isinstance(v, kinds):
             raise MatrixError(self.src, self.key(k), f"must be {_kname(kind)}, got {_tname(v)} {v!r}",
-                              f"give {k} a {_kname(kind)} value{f' ({what})' if what else ''}")
+                              f"give {k} {_kname(kind)} value{f' ({what})' if what else ''}")
         if choices is not None and v not in choices:
             raise MatrixError(self.src, self.key(k), f"unknown value {v!r}", f"use one of: {', '.join(choices)}")
         if minimum is not None and v < minimum:
@@ -259,6 +260,12 @@ def load(path: str | Path, *, images_dir: Path | None = None) -> Matrix:
         raise MatrixError(src, "matrix", "selects no runtime or no model",
                           "define [runtimes.<name>] and [models.<name>] entries")
 
+    for s in sel_s:  # a setting no selected image offers would silently never run
+        offered = sorted({p for r in sel_rt for p in runtime_entries[r].runtime.precisions})
+        if settings_all[s].precision not in offered:
+            raise MatrixError(src, f"settings.{s}.precision",
+                              f"no selected runtime offers {settings_all[s].precision!r}",
+                              f"use one of: {', '.join(offered)} (the images' io.slm-matrix.precisions labels)")
     job_sections = {s: dict(top.table(s)) for s in JOB_SECTIONS}
     ht = _Table(src, top.table("host"), "host")
     host = {k: ht.get(k, kind, default, minimum=0, what=what) for k, (kind, default, what) in HOST_KEYS.items()}

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Per-trial orchestration overhead: what one container per trial costs, in seconds and as a share of trial time.
+
+    python benchmarks/orchestration_overhead.py                  run the smoke matrix's tiny models, then report
+    python benchmarks/orchestration_overhead.py --run-dir results/smoke     report on an existing run
+
+Per trial, from its record (host.*) and the record file's mtime (the instant it was stored):
+  setup      begin → container started: job file, image lookup, create, start (Docker API)
+  teardown   container exited → record stored: exit state, log, collect, remove, write
+  orchestration = setup + teardown                  (the orchestrator's own cost)
+  in-container  interpreter start + imports before the runner's first window, and after its last one
+  trial      begin → record stored (the idle baseline and cooldown before it are protocol, not overhead)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def trial_rows(run_dir: Path) -> list[dict[str, float | str]]:
+    rows = []
+    for p in sorted((run_dir / "trials").glob("*.json")):
+        rec = json.loads(p.read_text())
+        h = rec.get("host") or {}
+        if not (h.get("begin_unix") and h.get("started_unix") and h.get("exited_unix")):
+            continue  # recorded without a launch (e.g. a failed prepare)
+        stored = p.stat().st_mtime
+        o = h.get("overhead_s") or {}
+        setup = h["started_unix"] - h["begin_unix"]
+        teardown = stored - h["exited_unix"]
+        inside = (o.get("runner_startup_s") or 0.0) + (o.get("runner_exit_s") or 0.0)
+        trial = stored - h["begin_unix"]
+        rows.append({"trial": p.stem, "status": rec["status"], "launcher": h.get("launcher"),
+                     "create": o.get("create_s", 0.0), "start": o.get("start_s", 0.0), "setup": setup,
+                     "teardown": teardown, "orchestration": setup + teardown, "in_container": inside,
+                     "trial_s": trial})
+    return rows
+
+
+def report(run_dir: Path) -> str:
+    rows = trial_rows(run_dir)
+    if not rows:
+        return f"no launched trials in {run_dir}"
+    lines = [f"run {run_dir} — {len(rows)} trials ({', '.join(sorted({str(r['launcher']) for r in rows}))})",
+             f"{'trial':58s} {'create':>7s} {'start':>7s} {'setup':>7s} {'teardn':>7s} {'orch':>7s} "
+             f"{'inside':>7s} {'trial':>8s} {'orch %':>7s}"]
+    for r in rows:
+        lines.append(f"{str(r['trial'])[:58]:58s} {r['create']:7.3f} {r['start']:7.3f} {r['setup']:7.3f} "
+                     f"{r['teardown']:7.3f} {r['orchestration']:7.3f} {r['in_container']:7.2f} {r['trial_s']:8.2f} "
+                     f"{100 * r['orchestration'] / r['trial_s']:6.2f}%")
+
+    def med(key):
+        return statistics.median(float(r[key]) for r in rows)
+
+    share = [float(r["orchestration"]) / float(r["trial_s"]) for r in rows]
+    share_in = [(float(r["orchestration"]) + float(r["in_container"])) / float(r["trial_s"]) for r in rows]
+    lines += [
+        "",
+        f"orchestration overhead per trial (container create + start + stop/remove + record): median "
+        f"{med('orchestration'):.3f} s (setup {med('setup'):.3f} s, teardown {med('teardown'):.3f} s), "
+        f"max {max(float(r['orchestration']) for r in rows):.3f} s",
+        f"  = median {100 * statistics.median(share):.2f} % of trial time (median trial {med('trial_s'):.1f} s)",
+        f"with the runner's start-up and exit inside the container (interpreter, imports, record write): median "
+        f"{med('orchestration') + med('in_container'):.2f} s = {100 * statistics.median(share_in):.1f} % of trial time",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run-dir", type=Path, help="report on this results/<run-id> instead of running")
+    ap.add_argument("--matrix", default=str(REPO / "matrix-smoke.toml"))
+    ap.add_argument("--model", action="append", help="models to run (default: tiny-llama, tiny-gpt2)")
+    ap.add_argument("--launcher", default="docker", choices=("docker", "process"))
+    args = ap.parse_args(argv)
+    if args.run_dir is None:
+        results = Path(tempfile.mkdtemp(prefix="slm-bench-"))
+        run_id = f"overhead-{time.strftime('%Y%m%d-%H%M%S')}"
+        cmd = [sys.executable, str(REPO / "orchestrate.py"), "run", "--matrix", args.matrix, "--run-id", run_id,
+               "--results", str(results), "--launcher", args.launcher]
+        for m in args.model or ["tiny-llama", "tiny-gpt2"]:
+            cmd += ["--model", m]
+        print("$", " ".join(cmd), flush=True)
+        if subprocess.run(cmd, cwd=REPO).returncode != 0:
+            return 1
+        args.run_dir = results / run_id
+    print(report(args.run_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Shared fixtures: the real Docker engine, the torch-cpu image built from this checkout, and a model cache.
+
+Tests that need Docker skip only when no engine can be reached (a laptop without Docker); where an engine answers
+(CI), they run against it for real.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # orchestrator/ and runners/ live at the repository root
+    sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    from orchestrator.docker_launcher import connect
+
+    try:
+        client = connect()
+        client.ping()
+    except Exception as e:  # no engine here: the Docker tests cannot mean anything
+        pytest.skip(f"no Docker engine reachable ({type(e).__name__}: {e}); start dockerd to run this test")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def torch_cpu_image(docker_client) -> dict:
+    """slm-matrix/torch-cpu:latest built from this checkout through the orchestrator (layer-cached: seconds when
+    `make images-cpu` ran before), so containers run the runners/ code under test, not a stale copy."""
+    from orchestrator.images import ImageError, build, discover
+
+    runtime = discover()["torch-cpu"]
+    try:
+        return build(docker_client, runtime, log=lambda line: None)
+    except ImageError as e:
+        pytest.fail(f"{e} — set BASE_IMAGE / PIP_EXTRA_INDEX_URL as for `make images-cpu` (see .ci/run)")
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    """A fresh host model cache for this session (tiny fixtures build in seconds)."""
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture(scope="session")
+def readable_models():
+    """Shared fixture folders (tests/_models.py) made readable by the images' uid 1000 before being mounted."""
+    from orchestrator.models import _readable
+
+    def make(*paths: Path) -> None:
+        for p in paths:
+            _readable(Path(p))
+    return make
+
+
+def orchestrate(*args: str, timeout: float = 900, env: dict | None = None, check: bool = False
+                ) -> subprocess.CompletedProcess:
+    """Run the CLI as a user would (a fresh process, real argv)."""
+    proc = subprocess.run([sys.executable, str(REPO / "orchestrate.py"), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "COLUMNS": "200", **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"orchestrate {' '.join(args)} → {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
