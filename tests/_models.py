@@ -16,7 +16,8 @@ def fixtures_root() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_models() -> dict[str, Path]:
-    return {arch: fixtures.build_tiny(arch, fixtures_root() / f"tiny-{arch}") for arch in fixtures.ARCHITECTURES}
+    return {arch: fixtures.build_tiny(arch, fixtures_root() / fixtures.fixture_name(arch))
+            for arch in fixtures.ARCHITECTURES}
 
 
 @pytest.fixture(scope="session")
@@ -26,4 +27,4 @@ def tiny_model_dir(tiny_models) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
-    return fixtures.build_smollm2(fixtures_root() / "smollm2-135m")
+    return fixtures.build_smollm2()
