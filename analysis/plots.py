@@ -80,13 +80,14 @@ def energy_time_scatter(medians: pd.DataFrame, energy: str = "energy_j", time: s
 
 def savings_heatmap(matrix: pd.DataFrame, title: str) -> plt.Figure:
     """model × configuration: % energy saved against the worst configuration of the same model."""
-    fig, ax = plt.subplots(figsize=(1.3 * max(len(matrix.columns), 3) + 3, 0.6 * max(len(matrix), 2) + 1.8))
+    fig, ax = plt.subplots(figsize=(1.3 * max(len(matrix.columns), 3) + 3, 0.6 * max(len(matrix), 2) + 2.2))
     sns.heatmap(matrix, annot=True, fmt=".1f", cmap="viridis", cbar_kws={"label": "% saved vs worst"}, ax=ax,
                 linewidths=0.5)
     ax.set_title(title, fontsize=11)
     ax.set_xlabel("configuration")
     ax.set_ylabel("model")
     ax.tick_params(axis="x", rotation=30)
+    ax.tick_params(axis="y", rotation=0)  # model names read across, not stacked sideways
     fig.tight_layout()
     return fig
 

@@ -164,8 +164,9 @@ def headlines(a: Analysis) -> list[str]:
     if ok.empty:
         return [f"No trial succeeded; {n_failed} failed (see Failures)."]
     reps = ok.groupby(["model", "config"]).size()
+    reps_words = f"{reps.min()}" if reps.min() == reps.max() else f"{reps.min()}–{reps.max()}"
     out.append(f"{len(ok)} successful trials of {ok['model'].nunique()} model(s) × {ok['config'].nunique()} "
-               f"configuration(s), {reps.min()}–{reps.max()} repetition(s) per cell; {n_failed} trial(s) failed"
+               f"configuration(s), {reps_words} repetition(s) per cell; {n_failed} trial(s) failed"
                f"{' (listed under Failures)' if n_failed else ''}. Energy figures are {_source_words(a)}.")
     for (pa, pb), df in a.pairs.items():
         r = savings_range(df)
@@ -173,10 +174,13 @@ def headlines(a: Analysis) -> list[str]:
             out.append(f"{_range_words(r, pa, pb)} (median energy per model, {r['n_models']} model(s)).")
     r = savings_range(a.best_worst)
     if r:
-        best_counts = a.best_worst["best"].value_counts()
+        best = a.best_worst["best"].value_counts()
+        tested = [c for c in a.comparisons if c.scope == "model" and c.metric == "energy_j" and c.tested]
+        significant = sum(bool(c.significant) for c in tested)
         out.append(f"Within each model the best configuration used {_span(r['low'], r['high'])} less energy "
-                   f"than the worst; the best was {best_counts.index[0]} for {best_counts.iloc[0]} of "
-                   f"{len(a.best_worst)} model(s).")
+                   f"than the worst; the best was " + " and ".join(f"{c} for {n}" for c, n in best.items())
+                   + f" of {len(a.best_worst)} model(s); the configurations differed significantly (Kruskal–Wallis, "
+                   f"α = {ALPHA}) for {significant} of {len(tested)} model(s) with enough repetitions to test.")
     if a.medians["device"].nunique() > 1:  # the study's "within CPU" figure, and within every other device
         for device, part in a.medians.groupby("device"):
             r = savings_range(savings_best_worst(part, "energy_j"))
@@ -274,7 +278,8 @@ def stats_overview(a: Analysis) -> pd.DataFrame:
         g = c.groups
         normal = g["normal"].dropna().astype(bool)
         rows.append({"scope": c.scope, "name": c.name, "metric": c.metric, "configs": len(g),
-                     "n per config": f"{g['n'].min()}–{g['n'].max()}" if len(g) else "–",
+                     "n per config": ("–" if not len(g) else f"{g['n'].min()}" if g["n"].min() == g["n"].max()
+                                      else f"{g['n'].min()}–{g['n'].max()}"),
                      "normal (Shapiro–Wilk)": f"{int(normal.sum())}/{len(normal)}",
                      "H": c.kruskal_h, "p": fmt_p(c.kruskal_p) if c.tested else "–",
                      "result": ("significant" if c.significant else "not significant") if c.tested else c.note})
@@ -311,10 +316,16 @@ def md_table(df: pd.DataFrame) -> str:
     return "\n".join([head, sep, *body]) + "\n"
 
 
-def html_table(df: pd.DataFrame, index: bool = False) -> str:
+def html_table(df: pd.DataFrame) -> str:
+    """A plain HTML table: numbers right-aligned (class n), text left, everything escaped."""
     if df is None or df.empty:
         return "<p class='muted'>(none)</p>"
-    return _fmt_df(df).to_html(index=index, border=0, classes="t", escape=True)
+    numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df.columns]
+    cls = [" class='n'" if n else "" for n in numeric]
+    head = "".join(f"<th{k}>{html.escape(str(c))}</th>" for c, k in zip(df.columns, cls))
+    body = "".join("<tr>" + "".join(f"<td{k}>{html.escape(v)}</td>" for v, k in zip(row, cls)) + "</tr>"
+                   for row in _fmt_df(df).itertuples(index=False))
+    return f"<table class='t'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 CSS = """
@@ -326,8 +337,8 @@ h1{margin-bottom:.2em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margi
 .mixed{background:#f8d7da;border:2px solid #dc3545} .warn{background:#f8f9fa;border-left:4px solid #e0a800;
 padding:.4em .8em;margin:.3em 0}
 table.t{border-collapse:collapse;font-size:.82em;margin:.6em 0;display:block;overflow-x:auto}
-table.t th,table.t td{border:1px solid #ddd;padding:.25em .5em;text-align:right;white-space:nowrap}
-table.t th{background:#f3f3f3} table.t td:first-child,table.t th:first-child{text-align:left}
+table.t th,table.t td{border:1px solid #ddd;padding:.25em .5em;text-align:left;white-space:nowrap}
+table.t th{background:#f3f3f3} table.t .n{text-align:right}
 ul.headline li{margin:.35em 0} img{max-width:100%;border:1px solid #eee;margin:.5em 0}
 nav a{margin-right:1em} details{margin:.5em 0} summary{cursor:pointer;font-weight:600}
 """
@@ -363,12 +374,16 @@ def make_figures(a: Analysis) -> Figures:
         for cfg, part in with_series[with_series["model"] == model].groupby("config"):
             # The trial whose energy is closest to its configuration's median: a typical one, not an outlier.
             r = part.loc[(part["energy_j"] - part["energy_j"].median()).abs().idxmin()]
-            traces.append((f"{model} · {cfg} · rep {r['repetition']}", a.tables.series[r["trial_id"]]))
+            rep = "?" if pd.isna(r["repetition"]) else int(r["repetition"])
+            traces.append((f"{model} · {cfg} · rep {rep}", a.tables.series[r["trial_id"]]))
     fig = plots.power_over_time(traces[:6])
     if fig is not None:
         f.png["power"] = plots.to_png(fig)
-        f.captions["power"] = ("Sampled power (or utilisation where no power was sampled) over the generate window of "
-                               "a typical trial (closest to its configuration's median energy).")
+        has_power = any(plots.series_keys(s)[1].startswith("power") for _, s in traces)
+        f.captions["power"] = (
+            ("Sampled power" if has_power else "No power series was sampled (no RAPL or NVML counter): CPU "
+             "utilisation instead,") + " over the generate window of a typical trial of each configuration (the one "
+            "closest to its configuration's median energy).")
     return f
 
 

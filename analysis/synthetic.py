@@ -25,6 +25,10 @@ def _window(start: float, duration: float, energy: dict[str, float], source: str
             series: dict[str, list[float]] | None = None, interval: float = 0.1) -> dict[str, Any]:
     figures = [{"component": c, "joules": float(j), "source": source, "meter": meter, "reason": None}
                for c, j in energy.items()]
+    if not any(c.startswith("gpu") for c in energy):
+        # as runners/meters write it on a host without NVML: a figure with no number and the reason
+        figures.append({"component": "gpu", "joules": None, "source": "unavailable", "meter": "nvml",
+                        "reason": "NVML not available: no NVIDIA driver or GPU visible"})
     total = float(sum(energy.values())) if energy else None
     summary = {k: {"mean": float(np.mean(v)), "min": float(np.min(v)), "max": float(np.max(v))}
                for k, v in (series or {}).items() if k != "t_s"}
@@ -98,9 +102,15 @@ def make_record(*, model: str = "tiny-a", hub_id: str | None = None, params_b: f
     else:
         record["idle"] = None
     if host_idle_w is not None:
-        record["host"] = {"idle": {"duration_s": 10.0, "power": [
-            {"component": c, "watts": w, "source": source, "meter": meter, "reason": None}
-            for c, w in host_idle_w.items()]}}
+        # as orchestrator/execute.py writes it: the host's own window around the runner, and its idle baseline
+        span = load_s + 1.0 + duration_s + 5.0
+        record["host"] = {"launcher": "process", "exit_code": 0, "oom_killed": False, "timed_out": False,
+                          "container": _window(t0 - 3.0, span, {c: energy_j * share * span / duration_s
+                                                                for c, share in components.items()},
+                                               source, meter=meter),
+                          "idle": {"duration_s": 10.0, "start_unix": t0 - 14.0, "power": [
+                              {"component": c, "watts": w, "source": source, "meter": meter, "reason": None}
+                              for c, w in host_idle_w.items()]}}
     if status == "failed":
         record["error"] = error or {"phase": "load", "type": "RuntimeError", "message": "synthetic failure"}
         record["phases"]["load"] = _window(t0, load_s, {c: 1.0 for c in components}, source, meter=meter)

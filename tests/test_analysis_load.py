@@ -110,6 +110,9 @@ def test_runner_idle_first_then_host_idle_same_source_only(tmp_path):
     t = load_runs(_write(tmp_path, [a, b, c])).trials.set_index("model")
     assert t.loc["a", "net_energy_j"] == pytest.approx(100.0 - (2.0 + 1.0) * 10.0)
     assert t.loc["a", "idle_origin"] == "host+runner"
+    # the orchestrator's window around the runner (synthetic: 2 + 1 + 10 + 5 = 18 s at the generate power)
+    assert t.loc["a", "host_container_energy_estimated_j"] == pytest.approx(180.0)
+    assert t.loc["a", "host_container_net_energy_estimated_j"] == pytest.approx(180.0 - 3.0 * 18.0)
     assert t.loc["b", "energy_j"] == pytest.approx(100.0) and pd.isna(t.loc["b", "net_energy_j"])
     assert pd.isna(t.loc["c", "net_energy_j"])
 

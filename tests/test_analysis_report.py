@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ from analysis.__main__ import main
 from analysis.report import analyse, build_report
 from analysis.synthetic import make_record, synthetic_run, write_run
 
+REAL_RUN = Path(os.environ.get("ANALYSIS_REAL_RUN") or Path(__file__).resolve().parents[1] / "results" / "smoke")
 MODELS = (("tiny-135m", None, 0.135), ("mid-1.1b", None, 1.1))
 CONFIGS = (("torch", "cpu", "fp32", 1.0, 1.0), ("onnx", "cpu", "fp32", 0.7, 0.8), ("openvino", "cpu", "fp32", 0.5, 0.6))
 
@@ -46,7 +49,10 @@ def test_headline_sentences_come_from_the_numbers(report):
     saved = (med.max(axis=1) - med.min(axis=1)) / med.max(axis=1) * 100
     md = report["md"]
     assert f"best configuration used {saved.min():.1f} %–{saved.max():.1f} % less energy than the worst" in md
-    assert "the best was OV-CPU for 2 of 2 model(s)" in md
+    assert "the best was OV-CPU for 2 of 2 model(s); the configurations differed significantly (Kruskal–Wallis, " \
+        "α = 0.05) for 2 of 2 model(s)" in md
+    assert "35 successful trials of 2 model(s) × 3 configuration(s), 5–6 repetition(s) per cell; 1 trial(s) " \
+        "failed" in md
     pair = (med["ONNX-CPU"] - med["TORCH-CPU"]) / med["ONNX-CPU"] * 100  # TORCH-CPU saves this against ONNX-CPU
     assert f"TORCH-CPU used {-pair.max():.1f} %–{-pair.min():.1f} % more energy than ONNX-CPU" in md
     assert "TORCH-CUDA vs ONNX-CUDA" in md and "Not in this run" in md  # the study's pair, absent here
@@ -108,6 +114,21 @@ def test_best_vs_worst_within_each_device(tmp_path):
     assert "Within CPU alone the best configuration used 20.0 % less energy than the worst" in md
     assert "Within CUDA alone the best configuration used 75.0 % less energy than the worst" in md
     assert "the best configuration used 90.0 % less energy than the worst" in md  # overall: 10 vs 100 J
+
+
+@pytest.mark.skipif(not (REAL_RUN / "trials").is_dir(),
+                    reason=f"no real run at {REAL_RUN} (`make smoke` writes one; ANALYSIS_REAL_RUN=DIR names another)")
+def test_report_from_a_real_run(tmp_path):
+    """Records the runner and the orchestrator really wrote: every one loads, matches the schema, has its figures."""
+    a = analyse([REAL_RUN])
+    assert a.tables.problems.empty
+    runs = a.tables.trials[a.tables.trials["mode"] == "run"]
+    assert len(runs) == len(list((REAL_RUN / "trials").glob("*.json")))
+    assert len(a.ok) + len(a.tables.failures[a.tables.failures["mode"] == "run"]) == len(runs)
+    assert set(a.ok["energy_source"]) <= {"measured", "estimated"} and (a.ok["energy_j"] > 0).all()
+    assert (a.ok["duration_s"] > 0).all() and (a.ok["tokens_output"] > 0).all() and a.ok["j_per_token"].notna().all()
+    page = build_report([REAL_RUN], tmp_path / "out")["html"].read_text()
+    assert page.count("data:image/png;base64,") >= 3 and "class='banner" in page
 
 
 def test_no_records_is_an_error(tmp_path):
