@@ -25,6 +25,11 @@ from analysis.study import (DEFAULT_STUDY_CSV, STUDY_ID, STUDY_PAIR, STUDY_SETUP
                             our_medians, read_medians)
 
 DEFAULT_PAIRS = (STUDY_PAIR, ("TORCH-CPU", "ONNX-CPU"))
+STUDY_COLUMNS = {"study_model": "study's model", "our_source": "our source", "our_prompts": "our prompts",
+                 "our_new_tokens_per_prompt": "our new tokens/prompt", "our_j_per_prompt": "our J/prompt",
+                 "study_j_per_prompt": "study J/prompt", "energy_ratio": "energy ours÷study",
+                 "our_s_per_prompt": "our s/prompt", "study_s_per_prompt": "study s/prompt",
+                 "time_ratio": "time ours÷study", "our_hardware": "our hardware"}
 ESTIMATED_NOTE = ("ESTIMATED, not measured: no hardware energy counter (RAPL, NVML) was available, so energy comes "
                   "from codecarbon's model (CPU load × a per-thread power figure, plus a modelled RAM power). Use it "
                   "to rank configurations on this machine with care; it is not a measurement of joules.")
@@ -507,6 +512,7 @@ def render(a: Analysis, figs: Figures, title: str) -> tuple[str, str]:
             h.append("<p class='muted'>No model × configuration of this run is in the study's table.</p>")
             md += ["_No model × configuration of this run is in the study's table._", ""]
         else:
+            sc = sc.rename(columns=STUDY_COLUMNS)
             h.append(html_table(sc))
             md += [md_table(sc)]
     else:
