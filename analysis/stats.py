@@ -7,6 +7,7 @@ saying so instead of a p-value.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,13 +50,11 @@ def median_ci(values, *, confidence: float = 0.95, n_resamples: int = 2000, seed
         out["ci_low"] = out["ci_high"] = float(x[0])
         return out
     for method in ("BCa", "percentile"):
-        with np.errstate(all="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                res = stats.bootstrap((x,), np.median, confidence_level=confidence, n_resamples=n_resamples,
-                                      method=method, rng=np.random.default_rng(seed))
+        # BCa warns (and returns NaN) when a small sample has many ties: then the percentile interval is used
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = stats.bootstrap((x,), np.median, confidence_level=confidence, n_resamples=n_resamples,
+                                  method=method, rng=np.random.default_rng(seed))
         lo, hi = res.confidence_interval
         if np.isfinite(lo) and np.isfinite(hi):
             out.update(ci_low=float(lo), ci_high=float(hi), ci_note=None if method == "BCa" else "percentile")
