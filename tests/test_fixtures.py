@@ -92,6 +92,20 @@ def test_trained_tokenizer_is_deterministic(fixture_root, tmp_path):
     assert a == b
 
 
+def test_spm_tokenizer_roundtrips_code(fixture_root, tmp_path, humaneval_prompts):
+    tok = fixtures.spm_tokenizer(fixture_root)
+    assert len(tok) == fixtures.SPM_VOCAB
+    assert [tok.pad_token_id, tok.eos_token_id, tok.bos_token_id, tok.unk_token_id] == [0, 1, 2, 3]  # Gemma's
+    for text in CODE_SAMPLES + humaneval_prompts:
+        ids = tok(text)["input_ids"]
+        assert ids[0] == tok.bos_token_id and tok.unk_token_id not in ids  # byte fallback: nothing unknown
+        assert tok.decode(ids, skip_special_tokens=True) == text
+    fixtures.spm_tokenizer(tmp_path)
+    for name in ("tokenizer.model", "tokenizer.json"):
+        assert ((fixture_root / "_tokenizers" / "spm" / name).read_bytes()
+                == (tmp_path / "_tokenizers" / "spm" / name).read_bytes())
+
+
 def test_smollm2_tokenizer_is_the_real_one(cache_root):
     tok = fixtures.smollm2_tokenizer(cache_root)
     assert len(tok) == 49152
@@ -188,14 +202,18 @@ def test_incomplete_fixture_is_rebuilt(fixture_root):
     assert fixtures.fixture_info(path)["spec"]["arch"] == "bloom"
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
-def test_tiny_with_smollm2_tokenizer(arch, fixture_root, cache_root, humaneval_prompts):
-    path = fixtures.build_tiny(arch, fixture_root / fixtures.fixture_name(arch, tokenizer="smollm2"),
-                               tokenizer="smollm2", cache_dir=cache_root)
+@pytest.mark.parametrize("arch,tokenizer", [("llama", "smollm2"), ("gpt_neox", "smollm2"), ("gemma", "spm"),
+                                            ("llama", "spm")])
+def test_tiny_with_other_tokenizers(arch, tokenizer, fixture_root, cache_root, humaneval_prompts):
+    # cache_root: SmolLM2's tokenizer comes from the GGUF kept there
+    path = fixtures.build_tiny(arch, fixture_root / fixtures.fixture_name(arch, tokenizer=tokenizer),
+                               tokenizer=tokenizer, cache_dir=cache_root)
     tok, model, enc, out = _generate_8(path, humaneval_prompts)
-    assert model.config.vocab_size == len(tok) == 49152
-    assert (model.config.eos_token_id, model.config.pad_token_id) == (2, 2)
+    vocab, eos, pad = {"smollm2": (49152, 2, 2), "spm": (fixtures.SPM_VOCAB, 1, 0)}[tokenizer]
+    assert model.config.vocab_size == len(tok) == vocab
+    assert (model.config.eos_token_id, model.config.pad_token_id) == (eos, pad)
     assert json.loads((path / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert (path / "tokenizer.model").is_file() == (tokenizer == "spm")
     assert out.shape == (2, enc["input_ids"].shape[1] + 8)
 
 
@@ -248,7 +266,7 @@ def test_smollm2_writes_code(smollm2):
     assert fixtures.fixture_info(smollm2)["source"]["gguf_sha256"] == fixtures.SMOLLM2_GGUF_SHA256
     enc = tok(["def fibonacci(n):"], return_tensors="pt")
     with torch.inference_mode():
-        out = model.generate(**enc, max_new_tokens=48, do_sample=False)
+        out = model.generate(**enc, max_new_tokens=24, do_sample=False)
     text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "return" in text or "fibonacci" in text, text
 
@@ -259,10 +277,11 @@ LLAMA_CPP_CONVERT = os.environ.get("SLM_LLAMA_CPP_CONVERT")  # path to llama.cpp
 
 
 @pytest.mark.skipif(not LLAMA_CPP_CONVERT, reason="set SLM_LLAMA_CPP_CONVERT to llama.cpp's convert_hf_to_gguf.py")
-@pytest.mark.parametrize("arch", [a for a in fixtures.ARCHITECTURES if a != "gemma"])
-def test_llama_cpp_converts_smollm2_tokenizer_fixtures(arch, fixture_root, cache_root, tmp_path):
-    path = fixtures.build_tiny(arch, fixture_root / fixtures.fixture_name(arch, tokenizer="smollm2"),
-                               tokenizer="smollm2", cache_dir=cache_root)
+@pytest.mark.parametrize("arch", fixtures.ARCHITECTURES)
+def test_llama_cpp_converts_fixtures(arch, fixture_root, cache_root, tmp_path):
+    tokenizer = fixtures.llama_cpp_tokenizer(arch)
+    path = fixtures.build_tiny(arch, fixture_root / fixtures.fixture_name(arch, tokenizer=tokenizer),
+                               tokenizer=tokenizer, cache_dir=cache_root)
     out = tmp_path / f"{arch}.gguf"
     proc = subprocess.run([sys.executable, LLAMA_CPP_CONVERT, str(path), "--outfile", str(out), "--outtype", "f32"],
                           capture_output=True, text=True, timeout=600)
