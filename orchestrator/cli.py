@@ -181,7 +181,18 @@ def cmd_run(args) -> int:
             console.print(f"  removed {len(stale)} container(s) left by an earlier, killed orchestrator")
         if args.launcher == "docker" and sel.todo:
             _ensure_images(launcher.client, {t.cell.runtime.runtime for t in sel.todo}, args.build)
-        broken = ex.prepare(sel.todo) if sel.todo else {}
+        unavailable, broken = ex.prepare(sel.todo) if sel.todo else ({}, {})
+        if unavailable:  # like CUDA rows without a GPU: skipped, not failed — a host with the model runs them
+            runnable = []
+            for t in sel.todo:
+                if t.cell.model.name in unavailable:
+                    sel.skipped[t.id] = f"model not available: {unavailable[t.cell.model.name]}"
+                else:
+                    runnable.append(t)
+            for name, reason in unavailable.items():
+                n = sum(1 for t in sel.todo if t.cell.model.name == name)
+                console.print(f"  [yellow]skipped {n} trial(s):[/] model not available: {escape(reason)}")
+            sel.todo = runnable
         if args.command == "prepare":
             entry["counts"] = {"cells_not_runnable": len(broken)}
             console.print(f"prepare done: {len({t.cell.id for t in sel.todo})} cells, {len(broken)} not runnable")
@@ -189,7 +200,7 @@ def cmd_run(args) -> int:
         entry["counts"] = counts = ex.run(sel.todo, broken)
         reporter.stop()
         console.print(f"run {run_id}: {counts['ok']} ok, {counts['failed']} failed, "
-                      f"{counts['skipped'] + len(sel.skipped)} skipped this time; {len(sel.done)} were already "
+                      f"{len(sel.skipped)} skipped this time; {len(sel.done)} were already "
                       f"recorded. `orchestrate.py status --run-id {run_id}` for the whole matrix.")
         if args.strict:
             failed = [t.id for t in trials if (store.record(t.id) or {}).get("status") == "failed"]

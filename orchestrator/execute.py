@@ -90,9 +90,12 @@ class Executor:
             self.meters = None
 
     # --- prepare ------------------------------------------------------------------------------------------------------
-    def prepare(self, trials: list[Trial]) -> dict[str, str]:
+    def prepare(self, trials: list[Trial]) -> tuple[dict[str, str], dict[str, str]]:
         """Models into the host cache, then each cell's engine conversion in its own (prepare) container.
-        Returns {cell id: reason} for cells that cannot run (their trials are skipped or failed, never launched)."""
+
+        Returns ({model: reason} for models this host cannot get — their trials are skipped, like CUDA rows without
+        a GPU, so a host that has them runs them later; {cell id: reason} for failed conversions — their trials are
+        recorded as failed without being launched)."""
         self.cache.make()
         cells: dict[str, Cell] = {t.cell.id: t.cell for t in trials}
         models = {c.model.name: c.model for c in cells.values()}
@@ -108,10 +111,8 @@ class Executor:
             except ModelUnavailable as e:
                 write_json_atomic(path, {"status": "failed", "model": name, "error": str(e)})
                 unavailable[name] = str(e)
-                self.ui.note(f"[yellow]model {name} unavailable:[/] {e}")
         for cid, cell in cells.items():
             if cell.model.name in unavailable:
-                broken[cid] = f"model not available: {unavailable[cell.model.name]}"
                 continue
             path = self.store.prepare_path(cid)
             prev = _read(path)
@@ -130,7 +131,7 @@ class Executor:
             else:
                 dur = (rec.get("phases", {}).get("prepare") or {}).get("duration_s")
                 self.ui.note(f"prepared {cell.label}" + (f" in {dur:.1f} s" if dur is not None else ""))
-        return broken
+        return unavailable, broken
 
     def _prepare_cell(self, cell: Cell) -> dict[str, Any]:
         job = cell_job(self.plan, cell, self.cache)
@@ -149,15 +150,10 @@ class Executor:
 
     # --- run ------------------------------------------------------------------------------------------------------------
     def run(self, todo: list[Trial], broken: dict[str, str]) -> dict[str, int]:
-        counts = {"ok": 0, "failed": 0, "skipped": 0}
+        counts = {"ok": 0, "failed": 0}
         self.ui.start(len(todo))
         for t in todo:
             self.ui.trial_started(t)
-            if t.cell.id in broken and broken[t.cell.id].startswith("model not available"):
-                # an environment problem, like a missing GPU: skip, so a host that has the model runs it later
-                counts["skipped"] += 1
-                self.ui.trial_skipped(t, broken[t.cell.id])
-                continue
             if t.cell.id in broken:
                 job = cell_job(self.plan, t.cell, self.cache)
                 job["trial"] = self._bookkeeping(t)

@@ -111,9 +111,10 @@ class ModelCache:
             path = snapshot_download(m.hub_id, revision=m.revision, cache_dir=self.hf,
                                      allow_patterns=["*.json", "*.model", "*.txt", "*.py", "*.tiktoken", *weights])
         except Exception as e:
-            raise ModelUnavailable(f"models.{m.name}: downloading {m.hub_id} failed ({type(e).__name__}: "
-                                   f"{str(e).splitlines()[0] if str(e) else ''}) — check the network/HF_TOKEN, "
-                                   "or give the model as path = a local folder") from e
+            first = (str(e).splitlines() or [""])[0]
+            raise ModelUnavailable(f"models.{m.name}: downloading {m.hub_id} into {self.hf} failed "
+                                   f"({type(e).__name__}: {first[:120]}{'…' if len(first) > 120 else ''}) — check "
+                                   "the network / HF_TOKEN, or give the model as path = a local folder") from e
         return {"cached": False, "path": path}
 
 

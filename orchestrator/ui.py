@@ -67,11 +67,6 @@ class Reporter:
         if self.progress:
             self.progress.advance(self.task)
 
-    def trial_skipped(self, t, reason: str) -> None:
-        self.note(f"[{self.n}] [yellow]–[/] {escape(t.label)} skipped: {escape(reason)}")
-        if self.progress:
-            self.progress.advance(self.task)
-
     def stop(self) -> None:
         if self.progress:
             self.progress.stop()
