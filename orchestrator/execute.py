@@ -8,6 +8,7 @@ container is removed) and loses nothing finished.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -116,13 +117,15 @@ class Executor:
                 continue
             path = self.store.prepare_path(cid)
             prev = _read(path)
-            if prev and prev.get("status") == "ok":
-                continue
+            if prev and prev.get("status") == "ok" and prev.get("host_cache") == str(self.cache.root):
+                continue  # converted into this very cache before
             if not _converts(cell.engine):  # nothing to convert: spare a container start per cell
                 write_json_atomic(path, {"status": "ok", "mode": "prepare", "cell_id": cid, "conversion": "none",
-                                         "reason": f"engine {cell.engine!r} loads the model folder as it is"})
+                                         "reason": f"engine {cell.engine!r} loads the model folder as it is",
+                                         "host_cache": str(self.cache.root)})
                 continue
             rec = self._prepare_cell(cell)
+            rec["host_cache"] = str(self.cache.root)
             write_json_atomic(path, rec)
             if rec["status"] != "ok":
                 err = rec["error"]
@@ -276,8 +279,6 @@ def _tail(path: Path, lines: int = 20) -> str | None:
 
 
 def _read(path: Path) -> dict[str, Any] | None:
-    import json
-
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
