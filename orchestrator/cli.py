@@ -20,6 +20,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import docker.errors
+import requests
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -88,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (HostProblem, ImageError, RunConflict) as e:
         err_console.print(f"[red]error:[/] {escape(str(e))}")
+        return 3
+    except (requests.exceptions.ConnectionError, docker.errors.APIError) as e:  # the engine failed mid-run
+        err_console.print(f"[red]error:[/] the Docker engine failed: {escape(str(e))} — every finished trial is "
+                          "recorded; run the same command again to resume")
         return 3
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: the trial in flight was stopped and removed; every finished trial is "

@@ -116,7 +116,11 @@ class DockerLauncher:
         exit_code, timed_out, window = None, False, None
         try:
             t0 = time.monotonic()
-            container = self.client.containers.create(image.id, **kwargs)
+            try:
+                container = self.client.containers.create(image.id, **kwargs)
+            except docker.errors.APIError as e:  # refused for this trial only: record it, the matrix goes on
+                return Outcome(None, None, launch_error=f"container create refused: {e.explanation or e}",
+                               facts=facts, timings=timings)
             facts["container_id"] = container.id
             timings["create_s"] = time.monotonic() - t0
             with meters.window("container") as w:
@@ -134,7 +138,9 @@ class DockerLauncher:
                 try:
                     exit_code = container.wait(timeout=spec.timeout_s)["StatusCode"]
                 except (requests.exceptions.ConnectionError, requests.exceptions.ReadTimeout):
-                    # the SDK's way of saying the timeout passed
+                    # the SDK's way of saying the timeout passed — or that the engine went away
+                    if time.monotonic() - t2 < spec.timeout_s - 1:
+                        raise
                     timed_out = True
                     container.kill()
                     exit_code = container.wait(timeout=60)["StatusCode"]

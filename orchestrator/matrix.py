@@ -30,6 +30,7 @@ from typing import Any
 from orchestrator.images import ImageError, Runtime, discover
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+SIZE_RE = re.compile(r"^[0-9]+[bkmgBKMG]?$")  # Docker's memory sizes
 SIZE_GROUPS = ("<1B", "1B–2B", "≥2B")
 JOB_SECTIONS = ("workload", "generation", "warmup", "meters")
 CONTAINER_KEYS = {
@@ -185,6 +186,8 @@ def _container(t: _Table) -> dict[str, Any]:
     for k, (kind, what) in CONTAINER_KEYS.items():
         if k in t.data:
             out[k] = t.get(k, kind, minimum=0.001 if kind != str else None, what=what)
+            if kind is str and not SIZE_RE.match(out[k]):
+                raise MatrixError(t.src, t.key(k), f"{out[k]!r} is not a size", "write it like \"512m\" or \"8g\"")
     return out
 
 

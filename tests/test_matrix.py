@@ -104,6 +104,7 @@ def test_smoke_matrix_needs_no_hub_and_no_gpu():
     (lambda t: t.replace("[runtimes.torch-cpu]", "[runtimes.torch-cpu]\ntimeout_s = \"1h\""),
      "runtimes.torch-cpu.timeout_s: must be a number", ""),
     (lambda t: t + "\n[host]\nidle_seconds = -1\n", "host.idle_seconds: must be ≥ 0", ""),
+    (lambda t: t + '\n[container]\nmem_limit = "lots"\n', "container.mem_limit: 'lots' is not a size", "512m"),
     (lambda t: t + '\n[settings.half]\nprecision = "fp16"\n', "settings.half.precision: no selected runtime offers 'fp16'", "use one of: bf16, fp32"),
     (lambda t: t + "\n[models.a.b]\nfixture = \"llama\"\n", "models.a: gives no source", ""),
     (lambda t: t + "\n[workload\n", "(syntax): not valid TOML", "fix the TOML syntax"),
