@@ -205,6 +205,7 @@ def cmd_run(args) -> int:
             return 0
         entry["counts"] = counts = ex.run(sel.todo, broken)
         reporter.stop()
+        _print_agreement(store)
         console.print(f"run {run_id}: {counts['ok']} ok, {counts['failed']} failed, "
                       f"{len(sel.skipped)} skipped this time; {len(sel.done)} were already "
                       f"recorded. `orchestrate.py status --run-id {run_id}` for the whole matrix.")
@@ -222,6 +223,21 @@ def cmd_run(args) -> int:
         ex.close()
         entry["ended_unix"] = time.time()
         store.log_invocation(entry)
+
+
+def _print_agreement(store) -> None:
+    from orchestrator.agreement import attach
+
+    rows = attach(store)
+    if not rows:
+        return
+    table = Table(title="token agreement with torch fp32 (share of prompts identical, worst trial)")
+    for col in ("model", "engine", "device", "precision", "trials", "identical"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["model"], r["engine"], r["device"], r["precision"], str(r["trials"]),
+                      f"{100 * r['share_identical']:.0f} %")
+    console.print(table)
 
 
 def _ensure_images(client, runtimes, do_build: bool) -> None:

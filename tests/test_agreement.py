@@ -1,0 +1,42 @@
+"""Token agreement: runner-level comparison and the orchestrator's pass over a run's records."""
+
+from __future__ import annotations
+
+from _models import tiny_model_dir, tiny_models  # noqa: F401  (pytest fixtures)
+
+from orchestrator.agreement import attach
+from orchestrator.store import RunStore
+from runners.agreement import first_divergence, token_agreement
+from runners.job import parse_job
+from runners.runner import Trial
+
+
+def test_first_divergence():
+    assert first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert first_divergence([1, 2, 3], [1, 5, 3]) == 1
+    assert first_divergence([1, 2], [1, 2, 3]) == 2
+
+
+def _record(model_dir, precision, trial_id):
+    data = {"engine": "torch", "device": "cpu", "precision": precision, "model": {"path": str(model_dir)},
+            "workload": {"count": 4}, "generation": {"new_tokens": 10}, "warmup": {"batches": 0},
+            "meters": {"codecarbon": False}, "trial": {"trial_id": trial_id}}
+    return Trial(parse_job(data), data).run()
+
+
+def test_orchestrator_attaches_agreement_to_every_ok_record(tiny_model_dir, tmp_path):
+    store = RunStore(tmp_path, "agree")
+    store.trials_dir.mkdir(parents=True, exist_ok=True)
+    # the bf16 trial is written first, as a shuffled order may do: the pass must still find the reference
+    bf16 = _record(tiny_model_dir, "bf16", "b")
+    fp32 = _record(tiny_model_dir, "fp32", "a")
+    store.write_trial("b", bf16)
+    store.write_trial("a", fp32)
+    rows = {r["precision"]: r for r in attach(store)}
+    assert rows["fp32"]["share_identical"] == 1.0  # the reference agrees with itself
+    stored = store.record("b")["agreement"]
+    assert stored["reference"] == "a" and stored["prompts"] == 4
+    assert stored == token_agreement(bf16, fp32, "a")
+    assert rows["bf16"]["share_identical"] == stored["share_identical"]
+    # identical prompts have no divergence position; the others say where the tokens first differ
+    assert sum(d is None for d in stored["first_divergence"]) == stored["identical"]
