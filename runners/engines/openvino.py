@@ -1,0 +1,249 @@
+"""OpenVINO through optimum-intel's OVModelForCausalLM (CPU; an Intel GPU when one is present).
+
+prepare: optimum-intel exports the HF model to OpenVINO IR into the engine cache, once per (model, precision,
+KV-cache mode): fp32 weights (OVConfig(dtype="fp32") — without it optimum-intel silently compresses the weights of a
+model over 1B parameters to int8), or int8 weight compression (NNCF, int8 asymmetric, every layer). bf16 runs the
+fp32 IR with a bf16 inference precision.
+KV-cache modes (option ``kv_cache``): "stateful" (default: the past key/values live inside the model as OpenVINO
+state), "explicit" (past key/values as model inputs/outputs), "none" (no past: every step runs the whole sequence —
+what the study mostly measured). The mode that ran is recorded.
+Settings that change the tokens are set explicitly and read back from the compiled model into the record:
+INFERENCE_PRECISION_HINT (OpenVINO's CPU default is bf16 where the CPU has AMX), KV_CACHE_PRECISION (its default is
+f16, even with an f32 hint), DYNAMIC_QUANTIZATION_GROUP_SIZE (activations of int8-compressed weights quantised on
+the fly). A precision the device does not give (bf16 without bf16 support) fails the trial with the reason.
+Compiling the IR for the device (core.compile_model) is the runner's "compile" window.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from runners.engines import _conversion
+from runners.engines.base import Engine, StepHook
+from runners.engines.hf_generate import greedy_generate
+from runners.job import JobError
+
+ENGINE_DIR = "openvino"
+IR_FILE = "openvino_model.xml"
+KV_MODES = ("stateful", "explicit", "none")
+OV_DEVICES = ("CPU", "GPU")
+# precision -> (IR weights, inference precision hint, KV-cache precision, dynamic quantisation group size)
+RECIPES = {
+    "fp32": ("fp32", "f32", "f32", 0),
+    "bf16": ("fp32", "bf16", "bf16", 0),
+    # OpenVINO's own int8 default: int8 weights, activations quantised per group of 32 on the fly
+    "int8": ("int8", "f32", "f32", 32),
+}
+KV_CACHE_PRECISIONS = ("f32", "f16", "bf16", "u8")
+
+
+class OpenVinoEngine(Engine):
+    name = "openvino"
+    precisions = {"cpu": ("fp32", "bf16", "int8")}
+    options = {
+        **Engine.options,
+        "kv_cache": (str, "stateful (default) | explicit (past as inputs/outputs) | none (no KV cache: the whole "
+                          "sequence every step, as the study ran it)"),
+        "ov_device": (str, "OpenVINO device: CPU (default) | GPU (an Intel GPU; the container needs /dev/dri)"),
+        "kv_cache_precision": (str, "KV_CACHE_PRECISION: f32 | f16 | bf16 | u8 (default: follows the precision)"),
+        "dynamic_quantization_group_size": (int, "DYNAMIC_QUANTIZATION_GROUP_SIZE: 0 = off (default: 32 for int8, "
+                                                 "0 otherwise)"),
+    }
+
+    def __init__(self, job, model_dir, tokenizer, cache_dir):
+        super().__init__(job, model_dir, tokenizer, cache_dir)
+        self.model = None
+        self.conversion: dict[str, Any] = {}
+        self.compiled_facts: dict[str, Any] = {}
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        super().check_options(options)
+        for key, allowed in (("kv_cache", KV_MODES), ("ov_device", OV_DEVICES),
+                             ("kv_cache_precision", KV_CACHE_PRECISIONS)):
+            if key in options and options[key] not in allowed:
+                raise JobError(f"engine_options.{key}", f"unknown value {options[key]!r}",
+                               f"use one of: {', '.join(allowed)}")
+        if options.get("threads", 1) < 1:
+            raise JobError("engine_options.threads", f"must be ≥ 1, got {options['threads']}", "set threads ≥ 1")
+        if options.get("dynamic_quantization_group_size", 0) < 0:
+            raise JobError("engine_options.dynamic_quantization_group_size", "must be ≥ 0", "use 0 (off) or a "
+                                                                                            "group size")
+
+    @property
+    def kv_mode(self) -> str:
+        return self.job.engine_options.get("kv_cache", "stateful")
+
+    @property
+    def ov_device(self) -> str:
+        return self.job.engine_options.get("ov_device", "CPU")
+
+    def check_host(self) -> None:
+        super().check_host()
+        if self.ov_device != "CPU":
+            import openvino as ov
+
+            available = ov.Core().available_devices
+            if not any(d.split(".")[0] == self.ov_device for d in available):
+                raise JobError("engine_options.ov_device", f"{self.ov_device} asked but OpenVINO sees only "
+                                                           f"{', '.join(available) or 'no device'}",
+                               "run on a host with an Intel GPU (and its compute runtime; pass /dev/dri into the "
+                               "container), or use ov_device CPU")
+
+    # --- prepare ----------------------------------------------------------------------------------------------------
+    def prepare(self) -> dict[str, Any]:
+        weights = RECIPES[self.job.precision][0]
+        variant = f"{weights}/{self.kv_mode}"
+        facts = _conversion.ensure(self.cache_dir, ENGINE_DIR, self.job.model.name, self.model_dir, variant,
+                                   lambda out: _export(self.model_dir, out, weights, self.kv_mode),
+                                   is_complete=lambda d: (d / IR_FILE).is_file())
+        self.conversion = facts
+        return facts
+
+    # --- load / compile / generate -----------------------------------------------------------------------------------
+    def ov_config(self) -> dict[str, str]:
+        _, hint, kv_precision, group = RECIPES[self.job.precision]
+        opts = self.job.engine_options
+        config = {
+            "INFERENCE_PRECISION_HINT": hint,
+            "KV_CACHE_PRECISION": opts.get("kv_cache_precision", kv_precision),
+            "DYNAMIC_QUANTIZATION_GROUP_SIZE": str(opts.get("dynamic_quantization_group_size", group)),
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": "1",
+            "CACHE_DIR": "",  # no compiled-blob cache: the engine cache is read-only in measured runs
+        }
+        if self.ov_device == "CPU":
+            config["INFERENCE_NUM_THREADS"] = str(self.threads())
+        return config
+
+    def load(self) -> None:
+        from optimum.intel import OVModelForCausalLM
+
+        artifact = Path(self.conversion.get("artifact") or "")
+        if not (artifact / IR_FILE).is_file():
+            raise JobError("cache_dir", f"no OpenVINO IR at {artifact}", "run prepare first")
+        # read the IR only; compiling it for the device is the compile window
+        self.model = OVModelForCausalLM.from_pretrained(artifact, device=self.ov_device, ov_config=self.ov_config(),
+                                                        use_cache=self.kv_mode != "none", compile=False)
+        if self.kv_mode == "stateful" and not self.model.stateful:
+            raise RuntimeError(f"the IR at {artifact} was exported stateful but optimum-intel loaded it stateless")
+
+    def compile(self) -> dict[str, Any]:
+        self.model.compile()
+        request = self.model.request
+        compiled = request.get_compiled_model() if hasattr(request, "get_compiled_model") else request
+        self.compiled_facts = compiled_properties(compiled)
+        _check_precision(self.job.precision, self.compiled_facts, self.ov_device)
+        return {"ov_device": self.ov_device, "asked": self.ov_config(), "compiled": self.compiled_facts}
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, ignore_eos: bool,
+                 on_step: StepHook) -> list[list[int]]:
+        return greedy_generate(self.model, self.tokenizer, prompts, max_new_tokens, ignore_eos, on_step, "cpu")
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "library": "optimum-intel (OVModelForCausalLM)",
+            "versions": _conversion.versions("openvino", "optimum-intel", "optimum", "nncf", "transformers"),
+            "provider": f"openvino:{self.ov_device}",
+            "ov_device": self.ov_device,
+            "kv_cache": self.kv_mode != "none",
+            "kv_cache_mode": self.kv_mode,
+            "stateful": getattr(self.model, "stateful", None) if self.model is not None else None,
+            "batching": "padded batch (left padding)",
+            "asked": self.ov_config(),
+            "compiled": self.compiled_facts,
+            "precision_hint": self.compiled_facts.get("INFERENCE_PRECISION_HINT"),
+        }
+        if self.conversion:
+            info["conversion"] = {k: self.conversion.get(k) for k in
+                                  ("model_key", "artifact", "cached", "exporter", "weights", "seconds")}
+        return info
+
+    def close(self) -> None:
+        self.model = None
+
+
+_READ_BACK = ("INFERENCE_PRECISION_HINT", "KV_CACHE_PRECISION", "KEY_CACHE_PRECISION", "VALUE_CACHE_PRECISION",
+              "DYNAMIC_QUANTIZATION_GROUP_SIZE", "NUM_STREAMS", "INFERENCE_NUM_THREADS", "PERFORMANCE_HINT",
+              "EXECUTION_MODE_HINT", "EXECUTION_DEVICES", "ENABLE_HYPER_THREADING")
+
+
+def compiled_properties(compiled) -> dict[str, Any]:
+    """What the compiled model really uses (the hints as the plugin resolved them)."""
+    supported = set(compiled.get_property("SUPPORTED_PROPERTIES"))
+    out: dict[str, Any] = {}
+    for key in _READ_BACK:
+        if key in supported:
+            try:
+                value = compiled.get_property(key)
+            except RuntimeError:
+                continue
+            out[key] = _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """OpenVINO property values as JSON: element types as 'f32'/'bf16', enums as their names."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    name = getattr(value, "get_type_name", None)
+    if callable(name):  # openvino.Type
+        return value.get_type_name()
+    return str(value).split(".")[-1]
+
+
+def _check_precision(precision: str, compiled: dict[str, Any], device: str) -> None:
+    want = RECIPES[precision][1]
+    got = compiled.get("INFERENCE_PRECISION_HINT")
+    if got is not None and got != want:
+        raise JobError("precision", f"{precision} asked but OpenVINO on {device} runs with inference precision {got}"
+                                    f" (this device has no {want} support)",
+                       "use a precision this device supports (fp32 runs everywhere)")
+
+
+# --- conversion --------------------------------------------------------------------------------------------------
+
+def _export(model_dir: Path, out: Path, weights: str, kv_mode: str) -> dict[str, Any]:
+    from optimum.exporters.openvino import main_export
+    from optimum.intel import OVConfig, OVWeightQuantizationConfig
+
+    if weights == "int8":
+        # int8 asymmetric weights on every layer (ratio 1.0), no calibration data: NNCF's data-free compression
+        quant = OVWeightQuantizationConfig(bits=8, sym=False)
+        ov_config = OVConfig(quantization_config=quant)
+    else:
+        quant = None
+        ov_config = OVConfig(dtype="fp32")  # explicit: no size-based int8 compression, no fp16 weights
+    task = "text-generation-with-past" if kv_mode != "none" else "text-generation"
+    main_export(str(model_dir), out, task=task, stateful=kv_mode == "stateful", ov_config=ov_config,
+                convert_tokenizer=False, library_name="transformers", local_files_only=True)
+    if not (out / IR_FILE).is_file():
+        raise RuntimeError(f"optimum-intel's export wrote no {IR_FILE} ({sorted(p.name for p in out.iterdir())})")
+    return {"exporter": {"tool": "optimum.exporters.openvino.main_export", "task": task,
+                         "stateful": kv_mode == "stateful", "kv_cache_mode": kv_mode,
+                         **_conversion.versions("optimum-intel", "optimum", "openvino", "nncf", "torch",
+                                                "transformers")},
+            "weights": {"format": weights, "constant_types": ir_weight_types(out / IR_FILE),
+                        "quantization": {k: v for k, v in quant.to_dict().items()
+                                         if k in ("bits", "sym", "group_size", "ratio", "dtype", "all_layers")}
+                        if quant else None}}
+
+
+def ir_weight_types(xml: Path) -> dict[str, int]:
+    """Element types of the IR's weight constants with their element counts (shows f32 vs int8 weights)."""
+    import openvino as ov
+
+    counts: dict[str, int] = {}
+    for op in ov.Core().read_model(xml).get_ops():
+        if op.get_type_name() == "Constant":
+            shape = list(op.get_output_shape(0))
+            n = 1
+            for d in shape:
+                n *= int(d)
+            if n >= 1024:  # weights, not the small index/shape constants
+                t = op.get_element_type().get_type_name()
+                counts[t] = counts.get(t, 0) + n
+    return dict(sorted(counts.items()))
