@@ -5,7 +5,8 @@
     python benchmarks/orchestration_overhead.py --run-dir results/smoke     report on an existing run
 
 Per trial, from its record (host.*) and the record file's mtime (the instant it was stored):
-  setup      begin → container started: job file, image lookup, create, start (Docker API)
+  setup      begin → container started: job file, image lookup, create, host meters' window open, start
+             (the meters' column shows the window opening alone: codecarbon's first task can take seconds)
   teardown   container exited → record stored: exit state, log, collect, remove, write
   orchestration = setup + teardown                  (the orchestrator's own cost)
   in-container  interpreter start + imports before the runner's first window, and after its last one
@@ -40,7 +41,8 @@ def trial_rows(run_dir: Path) -> list[dict[str, float | str]]:
         inside = (o.get("runner_startup_s") or 0.0) + (o.get("runner_exit_s") or 0.0)
         trial = stored - h["begin_unix"]
         rows.append({"trial": p.stem, "status": rec["status"], "launcher": h.get("launcher"),
-                     "create": o.get("create_s", 0.0), "start": o.get("start_s", 0.0), "setup": setup,
+                     "create": o.get("create_s", 0.0), "start": o.get("start_s", 0.0),
+                     "meters": o.get("meters_open_s", 0.0), "setup": setup,
                      "teardown": teardown, "orchestration": setup + teardown, "in_container": inside,
                      "trial_s": trial})
     return rows
@@ -51,10 +53,10 @@ def report(run_dir: Path) -> str:
     if not rows:
         return f"no launched trials in {run_dir}"
     lines = [f"run {run_dir} — {len(rows)} trials ({', '.join(sorted({str(r['launcher']) for r in rows}))})",
-             f"{'trial':58s} {'create':>7s} {'start':>7s} {'setup':>7s} {'teardn':>7s} {'orch':>7s} "
+             f"{'trial':58s} {'create':>7s} {'meters':>7s} {'start':>7s} {'setup':>7s} {'teardn':>7s} {'orch':>7s} "
              f"{'inside':>7s} {'trial':>8s} {'orch %':>7s}"]
     for r in rows:
-        lines.append(f"{str(r['trial'])[:58]:58s} {r['create']:7.3f} {r['start']:7.3f} {r['setup']:7.3f} "
+        lines.append(f"{str(r['trial'])[:58]:58s} {r['create']:7.3f} {r['meters']:7.3f} {r['start']:7.3f} {r['setup']:7.3f} "
                      f"{r['teardown']:7.3f} {r['orchestration']:7.3f} {r['in_container']:7.2f} {r['trial_s']:8.2f} "
                      f"{100 * r['orchestration'] / r['trial_s']:6.2f}%")
 
@@ -80,13 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", type=Path, help="report on this results/<run-id> instead of running")
     ap.add_argument("--matrix", default=str(REPO / "matrix-smoke.toml"))
     ap.add_argument("--model", action="append", help="models to run (default: tiny-llama, tiny-gpt2)")
+    ap.add_argument("--runtime", default="torch-cpu")
     ap.add_argument("--launcher", default="docker", choices=("docker", "process"))
     args = ap.parse_args(argv)
     if args.run_dir is None:
         results = Path(tempfile.mkdtemp(prefix="slm-bench-"))
         run_id = f"overhead-{time.strftime('%Y%m%d-%H%M%S')}"
         cmd = [sys.executable, str(REPO / "orchestrate.py"), "run", "--matrix", args.matrix, "--run-id", run_id,
-               "--results", str(results), "--launcher", args.launcher]
+               "--results", str(results), "--launcher", args.launcher, "--runtime", args.runtime]
         for m in args.model or ["tiny-llama", "tiny-gpt2"]:
             cmd += ["--model", m]
         print("$", " ".join(cmd), flush=True)

@@ -123,7 +123,9 @@ class DockerLauncher:
                                facts=facts, timings=timings)
             facts["container_id"] = container.id
             timings["create_s"] = time.monotonic() - t0
+            t1 = time.monotonic()
             with meters.window("container") as w:
+                timings["meters_open_s"] = time.monotonic() - t1  # the host meters' start (codecarbon's first task)
                 t1 = time.monotonic()
                 try:
                     container.start()
@@ -142,7 +144,10 @@ class DockerLauncher:
                     if time.monotonic() - t2 < spec.timeout_s - 1:
                         raise
                     timed_out = True
-                    container.kill()
+                    try:
+                        container.kill()
+                    except docker.errors.APIError:
+                        pass  # it exited between the timeout and the kill
                     exit_code = container.wait(timeout=60)["StatusCode"]
                 timings["run_s"] = time.monotonic() - t2
                 facts["exited_unix"] = time.time()

@@ -44,7 +44,9 @@ class ProcessLauncher:
         timings: dict[str, float] = {"create_s": 0.0}
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         timed_out = False
+        t1 = time.monotonic()
         with open(spec.log_path, "wb") as log, meters.window("container") as w:
+            timings["meters_open_s"] = time.monotonic() - t1
             t1 = time.monotonic()
             # own session: a timeout or Ctrl-C ends the runner and anything it started
             proc = subprocess.Popen([self.python, "-m", "runners", spec.mode, str(job_path), "--out", str(out)],
