@@ -255,7 +255,7 @@ def cmd_status(args) -> int:
     if args.run_id:
         store = RunStore(args.results, args.run_id)
         if not store.exists():
-            runs = sorted(p.name for p in Path(args.results).glob("*/run.json")) if Path(args.results).is_dir() else []
+            runs = sorted(p.parent.name for p in Path(args.results).glob("*/run.json")) if Path(args.results).is_dir() else []
             raise HostProblem(f"no run {args.run_id!r} under {args.results} (runs there: "
                               f"{', '.join(p for p in runs) or 'none'})")
         matrix = load(store.root / "matrix.toml")
