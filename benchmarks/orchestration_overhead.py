@@ -4,7 +4,7 @@
     python benchmarks/orchestration_overhead.py                  run the smoke matrix's tiny models, then report
     python benchmarks/orchestration_overhead.py --run-dir results/smoke     report on an existing run
 
-Per trial, from its record (host.*) and the record file's mtime (the instant it was stored):
+Per trial, from its record (host.*; host.recorded_unix is the instant it was stored):
   setup      begin → container started: job file, image lookup, create, host meters' window open, start
              (the meters' column shows the window opening alone: codecarbon's first task can take seconds)
   teardown   container exited → record stored: exit state, log, collect, remove, write
@@ -34,7 +34,7 @@ def trial_rows(run_dir: Path) -> list[dict[str, float | str]]:
         h = rec.get("host") or {}
         if not (h.get("begin_unix") and h.get("started_unix") and h.get("exited_unix")):
             continue  # recorded without a launch (e.g. a failed prepare)
-        stored = p.stat().st_mtime
+        stored = h.get("recorded_unix") or p.stat().st_mtime  # the file may be rewritten later (agreement)
         o = h.get("overhead_s") or {}
         setup = h["started_unix"] - h["begin_unix"]
         teardown = stored - h["exited_unix"]

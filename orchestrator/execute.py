@@ -196,6 +196,7 @@ class Executor:
         record["host"]["idle"] = idle
         record["host"]["cooldown"] = cooldown
         record["host"]["begin_unix"] = begin
+        record["host"]["recorded_unix"] = time.time()  # a later pass (agreement) may rewrite the file: keep this
         self.store.write_trial(t.id, record)
         shutil.rmtree(spec.work, ignore_errors=True)
         return record
