@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -83,6 +84,11 @@ class Trial:
             "co2": None, "agreement": None, "environment": {}, "host": None,
         }
 
+    def enter(self, phase: str) -> None:
+        """Start a phase; one progress line on stderr, so a container log says how far a killed trial got."""
+        self.phase = phase
+        print(f"[runner +{time.time() - self.record['created_unix']:.1f}s] {phase}", file=sys.stderr, flush=True)
+
     def fail(self, error: BaseException) -> None:
         self.record["status"] = "failed"
         message = str(error) if isinstance(error, JobError) else f"{type(error).__name__}: {error}"
@@ -94,23 +100,23 @@ class Trial:
         assert job is not None
         rec = self.record
         rec["environment"] = environment.collect(job.trial)
-        self.phase = "meters"
+        self.enter("meters")
         meters = MeterSet.create(job.meters)
         engine: Engine | None = None
         try:
             rec["environment"]["meters"] = meters.describe()
             if job.meters.idle_seconds > 0:
-                self.phase = "idle"
+                self.enter("idle")
                 rec["idle"] = meters.idle(job.meters.idle_seconds)
-            self.phase = "model"
+            self.enter("model")
             model_dir = resolve_model(job.model)
             tokenizer = load_tokenizer(model_dir)
             cache_dir = Path(job.cache_dir) if job.cache_dir else None
             engine = engine_class(job.engine)(job, model_dir, tokenizer, cache_dir)
-            self.phase = "host"
+            self.enter("host")
             engine.check_host()
 
-            self.phase = "prepare"
+            self.enter("prepare")
             with meters.window("prepare") as w:
                 w.info.update(engine.prepare())
             rec["phases"]["prepare"] = w.result
@@ -119,7 +125,7 @@ class Trial:
                 rec["status"] = "ok"
                 return rec
 
-            self.phase = "workload"
+            self.enter("workload")
             prompts = load_prompts(job.workload, tokenizer)
             encoded = [tokenizer(p.text)["input_ids"] for p in prompts]
             rec["workload"] = {"dataset": job.workload.dataset, "style": job.workload.style,
@@ -128,14 +134,14 @@ class Trial:
                                "texts": [p.text for p in prompts], "methods": [p.method for p in prompts]}
             self._model_facts(model_dir)
 
-            self.phase = "load"
+            self.enter("load")
             with meters.window("load") as w:
                 engine.load()
                 engine.synchronize()
             rec["phases"]["load"] = w.result
 
             if type(engine).compile is not Engine.compile:
-                self.phase = "compile"
+                self.enter("compile")
                 with meters.window("compile") as w:
                     w.info.update(engine.compile() or {})
                     engine.synchronize()
@@ -144,7 +150,7 @@ class Trial:
             batches = _batches(list(range(len(prompts))), job.generation.batch_size)
             ignore_eos = job.generation.fixed_length
             if job.warmup.batches:
-                self.phase = "warmup"
+                self.enter("warmup")
                 with meters.window("warmup", {"batches": job.warmup.batches}) as w:
                     for k in range(job.warmup.batches):
                         batch = [encoded[i] for i in batches[k % len(batches)]]
@@ -152,7 +158,7 @@ class Trial:
                     engine.synchronize()
                 rec["phases"]["warmup"] = w.result
 
-            self.phase = "generate"
+            self.enter("generate")
             per_prompt = []
             with meters.window("generate", {"batches": len(batches)}) as w:
                 for b, members in enumerate(batches):
@@ -183,7 +189,7 @@ class Trial:
             self._summarise(gen, per_prompt, len(batches), w.intensity_g_per_kwh)
 
             if job.reference:
-                self.phase = "agreement"
+                self.enter("agreement")
                 reference = json.loads(Path(job.reference).read_text())
                 rec["agreement"] = token_agreement(rec, reference, job.reference)
             rec["status"] = "ok"
