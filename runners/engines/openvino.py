@@ -2,8 +2,8 @@
 
 prepare: optimum-intel exports the HF model to OpenVINO IR into the engine cache, once per (model, precision,
 KV-cache mode): fp32 weights (OVConfig(dtype="fp32") — without it optimum-intel silently compresses the weights of a
-model over 1B parameters to int8), or int8 weight compression (NNCF, int8 asymmetric, every layer). bf16 runs the
-fp32 IR with a bf16 inference precision.
+model over 1B parameters to int8), or int8 = NNCF's data-free int8 weight compression (asymmetric, per channel) of
+the cached fp32 IR. bf16 runs the fp32 IR with a bf16 inference precision.
 KV-cache modes (option ``kv_cache``): "stateful" (default: the past key/values live inside the model as OpenVINO
 state), "explicit" (past key/values as model inputs/outputs), "none" (no past: every step runs the whole sequence —
 what the study mostly measured). The mode that ran is recorded.
@@ -94,11 +94,23 @@ class OpenVinoEngine(Engine):
     # --- prepare ----------------------------------------------------------------------------------------------------
     def prepare(self) -> dict[str, Any]:
         weights = RECIPES[self.job.precision][0]
-        variant = f"{weights}/{self.kv_mode}"
-        facts = _conversion.ensure(self.cache_dir, ENGINE_DIR, self.job.model.name, self.model_dir, variant,
-                                   lambda out: _export(self.model_dir, out, weights, self.kv_mode),
-                                   is_complete=lambda d: (d / IR_FILE).is_file())
+        facts = self._ensure(weights)
         self.conversion = facts
+        return facts
+
+    def _ensure(self, weights: str) -> dict[str, Any]:
+        if weights == "int8":
+            convert = self._compress_int8  # from the (cached) fp32 IR: one export per model and KV mode
+        else:
+            def convert(out: Path) -> dict[str, Any]:
+                return _export(self.model_dir, out, self.kv_mode)
+        return _conversion.ensure(self.cache_dir, ENGINE_DIR, self.job.model.name, self.model_dir,
+                                  f"{weights}/{self.kv_mode}", convert, is_complete=lambda d: (d / IR_FILE).is_file())
+
+    def _compress_int8(self, out: Path) -> dict[str, Any]:
+        source = self._ensure("fp32")
+        facts = _compress_int8(Path(source["artifact"]), out, self.kv_mode)
+        facts["source"] = {"precision": "fp32", "artifact": source["artifact"], "cached": source["cached"]}
         return facts
 
     # --- load / compile / generate -----------------------------------------------------------------------------------
@@ -206,30 +218,40 @@ def _check_precision(precision: str, compiled: dict[str, Any], device: str) -> N
 
 # --- conversion --------------------------------------------------------------------------------------------------
 
-def _export(model_dir: Path, out: Path, weights: str, kv_mode: str) -> dict[str, Any]:
+def _export(model_dir: Path, out: Path, kv_mode: str) -> dict[str, Any]:
     from optimum.exporters.openvino import main_export
-    from optimum.intel import OVConfig, OVWeightQuantizationConfig
+    from optimum.intel import OVConfig
 
-    if weights == "int8":
-        # int8 asymmetric weights on every layer (ratio 1.0), no calibration data: NNCF's data-free compression
-        quant = OVWeightQuantizationConfig(bits=8, sym=False)
-        ov_config = OVConfig(quantization_config=quant)
-    else:
-        quant = None
-        ov_config = OVConfig(dtype="fp32")  # explicit: no size-based int8 compression, no fp16 weights
     task = "text-generation-with-past" if kv_mode != "none" else "text-generation"
-    main_export(str(model_dir), out, task=task, stateful=kv_mode == "stateful", ov_config=ov_config,
+    # OVConfig(dtype="fp32") explicitly: without an ov_config, optimum-intel compresses the weights of a model over
+    # 1B parameters to int8 on its own, and other dtypes store f16 weights
+    main_export(str(model_dir), out, task=task, stateful=kv_mode == "stateful", ov_config=OVConfig(dtype="fp32"),
                 convert_tokenizer=False, library_name="transformers", local_files_only=True)
     if not (out / IR_FILE).is_file():
         raise RuntimeError(f"optimum-intel's export wrote no {IR_FILE} ({sorted(p.name for p in out.iterdir())})")
     return {"exporter": {"tool": "optimum.exporters.openvino.main_export", "task": task,
                          "stateful": kv_mode == "stateful", "kv_cache_mode": kv_mode,
-                         **_conversion.versions("optimum-intel", "optimum", "openvino", "nncf", "torch",
-                                                "transformers")},
-            "weights": {"format": weights, "constant_types": ir_weight_types(out / IR_FILE),
+                         **_conversion.versions("optimum-intel", "optimum", "openvino", "torch", "transformers")},
+            "weights": {"format": "fp32", "constant_types": ir_weight_types(out / IR_FILE), "quantization": None}}
+
+
+def _compress_int8(source: Path, out: Path, kv_mode: str) -> dict[str, Any]:
+    """NNCF's data-free int8 weight compression (asymmetric, per channel) of an fp32 IR, through optimum-intel."""
+    from optimum.intel import OVModelForCausalLM, OVWeightQuantizationConfig
+
+    quant = OVWeightQuantizationConfig(bits=8, sym=False)
+    model = OVModelForCausalLM.from_pretrained(source, quantization_config=quant, use_cache=kv_mode != "none",
+                                               compile=False)
+    model.save_pretrained(out)
+    types = ir_weight_types(out / IR_FILE)
+    if not ({"u8", "i8"} & set(types)):
+        raise RuntimeError(f"NNCF left no int8 weights in the IR (weight types {types})")
+    return {"exporter": {"tool": "optimum.intel.OVModelForCausalLM(quantization_config=int8) + NNCF",
+                         "stateful": kv_mode == "stateful", "kv_cache_mode": kv_mode,
+                         **_conversion.versions("optimum-intel", "openvino", "nncf")},
+            "weights": {"format": "int8", "constant_types": types,
                         "quantization": {k: v for k, v in quant.to_dict().items()
-                                         if k in ("bits", "sym", "group_size", "ratio", "dtype", "all_layers")}
-                        if quant else None}}
+                                         if k in ("bits", "sym", "group_size", "ratio", "dtype", "all_layers")}}}
 
 
 def ir_weight_types(xml: Path) -> dict[str, int]:
