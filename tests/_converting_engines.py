@@ -83,7 +83,8 @@ def assert_exact(rec: dict, count: int = PROMPTS, new_tokens: int = NEW_TOKENS, 
     assert rec["tokens"]["output"] == count * new_tokens
     first = rec["per_prompt"][0]
     assert 0 < first["ttft_s"] < first["latency_s"] and first["tpot_s"] > 0
-    assert rec["environment"]["in_container"] is container
+    if container:  # (the host running the in-process cases may itself be a container: not checked then)
+        assert rec["environment"]["in_container"] is True
 
 
 def assert_reused(rec: dict) -> None:
