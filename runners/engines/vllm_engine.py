@@ -164,19 +164,21 @@ class VllmEngine(Engine):
         llm = self.llm
         if hasattr(llm, "enqueue") and hasattr(llm.llm_engine, "step"):
             self._step_mode = "engine steps (LLM.enqueue + LLMEngine.step): on_step per scheduler iteration"
-            ids = llm.enqueue(inputs, params, use_tqdm=False)
-            finished: dict[str, Any] = {}
+            llm.enqueue(inputs, params, use_tqdm=False)
+            finished = []
             engine = llm.llm_engine
             while engine.has_unfinished_requests():
-                for out in engine.step():
-                    if out.finished:
-                        finished[out.request_id] = out
+                finished += [out for out in engine.step() if out.finished]
                 on_step()
-            outputs = [finished[i] for i in ids]
+            # request ids come from LLM's counter in prompt order ("7", or "7-<suffix>" once vLLM tags them):
+            # its numeric head restores the order, as LLM._run_engine does
+            outputs = sorted(finished, key=lambda o: int(str(o.request_id).split("-")[0]))
         else:  # an API without enqueue: one call, no per-step clock (TTFT then equals the batch latency)
             self._step_mode = "LLM.generate (no per-step clock)"
             outputs = llm.generate(inputs, params, use_tqdm=False)
             on_step()
+        if len(outputs) != len(prompts):
+            raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(prompts)} prompts")
         return [list(o.outputs[0].token_ids) for o in outputs]
 
     def synchronize(self) -> None:
