@@ -18,7 +18,8 @@ from _containers import Launch, build_image, engine_cache, shareable, summary
 from _models import smollm2_dir  # noqa: F401  (pytest fixture)
 from runners import fixtures
 from runners.engines import engine_class
-from runners.engines.llamacpp import RECIPES, _converter_reason, model_key
+from runners.engines._conversion import model_key
+from runners.engines.llamacpp import RECIPES, _converter_reason
 from runners.job import JobError, parse_job
 
 NEW_TOKENS = 16

@@ -113,14 +113,14 @@ def ensure(cache_dir: str | Path | None, engine: str, model_name: str, model_dir
         t1 = time.perf_counter()
         try:
             facts = convert(tmp)
-        except JobError:
-            raise
+        except (JobError, ConversionError):
+            raise  # already one line naming the field, or the converter's own reason
         except Exception as e:  # noqa: BLE001 — the exporter's refusal is the cell's result
-            raise ConversionError(f"{engine} conversion of {model_name} ({_architecture(model_dir)}) to {variant} "
+            raise ConversionError(f"{engine} conversion of {model_name} ({architecture(model_dir)}) to {variant} "
                                   f"failed: {exporter_reason(e)}") from e
         files = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
         facts = {**facts, "engine": engine, "variant": variant, "model": model_name,
-                 "architecture": _architecture(model_dir), "seconds": round(time.perf_counter() - t1, 3),
+                 "architecture": architecture(model_dir), "seconds": round(time.perf_counter() - t1, 3),
                  "bytes": sum(files.values()), "files": files, "created_unix": time.time()}
         (tmp / INFO_NAME).write_text(json.dumps(facts, indent=1) + "\n")
         _world_readable(tmp)  # measured runs read it as the images' uid, whoever wrote it
@@ -147,7 +147,8 @@ def versions(*dists: str) -> dict[str, str | None]:
     return out
 
 
-def _architecture(model_dir: Path) -> str | None:
+def architecture(model_dir: Path) -> str | None:
+    """The model's class as its config.json names it (e.g. LlamaForCausalLM): what a conversion error reports."""
     try:
         return (json.loads((Path(model_dir) / "config.json").read_text()).get("architectures") or [None])[0]
     except (OSError, ValueError):

@@ -13,24 +13,21 @@ of the logits llama.cpp returns; no sampler, no repetition penalty.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from runners.engines._conversion import ConversionError, architecture, ensure, versions
 from runners.engines.base import Engine, StepHook
 from runners.job import JobError
 
 ENGINE_DIR = "llamacpp"
 GGUF_NAME = "model.gguf"
-INFO_NAME = "conversion.json"
 # job precision -> how the GGUF is made: ("convert", converter --outtype) or ("quantize", llama_ftype, source precision)
 RECIPES: dict[str, tuple] = {
     "fp32": ("convert", "f32"),
@@ -43,51 +40,8 @@ BATCHING = ("parallel", "sequential")
 FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
 
 
-class ConversionError(RuntimeError):
-    """llama.cpp's converter or quantiser refused the model; the message carries its own reason."""
-
-
 def converter_path() -> Path:
     return Path(os.environ.get("LLAMA_CPP_CONVERTER", DEFAULT_CONVERTER))
-
-
-# --------------------------------------------------------------------------------------------------- cache keys
-
-def model_key(name: str, model_dir: Path, memo_dir: Path | None = None) -> str:
-    """``<name>-<12 hex>``: the hash covers every file of the resolved model folder (names, sizes, contents), so two
-    models with one name (another seed, another revision) never share a conversion.
-
-    Hashing a multi-GB model at every trial would cost seconds: the digest is memoised in ``memo_dir`` against the
-    files' (name, size, mtime); a read-only cache just reads the memo that prepare wrote."""
-    model_dir = Path(model_dir)
-    files = sorted(p for p in model_dir.rglob("*") if p.is_file() and p.name != "fixture.json")
-    stats = [[p.relative_to(model_dir).as_posix(), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-    memo = None
-    if memo_dir is not None:
-        memo = Path(memo_dir) / (hashlib.sha256(str(model_dir.resolve()).encode()).hexdigest()[:24] + ".json")
-        try:
-            saved = json.loads(memo.read_text())
-            if saved.get("files") == stats:
-                return saved["key"]
-        except (OSError, ValueError, KeyError):
-            pass
-    h = hashlib.sha256()
-    for path, (rel, size, _) in zip(files, stats):
-        h.update(f"{rel}\0{size}\0".encode())
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name or model_dir.name).strip("._") or "model"
-    key = f"{safe[:80]}-{h.hexdigest()[:12]}"
-    if memo is not None:
-        try:
-            memo.parent.mkdir(parents=True, exist_ok=True)
-            tmp = memo.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps({"key": key, "path": str(model_dir), "files": stats}))
-            os.replace(tmp, memo)
-        except OSError:
-            pass  # read-only cache: hashing again next time is only slower
-    return key
 
 
 def _converter_reason(output: str) -> str:
@@ -165,55 +119,34 @@ class LlamaCppEngine(Engine):
 
     # --- prepare ------------------------------------------------------------------------------------------------
     def prepare(self) -> dict[str, Any]:
-        if not self.cache_dir:
-            raise JobError("cache_dir", "the llamacpp engine needs a cache for its GGUF conversions",
-                           "set cache_dir (the orchestrator mounts its model cache there)")
         t0 = time.perf_counter()
-        key = model_key(self.job.model.name, self.model_dir, Path(self.cache_dir) / ENGINE_DIR / ".keys")
-        root = Path(self.cache_dir) / ENGINE_DIR / key
-        facts = self._ensure(root, self.job.precision)
+        facts = self._ensure(self.job.precision)
         self.gguf = Path(facts["artifact"])
         self.conversion = facts
         self.tokenizer_agreement = self._tokenizer_check(self.gguf)
-        return {**facts, "model_key": key, "prepare_s": round(time.perf_counter() - t0, 3),
+        return {**facts, "prepare_s": round(time.perf_counter() - t0, 3),
                 "tokenizer_agreement": self.tokenizer_agreement}
 
-    def _ensure(self, root: Path, precision: str) -> dict[str, Any]:
-        dest = root / precision
-        gguf, info = dest / GGUF_NAME, dest / INFO_NAME
-        if gguf.is_file() and info.is_file():
-            return {**json.loads(info.read_text()), "cached": True, "artifact": str(gguf)}
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{precision}.tmp-"))
-        except OSError as e:
-            raise JobError("cache_dir", f"no {precision} GGUF of {self.job.model.name} in {dest}, and the cache "
-                                        f"cannot be written ({e.strerror or e})",
-                           "run the prepare step first (orchestrate.py prepare / python -m runners prepare JOB) "
-                           "with the cache mounted read-write") from e
-        try:
-            recipe = RECIPES[precision]
-            t0 = time.perf_counter()
+    def _ensure(self, precision: str) -> dict[str, Any]:
+        """The GGUF at ``precision`` from the shared engine cache (made now when the cache is writable); quantised
+        precisions are made from the cached f32 GGUF, which is converted first when it is missing."""
+        recipe = RECIPES[precision]
+
+        def convert(tmp: Path) -> dict[str, Any]:
+            out = tmp / GGUF_NAME
             if recipe[0] == "convert":
-                facts = self._convert(tmp / GGUF_NAME, recipe[1])
+                facts = self._convert(out, recipe[1])
             else:
-                source = self._ensure(root, recipe[2])
-                facts = self._quantize(Path(source["artifact"]), tmp / GGUF_NAME, recipe[1])
+                source = self._ensure(recipe[2])
+                facts = self._quantize(Path(source["artifact"]), out, recipe[1])
                 facts["source"] = {"precision": recipe[2], "artifact": source["artifact"],
                                    "cached": source["cached"]}
-            facts.update({"precision": precision, "seconds": round(time.perf_counter() - t0, 3),
-                          "bytes": (tmp / GGUF_NAME).stat().st_size,
-                          "tensor_types": gguf_tensor_types(tmp / GGUF_NAME),
-                          "llama_cpp_python": _version("llama_cpp_python"), "created_unix": time.time()})
-            (tmp / INFO_NAME).write_text(json.dumps(facts, indent=2) + "\n")
-            try:
-                os.rename(tmp, dest)  # atomic: a conversion is whole or absent
-            except OSError:
-                if not (gguf.is_file() and info.is_file()):  # not a concurrent prepare that won: a real error
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return {**json.loads(info.read_text()), "cached": False, "artifact": str(gguf)}
+            return {**facts, "precision": precision, "tensor_types": gguf_tensor_types(out),
+                    "llama_cpp_python": versions("llama_cpp_python")["llama_cpp_python"]}
+
+        facts = ensure(self.cache_dir, ENGINE_DIR, self.job.model.name, self.model_dir, precision, convert,
+                       is_complete=lambda dest: (dest / GGUF_NAME).is_file())
+        return {**facts, "artifact": str(Path(facts["artifact"]) / GGUF_NAME)}
 
     def _convert(self, out: Path, outtype: str) -> dict[str, Any]:
         converter = converter_path()
@@ -224,7 +157,7 @@ class LlamaCppEngine(Engine):
         proc = subprocess.run(cmd, capture_output=True, text=True)
         (out.parent / "convert.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0 or not out.is_file():
-            arch = _architecture(self.model_dir)
+            arch = architecture(self.model_dir)
             raise ConversionError(f"llama.cpp's convert_hf_to_gguf.py rejected {self.job.model.name} ({arch}): "
                                   f"{_converter_reason(proc.stderr + proc.stdout)}")
         return {"conversion": "convert_hf_to_gguf.py", "converter": str(converter), "outtype": outtype}
@@ -422,7 +355,7 @@ class LlamaCppEngine(Engine):
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {
             "library": "llama-cpp-python (low-level API)",
-            "llama_cpp_python": _version("llama_cpp_python"),
+            "llama_cpp_python": versions("llama_cpp_python")["llama_cpp_python"],
             "provider": "cuda" if self.job.device == "cuda" else "cpu",
             "gguf": str(self.gguf) if self.gguf else None,
             "gguf_type": self.conversion.get("outtype") or self.conversion.get("ftype"),
@@ -462,22 +395,6 @@ class LlamaCppEngine(Engine):
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
-
-def _version(dist: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _architecture(model_dir: Path) -> str | None:
-    try:
-        return (json.loads((Path(model_dir) / "config.json").read_text()).get("architectures") or [None])[0]
-    except (OSError, ValueError):
-        return None
-
 
 def _tokenize(llama_cpp, vocab, text: str) -> list[int]:
     data = text.encode("utf-8")
