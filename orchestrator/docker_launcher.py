@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import tarfile
 import threading
 import time
@@ -100,7 +101,9 @@ class DockerLauncher:
         kwargs: dict[str, Any] = dict(
             command=[spec.mode, "/job/job.json", "--out", "/out/record.json"], volumes=volumes, detach=True,
             network_disabled=True, labels={LABEL_RUN: self.run_id, LABEL_NAME: spec.name, **spec.labels},
-            shm_size=spec.shm_size)
+            shm_size=spec.shm_size,
+            # the record's environment.hostname names the machine, not a throw-away container id (kept in host.*)
+            hostname=socket.gethostname())
         if spec.mem_limit:
             kwargs["mem_limit"] = spec.mem_limit
             kwargs["memswap_limit"] = spec.mem_limit  # no swap either: over the limit means OOM-killed

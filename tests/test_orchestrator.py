@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -95,6 +96,8 @@ def test_smoke_writes_one_valid_record_per_trial(smoke, docker_client):
         assert host["image_id"] == smoke["image"]["id"] == rec["trial"]["image_id"]
         assert (smoke["dir"] / host["log"]).is_file()
         assert host["limits"]["network"] == "none"
+        # the machine's name, not the container id (else a report sees one "host" per trial)
+        assert rec["environment"]["hostname"] == socket.gethostname() != host["container_id"][:12]
     assert containers_of(docker_client, "e2e") == []  # every container removed
     assert not list((smoke["dir"] / "work").iterdir())  # nothing in flight left behind
     assert "4 ok, 0 failed" in smoke["first"].stdout
