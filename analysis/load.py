@@ -258,7 +258,8 @@ def trial_row(record: dict, path: Path, run_dir: Path, problem: str | None = Non
                 row[f"energy_{source}_components"] = e.get(f"{source}_components")
     prep_info = _get(wins.get("prepare"), "info") or {}
     row["prepare_cached"] = prep_info.get("cached")  # True: the conversion existed already (its cost was paid before)
-    row["prepare_conversion"] = prep_info.get("conversion")
+    # what made the artifact: llama.cpp names its step ("conversion"); the optimum exporters name their tool
+    row["prepare_conversion"] = prep_info.get("conversion") or _get(prep_info.get("exporter"), "tool")
     row["duration_s"] = row["generate_duration_s"]
     # The headline figure: measured where the record has it, otherwise estimated — never their sum.
     source = next((s for s in SOURCES if row[f"energy_{s}_j"] is not None), None)

@@ -343,6 +343,7 @@ h1{margin-bottom:.2em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margi
 padding:.4em .8em;margin:.3em 0}
 table.t{border-collapse:collapse;font-size:.82em;margin:.6em 0;display:block;overflow-x:auto}
 table.t th,table.t td{border:1px solid #ddd;padding:.25em .5em;text-align:left;white-space:nowrap}
+table.t td:not(.n){white-space:normal;min-width:4em} /* long text (a test's result, a failure's reason) wraps */
 table.t th{background:#f3f3f3} table.t .n{text-align:right}
 ul.headline li{margin:.35em 0} img{max-width:100%;border:1px solid #eee;margin:.5em 0}
 nav a{margin-right:1em} details{margin:.5em 0} summary{cursor:pointer;font-weight:600}

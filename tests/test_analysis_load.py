@@ -144,7 +144,8 @@ def test_prepare_records_are_kept_apart_and_do_not_split_labels(tmp_path):
     prep = make_record(model="m")
     prep["mode"] = "prepare"  # as the orchestrator's prepare step writes it: no setting, no repetition
     prep["phases"] = {"prepare": prep["phases"]["load"]}
-    prep["phases"]["prepare"]["info"] = {"cached": False, "conversion": "onnx export"}
+    # as the onnx engine writes it (llama.cpp's records name the step in "conversion" instead)
+    prep["phases"]["prepare"]["info"] = {"cached": False, "exporter": {"tool": "optimum.exporters.onnx.main_export"}}
     prep["trial"] = {k: prep["trial"][k] for k in ("run_id", "cell_id", "runtime")}
     validate_record(prep)
     write_run([run], tmp_path / "r")
@@ -154,7 +155,7 @@ def test_prepare_records_are_kept_apart_and_do_not_split_labels(tmp_path):
     assert sorted(t.trials["mode"]) == ["prepare", "run"] and len(t.ok) == 1
     assert set(t.trials["config"]) == {"TORCH-CPU"}  # a missing setting is not a second setting
     p = t.trials.set_index("mode").loc["prepare"]
-    assert (p["prepare_cached"], p["prepare_conversion"]) == (False, "onnx export")
+    assert (p["prepare_cached"], p["prepare_conversion"]) == (False, "optimum.exporters.onnx.main_export")
     assert p["prepare_energy_estimated_j"] == pytest.approx(10.0)
 
 
