@@ -322,13 +322,16 @@ def md_table(df: pd.DataFrame) -> str:
 
 
 def html_table(df: pd.DataFrame) -> str:
-    """A plain HTML table: numbers right-aligned (class n), text left, everything escaped."""
+    """A plain HTML table: numbers right-aligned (class n), text left, long text wrapping (class w), everything
+    escaped."""
     if df is None or df.empty:
         return "<p class='muted'>(none)</p>"
     numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df.columns]
     cls = [" class='n'" if n else "" for n in numeric]
     head = "".join(f"<th{k}>{html.escape(str(c))}</th>" for c, k in zip(df.columns, cls))
-    body = "".join("<tr>" + "".join(f"<td{k}>{html.escape(v)}</td>" for v, k in zip(row, cls)) + "</tr>"
+    # long text (a test's result, a failure's reason) wraps; names and numbers stay on one line
+    body = "".join("<tr>" + "".join(f"<td{' class=w' if len(v) > 48 and not k else k}>{html.escape(v)}</td>"
+                                    for v, k in zip(row, cls)) + "</tr>"
                    for row in _fmt_df(df).itertuples(index=False))
     return f"<table class='t'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -343,7 +346,7 @@ h1{margin-bottom:.2em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margi
 padding:.4em .8em;margin:.3em 0}
 table.t{border-collapse:collapse;font-size:.82em;margin:.6em 0;display:block;overflow-x:auto}
 table.t th,table.t td{border:1px solid #ddd;padding:.25em .5em;text-align:left;white-space:nowrap}
-table.t td:not(.n){white-space:normal;min-width:4em} /* long text (a test's result, a failure's reason) wraps */
+table.t td.w{white-space:normal;min-width:24em} /* long text (a test's result, a failure's reason) wraps */
 table.t th{background:#f3f3f3} table.t .n{text-align:right}
 ul.headline li{margin:.35em 0} img{max-width:100%;border:1px solid #eee;margin:.5em 0}
 nav a{margin-right:1em} details{margin:.5em 0} summary{cursor:pointer;font-weight:600}
