@@ -72,6 +72,15 @@ def test_failures_and_tables(report):
     assert set(posthoc["magnitude"]) <= {"negligible", "small", "medium", "large"} and len(posthoc) > 0
 
 
+def test_long_text_cells_wrap_and_names_stay_whole():
+    from analysis.report import html_table
+
+    reason = "too few repetitions for a test (n < 5): ONNX-CPU (n=2), OV-CPU (n=2), TORCH-CPU (n=2)"
+    page = html_table(pd.DataFrame({"name": ["smollm2-135m"], "n": [2], "result": [reason]}))
+    assert f"<td class=w>{reason.replace('<', '&lt;')}</td>" in page
+    assert "<td>smollm2-135m</td>" in page and "<td class='n'>2</td>" in page
+
+
 def test_study_ranges_are_in_the_report(report):
     md = report["md"]
     assert "TORCH-CUDA used 38.02 %–89.15 % less energy than ONNX-CUDA" in md
