@@ -141,7 +141,7 @@ class LlamaCppEngine(Engine):
                 facts = self._quantize(Path(source["artifact"]), out, recipe[1])
                 facts["source"] = {"precision": recipe[2], "artifact": source["artifact"],
                                    "cached": source["cached"]}
-            return {**facts, "precision": precision, "tensor_types": gguf_tensor_types(out),
+            return {**facts, "tensor_types": gguf_tensor_types(out),
                     "llama_cpp_python": versions("llama_cpp_python")["llama_cpp_python"]}
 
         facts = ensure(self.cache_dir, ENGINE_DIR, self.job.model.name, self.model_dir, precision, convert,
