@@ -61,13 +61,14 @@ def collect(trial: dict[str, Any] | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "cpu_model": cpu_model(),
         "cpu_count": len(os.sched_getaffinity(0)),
-        "gpus": [{"index": g.index, "name": g.name} for g in gpus],
+        "gpus": [{"index": g.index, "name": g.name, "uuid": g.uuid} for g in gpus],
         **nvml.driver_info(),
         "cuda_runtime": None,
         "libraries": library_versions(),
         "image": trial.get("image") or os.environ.get("SLM_MATRIX_IMAGE"),
         "image_id": trial.get("image_id") or os.environ.get("SLM_MATRIX_IMAGE_ID"),
         "in_container": os.path.exists("/.dockerenv"),
+        "uid": os.getuid(),  # measured containers run non-root: no powercap, no side channel
         "runner_version": runners.__version__,
     }
     try:

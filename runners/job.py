@@ -91,6 +91,9 @@ class MeterSpec:
     country_iso_code: str = "USA"  # codecarbon offline mode: grid intensity of this country
     keep_series: bool = True  # keep the sampled time series of the generate window in the record
     rapl_root: str = "/sys/class/powercap"
+    # The GPUs this trial's energy boundary holds, {NVML UUID or index: the host's index}; None: the one cuda:0 is
+    gpus: dict[str, int] | None = None
+    trace_interval_s: float = 0.02  # the host's counter trace, for windows marked inside containers
 
 
 @dataclass(frozen=True)
@@ -247,8 +250,15 @@ def parse_job(data: Any) -> Job:
         country_iso_code=mt.get("country_iso_code", str, "USA"),
         keep_series=mt.get("keep_series", bool, True),
         rapl_root=mt.get("rapl_root", str, "/sys/class/powercap"),
+        gpus=mt.get("gpus", dict, None, nullable=True),
+        trace_interval_s=mt.get("trace_interval_s", float, 0.02, minimum=0.001),
     )
-    mt.done(["sample_interval_s", "idle_seconds", "codecarbon", "country_iso_code", "keep_series", "rapl_root"])
+    mt.done(["sample_interval_s", "idle_seconds", "codecarbon", "country_iso_code", "keep_series", "rapl_root",
+             "gpus", "trace_interval_s"])
+    for key, index in (meters.gpus or {}).items():
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise JobError(f"meters.gpus.{key}", f"must map a GPU UUID or index to the host's GPU index, got {index!r}",
+                           'write it as {"GPU-…": 0}')
 
     engine_options = r.get("engine_options", dict, {})
     engine_class(engine).check_options(engine_options)

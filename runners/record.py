@@ -9,7 +9,9 @@ Shape (``slm-matrix.record/1``)::
     model   {name, source ("path"|"hub"), path, hub_id, model_type, architecture, parameters}
     workload {dataset, style, seed, selection, prompts, task_ids[]}
     phases  {load|prepare|compile|warmup|generate: Window}   (only the phases that ran)
-      Window = {start_unix, end_unix, duration_s, energy: [Figure], energy_total{measured_j, estimated_j},
+      Window = {start_unix, end_unix, start_mono, end_mono, duration_s, energy: [Figure],
+                energy_total{measured_j, estimated_j}, boundary ("cpu:package-0 measured + gpu:0 measured"),
+                flags: [{code, component, message}], host_metered?{components, trace_interval_s, boundary_error_j},
                 samples{n, interval_s, summary{metric: {mean,min,max}}, series{t_s[], metric[]…} | null}, info{}}
       Figure = {component, joules|null, source ("measured"|"estimated"|"unavailable"), meter, reason|null}
         component: "gpu:<i>" (NVML), "cpu:package-<i>" / "cpu:dram-<i>" (RAPL), "cpu" / "ram" / "gpu" (codecarbon)
@@ -35,7 +37,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-RECORD_SCHEMA_ID = "slm-matrix.record/1"
+RECORD_SCHEMA_ID = "slm-matrix.record/2"
+# /2: windows carry start_mono/end_mono (the host meters by them), their energy boundary and validity flags
 SOURCES = ("measured", "estimated", "unavailable")
 PHASES = ("prepare", "load", "compile", "warmup", "generate")
 
@@ -62,10 +65,15 @@ FIGURE_SCHEMA = {
 
 WINDOW_SCHEMA = {
     "type": "object",
-    "required": ["start_unix", "end_unix", "duration_s", "energy", "energy_total", "samples", "info"],
+    "required": ["start_unix", "end_unix", "start_mono", "end_mono", "duration_s", "energy", "energy_total",
+                 "boundary", "flags", "samples", "info"],
     "properties": {
         "start_unix": _num,
         "end_unix": _num,
+        "start_mono": _num,
+        "end_mono": _num,
+        "boundary": {"type": "string"},
+        "flags": {"type": "array", "items": {"type": "object", "required": ["code", "component", "message"]}},
         "duration_s": {"type": "number", "minimum": 0},
         "energy": {"type": "array", "items": FIGURE_SCHEMA},
         "energy_total": {
@@ -158,6 +166,12 @@ RECORD_SCHEMA: dict[str, Any] = {
          "then": {"properties": {"phases": {"required": ["prepare"]}}}},
     ],
 }
+
+
+def joules_per_token(energy_total: dict[str, float | None], out_tokens: int) -> dict[str, float | None]:
+    """J/token of a window, per source kind (measured and estimated apart)."""
+    return {k: (energy_total[f"{k}_j"] / out_tokens if energy_total[f"{k}_j"] is not None and out_tokens else None)
+            for k in ("measured", "estimated")}
 
 
 @functools.cache

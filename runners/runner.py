@@ -20,7 +20,7 @@ from runners.engines import engine_class
 from runners.engines.base import Engine
 from runners.job import Job, JobError, ModelSpec
 from runners.meters import MeterSet
-from runners.record import RECORD_SCHEMA_ID, write_json_atomic
+from runners.record import RECORD_SCHEMA_ID, joules_per_token, write_json_atomic
 from runners.workload import load_prompts
 
 
@@ -42,6 +42,24 @@ def resolve_model(spec: ModelSpec) -> Path:
         raise JobError("model.hub_id", f"{spec.hub_id} is not in the model cache {spec.hf_cache or '(default)'}"
                        f" ({type(e).__name__})",
                        "run `orchestrate.py prepare` on a host with internet, or mount the cache holding it") from e
+
+
+def open_device_context(device: str) -> str:
+    """Create the CUDA context before the idle baseline: a GPU with a context draws more than one without, and the
+    trial's windows all run with it. Says what it did, for the record."""
+    if device != "cuda":
+        return "none needed (CPU)"
+    try:
+        import torch
+    except ImportError:
+        return "not created: torch is not in this image (the engine creates it when loading)"
+    try:
+        torch.cuda.init()
+        torch.zeros(1, device="cuda")
+        torch.cuda.synchronize()
+    except Exception as e:  # no usable GPU: the engine's own check says so in its phase
+        return f"not created: {type(e).__name__}: {e}"
+    return "created (torch)"
 
 
 def load_tokenizer(model_dir: Path):
@@ -101,13 +119,14 @@ class Trial:
         rec = self.record
         rec["environment"] = environment.collect(job.trial)
         self.enter("meters")
-        meters = MeterSet.create(job.meters)
+        meters = MeterSet.create(job.meters, job.device)
         engine: Engine | None = None
         try:
             rec["environment"]["meters"] = meters.describe()
             if job.meters.idle_seconds > 0:
                 self.enter("idle")
-                rec["idle"] = meters.idle(job.meters.idle_seconds)
+                context = open_device_context(job.device)  # idle as the trial will idle: its device context open
+                rec["idle"] = {**meters.idle(job.meters.idle_seconds), "device_context": context}
             self.enter("model")
             model_dir = resolve_model(job.model)
             tokenizer = load_tokenizer(model_dir)
@@ -228,14 +247,11 @@ class Trial:
         out_tokens = sum(p["new_tokens"] for p in per_prompt)
         rec["tokens"] = {"prompts": len(per_prompt), "batches": n_batches,
                          "input": sum(p["prompt_tokens"] for p in per_prompt), "output": out_tokens}
-        totals = gen["energy_total"]
-        jpt = {k: (totals[f"{k}_j"] / out_tokens if totals[f"{k}_j"] is not None and out_tokens else None)
-               for k in ("measured", "estimated")}
         # Latency is per batch: count it once per batch, not once per prompt of the batch.
         first_of_batch = {p["batch"]: p for p in per_prompt}.values()
         rec["metrics"] = {
             "tokens_per_s": out_tokens / gen["duration_s"] if gen["duration_s"] > 0 else None,
-            "joules_per_token": jpt,
+            "joules_per_token": joules_per_token(gen["energy_total"], out_tokens),
             "latency_s": _stats([p["latency_s"] for p in first_of_batch]),
             "ttft_s": _stats([p["ttft_s"] for p in first_of_batch]),
             "tpot_s": _stats([p["tpot_s"] for p in per_prompt]),

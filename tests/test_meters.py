@@ -148,3 +148,235 @@ def test_nvml_energy_counter_measures_gpu_work():
         meters.close()
     gpu = next(f for f in w.result["energy"] if f["component"] == "gpu:0")
     assert gpu["source"] == "measured" and gpu["joules"] > 0
+
+
+# --- RAPL: the accumulation race -------------------------------------------------------------------------------------
+
+
+def test_rapl_reads_under_the_lock_so_an_old_reading_never_counts_as_a_wrap(tmp_path):
+    """Thread A reads 100 µJ and stalls; thread B reads 200 µJ and applies it; if A then applied its older reading,
+    the counter would look wrapped and a whole counter range would be added. Reading under the lock forbids it."""
+    import threading
+
+    root = make_rapl_tree(tmp_path, 0, 0, max_range=262_143_328_850)
+    counters, _ = rapl.discover(root)
+    pkg = next(c for c in counters if c.component == "cpu:package-0")
+    a_has_read, release_a = threading.Event(), threading.Event()
+    original = pkg.read_raw
+
+    def slow_read():
+        value = original()
+        if threading.current_thread().name == "A":
+            a_has_read.set()
+            release_a.wait(5)
+        return value
+
+    pkg.read_raw = slow_read
+    set_energy(root, "intel-rapl:0", 100)
+    a = threading.Thread(target=pkg.total_uj, name="A")
+    a.start()
+    assert a_has_read.wait(5)
+    set_energy(root, "intel-rapl:0", 200)
+    b = threading.Thread(target=pkg.total_uj, name="B")
+    b.start()
+    b.join(0.5)  # with the read under the lock, B waits for A here
+    release_a.set()
+    a.join(5)
+    b.join(5)
+    assert pkg.total_uj() == 200  # 0 → 100 → 200, never + a counter range
+
+
+# --- the host's counter trace -----------------------------------------------------------------------------------------
+
+
+def test_trace_interpolates_each_boundary_and_states_its_error():
+    from runners.meters.trace import CounterTrace
+
+    tr = CounterTrace(0.1)
+    for i in range(11):  # 10 W, sampled every 100 ms, monotonic t = 100.0 … 101.0
+        tr.add(100.0 + i / 10, {"cpu:package-0": 10.0 * i / 10})
+    e = tr.energy("cpu:package-0", 100.25, 100.75)
+    assert e.joules == pytest.approx(5.0)  # 10 W × 0.5 s, interpolated inside both brackets
+    assert e.boundary_error_j == pytest.approx(2.0)  # each bracket's increment: 1 J + 1 J
+    assert e.samples == 5
+    on_points = tr.energy("cpu:package-0", 100.2, 100.7)
+    assert on_points.joules == pytest.approx(5.0) and on_points.boundary_error_j == 0.0
+    outside = tr.energy("cpu:package-0", 99.0, 100.5)
+    assert outside.joules is None and "outside the host's counter trace" in outside.reason
+
+
+def test_traced_window_meters_a_root_only_counter_at_a_known_rate(tmp_path):
+    """A 0400 powercap-like tree (as the kernel's since CVE-2020-8694) advanced by a writer at 25 W: the trace gives
+    any sub-window rate × duration within the stated boundary error."""
+    writer = RaplWriter(tmp_path, package_w=25.0, dram_w=5.0)
+    with writer:
+        meters = MeterSet.create(MeterSpec(rapl_root=str(tmp_path), codecarbon=False, trace_interval_s=0.01))
+        try:
+            with meters.window("container", trace=True) as w:
+                time.sleep(0.2)
+                t0 = time.monotonic()
+                time.sleep(0.6)
+                t1 = time.monotonic()
+                time.sleep(0.2)
+        finally:
+            meters.close()
+    for comp, watts in (("cpu:package-0", 25.0), ("cpu:dram-0", 5.0)):
+        e = w.trace.energy(comp, t0, t1)
+        assert e.joules == pytest.approx(watts * (t1 - t0), abs=e.boundary_error_j + watts * 2 * writer.step_s)
+        assert 0 < e.boundary_error_j < watts * 0.1
+
+
+class RaplWriter:
+    """A powercap-like tree whose package and DRAM counters advance at known rates, written atomically (rename) with
+    mode 0400 like the kernel's since CVE-2020-8694; readable here only because the tests run as root."""
+
+    def __init__(self, root: Path, package_w: float, dram_w: float, step_s: float = 0.005):
+        import threading
+
+        self.root, self.step_s = root, step_s
+        self.rates = {"intel-rapl:0": package_w, "intel-rapl:0/intel-rapl:0:1": dram_w}
+        make_rapl_tree(root, 0, 0, max_range=262_143_328_850)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self.t0 = time.monotonic()
+        self._write()
+
+    def _write(self) -> None:
+        import os
+
+        elapsed = time.monotonic() - self.t0
+        for rel, watts in self.rates.items():
+            path = self.root / rel / "energy_uj"
+            tmp = path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
+            os.write(fd, f"{int(watts * elapsed * 1e6)}\n".encode())
+            os.close(fd)
+            os.replace(tmp, path)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.step_s):
+            self._write()
+
+    def __enter__(self) -> "RaplWriter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+# --- NVML, against the library's interface with replayed counter traces ------------------------------------------------
+
+
+@pytest.fixture
+def fake_nvml(monkeypatch):
+    import sys
+
+    import _fake_nvml
+
+    def install(*gpus):
+        monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml.module(list(gpus)))
+        return gpus
+    return install
+
+
+def _cuda_meters(tmp_path, **spec):
+    return MeterSet.create(MeterSpec(rapl_root=str(tmp_path / "none"), codecarbon=False, sample_interval_s=0.02,
+                                     **spec), "cuda")
+
+
+def test_nvml_window_is_the_counter_delta_in_joules(fake_nvml, tmp_path):
+    """Counter at 120 W while the power readings say 300 W: the figure is the counter's delta ÷ 1000 (mJ → J), not
+    integrated power, not mJ, not a fallback zero."""
+    from _fake_nvml import FakeGpu
+
+    gpu, = fake_nvml(FakeGpu("GPU-a", watts=120.0, reported_power_w=300.0, period_s=0.02))
+    meters = _cuda_meters(tmp_path)
+    try:
+        with meters.window("generate") as w:
+            time.sleep(0.5)
+    finally:
+        meters.close()
+    fig = next(f for f in w.result["energy"] if f["component"] == "gpu:0")
+    assert fig["source"] == "measured" and fig["meter"] == "nvml"
+    assert fig["joules"] == pytest.approx(120.0 * w.result["duration_s"], abs=120.0 * 0.02 * 1.5)
+    assert meters.validity["gpu:0"]["update_period_s"] == pytest.approx(0.02, rel=0.5)
+    assert w.result["boundary"] == "gpu:0 measured"
+    # 0.5 s is far below what a counter resolves well: flagged
+    assert [f["code"] for f in w.result["flags"]] == ["short-window"]
+
+
+def test_nvml_without_counter_integrates_power_and_says_so(fake_nvml, tmp_path):
+    from _fake_nvml import FakeGpu
+
+    fake_nvml(FakeGpu("GPU-a", watts=80.0, has_counter=False))
+    meters = _cuda_meters(tmp_path)
+    try:
+        with meters.window("generate") as w:
+            time.sleep(0.3)
+    finally:
+        meters.close()
+    fig = next(f for f in w.result["energy"] if f["component"] == "gpu:0")
+    assert fig["meter"] == "nvml-power-samples" and fig["joules"] == pytest.approx(80.0 * w.result["duration_s"])
+    assert "power-integrated" in {f["code"] for f in w.result["flags"]}
+
+
+@pytest.mark.parametrize("start_mj, what", [(5_000_000, "frozen"), (0, "zero")])
+def test_a_frozen_or_zero_counter_is_rejected(fake_nvml, tmp_path, start_mj, what):
+    from _fake_nvml import FakeGpu
+
+    fake_nvml(FakeGpu("GPU-a", watts=80.0, frozen=True, start_mj=start_mj))
+    meters = _cuda_meters(tmp_path)
+    try:
+        with meters.window("generate") as w:
+            time.sleep(0.2)
+    finally:
+        meters.close()
+    v = meters.validity["gpu:0"]
+    assert v[what] is True and "power is sampled" in v["rejected"]
+    fig = next(f for f in w.result["energy"] if f["component"] == "gpu:0")
+    assert fig["meter"] == "nvml-power-samples" and fig["joules"] == pytest.approx(80.0 * w.result["duration_s"])
+
+
+def test_only_the_trials_gpu_is_metered(fake_nvml, tmp_path):
+    """Two GPUs on the host: a trial on the second counts that one (named by the host's index), a CPU trial none."""
+    from _fake_nvml import FakeGpu
+
+    fake_nvml(FakeGpu("GPU-a", watts=60.0), FakeGpu("GPU-b", watts=200.0))
+    meters = _cuda_meters(tmp_path, gpus={"GPU-b": 1})
+    try:
+        with meters.window("generate") as w:
+            time.sleep(0.2)
+    finally:
+        meters.close()
+    gpus = [f for f in w.result["energy"] if f["component"].startswith("gpu")]
+    assert [f["component"] for f in gpus] == ["gpu:1"]
+    assert gpus[0]["joules"] == pytest.approx(200.0 * w.result["duration_s"], abs=200.0 * 0.02 * 1.5)
+    cpu_trial = MeterSet.create(MeterSpec(rapl_root=str(tmp_path / "none"), codecarbon=False), "cpu")
+    try:
+        with cpu_trial.window("generate") as w:
+            pass
+    finally:
+        cpu_trial.close()
+    gpu = next(f for f in w.result["energy"] if f["component"] == "gpu")
+    assert gpu["source"] == "unavailable" and "CPU trial" in gpu["reason"]
+    missing = MeterSet.create(MeterSpec(rapl_root=str(tmp_path / "none"), codecarbon=False, gpus={"GPU-z": 3}),
+                              "cuda")
+    missing.close()
+    assert not missing.gpus and "GPU-z" in missing.reasons["nvml"]
+
+
+@pytest.mark.parametrize("reported, flagged", [(None, False), (300.0, True)])
+def test_idle_cross_checks_the_counter_against_integrated_power(fake_nvml, tmp_path, reported, flagged):
+    from _fake_nvml import FakeGpu
+
+    fake_nvml(FakeGpu("GPU-a", watts=100.0, reported_power_w=reported, period_s=0.01))
+    meters = _cuda_meters(tmp_path)
+    try:
+        idle = meters.idle(0.6)
+    finally:
+        meters.close()
+    check, = idle["checks"]
+    assert check["flagged"] is flagged
+    assert ("counter-vs-power" in {f["code"] for f in idle["flags"]}) is flagged

@@ -1,18 +1,33 @@
 """NVIDIA GPUs through NVML (nvidia-ml-py): total-energy counter per device (*measured*, mJ), plus the sampled
-power, utilisation, memory and temperature."""
+power, utilisation, memory and temperature.
+
+Only the trial's own GPUs are metered: ``discover(select)`` keeps the devices named by UUID (or index), and names
+each component after the host's index, so a one-GPU trial on an eight-GPU host counts one GPU — inside a container
+(which sees its GPU as index 0) as in a plain process (which sees them all).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import time
+from dataclasses import dataclass, field
 from typing import Any
+
+# A window shorter than this, or spanning fewer counter updates, is flagged: the counter cannot resolve it well.
+MIN_WINDOW_S = 5.0
+MIN_UPDATES = 50
+# Counter energy vs integrated power over the idle window: a larger relative gap is flagged.
+MAX_COUNTER_POWER_GAP = 0.10
 
 
 @dataclass
 class NvmlGpu:
-    index: int
+    index: int  # the host's index: the component is "gpu:<index>"
     handle: Any
     name: str
     has_energy_counter: bool
+    uuid: str | None = None
+    validity: dict[str, Any] = field(default_factory=dict)
 
     @property
     def component(self) -> str:
@@ -22,6 +37,9 @@ class NvmlGpu:
         import pynvml
 
         return int(pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle))
+
+    def energy_j(self) -> float:
+        return self.energy_mj() / 1e3
 
     def sample(self) -> dict[str, float]:
         import pynvml
@@ -41,9 +59,49 @@ class NvmlGpu:
                 pass
         return out
 
+    def probe_counter(self, max_s: float = 1.0, poll_s: float = 0.002) -> dict[str, Any]:
+        """How often the energy counter moves, and whether it moves at all. A counter that reads zero or does not
+        change within ``max_s`` is rejected (``has_energy_counter`` becomes False: power is sampled instead)."""
+        first = self.energy_mj()
+        changes: list[float] = []
+        last, t_end = first, time.monotonic() + max_s
+        while time.monotonic() < t_end and len(changes) < 6:
+            time.sleep(poll_s)
+            v = self.energy_mj()
+            if v != last:
+                changes.append(time.monotonic())
+                last = v
+        gaps = [b - a for a, b in zip(changes, changes[1:])]
+        period = sorted(gaps)[len(gaps) // 2] if gaps else None
+        v = {"counter_mj": first, "changes": len(changes), "probe_s": max_s, "update_period_s": period,
+             "zero": first == 0 and last == 0, "frozen": not changes}
+        if v["zero"] or v["frozen"]:
+            self.has_energy_counter = False
+            v["rejected"] = ("the energy counter reads zero" if v["zero"] else
+                             f"the energy counter did not change within {max_s:g} s") + \
+                "; power is sampled and integrated instead"
+        self.validity = v
+        return v
 
-def discover() -> tuple[list[NvmlGpu], str | None]:
-    """Initialise NVML and list the visible GPUs. Returns (gpus, reason when there are none)."""
+
+def _uuid(pynvml, handle) -> str | None:
+    try:
+        u = pynvml.nvmlDeviceGetUUID(handle)
+    except pynvml.NVMLError:
+        return None
+    return u.decode() if isinstance(u, bytes) else u
+
+
+def default_selection() -> dict[str, int]:
+    """Without an explicit selection, the GPU the trial's CUDA work uses: the first of CUDA_VISIBLE_DEVICES (an
+    index or a UUID), else index 0 — what ``cuda:0`` means for every engine here."""
+    first = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip() or "0"
+    return {first: int(first) if first.isdigit() else 0}
+
+
+def discover(select: dict[str, int] | None = None) -> tuple[list[NvmlGpu], str | None]:
+    """Initialise NVML and list the selected GPUs ({UUID or index: host index}; None = every visible GPU).
+    Returns (gpus, reason when there are none)."""
     try:
         import pynvml
     except ImportError:
@@ -52,9 +110,18 @@ def discover() -> tuple[list[NvmlGpu], str | None]:
         pynvml.nvmlInit()
     except pynvml.NVMLError as e:
         return [], f"NVML not available ({e}): no NVIDIA driver or GPU visible"
-    gpus = []
+    gpus, seen = [], set()
     for i in range(pynvml.nvmlDeviceGetCount()):
         h = pynvml.nvmlDeviceGetHandleByIndex(i)
+        uuid = _uuid(pynvml, h)
+        if select is not None:
+            key = uuid if uuid in select else str(i) if str(i) in select else None
+            if key is None:
+                continue
+            seen.add(key)
+            index = select[key]
+        else:
+            index = i
         name = pynvml.nvmlDeviceGetName(h)
         name = name.decode() if isinstance(name, bytes) else name
         try:
@@ -62,7 +129,10 @@ def discover() -> tuple[list[NvmlGpu], str | None]:
             has_counter = True
         except pynvml.NVMLError:
             has_counter = False  # pre-Volta: power is sampled and integrated instead
-        gpus.append(NvmlGpu(i, h, name, has_counter))
+        gpus.append(NvmlGpu(index, h, name, has_counter, uuid))
+    missing = sorted(set(select or ()) - seen)
+    if missing:
+        return [], f"GPU(s) {', '.join(missing)} asked for but not visible to NVML here"
     if not gpus:
         return [], "NVML found no GPU"
     return gpus, None

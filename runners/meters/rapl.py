@@ -28,9 +28,11 @@ class RaplCounter:
         return int((self.path / "energy_uj").read_text().strip())
 
     def total_uj(self) -> int:
-        """Energy accumulated since the first read, wraparound included."""
-        raw = self.read_raw()
+        """Energy accumulated since the first read, wraparound included. The read happens under the lock: two
+        threads (sampler, window) reading outside it could apply an older reading after a newer one, which looks like
+        a wrap and adds a whole counter range."""
         with self._lock:
+            raw = self.read_raw()
             if self._last_raw is not None:
                 self._total_uj += wrap_delta(self._last_raw, raw, self.max_range_uj)
             self._last_raw = raw
@@ -44,11 +46,19 @@ def wrap_delta(before: int, after: int, max_range: int) -> int:
     return max_range - before + after + 1 if max_range else after
 
 
+def _in_container() -> bool:
+    return Path("/.dockerenv").exists() or Path("/run/.containerenv").exists()
+
+
 def discover(root: str | Path = "/sys/class/powercap") -> tuple[list[RaplCounter], str | None]:
     """Find readable package and DRAM domains. Returns (counters, reason when none can be used)."""
     root = Path(root)
     if not root.is_dir():
-        return [], f"no powercap tree at {root} (no RAPL on this host or not exposed to the container)"
+        if _in_container():
+            return [], (f"no powercap tree at {root}: Docker masks powercap inside containers (CVE-2020-8694); the "
+                        "orchestrator meters CPU/DRAM for this trial's windows from the host's counter trace when "
+                        "the host has RAPL")
+        return [], f"no powercap tree at {root}: no RAPL on this host (a VM, or not an Intel/AMD RAPL CPU)"
     counters: list[RaplCounter] = []
     problems: list[str] = []
     # Top-level zones are packages (intel-rapl:N); their children (intel-rapl:N:M) hold dram.
@@ -69,7 +79,9 @@ def discover(root: str | Path = "/sys/class/powercap") -> tuple[list[RaplCounter
                 counter = RaplCounter(f"cpu:{kind}-{package_index}", domain, max_range)
                 counter.total_uj()  # first read: proves readability, sets the baseline
             except PermissionError:
-                problems.append(f"{domain}/energy_uj is not readable (run as root or make it readable)")
+                problems.append(f"{domain}/energy_uj exists but is not readable by this user: it is root-only since "
+                                "CVE-2020-8694 — run the orchestrator as root, or grant read access (e.g. "
+                                "`chmod o+r .../energy_uj` at boot, or a udev rule)")
                 continue
             except (OSError, ValueError) as e:
                 problems.append(f"{domain}: {e}")
@@ -78,3 +90,8 @@ def discover(root: str | Path = "/sys/class/powercap") -> tuple[list[RaplCounter
     if counters:
         return counters, None
     return [], "; ".join(problems) or f"no intel-rapl package domains under {root}"
+
+
+def unreadable(reason: str | None) -> bool:
+    """True when a counter exists but this user may not read it: a problem to say loudly, not a missing meter."""
+    return bool(reason) and "not readable by this user" in reason

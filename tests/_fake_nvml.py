@@ -1,0 +1,62 @@
+"""nvidia-ml-py's interface (the calls runners/meters/nvml.py makes), replaying counter traces instead of a driver.
+
+NVML cannot run on a host without an NVIDIA GPU; the meter's arithmetic (mJ → J, counter deltas, the power-sample
+fallback, GPU selection, the validity probe) is tested against this stand-in of the *library's interface*, fed with
+counter traces shaped like NVML's: the total-energy counter in mJ moves in steps every ``period_s`` at the board's
+power, and ``nvmlDeviceGetPowerUsage`` (mW) is an independent reading, so a meter that integrated power instead of
+differencing the counter gives a different number. On a GPU host the real library is used (tests/test_meters.py
+runs the meter for real there).
+"""
+
+from __future__ import annotations
+
+import time
+import types
+from dataclasses import dataclass
+
+
+class NVMLError(Exception):
+    pass
+
+
+@dataclass
+class FakeGpu:
+    uuid: str
+    name: str = "NVIDIA H200"
+    watts: float = 120.0  # what the energy counter accumulates
+    reported_power_w: float | None = None  # what nvmlDeviceGetPowerUsage says (None: same as watts)
+    period_s: float = 0.02  # counter update period
+    has_counter: bool = True  # pre-Volta boards raise NVMLError on the energy call
+    frozen: bool = False  # a counter stuck at one value
+    start_mj: int = 5_000_000
+    temp_c: float = 40.0
+
+    def __post_init__(self):
+        self.t0 = time.monotonic()
+
+    def energy_mj(self) -> int:
+        if not self.has_counter:
+            raise NVMLError("Not Supported")
+        if self.frozen:
+            return self.start_mj
+        steps = int((time.monotonic() - self.t0) / self.period_s)  # the counter moves once per period
+        return self.start_mj + int(steps * self.period_s * self.watts * 1000)
+
+
+def module(gpus: list[FakeGpu]) -> types.ModuleType:
+    m = types.ModuleType("pynvml")
+    m.NVMLError = NVMLError
+    m.NVML_TEMPERATURE_GPU = 0
+    m.nvmlInit = lambda: None
+    m.nvmlDeviceGetCount = lambda: len(gpus)
+    m.nvmlDeviceGetHandleByIndex = lambda i: gpus[i]
+    m.nvmlDeviceGetUUID = lambda h: h.uuid
+    m.nvmlDeviceGetName = lambda h: h.name
+    m.nvmlDeviceGetTotalEnergyConsumption = lambda h: h.energy_mj()
+    m.nvmlDeviceGetPowerUsage = lambda h: int(1000 * (h.watts if h.reported_power_w is None else h.reported_power_w))
+    m.nvmlDeviceGetUtilizationRates = lambda h: types.SimpleNamespace(gpu=50, memory=10)
+    m.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=2**30, total=2**34)
+    m.nvmlDeviceGetTemperature = lambda h, kind: h.temp_c
+    m.nvmlSystemGetDriverVersion = lambda: "590.00"
+    m.nvmlSystemGetCudaDriverVersion_v2 = lambda: 13000
+    return m
