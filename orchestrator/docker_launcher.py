@@ -109,11 +109,13 @@ class DockerLauncher:
             kwargs["memswap_limit"] = spec.mem_limit  # no swap either: over the limit means OOM-killed
         if spec.cpus:
             kwargs["nano_cpus"] = int(spec.cpus * 1e9)
-        if rt.gpu:
-            kwargs["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        if rt.gpu:  # exactly the trial's GPUs (by UUID), never every GPU of the host
+            kwargs["device_requests"] = [docker.types.DeviceRequest(device_ids=list(spec.gpus) or ["0"],
+                                                                    capabilities=[["gpu"]])]
         facts: dict[str, Any] = {"launcher": self.name, "image": rt.image, "image_id": image.id,
                                  "limits": {"mem_limit": spec.mem_limit, "cpus": spec.cpus, "shm_size": spec.shm_size,
-                                            "timeout_s": spec.timeout_s, "network": "none", "gpu": rt.gpu}}
+                                            "timeout_s": spec.timeout_s, "network": "none", "gpu": rt.gpu,
+                                            "gpus": sorted(spec.gpus.values()) if rt.gpu else []}}
         container = None
         log_thread = None
         exit_code, timed_out, window = None, False, None
@@ -127,7 +129,7 @@ class DockerLauncher:
             facts["container_id"] = container.id
             timings["create_s"] = time.monotonic() - t0
             t1 = time.monotonic()
-            with meters.window("container") as w:
+            with meters.window("container", trace=True) as w:
                 timings["meters_open_s"] = time.monotonic() - t1  # the host meters' start (codecarbon's first task)
                 t1 = time.monotonic()
                 try:
@@ -163,7 +165,7 @@ class DockerLauncher:
             record = self._collect(container, spec)
             timings["collect_s"] = time.monotonic() - t3
             return Outcome(record, exit_code, oom_killed=oom, timed_out=timed_out, window=window, facts=facts,
-                           timings=timings)
+                           timings=timings, trace=w.trace)
         finally:
             if container is not None:  # also on Ctrl-C: stop the trial in flight, leave nothing behind
                 t4 = time.monotonic()

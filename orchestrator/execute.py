@@ -73,17 +73,42 @@ class Executor:
     def _meters(self):
         if self.meters is None:
             from runners.job import MeterSpec
-            from runners.meters import MeterSet
+            from runners.meters import MeterSet, rapl
 
             spec = self.plan.matrix.job["meters"]
+            host = self.plan.matrix.host
             # the host's window spans the whole container: keep its summary, not a series hours long
             self.meters = MeterSet.create(MeterSpec(
                 sample_interval_s=float(spec.get("sample_interval_s", 0.1)),
                 codecarbon=bool(spec.get("codecarbon", True)),
                 country_iso_code=spec.get("country_iso_code", "USA"), keep_series=False,
-                rapl_root=spec.get("rapl_root", "/sys/class/powercap")))
+                rapl_root=host["rapl_root"], trace_interval_s=host["trace_interval_s"]))
+            reason = self.meters.reasons.get("rapl")
+            if rapl.unreadable(reason):  # a counter we could use but may not read: never fall back silently
+                self.ui.note(f"[red]RAPL counters exist but cannot be read — CPU/DRAM energy will be ESTIMATED:[/] "
+                             f"{reason}")
             self.idle_temps = self.meters.gpu_temperatures()
         return self.meters
+
+    def trial_gpus(self, cell: Cell) -> dict[str, int]:
+        """{NVML UUID: host index} of the GPUs a CUDA cell runs on ([host] gpus); empty for a CPU cell."""
+        if not cell.runtime.runtime.gpu:
+            return {}
+        wanted = self.plan.matrix.host["gpus"]
+        return {(g.uuid or str(g.index)): g.index for g in self._meters().gpus if g.index in wanted}
+
+    def _keep(self, cell: Cell):
+        from orchestrator.host_energy import trial_boundary
+
+        return trial_boundary(cell.runtime.runtime.device, self.plan.matrix.host["gpus"])
+
+    def _host_energy(self, record: dict[str, Any], outcome: Outcome, cell: Cell) -> None:
+        """The trial's boundary on the host's figures, and the host's counters on the runner's windows."""
+        from orchestrator import host_energy
+
+        keep = self._keep(cell)
+        record["host"]["container"] = host_energy.restrict(record["host"]["container"], keep)
+        host_energy.apply(record, outcome.trace, keep)
 
     def close(self) -> None:
         if self.meters is not None:
@@ -138,6 +163,9 @@ class Executor:
 
     def _prepare_cell(self, cell: Cell) -> dict[str, Any]:
         job = cell_job(self.plan, cell, self.cache)
+        gpus = self.trial_gpus(cell)
+        if gpus:
+            job["meters"]["gpus"] = gpus
         job["trial"] = {"run_id": self.store.run_id, "cell_id": cell.id, "runtime": cell.runtime.name,
                         "image": cell.runtime.runtime.image, "matrix_hash": self.plan.matrix.hash}
         name = f"prepare__{cell.id}"
@@ -145,9 +173,10 @@ class Executor:
         spec = LaunchSpec(name=name, runtime=cell.runtime.runtime, mode="prepare", job=job,
                           work=self.store.work(name), log_path=self.store.log_path(name),
                           timeout_s=limits["timeout_s"], mem_limit=limits["mem_limit"], cpus=limits["cpus"],
-                          shm_size=limits["shm_size"])
+                          shm_size=limits["shm_size"], gpus=gpus)
         outcome = self.launcher.run(spec, self._meters())
         record = self._judge(outcome, job, spec, mode="prepare")
+        self._host_energy(record, outcome, cell)
         shutil.rmtree(spec.work, ignore_errors=True)
         return record
 
@@ -181,19 +210,28 @@ class Executor:
         m = self.plan.matrix
         meters = self._meters()
         cooldown = self._cooldown(meters)
+        from orchestrator.host_energy import restrict_idle
+
         idle = meters.idle(m.host["idle_seconds"]) if m.host["idle_seconds"] > 0 else None
+        idle = restrict_idle(idle, self._keep(t.cell))
         job = cell_job(self.plan, t.cell, self.cache)
+        gpus = self.trial_gpus(t.cell)
+        if gpus:
+            job["meters"]["gpus"] = gpus
         job["trial"] = self._bookkeeping(t)
         limits = m.container_for(t.cell.runtime, t.cell.model)
         spec = LaunchSpec(name=t.id, runtime=t.cell.runtime.runtime, mode="run", job=job, work=self.store.work(t.id),
                           log_path=self.store.log_path(t.id), timeout_s=limits["timeout_s"],
-                          mem_limit=limits["mem_limit"], cpus=limits["cpus"], shm_size=limits["shm_size"])
+                          mem_limit=limits["mem_limit"], cpus=limits["cpus"], shm_size=limits["shm_size"],
+                          gpus=gpus)
         begin = time.time()
         outcome = self.launcher.run(spec, meters)
         if outcome.facts.get("image_id"):
             job["trial"]["image_id"] = outcome.facts["image_id"]
         record = self._judge(outcome, job, spec, mode="run")
+        self._host_energy(record, outcome, t.cell)
         record["host"]["idle"] = idle
+        record["host"]["meters"] = meters.describe()
         record["host"]["cooldown"] = cooldown
         record["host"]["begin_unix"] = begin
         record["host"]["recorded_unix"] = time.time()  # a later pass (agreement) may rewrite the file: keep this

@@ -29,6 +29,7 @@ class LaunchSpec:
     cpus: float | None = None
     shm_size: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    gpus: dict[str, int] = field(default_factory=dict)  # CUDA runtimes: {NVML UUID: host index} it gets, no other
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Outcome:
     timed_out: bool = False
     launch_error: str | None = None  # the runner never ran (image missing, start refused)
     window: dict[str, Any] | None = None  # host meters around the runner's whole span
+    trace: Any = None  # the host's counter trace over that span (runners.meters.trace.CounterTrace)
     facts: dict[str, Any] = field(default_factory=dict)  # launcher, container_id, image, image_id, limits…
     timings: dict[str, float] = field(default_factory=dict)  # create_s, start_s, run_s, stop_s, collect_s
 

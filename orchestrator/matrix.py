@@ -9,7 +9,9 @@ Layout (see matrix.toml for the study, matrix-smoke.toml for the smoke run)::
 
     [matrix]   name, seed, repetitions, runtimes = [...]?, models = [...]?, settings = [...]?
     [workload] [generation] [warmup] [meters]      -> the job's sections, as runners/job.py defines them
-    [host]     idle_seconds, cooldown_max_s, cooldown_margin_c     (the orchestrator's own measurement)
+    [host]     idle_seconds, cooldown_max_s, cooldown_margin_c, trace_interval_s, gpus, rapl_root
+                                                   (the orchestrator's own measurement)
+    [agreement] engine, precision, devices         (the token-agreement reference; default torch fp32, CPU first)
     [container] timeout_s, mem_limit, cpus, shm_size                (defaults; runtimes and models may override)
     [settings.<name>]  precision, generation = {...}               (default: one setting "fp32")
     [runtimes.<name>]  engines = [...]?, engine_options = {...}, + container overrides
@@ -44,7 +46,14 @@ HOST_KEYS = {
     "idle_seconds": ((int, float), 10.0, "host idle-power baseline measured before each trial (0 = none)"),
     "cooldown_max_s": ((int, float), 120.0, "longest wait for the GPUs to cool back to their idle temperature"),
     "cooldown_margin_c": ((int, float), 3.0, "a GPU counts as cool within this many °C of its idle temperature"),
+    "trace_interval_s": ((int, float), 0.02, "period of the host's energy-counter trace (RAPL, NVML), by which "
+                                             "each window the runner marks in its container is metered"),
 }
+# [host] keys that are not numbers
+HOST_GPUS_WHAT = "the host GPU indices a CUDA trial runs on and is metered on, e.g. [0]"
+HOST_RAPL_WHAT = "the host's powercap tree (RAPL), e.g. \"/sys/class/powercap\""
+# [agreement]: which configuration is the token-agreement reference of every model × workload × generation
+AGREEMENT_DEFAULT = {"engine": "torch", "precision": "fp32", "devices": ["cpu", "cuda"]}
 MODEL_KEYS = ("hub_id", "path", "fixture", "revision", "params_b", "group", "size", "tokenizer", "seed")
 
 
@@ -95,7 +104,8 @@ class Matrix:
     seed: int
     repetitions: int
     job: dict[str, dict[str, Any]]  # workload, generation, warmup, meters: as written
-    host: dict[str, float]
+    host: dict[str, Any]
+    agreement: dict[str, Any]  # the token-agreement reference: engine, precision, devices in order of preference
     container: dict[str, Any]
     settings: dict[str, Setting]
     runtimes: dict[str, RuntimeEntry]  # selected ones, in matrix order
@@ -208,7 +218,7 @@ def load(path: str | Path, *, images_dir: Path | None = None) -> Matrix:
         raise MatrixError(src, "runtimes", str(e), "fix the Dockerfile's LABEL lines") from e
 
     top = _Table(src, data, "")
-    sections = ["matrix", *JOB_SECTIONS, "host", "container", "settings", "runtimes", "models"]
+    sections = ["matrix", *JOB_SECTIONS, "host", "agreement", "container", "settings", "runtimes", "models"]
 
     # --- definitions ------------------------------------------------------------------------------------------
     rt_defs = _Table(src, top.table("runtimes"), "runtimes")
@@ -271,15 +281,30 @@ def load(path: str | Path, *, images_dir: Path | None = None) -> Matrix:
                               f"use one of: {', '.join(offered)} (the images' io.slm-matrix.precisions labels)")
     job_sections = {s: dict(top.table(s)) for s in JOB_SECTIONS}
     ht = _Table(src, top.table("host"), "host")
-    host = {k: ht.get(k, kind, default, minimum=0, what=what) for k, (kind, default, what) in HOST_KEYS.items()}
-    ht.done(list(HOST_KEYS))
+    host: dict[str, Any] = {k: ht.get(k, kind, default, minimum=0, what=what)
+                            for k, (kind, default, what) in HOST_KEYS.items()}
+    host["gpus"] = ht.get("gpus", list, [0], what=HOST_GPUS_WHAT)
+    for i, g in enumerate(host["gpus"]):
+        if isinstance(g, bool) or not isinstance(g, int) or g < 0:
+            raise MatrixError(src, f"host.gpus[{i}]", f"must be a GPU index (an integer ≥ 0), got {g!r}",
+                              f"write it as gpus = [0] ({HOST_GPUS_WHAT})")
+    if not host["gpus"] or len(set(host["gpus"])) != len(host["gpus"]):
+        raise MatrixError(src, "host.gpus", "must list at least one GPU index, each once", "write it as gpus = [0]")
+    host["rapl_root"] = ht.get("rapl_root", str, "/sys/class/powercap", what=HOST_RAPL_WHAT)
+    ht.done([*HOST_KEYS, "gpus", "rapl_root"])
+    at = _Table(src, top.table("agreement"), "agreement")
+    agreement = {"engine": at.get("engine", str, AGREEMENT_DEFAULT["engine"], what="the reference engine"),
+                 "precision": at.get("precision", str, AGREEMENT_DEFAULT["precision"], what="its precision"),
+                 "devices": at.get("devices", list, AGREEMENT_DEFAULT["devices"],
+                                   what="its devices, in order of preference")}
+    at.done(list(AGREEMENT_DEFAULT))
     ct = _Table(src, top.table("container"), "container")
     container = {**CONTAINER_DEFAULTS, **_container(ct)}
     ct.done(list(CONTAINER_KEYS))
     top.done(sections)
 
     matrix = Matrix(path=path, text=text, hash=hashlib.sha256(text.encode()).hexdigest(), name=name, seed=seed,
-                    repetitions=reps, job=job_sections, host=host, container=container,
+                    repetitions=reps, job=job_sections, host=host, agreement=agreement, container=container,
                     settings={s: settings_all[s] for s in sel_s},
                     runtimes={r: runtime_entries[r] for r in sel_rt},
                     models={m: model_entries[m] for m in sel_m})

@@ -38,6 +38,8 @@ class ProcessLauncher:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                "PYTHONUNBUFFERED": "1"}
+        if spec.runtime.gpu and spec.gpus:  # the trial's GPUs only (CUDA takes UUIDs)
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpus)
         facts = {"launcher": self.name, "image": None, "image_id": None, "python": self.python,
                  "limits": {"timeout_s": spec.timeout_s, "not_enforced": [k for k in ("mem_limit", "cpus")
                                                                           if getattr(spec, k)]}}
@@ -45,7 +47,7 @@ class ProcessLauncher:
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         timed_out = False
         t1 = time.monotonic()
-        with open(spec.log_path, "wb") as log, meters.window("container") as w:
+        with open(spec.log_path, "wb") as log, meters.window("container", trace=True) as w:
             timings["meters_open_s"] = time.monotonic() - t1
             t1 = time.monotonic()
             # own session: a timeout or Ctrl-C ends the runner and anything it started
@@ -75,4 +77,4 @@ class ProcessLauncher:
         # a signal death shows as a negative code; report it the way a container would (128 + signal)
         exit_code = 128 - code if code < 0 else code
         return Outcome(record, exit_code, oom_killed=False, timed_out=timed_out, window=w.result, facts=facts,
-                       timings=timings)
+                       timings=timings, trace=w.trace)
