@@ -1,7 +1,7 @@
 """Records -> tidy tables.
 
 ``load_runs(paths)`` reads every record of one or several runs (``results/<run-id>/``: every ``**/*.json`` whose
-``schema`` is ``slm-matrix.record/1``) and returns a ``Tables`` with:
+``schema`` is ``slm-matrix.record/1`` or ``/2``) and returns a ``Tables`` with:
 
 - ``trials``   one row per trial record (failed ones included, with their reasons)
 - ``prompts``  one row per prompt of every successful run trial
@@ -24,7 +24,9 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-RECORD_SCHEMA_ID = "slm-matrix.record/1"
+RECORD_SCHEMA_ID = "slm-matrix.record/2"
+# /1 records (no monotonic window marks, no boundary field) still load: their boundary is derived from the figures
+RECORD_SCHEMAS = ("slm-matrix.record/1", RECORD_SCHEMA_ID)
 PHASES = ("prepare", "load", "compile", "warmup", "generate")
 SOURCES = ("measured", "estimated")
 SIZE_GROUPS = ("<1B", "1B–2B", "≥2B")  # the study's groups, spelt as orchestrator/matrix.py spells them
@@ -123,7 +125,7 @@ def read_records(paths: Iterable[str | Path]) -> tuple[list[tuple[Path, Path, di
                                    "error_phase": "analysis", "error_type": type(e).__name__,
                                    "error_message": str(e)})
                 continue
-            if isinstance(data, dict) and data.get("schema") == RECORD_SCHEMA_ID:
+            if isinstance(data, dict) and data.get("schema") in RECORD_SCHEMAS:
                 found.append((run_dir if run_dir.is_dir() else f.parent, f, data))
     return found, unreadable
 
@@ -178,7 +180,17 @@ def _windows(record: dict) -> dict[str, dict]:
     host_container = _get(record, "host", "container")
     if isinstance(host_container, dict) and "duration_s" in host_container:
         wins["host_container"] = host_container  # the orchestrator's window around the whole container
+    if _get(record, "engine", "device") == "cpu":
+        # A CPU trial never counts a GPU (older records summed the idle GPUs of the host into its "measured" energy)
+        wins = {p: _without_gpus(w) for p, w in wins.items()}
     return wins
+
+
+def _without_gpus(window: dict) -> dict:
+    figures = [f for f in window.get("energy") or [] if not str(f.get("component", "")).startswith("gpu")]
+    if len(figures) == len(window.get("energy") or []):
+        return window
+    return {**window, "energy": figures, "energy_total": None}  # totals re-summed from the figures that remain
 
 
 def _summary_columns(window: dict | None) -> dict[str, float]:
@@ -267,12 +279,26 @@ def trial_row(record: dict, path: Path, run_dir: Path, problem: str | None = Non
     row["energy_j"] = row[f"energy_{source}_j"] if source else None
     row["net_energy_j"] = row[f"net_energy_{source}_j"] if source else None
     row["energy_components"] = row[f"energy_{source}_components"] if source else None
+    # The figure's boundary: what it covers and how. Only rows of one boundary are ever compared.
+    row["energy_boundary"] = f"{row['energy_components']} ({source})" if source else None
+    gen = wins.get("generate") or {}
+    row["boundary_error_j"] = _get(gen, "host_metered", "boundary_error_j")
+    flags = [*(gen.get("flags") or []), *(_get(record, "idle", "flags") or []),
+             *(_get(record, "host", "idle", "flags") or [])]
+    row["meter_flags"] = "; ".join(f"{f.get('component') or 'all'} {f.get('code')}: {f.get('message')}"
+                                   for f in flags) or None
+    agreement = record.get("agreement") or {}
+    row["agreement_status"] = agreement.get("status") or ("compared" if agreement.get("prompts") else None)
+    row["agreement_note"] = agreement.get("reason")
     pp = record.get("per_prompt") or []
     # Latency and TTFT belong to a batch (every prompt of it shares them): count each batch once, as the runner does.
     first_of_batch = list({p.get("batch"): p for p in pp}.values())
     for key, rows in (("latency_s", first_of_batch), ("ttft_s", first_of_batch), ("tpot_s", pp)):
         vals = [p[key] for p in rows if p.get(key) is not None]
         row[f"{key}_median"] = float(np.median(vals)) if vals else None
+    # per inference: each prompt's latency (its batch's), for the per-inference EDP
+    lat = [p["latency_s"] for p in pp if p.get("latency_s") is not None]
+    row["latency_s_mean"] = float(np.mean(lat)) if lat else None
     row.update(_summary_columns(wins.get("generate")))
     return row
 
@@ -332,7 +358,7 @@ def load_runs(paths: Iterable[str | Path] | str | Path, *, validate: bool = True
     trials, prompts, energy, problems, series = [], [], [], [], {}
     for run_dir, path, rec in found:
         problem = None
-        if check is not None:
+        if check is not None and rec.get("schema") == RECORD_SCHEMA_ID:  # older records: the schema of their day
             try:
                 check(rec)
             except Exception as e:  # jsonschema.ValidationError: keep the record, flag it

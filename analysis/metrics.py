@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 
 J_PER_WH = 3600.0
-REFERENCE_DEVICES = ("cpu", "cuda")  # torch fp32 is the reference for token agreement, on the CPU first
 
 # Columns the summary shows, in order: (column, label).
 SUMMARY_COLUMNS = (
@@ -39,6 +38,7 @@ def add_metrics(trials: pd.DataFrame) -> pd.DataFrame:
     tokens = pd.to_numeric(t["tokens_output"], errors="coerce")
     prompts = pd.to_numeric(t["prompts"], errors="coerce")
     intensity = pd.to_numeric(t["co2_intensity_g_per_kwh"], errors="coerce")
+    latency = pd.to_numeric(t["latency_s_mean"], errors="coerce") if "latency_s_mean" in t else np.nan
     t["tokens_per_s"] = _div(tokens, duration)
     for suffix, col in (("", "energy_j"), ("_net", "net_energy_j")):
         e = pd.to_numeric(t[col], errors="coerce")
@@ -48,47 +48,13 @@ def add_metrics(trials: pd.DataFrame) -> pd.DataFrame:
         t[f"j_per_prompt{suffix}"] = _div(e, prompts)
         t[f"wh_per_1000_prompts{suffix}"] = _div(wh * 1000.0, prompts)
         t[f"tokens_per_wh{suffix}"] = _div(tokens, wh)
-        t[f"edp_js{suffix}"] = e * duration
-        t[f"edp_per_b{suffix}"] = _div(e * duration, params_b)
+        # per inference, as the edge-SLM study defines it: energy of one prompt × its latency (not whole-run
+        # energy × whole-run time, which grows with the square of the prompt count)
+        t[f"edp_js{suffix}"] = _div(e, prompts) * latency
+        t[f"edp_per_b{suffix}"] = _div(t[f"edp_js{suffix}"], params_b)
         t[f"wh_per_b{suffix}"] = _div(wh, params_b)
         t[f"co2_g{suffix}"] = wh / 1000.0 * intensity  # kWh × g/kWh
     return t
-
-
-def token_agreement(prompts: pd.DataFrame, trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
-    """Compare every prompt's output ids with the torch fp32 reference of the same model (TORCH-CPU, else
-    TORCH-CUDA; its first repetition), matched on (task_id, index).
-
-    Returns the prompts with ``identical`` and ``first_divergence`` (None when no reference exists) and the share of
-    identical prompts per trial_id."""
-    p = prompts.copy()
-    p["identical"] = pd.Series([None] * len(p), dtype=object, index=p.index)
-    p["first_divergence"] = pd.Series([None] * len(p), dtype=object, index=p.index)
-    if p.empty:
-        return p, pd.Series(dtype=float)
-    for model, mp in p.groupby("model"):
-        # By engine/precision, not label: a label may carry a runtime suffix (two torch images on one device).
-        cands = trials[(trials["model"] == model) & (trials["status"] == "ok") & (trials["engine"] == "torch")
-                       & (trials["precision"] == "fp32") & trials["trial_id"].isin(mp["trial_id"])]
-        if cands.empty:
-            continue
-        order = cands["device"].map({d: i for i, d in enumerate(REFERENCE_DEVICES)}).fillna(len(REFERENCE_DEVICES))
-        ref_trial = cands.assign(_o=order).sort_values(["_o", "run_id", "config", "repetition"]).iloc[0]["trial_id"]
-        rp = mp[mp["trial_id"] == ref_trial]
-        ref = {(t, i): list(ids) for t, i, ids in zip(rp["task_id"], rp["index"], rp["output_ids"])}
-        for idx, r in mp.iterrows():
-            want = ref.get((r["task_id"], r["index"]))
-            if want is None:
-                continue
-            got = list(r["output_ids"])
-            same = got == want
-            p.at[idx, "identical"] = same
-            if not same:
-                p.at[idx, "first_divergence"] = next(
-                    (i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-    have = p[p["identical"].notna()]
-    share = have.groupby("trial_id")["identical"].mean().astype(float)
-    return p, share
 
 
 def pareto_front(df: pd.DataFrame, x: str, y: str) -> pd.Series:
@@ -101,21 +67,38 @@ def pareto_front(df: pd.DataFrame, x: str, y: str) -> pd.Series:
     return pd.Series(mask, index=df.index)
 
 
-def with_agreement(trials: pd.DataFrame, prompts: pd.DataFrame) -> pd.DataFrame:
-    """Trials plus ``agreement``: our share of prompts identical to the torch fp32 reference, falling back to the
-    record's own ``agreement.share_identical`` where we cannot compute it."""
+def with_agreement(trials: pd.DataFrame) -> pd.DataFrame:
+    """Trials plus ``agreement``: the share of prompts identical to the reference, as the one computation
+    (runners/agreement.py, run by the orchestrator over the whole run) recorded it. A trial whose work had no
+    reference has no agreement (NaN) and its ``agreement_status`` says so — it is never counted as identical."""
     t = trials.copy()
-    _, share = token_agreement(prompts, trials) if not prompts.empty else (None, pd.Series(dtype=float))
-    ours = t["trial_id"].map(share)
-    t["agreement"] = ours.fillna(pd.to_numeric(t["agreement_share_identical"], errors="coerce"))
+    compared = t["agreement_status"] == "compared"
+    t["agreement"] = pd.to_numeric(t["agreement_share_identical"], errors="coerce").where(compared)
+    return t
+
+
+def comparison_groups(ok: pd.DataFrame) -> pd.DataFrame:
+    """``group``: what energy figures are compared within — a model, split by energy boundary where its
+    configurations were measured on different ones (e.g. a CPU package against a GPU, or measured against
+    estimated). ``size_scope`` does the same for size groups."""
+    t = ok.copy()
+    if t.empty:
+        return t.assign(group=pd.Series(dtype=object), size_scope=pd.Series(dtype=object))
+    boundary = t["energy_boundary"].fillna("no energy figure")
+    for col, key in (("group", "model"), ("size_scope", "size_group")):
+        base = t[key].astype(str)
+        n = boundary.groupby(base).nunique()
+        split = base.isin(n[n > 1].index)
+        t[col] = base.where(~split, base + " ⟨" + boundary + "⟩")
     return t
 
 
 def model_config_medians(ok: pd.DataFrame, columns=None) -> pd.DataFrame:
-    """Median over repetitions per model × configuration, with n and the energy source(s) of the figures."""
+    """Median over repetitions per model × configuration × energy boundary, with n and the energy source."""
     columns = [c for c, _ in SUMMARY_COLUMNS] if columns is None else list(columns)
     columns = [c for c in columns if c in ok.columns]
-    keys = ["model", "size_group", "model_params_b", "config", "engine", "device", "precision"]
+    keys = ["model", "group", "size_group", "size_scope", "model_params_b", "config", "engine", "device", "precision",
+            "energy_boundary"]
     g = ok.groupby(keys, dropna=False, sort=True)
     med = g[columns].median(numeric_only=True)
     med.insert(0, "n", g.size())

@@ -31,13 +31,14 @@ def _palette(configs) -> dict:
     return dict(zip(configs, sns.color_palette("tab10", max(len(configs), 1))))
 
 
-def box_plots(ok: pd.DataFrame, value: str, label: str) -> plt.Figure:
-    """One panel per model, a box per configuration (repetitions as points)."""
-    models = sorted(ok["model"].unique())
+def box_plots(ok: pd.DataFrame, value: str, label: str, panel: str = "model") -> plt.Figure:
+    """One panel per model (or comparison group: a model within one energy boundary), a box per configuration
+    (repetitions as points)."""
+    models = sorted(ok[panel].unique())
     fig, axes = _grid(len(models))
     pal = _palette(ok["config"])
     for ax, model in zip(axes, models):
-        part = ok[ok["model"] == model]
+        part = ok[ok[panel] == model]
         order = sorted(part["config"].unique())
         with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib 3.11's deprecated `vert`: not ours to fix
             warnings.simplefilter("ignore", matplotlib.MatplotlibDeprecationWarning)
@@ -53,14 +54,14 @@ def box_plots(ok: pd.DataFrame, value: str, label: str) -> plt.Figure:
 
 
 def energy_time_scatter(medians: pd.DataFrame, energy: str = "energy_j", time: str = "duration_s",
-                        energy_label: str = "energy (J)") -> plt.Figure:
+                        energy_label: str = "energy (J)", panel: str = "model") -> plt.Figure:
     """Median energy against median time per configuration, one panel per model; the Pareto front (nothing is
     both cheaper and faster) is joined by a line and its points are ringed."""
-    models = sorted(medians["model"].unique())
+    models = sorted(medians[panel].unique())
     fig, axes = _grid(len(models))
     pal = _palette(medians["config"])
     for ax, model in zip(axes, models):
-        part = medians[medians["model"] == model].dropna(subset=[energy, time])
+        part = medians[medians[panel] == model].dropna(subset=[energy, time])
         front = part[pareto_front(part, time, energy)].sort_values(time)
         for r in part.itertuples(index=False):
             ax.scatter(getattr(r, time), getattr(r, energy), color=pal[r.config], s=60, label=r.config, zorder=3)

@@ -18,7 +18,8 @@ import pandas as pd
 
 from analysis import plots
 from analysis.load import Tables, load_runs
-from analysis.metrics import SUMMARY_COLUMNS, add_metrics, model_config_medians, pareto_front, with_agreement
+from analysis.metrics import (SUMMARY_COLUMNS, add_metrics, comparison_groups, model_config_medians, pareto_front,
+                              with_agreement)
 from analysis.stats import (ALPHA, MIN_N_TEST, Comparison, fmt_p, p_words, run_statistics, savings_best_worst,
                             savings_matrix, savings_pair, savings_range)
 from analysis.study import (DEFAULT_STUDY_CSV, STUDY_ID, STUDY_PAIR, STUDY_SETUP, compare_with_study, headline,
@@ -30,6 +31,13 @@ STUDY_COLUMNS = {"study_model": "study's model", "our_source": "our source", "ou
                  "study_j_per_prompt": "study J/prompt", "energy_ratio": "energy ours÷study",
                  "our_s_per_prompt": "our s/prompt", "study_s_per_prompt": "study s/prompt",
                  "time_ratio": "time ours÷study", "our_hardware": "our hardware"}
+GLOSSARY = ("Energy of the generate window, within its energy boundary (the components it covers and whether "
+            "they were measured or estimated). net = raw − idle power × duration (same component, same source). "
+            "J/token = energy ÷ new tokens; J/prompt = energy ÷ prompts; tokens/Wh = new tokens ÷ Wh; "
+            "Wh/1000 prompts as AI Energy Score reports. EDP = energy-delay product per inference, as the edge-SLM "
+            "study defines it: J/prompt × mean per-prompt latency (J·s; a batch's latency for each of its prompts). "
+            "EDP/B and Wh/B = per billion parameters. agreement = share of prompts whose tokens equal the reference "
+            "configuration's (NaN with 'no reference' when there was none).")
 ESTIMATED_NOTE = ("ESTIMATED, not measured: no hardware energy counter (RAPL, NVML) was available, so energy comes "
                   "from codecarbon's model (CPU load × a per-thread power figure, plus a modelled RAM power). Use it "
                   "to rank configurations on this machine with care; it is not a measurement of joules.")
@@ -58,18 +66,20 @@ def analyse(run_dirs, *, study_csv: str | Path | None = DEFAULT_STUDY_CSV, pairs
             min_n: int = MIN_N_TEST, seed: int = 0) -> Analysis:
     tables = load_runs(run_dirs)
     if tables.trials.empty:
-        raise ValueError(f"no records (schema slm-matrix.record/1) under {', '.join(map(str, tables.run_dirs))}")
-    ok = add_metrics(tables.ok)
-    ok = with_agreement(ok, tables.prompts)
+        raise ValueError(f"no records (schema slm-matrix.record/1 or /2) under {', '.join(map(str, tables.run_dirs))}")
+    ok = comparison_groups(with_agreement(add_metrics(tables.ok)))
     medians = model_config_medians(ok) if not ok.empty else pd.DataFrame()
     metrics = ["energy_j", "duration_s"]
     if not ok.empty and ok["net_energy_j"].notna().any():
         metrics.insert(1, "net_energy_j")
     comparisons = run_statistics(ok, metrics, min_n=min_n, seed=seed) if not ok.empty else []
     a = Analysis(tables=tables, ok=ok, medians=medians, comparisons=comparisons,
-                 best_worst=savings_best_worst(medians, "energy_j") if not medians.empty else pd.DataFrame(),
-                 pairs={p: savings_pair(medians, *p, "energy_j") for p in pairs} if not medians.empty else {},
-                 savings_matrix=savings_matrix(medians, "energy_j") if not medians.empty else pd.DataFrame(),
+                 best_worst=savings_best_worst(medians, "energy_j", by="group") if not medians.empty
+                 else pd.DataFrame(),
+                 pairs={p: savings_pair(medians, *p, "energy_j", by="group") for p in pairs} if not medians.empty
+                 else {},
+                 savings_matrix=savings_matrix(medians, "energy_j", by="group") if not medians.empty
+                 else pd.DataFrame(),
                  min_n=min_n)
     if study_csv is not None and Path(study_csv).is_file():
         study = read_medians(study_csv)
@@ -98,6 +108,10 @@ def _warnings(a: Analysis) -> list[str]:
         out.append(f"{len(nonpositive)} trial(s) have net energy ≤ 0 ({kinds}): the idle baseline draws as much "
                    "power as the work does" + (" — an estimate that barely tells load from idle; compare raw energy "
                    "and time instead." if kinds == "estimated" else "."))
+    flagged = ok[ok["meter_flags"].notna()] if "meter_flags" in ok else ok.iloc[:0]
+    if len(flagged):
+        out.append(f"{len(flagged)} trial(s) carry meter-validity flags (short windows, counters the meters could "
+                   "not trust, host trace problems): listed under Meter validity.")
     missing_net = ok[ok["net_energy_j"].isna()]
     if len(missing_net):
         out.append(f"{len(missing_net)} trial(s) have no idle baseline for every component of their energy source:"
@@ -159,6 +173,38 @@ def _source_words(a: Analysis) -> str:
     return "measured for some configurations, estimated for others (see the source column)"
 
 
+def split_models(a: Analysis) -> dict[str, dict[str, list[str]]]:
+    """model -> {energy boundary: configurations}, for models whose configurations were measured on more than one
+    boundary (their energy is compared within each boundary only)."""
+    out = {}
+    for model, part in a.medians.groupby("model") if not a.medians.empty else []:
+        bounds = part.groupby(part["energy_boundary"].fillna("no energy figure"))["config"].agg(sorted)
+        if len(bounds) > 1:
+            out[model] = {b: list(c) for b, c in bounds.items()}
+    return out
+
+
+def no_reference(a: Analysis) -> pd.DataFrame:
+    """Model × configuration rows whose work had no agreement reference."""
+    ok = a.ok
+    if ok.empty or "agreement_status" not in ok:
+        return pd.DataFrame(columns=["model", "config", "agreement_note"])
+    miss = ok[ok["agreement_status"] != "compared"]
+    miss = miss.assign(agreement_note=miss["agreement_note"].fillna("no agreement recorded for these trials"))
+    return miss.groupby(["model", "config"], as_index=False)["agreement_note"].first()
+
+
+def validity_table(a: Analysis) -> pd.DataFrame:
+    """Every meter-validity flag of the successful trials (windows the counter cannot resolve, rejected counters,
+    counter vs integrated power, host trace problems), with the host trace's boundary error."""
+    ok = a.ok
+    if ok.empty or "meter_flags" not in ok:
+        return pd.DataFrame()
+    f = ok[ok["meter_flags"].notna()]
+    return f[["model", "config", "repetition", "duration_s", "boundary_error_j", "meter_flags"]].rename(
+        columns={"duration_s": "window s", "boundary_error_j": "boundary error J", "meter_flags": "flags"})
+
+
 # --- headline sentences -------------------------------------------------------------------------------------------
 
 
@@ -173,29 +219,33 @@ def headlines(a: Analysis) -> list[str]:
     out.append(f"{len(ok)} successful trials of {ok['model'].nunique()} model(s) × {ok['config'].nunique()} "
                f"configuration(s), {reps_words} repetition(s) per cell; {n_failed} trial(s) failed"
                f"{' (listed under Failures)' if n_failed else ''}. Energy figures are {_source_words(a)}.")
+    for model, bounds in split_models(a).items():
+        out.append(f"{model}: configurations were measured on different energy boundaries — "
+                   + "; ".join(f"{b}: {', '.join(cfgs)}" for b, cfgs in bounds.items())
+                   + ". Not comparable across them: energy is compared within each boundary only.")
     for (pa, pb), df in a.pairs.items():
-        r = savings_range(df)
+        r = savings_range(df, by="group")
         if r:
             out.append(f"{_range_words(r, pa, pb)} (median energy per model, {r['n_models']} model(s)).")
-    r = savings_range(a.best_worst)
+    r = savings_range(a.best_worst, by="group")
     if r:
         best = a.best_worst["best"].value_counts()
         tested = [c for c in a.comparisons if c.scope == "model" and c.metric == "energy_j" and c.tested]
         significant = sum(bool(c.significant) for c in tested)
-        out.append(f"Within each model the best configuration used {_span(r['low'], r['high'])} less energy "
+        out.append(f"Within each model (and energy boundary) the best configuration used {_span(r['low'], r['high'])} less energy "
                    f"than the worst; the best was " + " and ".join(f"{c} for {n}" for c, n in best.items())
                    + f" of {len(a.best_worst)} model(s); the configurations differed significantly (Kruskal–Wallis, "
                    f"α = {ALPHA}) for {significant} of {len(tested)} model(s) with enough repetitions to test.")
     if a.medians["device"].nunique() > 1:  # the study's "within CPU" figure, and within every other device
         for device, part in a.medians.groupby("device"):
-            r = savings_range(savings_best_worst(part, "energy_j"))
+            r = savings_range(savings_best_worst(part, "energy_j", by="group"), by="group")
             if r:
                 out.append(f"Within {device.upper()} alone the best configuration used {_span(r['low'], r['high'])} "
                            f"less energy than the worst ({r['n_models']} model(s)).")
     by_model = {c.name: c for c in a.comparisons if c.scope == "model" and c.metric == "energy_j"}
     for _, bw in a.best_worst.iterrows():
-        model = bw["model"]
-        m = a.medians[(a.medians["model"] == model) & (a.medians["config"] == bw["best"])].iloc[0]
+        model = bw["group"]
+        m = a.medians[(a.medians["group"] == model) & (a.medians["config"] == bw["best"])].iloc[0]
         sentence = (f"{model}: {bw['best']} used the least energy ({fmt(m['j_per_token'])} J/token, "
                     f"{fmt(m['tokens_per_wh'])} tokens/Wh), {_pct(bw['savings_pct'])} less than {bw['worst']}")
         cmp = by_model.get(model)
@@ -212,17 +262,23 @@ def headlines(a: Analysis) -> list[str]:
         out.append(sentence + ".")
     if not a.medians.empty:
         fronts = []
-        for model, part in a.medians.groupby("model"):
+        for model, part in a.medians.groupby("group"):
             front = part[pareto_front(part, "duration_s", "energy_j")]
             fronts.append(f"{model}: {', '.join(sorted(front['config']))}")
         out.append("Pareto-optimal in energy and time (nothing both cheaper and faster): " + "; ".join(fronts) + ".")
     agree = a.medians.dropna(subset=["agreement"]) if "agreement" in a.medians else pd.DataFrame()
+    no_ref = no_reference(a)
+    if not no_ref.empty:
+        out.append("NO REFERENCE — token agreement unknown (not checked, not identical) for: " + "; ".join(
+            f"{r.model} {r.config}" for r in no_ref.itertuples()) + f". {no_ref['agreement_note'].iloc[0]}.")
     if not agree.empty:
         low = agree[agree["agreement"] < 1.0]
-        if low.empty:
-            out.append("Every configuration produced token-identical outputs to the torch fp32 reference.")
+        if low.empty and no_ref.empty:
+            out.append("Every configuration produced token-identical outputs to the reference.")
+        elif low.empty:
+            out.append("Every configuration that had a reference produced token-identical outputs to it.")
         else:
-            out.append("Outputs that differ from the torch fp32 reference: " + "; ".join(
+            out.append("Outputs that differ from the reference: " + "; ".join(
                 f"{r.model} {r.config} {r.agreement * 100:.0f} % identical" for r in low.itertuples()) + ".")
     if a.study:
         s = a.study
@@ -246,7 +302,7 @@ def summary_tables(a: Analysis) -> dict[str, pd.DataFrame]:
     m = a.medians
     if m.empty:
         return {}
-    keys = ["model", "size_group", "config", "n", "energy_source"]
+    keys = ["model", "size_group", "config", "n", "energy_boundary"]
     labels = dict(SUMMARY_COLUMNS)
     energy_cols = ["energy_j", "net_energy_j", "j_per_token", "j_per_prompt", "wh_per_1000_prompts", "tokens_per_wh",
                    "edp_js", "edp_per_b", "wh_per_b", "co2_g"]
@@ -255,7 +311,7 @@ def summary_tables(a: Analysis) -> dict[str, pd.DataFrame]:
         ("util" in c and c.endswith("_mean")) or (("mem" in c or "rss" in c) and c.endswith("_max")))]
     out = {
         "Energy (medians over repetitions)": m[keys + energy_cols].rename(
-            columns={**labels, "energy_source": "source", "size_group": "size"}),
+            columns={**labels, "energy_boundary": "energy boundary (source)", "size_group": "size"}),
         "Time and output (medians over repetitions)": m[keys[:4] + perf_cols].rename(
             columns={**labels, "size_group": "size"}),
     }
@@ -365,16 +421,18 @@ def make_figures(a: Analysis) -> Figures:
     if ok.empty:
         return f
     src = _source_words(a) if len(a.sources) == 1 else "mixed sources"
-    f.png["box_energy"] = plots.to_png(plots.box_plots(ok, "energy_j", f"energy, {src} (J)"))
+    f.png["box_energy"] = plots.to_png(plots.box_plots(ok, "energy_j", f"energy, {src} (J)", panel="group"))
     f.captions["box_energy"] = f"Energy of the generate window per trial ({src}), per model × configuration."
     f.png["box_time"] = plots.to_png(plots.box_plots(ok, "duration_s", "time (s)"))
     f.captions["box_time"] = "Duration of the generate window per trial, per model × configuration."
-    f.png["pareto"] = plots.to_png(plots.energy_time_scatter(a.medians, energy_label=f"median energy, {src} (J)"))
+    f.png["pareto"] = plots.to_png(plots.energy_time_scatter(a.medians, energy_label=f"median energy, {src} (J)",
+                                                             panel="group"))
     f.captions["pareto"] = ("Median energy against median time per configuration; ringed points joined by the dashed "
                             "line are the Pareto front.")
     if not a.savings_matrix.empty and a.savings_matrix.shape[1] > 1:
         f.png["savings"] = plots.to_png(plots.savings_heatmap(
-            a.savings_matrix, f"% of energy ({src}) saved against the worst configuration of each model"))
+            a.savings_matrix, f"% of energy ({src}) saved against the worst configuration of each model "
+                              "(and energy boundary)"))
         f.captions["savings"] = "Savings heatmap: (worst − configuration) / worst × 100, per model, median energy."
     traces = []
     with_series = ok[ok["trial_id"].isin(list(a.tables.series))]
@@ -397,17 +455,19 @@ def make_figures(a: Analysis) -> Figures:
 
 
 def _banner(a: Analysis) -> tuple[str, str]:
+    """The sources, and the boundary of every comparison: what each compared energy figure covers."""
     s = a.sources
+    bounds = a.ok.groupby(a.ok["energy_boundary"].fillna("no energy figure"))["config"].agg(
+        lambda x: ", ".join(sorted(set(x))))
+    words = " Energy boundaries compared (a comparison never crosses one): " + "; ".join(
+        f"[{b}] {cfgs}" for b, cfgs in bounds.items()) + "."
     if s == ["estimated"]:
-        return "estimated", "All energy figures in this report are " + ESTIMATED_NOTE
+        return "estimated", "All energy figures in this report are " + ESTIMATED_NOTE + words
     if s == ["measured"]:
-        comps = sorted(set(a.ok["energy_components"].dropna()))
-        return "measured", ("All energy figures are measured by hardware counters (components: "
-                            + "; ".join(comps) + ").")
-    by_cfg = a.ok.groupby("config")["energy_source"].agg(lambda x: "+".join(sorted(set(x.dropna()))))
+        return "measured", "All energy figures are measured by hardware counters." + words
     return "mixed", ("Energy sources differ between configurations — measured and estimated figures are never "
-                     "added, and configurations of different sources are not compared by a test: "
-                     + "; ".join(f"{c}: {v}" for c, v in by_cfg.items()) + ". Estimated means " + ESTIMATED_NOTE)
+                     "added, and figures of different boundaries or sources are never compared." + words
+                     + " Estimated means " + ESTIMATED_NOTE)
 
 
 def render(a: Analysis, figs: Figures, title: str) -> tuple[str, str]:
@@ -441,11 +501,8 @@ def render(a: Analysis, figs: Figures, title: str) -> tuple[str, str]:
         h.append("".join(f"<div class='warn'>⚠ {html.escape(w)}</div>" for w in a.warnings))
         md += [f"> ⚠ {w}" for w in a.warnings] + [""]
 
-    h.append("<h2 id='tables'>Tables</h2><p class='muted'>Energy of the generate window. <b>net</b> = raw − idle "
-             "power × duration (same component, same source); <b>EDP</b> = energy × time (J·s); <b>/B</b> = per "
-             "billion parameters; Wh/1000 prompts as AI Energy Score reports; agreement = share of prompts whose "
-             "tokens equal the torch fp32 reference.</p>")
-    md += ["## Tables", ""]
+    h.append(f"<h2 id='tables'>Tables</h2><p class='muted'>{html.escape(GLOSSARY)}</p>")
+    md += ["## Tables", "", GLOSSARY, ""]
     for name, df in tables.items():
         h.append(f"<h3>{html.escape(name)}</h3>{html_table(df)}")
         md += [f"### {name}", "", md_table(df)]
@@ -475,12 +532,24 @@ def render(a: Analysis, figs: Figures, title: str) -> tuple[str, str]:
         if not pairs.empty:
             md += ["Dunn post-hoc (Holm) and Cliff's δ:", "", md_table(pairs)]
 
+    vt = validity_table(a)
+    h.append(f"<h2 id='validity'>Meter validity ({len(vt)} flagged trial(s))</h2>")
+    md += [f"## Meter validity ({len(vt)} flagged trial(s))", ""]
+    h.append(html_table(vt))
+    md += [md_table(vt)]
+    nr = no_reference(a)
+    if not nr.empty:
+        words = ("NO REFERENCE: token agreement could not be checked for these configurations — it is unknown, "
+                 "not identical.")
+        h.append(f"<div class='banner mixed'>{html.escape(words)}</div>{html_table(nr)}")
+        md += [f"> **{words}**", "", md_table(nr)]
+
     h.append("<h2 id='savings'>Savings</h2><p class='muted'>From median energy per model × configuration: best vs "
              "worst = (worst − best) / worst; a pair A vs B = (B − A) / B (negative: A used more).</p>")
     md += ["## Savings", ""]
     bw = a.best_worst.rename(columns={"best_value": "best J", "worst_value": "worst J", "savings_pct": "saved %"})
-    h.append(f"<h3>Best vs worst configuration per model</h3>{html_table(bw)}")
-    md += ["### Best vs worst configuration per model", "", md_table(bw)]
+    h.append(f"<h3>Best vs worst configuration per model and energy boundary</h3>{html_table(bw)}")
+    md += ["### Best vs worst configuration per model and energy boundary", "", md_table(bw)]
     for (pa, pb), df in a.pairs.items():
         h.append(f"<h3>{pa} vs {pb}</h3>")
         md += [f"### {pa} vs {pb}", ""]

@@ -166,17 +166,19 @@ def compare_configs(df: pd.DataFrame, value: str, *, group: str = "config", scop
 
 def run_statistics(ok: pd.DataFrame, metrics=("energy_j", "duration_s"), *, min_n: int = MIN_N_TEST,
                    seed: int = 0) -> list[Comparison]:
-    """Every metric compared across configurations, per model and per size group. An energy metric whose
-    configurations mix measured and estimated figures is not tested (the numbers are not comparable)."""
+    """Every metric compared across configurations, per model and per size group. Energy is compared only within
+    one energy boundary (``group`` / ``size_scope``, see metrics.comparison_groups): configurations measured on
+    different boundaries are separate comparisons, never one sample. Time is comparable everywhere."""
     out = []
-    for scope, key in (("model", "model"), ("size group", "size_group")):
-        for name, part in ok.groupby(key, sort=True):
-            for metric in metrics:
-                if metric not in part.columns:
-                    continue
+    for scope, time_key, energy_key in (("model", "model", "group"), ("size group", "size_group", "size_scope")):
+        for metric in metrics:
+            if metric not in ok.columns:
+                continue
+            key = time_key if metric in TIME_METRICS or energy_key not in ok.columns else energy_key
+            for name, part in ok.groupby(key, sort=True):
                 sources = sorted(set(part["energy_source"].dropna()))
                 skip = None
-                if metric not in TIME_METRICS and len(sources) > 1:
+                if metric not in TIME_METRICS and len(sources) > 1:  # only without boundary groups (old tables)
                     skip = f"no test: configurations mix {' and '.join(sources)} energy (not comparable)"
                 out.append(compare_configs(part, metric, scope=scope, name=str(name), min_n=min_n, seed=seed,
                                            skip=skip))

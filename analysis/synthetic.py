@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-RECORD_SCHEMA_ID = "slm-matrix.record/1"
+RECORD_SCHEMA_ID = "slm-matrix.record/2"
 
 # Component names as the runner's meters write them (see runners/record.py).
 ESTIMATED_COMPONENTS = {"cpu": 0.8, "ram": 0.2}  # codecarbon fallback, share of the energy
@@ -32,9 +32,11 @@ def _window(start: float, duration: float, energy: dict[str, float], source: str
     total = float(sum(energy.values())) if energy else None
     summary = {k: {"mean": float(np.mean(v)), "min": float(np.min(v)), "max": float(np.max(v))}
                for k, v in (series or {}).items() if k != "t_s"}
+    mono = start - 1.7e9  # any monotonic origin: only differences matter
     return {
-        "start_unix": start, "end_unix": start + duration, "duration_s": duration,
-        "energy": figures,
+        "start_unix": start, "end_unix": start + duration, "start_mono": mono, "end_mono": mono + duration,
+        "duration_s": duration, "energy": figures,
+        "boundary": " + ".join(sorted(f"{c} {source}" for c in energy)) or "none", "flags": [],
         "energy_total": {"measured_j": total if source == "measured" else None,
                          "estimated_j": total if source == "estimated" else None},
         "samples": {"n": len(series["t_s"]) if series else 0, "interval_s": interval, "summary": summary,
@@ -202,8 +204,13 @@ def synthetic_run(*, run_id: str = "synthetic", models=DEMO_MODELS, configs=DEMO
     return records
 
 
-def write_run(records: list[dict[str, Any]], run_dir: str | Path) -> Path:
-    """Write records the way the orchestrator lays them out: ``<run_dir>/trials/<trial_id>.json``."""
+def write_run(records: list[dict[str, Any]], run_dir: str | Path, *, agreement: bool = True) -> Path:
+    """Write records the way the orchestrator lays them out: ``<run_dir>/trials/<trial_id>.json``, after the same
+    token-agreement pass it runs (runners/agreement.py; ``agreement=False`` keeps the records' own)."""
+    if agreement:
+        from runners.agreement import attach_all
+
+        attach_all({rec["trial"]["trial_id"]: rec for rec in records})
     out = Path(run_dir) / "trials"
     out.mkdir(parents=True, exist_ok=True)
     for rec in records:

@@ -80,8 +80,11 @@ def _interrupt(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
-    # SIGTERM (docker stop, CI cancel) ends the run like Ctrl-C: trial in flight stopped, finished ones kept
+    # SIGTERM (docker stop, CI cancel) ends the run like Ctrl-C: trial in flight stopped, finished ones kept.
+    # SIGINT too, explicitly: a shell that starts us in the background starts us with SIGINT ignored, and Python
+    # then installs no KeyboardInterrupt handler of its own — Ctrl-C (or `kill -INT`) would be ignored.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         return {"plan": cmd_plan, "build": cmd_build, "prepare": cmd_run, "run": cmd_run,
                 "status": cmd_status}[args.command](args)
@@ -205,7 +208,7 @@ def cmd_run(args) -> int:
             return 0
         entry["counts"] = counts = ex.run(sel.todo, broken)
         reporter.stop()
-        _print_agreement(store)
+        _print_agreement(store, matrix.agreement)
         console.print(f"run {run_id}: {counts['ok']} ok, {counts['failed']} failed, "
                       f"{len(sel.skipped)} skipped this time; {len(sel.done)} were already "
                       f"recorded. `orchestrate.py status --run-id {run_id}` for the whole matrix.")
@@ -225,18 +228,19 @@ def cmd_run(args) -> int:
         store.log_invocation(entry)
 
 
-def _print_agreement(store) -> None:
+def _print_agreement(store, spec) -> None:
     from orchestrator.agreement import attach
+    from runners.agreement import describe
 
-    rows = attach(store)
+    rows = attach(store, spec)
     if not rows:
         return
-    table = Table(title="token agreement with torch fp32 (share of prompts identical, worst trial)")
+    table = Table(title=f"token agreement with {describe(spec)} (share of prompts identical, worst trial)")
     for col in ("model", "engine", "device", "precision", "trials", "identical"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["model"], r["engine"], r["device"], r["precision"], str(r["trials"]),
-                      f"{100 * r['share_identical']:.0f} %")
+        share = ("[red]no reference[/]" if r["no_reference"] else f"{100 * r['share_identical']:.0f} %")
+        table.add_row(r["model"], r["engine"], r["device"], r["precision"], str(r["trials"]), share)
     console.print(table)
 
 

@@ -1,8 +1,17 @@
-"""Same work, checked: how many prompts produced token-identical output to a reference run (torch fp32 eager)."""
+"""Same work, checked: how many prompts produced token-identical output to the reference configuration.
+
+The one place agreement is computed. The reference of a record is an ok record of the reference configuration
+(default torch fp32 eager; a matrix setting) with the same model, workload and generation settings — the work key —
+so a 16-token run is never scored against an 8-token one. A record whose work has no reference gets
+``{"status": "no-reference", …}`` with the reason: never a share, never "identical".
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+DEFAULT_REFERENCE = {"engine": "torch", "precision": "fp32", "devices": ["cpu", "cuda"]}
 
 
 def first_divergence(a: list[int], b: list[int]) -> int | None:
@@ -27,6 +36,8 @@ def token_agreement(record: dict[str, Any], reference: dict[str, Any], reference
         divergences.append(first_divergence(p["output_ids"], ref[key]))
     identical = sum(d is None for d in divergences)
     return {
+        "status": "compared" if divergences else "no-reference",
+        "reason": None if divergences else "the reference has none of these prompts",
         "reference": reference_name,
         "reference_engine": reference.get("engine"),
         "reference_job_hash": reference.get("job_hash"),
@@ -36,3 +47,60 @@ def token_agreement(record: dict[str, Any], reference: dict[str, Any], reference
         "first_divergence": divergences,
         "unmatched_prompts": skipped,
     }
+
+
+def work_key(record: dict[str, Any]) -> str | None:
+    """Model + workload + generation: records with the same key did (or should have done) the same work."""
+    job = record.get("job") or {}
+    if not job.get("model"):
+        return None
+    return json.dumps([(record.get("model") or {}).get("name"), job.get("workload"), job.get("generation")],
+                      sort_keys=True)
+
+
+def is_reference(record: dict[str, Any], spec: dict[str, Any] = DEFAULT_REFERENCE) -> bool:
+    engine = record.get("engine") or {}
+    return (record.get("status") == "ok" and record.get("mode", "run") == "run"
+            and engine.get("name") == spec["engine"] and engine.get("precision") == spec["precision"]
+            and engine.get("device") in spec["devices"])
+
+
+def references(records: dict[str, dict[str, Any]], spec: dict[str, Any] = DEFAULT_REFERENCE
+               ) -> dict[str, tuple[str, dict[str, Any]]]:
+    """work key -> (id, record) of its reference: the preferred device first, then the smallest id (greedy decoding
+    makes repetitions identical, so which one is a matter of determinism only)."""
+    rank = {d: i for i, d in enumerate(spec["devices"])}
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for rid, rec in sorted(records.items()):
+        key = work_key(rec)
+        if key is None or not is_reference(rec, spec):
+            continue
+        held = out.get(key)
+        if held is None or rank[rec["engine"]["device"]] < rank[held[1]["engine"]["device"]]:
+            out[key] = (rid, rec)
+    return out
+
+
+def describe(spec: dict[str, Any]) -> str:
+    return f"{spec['engine']} {spec['precision']} on {' or '.join(spec['devices'])}"
+
+
+def attach_all(records: dict[str, dict[str, Any]], spec: dict[str, Any] = DEFAULT_REFERENCE) -> list[str]:
+    """Set ``agreement`` on every ok run record (in place); return the ids whose agreement changed."""
+    refs = references(records, spec)
+    changed = []
+    for rid, rec in records.items():
+        if rec.get("status") != "ok" or rec.get("mode", "run") != "run":
+            continue
+        held = refs.get(work_key(rec))
+        if held is None:
+            new = {"status": "no-reference", "reference": None, "share_identical": None,
+                   "reason": f"no ok record of the reference configuration ({describe(spec)}) did the same work "
+                             "(model, workload, generation) in this run"}
+        else:
+            ref_id, ref = held
+            new = token_agreement(rec, ref, ref_id)
+        if rec.get("agreement") != new:
+            rec["agreement"] = new
+            changed.append(rid)
+    return changed

@@ -33,6 +33,7 @@ def test_orchestrator_attaches_agreement_to_every_ok_record(tiny_model_dir, tmp_
     store.write_trial("b", bf16)
     store.write_trial("a", fp32)
     rows = {r["precision"]: r for r in attach(store)}
+    assert rows["bf16"]["no_reference"] is None
     assert rows["fp32"]["share_identical"] == 1.0  # the reference agrees with itself
     stored = store.record("b")["agreement"]
     assert stored["reference"] == "a" and stored["prompts"] == 4
@@ -40,3 +41,12 @@ def test_orchestrator_attaches_agreement_to_every_ok_record(tiny_model_dir, tmp_
     assert rows["bf16"]["share_identical"] == stored["share_identical"]
     # identical prompts have no divergence position; the others say where the tokens first differ
     assert sum(d is None for d in stored["first_divergence"]) == stored["identical"]
+
+
+def test_a_run_without_its_reference_says_so(tiny_model_dir, tmp_path):
+    store = RunStore(tmp_path, "no-ref")
+    store.trials_dir.mkdir(parents=True, exist_ok=True)
+    store.write_trial("b", _record(tiny_model_dir, "bf16", "b"))
+    row, = attach(store)
+    assert row["share_identical"] is None and "torch fp32" in row["no_reference"]
+    assert store.record("b")["agreement"]["status"] == "no-reference"

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from analysis.load import config_label, load_runs, size_group
-from analysis.metrics import add_metrics, pareto_front, token_agreement, with_agreement
+from analysis.metrics import add_metrics, pareto_front, with_agreement
+from runners.agreement import attach_all
 from analysis.synthetic import make_record, synthetic_run, write_run
 from runners.record import validate_record
 
@@ -184,13 +185,14 @@ def test_metrics_by_hand(tmp_path):
     assert m["wh_per_1000_prompts"] == pytest.approx(25.0 * 1000 / 3600)
     assert m["tokens_per_wh"] == pytest.approx(32 / (100 / 3600))
     assert m["tokens_per_s"] == pytest.approx(3.2)
-    assert m["edp_js"] == pytest.approx(100.0 * 10.0)
-    assert m["edp_per_b"] == pytest.approx(1000.0 / 0.5)
+    # EDP per inference (edge-SLM study): J/prompt × per-prompt latency = 100/4 J × 10/4 s — not 100 J × 10 s
+    assert m["edp_js"] == pytest.approx(25.0 * 2.5)
+    assert m["edp_per_b"] == pytest.approx(62.5 / 0.5)
     assert m["wh_per_b"] == pytest.approx(100 / 3600 / 0.5)
     assert m["co2_g"] == pytest.approx(100 / 3.6e6 * 400.0)
     # the same figures from the net energy: 100 − 2 W × 10 s = 80 J
     assert m["j_per_token_net"] == pytest.approx(80 / 32)
-    assert m["edp_js_net"] == pytest.approx(800.0)
+    assert m["edp_js_net"] == pytest.approx(20.0 * 2.5)
     # TTFT/TPOT: the synthetic latency is 10 s / 4 batches, TTFT 20 % of it, TPOT the rest over 7 steps
     assert m["ttft_s_median"] == pytest.approx(0.5)
     assert m["tpot_s_median"] == pytest.approx(2.0 / 7)
@@ -209,13 +211,36 @@ def test_token_agreement_against_torch_fp32(tmp_path):
     same = make_record(model="m", engine="onnx", prompts=4, new_tokens=8)
     q = make_record(model="m", engine="onnx", precision="int8", prompts=4, new_tokens=8, diverge=(1,))
     t = load_runs(_write(tmp_path, [ref, same, q]))
-    prompts, share = token_agreement(t.prompts, t.trials)
-    by_cfg = dict(zip(t.trials["config"], t.trials["trial_id"].map(share)))
+    by_cfg = dict(zip(t.trials["config"], with_agreement(t.trials)["agreement"]))
     assert by_cfg == {"TORCH-CPU": 1.0, "ONNX-CPU": 1.0, "ONNX-CPU-int8": 0.75}
-    diverged = prompts[prompts["identical"] == False]  # noqa: E712
-    assert len(diverged) == 1 and diverged["index"].iloc[0] == 1
-    assert diverged["first_divergence"].iloc[0] == 4  # the synthetic divergence starts half-way (8 // 2)
-    assert with_agreement(t.trials, t.prompts).set_index("config").loc["ONNX-CPU-int8", "agreement"] == 0.75
+    assert q["agreement"]["first_divergence"] == [None, 4, None, None]  # the synthetic divergence starts at 8 // 2
+    assert q["agreement"]["reference"] == ref["trial"]["trial_id"]
+
+
+def test_agreement_is_keyed_on_the_work_not_just_the_model():
+    """A 16-token run is never scored against an 8-token reference (it would read 0 % identical): it has no
+    reference, and says so."""
+    ref = make_record(model="m", engine="torch", prompts=4, new_tokens=8)
+    longer = make_record(model="m", engine="onnx", prompts=4, new_tokens=16)
+    longer["job"]["generation"]["new_tokens"] = 16
+    attach_all({"r": ref, "l": longer})
+    assert ref["agreement"]["status"] == "compared" and ref["agreement"]["share_identical"] == 1.0
+    assert longer["agreement"]["status"] == "no-reference" and longer["agreement"]["share_identical"] is None
+
+
+def test_only_the_reference_configuration_is_a_reference():
+    """An onnx fp32 or a torch int8 record is not the reference; a CUDA reference yields to a CPU one."""
+    onnx = make_record(model="m", engine="onnx", prompts=4, new_tokens=8)
+    torch_bf16 = make_record(model="m", engine="torch", precision="bf16", prompts=4, new_tokens=8, diverge=(0,))
+    attach_all({"o": onnx, "b": torch_bf16})
+    assert onnx["agreement"]["status"] == torch_bf16["agreement"]["status"] == "no-reference"
+    cpu = make_record(model="m", engine="torch", prompts=4, new_tokens=8)
+    cuda = make_record(model="m", engine="torch", device="cuda", prompts=4, new_tokens=8, diverge=(2,))
+    attach_all({"a-cuda": cuda, "z-cpu": cpu, "o": onnx})
+    assert onnx["agreement"]["reference"] == "z-cpu" and cuda["agreement"]["share_identical"] == 0.75
+    # the matrix may name another reference configuration
+    attach_all({"a-cuda": cuda, "z-cpu": cpu, "o": onnx}, {"engine": "onnx", "precision": "fp32", "devices": ["cpu"]})
+    assert cpu["agreement"]["reference"] == "o"
 
 
 def test_pareto_front():

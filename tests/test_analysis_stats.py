@@ -124,6 +124,21 @@ def test_median_ci():
     assert one["median"] == 3.0 and np.isnan(one["ci_low"]) and "no interval" in one["ci_note"]
 
 
+def test_median_ci_is_a_bootstrap_interval_not_the_range():
+    """200 draws with far outliers: the median's 95 % interval is narrow and well inside [min, max], and it agrees
+    with scipy's own BCa bootstrap of the median."""
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(50.0, 2.0, 196), [0.0, 1.0, 500.0, 900.0]])
+    ci = median_ci(x, seed=7)
+    assert x.min() < ci["ci_low"] < ci["median"] < ci["ci_high"] < x.max()
+    assert ci["ci_high"] - ci["ci_low"] < 2.0
+    ref = stats.bootstrap((x,), np.median, confidence_level=0.95, n_resamples=2000, method="BCa",
+                          rng=np.random.default_rng(7)).confidence_interval
+    assert (ci["ci_low"], ci["ci_high"]) == pytest.approx((ref.low, ref.high))
+
+
 def test_savings_by_hand():
     med = pd.DataFrame({"model": ["m"] * 3 + ["n"] * 2, "config": ["A", "B", "C", "A", "B"],
                         "energy_j": [50.0, 100.0, 80.0, 30.0, 20.0]})

@@ -45,6 +45,29 @@ def test_each_architecture_generates_exactly_n_new_tokens(tiny_models, arch, bat
     assert 0 < first["ttft_s"] < first["latency_s"] and first["tpot_s"] > 0
 
 
+def test_each_phase_runs_inside_its_own_window(tiny_model_dir, monkeypatch):
+    """Loading happens in the load window and nowhere else; generation only in the generate window. Checked by the
+    instants the engine's own methods were called, against the windows' boundaries on the same clock."""
+    import time
+
+    from runners.engines.torch_engine import TorchEngine
+
+    calls: dict[str, list[float]] = {"load": [], "generate": []}
+    for name in calls:
+        original = getattr(TorchEngine, name)
+
+        def spy(self, *args, _original=original, _name=name, **kwargs):
+            calls[_name].append(time.monotonic())
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(TorchEngine, name, spy)
+    record = run(tiny_model_dir, warmup={"batches": 0})
+    phases = record["phases"]
+    inside = lambda t, w: w["start_mono"] <= t <= w["end_mono"]  # noqa: E731
+    assert len(calls["load"]) == 1 and inside(calls["load"][0], phases["load"])
+    assert calls["generate"] and all(inside(t, phases["generate"]) for t in calls["generate"])
+    assert phases["load"]["end_mono"] <= phases["generate"]["start_mono"]
+
+
 def test_batched_and_single_give_the_same_greedy_tokens(tiny_model_dir):
     one = run(tiny_model_dir, generation={"batch_size": 1}, workload={"count": 4})
     four = run(tiny_model_dir, generation={"batch_size": 4}, workload={"count": 4})
