@@ -1,7 +1,7 @@
 """Shared fixtures: the real Docker engine, the torch-cpu image built from this checkout, and a model cache.
 
-Tests that need Docker skip only when no engine can be reached (a laptop without Docker); where an engine answers
-(CI), they run against it for real.
+Tests that need Docker skip only when no engine can be reached on a laptop without Docker; where Docker is expected
+(CI=true, or SLM_REQUIRE_DOCKER=1), an engine that does not answer fails them: a broken engine must not turn CI green.
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ if str(REPO) not in sys.path:  # orchestrator/ and runners/ live at the reposito
     sys.path.insert(0, str(REPO))
 
 
+def docker_expected() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes") or os.environ.get("SLM_REQUIRE_DOCKER") == "1"
+
+
 @pytest.fixture(scope="session")
 def docker_client():
     from orchestrator.docker_launcher import connect
@@ -26,6 +30,10 @@ def docker_client():
         client = connect()
         client.ping()
     except Exception as e:  # no engine here: the Docker tests cannot mean anything
+        if docker_expected():
+            pytest.fail(f"Docker is expected here (CI={os.environ.get('CI')!r}, SLM_REQUIRE_DOCKER="
+                        f"{os.environ.get('SLM_REQUIRE_DOCKER')!r}) but no engine answers ({type(e).__name__}: {e}) "
+                        "— start dockerd (.ci/run does)")
         pytest.skip(f"no Docker engine reachable ({type(e).__name__}: {e}); start dockerd to run this test")
     yield client
     client.close()

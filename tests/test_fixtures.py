@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -269,21 +268,3 @@ def test_smollm2_writes_code(smollm2):
         out = model.generate(**enc, max_new_tokens=24, do_sample=False)
     text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "return" in text or "fibonacci" in text, text
-
-
-# --------------------------------------------------------------------------------------- llama.cpp (when available)
-
-LLAMA_CPP_CONVERT = os.environ.get("SLM_LLAMA_CPP_CONVERT")  # path to llama.cpp's convert_hf_to_gguf.py
-
-
-@pytest.mark.skipif(not LLAMA_CPP_CONVERT, reason="set SLM_LLAMA_CPP_CONVERT to llama.cpp's convert_hf_to_gguf.py")
-@pytest.mark.parametrize("arch", fixtures.ARCHITECTURES)
-def test_llama_cpp_converts_fixtures(arch, fixture_root, cache_root, tmp_path):
-    tokenizer = fixtures.llama_cpp_tokenizer(arch)
-    path = fixtures.build_tiny(arch, fixture_root / fixtures.fixture_name(arch, tokenizer=tokenizer),
-                               tokenizer=tokenizer, cache_dir=cache_root)
-    out = tmp_path / f"{arch}.gguf"
-    proc = subprocess.run([sys.executable, LLAMA_CPP_CONVERT, str(path), "--outfile", str(out), "--outtype", "f32"],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert out.read_bytes()[:4] == b"GGUF"

@@ -131,6 +131,22 @@ def test_smoke_energy_figures_carry_their_source(smoke):
         assert rec["host"]["cooldown"]["waited_s"] >= 0
 
 
+def test_report_from_the_real_smoke_run(smoke, tmp_path):
+    """Records the runner and the orchestrator really wrote: every one loads, matches the schema, has its figures,
+    and the report renders from them."""
+    from analysis.report import analyse, build_report
+
+    a = analyse([smoke["dir"]])
+    assert a.tables.problems.empty
+    runs = a.tables.trials[a.tables.trials["mode"] == "run"]
+    assert len(runs) == len(list((smoke["dir"] / "trials").glob("*.json"))) == len(a.ok)
+    assert set(a.ok["energy_source"]) <= {"measured", "estimated"} and (a.ok["energy_j"] > 0).all()
+    assert a.ok["energy_boundary"].notna().all() and a.ok["j_per_token"].notna().all()
+    assert (a.ok["agreement_status"] == "compared").all() and (a.ok["agreement"] == 1.0).all()
+    page = build_report([smoke["dir"]], tmp_path / "out")["html"].read_text()
+    assert page.count("data:image/png;base64,") >= 3 and "class='banner" in page
+
+
 def test_smoke_runs_in_the_recorded_seeded_order(smoke):
     m = load(SMOKE)
     plan = expand(m)
@@ -259,7 +275,9 @@ def test_ctrl_c_stops_the_trial_in_flight_and_loses_nothing_finished(tmp_path, t
     run_dir = tmp_path / "results" / tmp_path.name
     args = [sys.executable, str(REPO / "orchestrate.py"), "run", "--matrix", str(path), "--results",
             str(tmp_path / "results"), "--cache", str(tmp_path / "cache")]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # started as a shell starts a background job: SIGINT ignored — the orchestrator must install its handler itself
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         deadline = time.time() + 900
         # wait until the first trial is recorded and the second one's container runs
@@ -353,3 +371,56 @@ def test_gpu_passthrough(tmp_path, docker_client, tiny_model_dir, readable_model
     assert rec["engine"]["device"] == "cuda" and rec["engine"]["details"].get("gpu_name")
     gpu = [f for f in rec["host"]["container"]["energy"] if f["component"].startswith("gpu:")]
     assert gpu and all(f["source"] == "measured" for f in gpu)
+
+
+# --- CPU energy of a containerised trial, metered by the host -----------------------------------------------------------
+
+
+def test_host_meters_the_containers_windows_from_a_root_only_counter(tmp_path, torch_cpu_image, tiny_model_dir,
+                                                                    readable_models, docker_client):
+    """Docker masks powercap in containers and energy_uj is root-only: the host's trace of a 0400 powercap-like tree
+    (standing in for sysfs, advanced at 20 W package + 4 W DRAM by a writer) must give the containerised trial's
+    generate window rate × duration within the stated boundary error, while the container stays non-root."""
+    from test_meters import RaplWriter
+
+    readable_models(tiny_model_dir)
+    powercap = tmp_path / "powercap"
+    path = matrix_file(tmp_path, f'[models.tiny]\npath = "{tiny_model_dir}"\n',
+                       extra="").read_text().replace("[host]\nidle_seconds = 0", f"""[host]
+idle_seconds = 1
+rapl_root = "{powercap}"
+trace_interval_s = 0.02""").replace("new_tokens = 4", "new_tokens = 48")
+    (tmp_path / "matrix.toml").write_text(path)
+    with RaplWriter(powercap, package_w=20.0, dram_w=4.0) as writer:
+        assert oct((powercap / "intel-rapl:0" / "energy_uj").stat().st_mode & 0o777) == "0o400"
+        proc = orchestrate("run", "--matrix", str(tmp_path / "matrix.toml"), "--results", str(tmp_path / "results"),
+                           "--cache", str(tmp_path / "cache"), timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rec, = records(tmp_path / "results" / tmp_path.name).values()
+    assert rec["status"] == "ok", rec["error"]
+    assert rec["environment"]["in_container"] and rec["environment"]["uid"] != 0  # non-root, no powercap inside
+    assert "masks powercap" in rec["environment"]["meters"]["unavailable"]["rapl"]
+    for name in ("load", "generate"):
+        w = rec["phases"][name]
+        figs = {f["component"]: f for f in w["energy"]}
+        assert "cpu" not in figs and "ram" not in figs  # the runner's estimates, superseded by the measurement
+        span = w["end_mono"] - w["start_mono"]
+        for comp, watts in (("cpu:package-0", 20.0), ("cpu:dram-0", 4.0)):
+            f = figs[comp]
+            assert f["source"] == "measured" and f["meter"] == "rapl-host-trace"
+            tolerance = f["boundary_error_j"] + watts * 2 * writer.step_s + watts * 0.05  # + the writer's lag
+            assert f["joules"] == pytest.approx(watts * span, abs=tolerance), (name, comp, f, span)
+        assert w["energy_total"]["measured_j"] == pytest.approx(figs["cpu:package-0"]["joules"]
+                                                                + figs["cpu:dram-0"]["joules"])
+        assert w["boundary"] == "cpu:dram-0 measured + cpu:package-0 measured"
+        assert w["host_metered"]["components"] == ["cpu:package-0", "cpu:dram-0"]
+    gen = rec["phases"]["generate"]
+    assert rec["metrics"]["joules_per_token"]["measured"] == pytest.approx(
+        gen["energy_total"]["measured_j"] / rec["tokens"]["output"])
+    host_idle = {p["component"]: p for p in rec["host"]["idle"]["power"]}
+    assert host_idle["cpu:package-0"]["watts"] == pytest.approx(20.0, rel=0.1)
+    from analysis.report import analyse
+
+    row = analyse([tmp_path / "results" / tmp_path.name], study_csv=None).ok.iloc[0]
+    assert row["energy_source"] == "measured" and row["energy_boundary"] == "cpu:dram-0+cpu:package-0 (measured)"
+    assert row["net_energy_j"] == pytest.approx(0.0, abs=row["energy_j"] * 0.2 + 1.0)  # a writer draws no load
