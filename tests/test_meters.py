@@ -286,40 +286,41 @@ def _cuda_meters(tmp_path, **spec):
                                      **spec), "cuda")
 
 
+def _cuda_window(tmp_path, seconds: float, **spec):
+    """(meters, the generate window's result) of a CUDA trial's meters around ``seconds`` of sleep."""
+    meters = _cuda_meters(tmp_path, **spec)
+    try:
+        with meters.window("generate") as w:
+            time.sleep(seconds)
+    finally:
+        meters.close()
+    return meters, w.result
+
+
 def test_nvml_window_is_the_counter_delta_in_joules(fake_nvml, tmp_path):
     """Counter at 120 W while the power readings say 300 W: the figure is the counter's delta ÷ 1000 (mJ → J), not
     integrated power, not mJ, not a fallback zero."""
     from _fake_nvml import FakeGpu
 
     gpu, = fake_nvml(FakeGpu("GPU-a", watts=120.0, reported_power_w=300.0, period_s=0.02))
-    meters = _cuda_meters(tmp_path)
-    try:
-        with meters.window("generate") as w:
-            time.sleep(0.5)
-    finally:
-        meters.close()
-    fig = next(f for f in w.result["energy"] if f["component"] == "gpu:0")
+    meters, result = _cuda_window(tmp_path, 0.5)
+    fig = next(f for f in result["energy"] if f["component"] == "gpu:0")
     assert fig["source"] == "measured" and fig["meter"] == "nvml"
-    assert fig["joules"] == pytest.approx(120.0 * w.result["duration_s"], abs=120.0 * 0.02 * 1.5)
+    assert fig["joules"] == pytest.approx(120.0 * result["duration_s"], abs=120.0 * 0.02 * 1.5)
     assert meters.validity["gpu:0"]["update_period_s"] == pytest.approx(0.02, rel=0.5)
-    assert w.result["boundary"] == "gpu:0 measured"
+    assert result["boundary"] == "gpu:0 measured"
     # 0.5 s is far below what a counter resolves well: flagged
-    assert [f["code"] for f in w.result["flags"]] == ["short-window"]
+    assert [f["code"] for f in result["flags"]] == ["short-window"]
 
 
 def test_nvml_without_counter_integrates_power_and_says_so(fake_nvml, tmp_path):
     from _fake_nvml import FakeGpu
 
     fake_nvml(FakeGpu("GPU-a", watts=80.0, has_counter=False))
-    meters = _cuda_meters(tmp_path)
-    try:
-        with meters.window("generate") as w:
-            time.sleep(0.3)
-    finally:
-        meters.close()
-    fig = next(f for f in w.result["energy"] if f["component"] == "gpu:0")
-    assert fig["meter"] == "nvml-power-samples" and fig["joules"] == pytest.approx(80.0 * w.result["duration_s"])
-    assert "power-integrated" in {f["code"] for f in w.result["flags"]}
+    meters, result = _cuda_window(tmp_path, 0.3)
+    fig = next(f for f in result["energy"] if f["component"] == "gpu:0")
+    assert fig["meter"] == "nvml-power-samples" and fig["joules"] == pytest.approx(80.0 * result["duration_s"])
+    assert "power-integrated" in {f["code"] for f in result["flags"]}
 
 
 @pytest.mark.parametrize("start_mj, what", [(5_000_000, "frozen"), (0, "zero")])
@@ -327,16 +328,11 @@ def test_a_frozen_or_zero_counter_is_rejected(fake_nvml, tmp_path, start_mj, wha
     from _fake_nvml import FakeGpu
 
     fake_nvml(FakeGpu("GPU-a", watts=80.0, frozen=True, start_mj=start_mj))
-    meters = _cuda_meters(tmp_path)
-    try:
-        with meters.window("generate") as w:
-            time.sleep(0.2)
-    finally:
-        meters.close()
+    meters, result = _cuda_window(tmp_path, 0.2)
     v = meters.validity["gpu:0"]
     assert v[what] is True and "power is sampled" in v["rejected"]
-    fig = next(f for f in w.result["energy"] if f["component"] == "gpu:0")
-    assert fig["meter"] == "nvml-power-samples" and fig["joules"] == pytest.approx(80.0 * w.result["duration_s"])
+    fig = next(f for f in result["energy"] if f["component"] == "gpu:0")
+    assert fig["meter"] == "nvml-power-samples" and fig["joules"] == pytest.approx(80.0 * result["duration_s"])
 
 
 def test_only_the_trials_gpu_is_metered(fake_nvml, tmp_path):
@@ -344,15 +340,10 @@ def test_only_the_trials_gpu_is_metered(fake_nvml, tmp_path):
     from _fake_nvml import FakeGpu
 
     fake_nvml(FakeGpu("GPU-a", watts=60.0), FakeGpu("GPU-b", watts=200.0))
-    meters = _cuda_meters(tmp_path, gpus={"GPU-b": 1})
-    try:
-        with meters.window("generate") as w:
-            time.sleep(0.2)
-    finally:
-        meters.close()
-    gpus = [f for f in w.result["energy"] if f["component"].startswith("gpu")]
+    meters, result = _cuda_window(tmp_path, 0.2, gpus={"GPU-b": 1})
+    gpus = [f for f in result["energy"] if f["component"].startswith("gpu")]
     assert [f["component"] for f in gpus] == ["gpu:1"]
-    assert gpus[0]["joules"] == pytest.approx(200.0 * w.result["duration_s"], abs=200.0 * 0.02 * 1.5)
+    assert gpus[0]["joules"] == pytest.approx(200.0 * result["duration_s"], abs=200.0 * 0.02 * 1.5)
     cpu_trial = MeterSet.create(MeterSpec(rapl_root=str(tmp_path / "none"), codecarbon=False), "cpu")
     try:
         with cpu_trial.window("generate") as w:
