@@ -14,16 +14,20 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 prefix="${IMAGE_PREFIX:-slm-matrix}"
 
 if [[ $# -eq 0 ]]; then
-    echo "usage: $0 RUNTIME [RUNTIME...]   (runtimes: $(cd "$root/images" && ls -d */ | tr -d / | while read -r d; do [[ -f $d/Dockerfile ]] && printf '%s ' "$d"; done))" >&2
+    echo "usage: $0 RUNTIME [RUNTIME...]   (runtimes: $(cd "$root/images" && ls -d */ | tr -d / | while read -r d; do [[ -f $d/Dockerfile && $d != _* ]] && printf '%s ' "$d"; done))" >&2
     exit 2
 fi
 
-args=()
+args=(--build-arg "RUNNER_BASE=$prefix/runner-base:latest")
 [[ -n "${BASE_IMAGE:-}" ]] && args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
 # "set but empty" is meaningful (no extra index), so test for set, not for non-empty.
 [[ -n "${PIP_EXTRA_INDEX_URL+x}" ]] && args+=(--build-arg "PIP_EXTRA_INDEX_URL=$PIP_EXTRA_INDEX_URL")
 # shellcheck disable=SC2206
 extra=(${DOCKER_BUILD_FLAGS:-})
+
+# the shared base first (images/_base): every runtime image is FROM it
+echo "=== building $prefix/runner-base:latest (base: ${BASE_IMAGE:-Dockerfile default})" >&2
+docker build "${args[@]}" "${extra[@]}" -f "$root/images/_base/Dockerfile" -t "$prefix/runner-base:latest" "$root"
 
 for rt in "$@"; do
     df="$root/images/$rt/Dockerfile"

@@ -27,7 +27,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestrator import REPO_ROOT
-from orchestrator.images import ImageError, build, discover, image_info
+from orchestrator.docker_launcher import DockerLauncher
+from orchestrator.images import ImageError, build, discover
+from orchestrator.launch import HostProblem, make_launcher
 from orchestrator.matrix import MatrixError, load
 from orchestrator.models import DEFAULT_CACHE, ModelCache
 from orchestrator.plan import expand
@@ -36,10 +38,6 @@ from orchestrator.ui import Reporter
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-class HostProblem(RuntimeError):
-    pass
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -124,18 +122,6 @@ def cmd_plan(args) -> int:
     return 0
 
 
-def _client():
-    from orchestrator.docker_launcher import connect
-
-    try:
-        client = connect()
-        client.ping()
-        return client
-    except Exception as e:
-        raise HostProblem(f"cannot reach the Docker engine ({type(e).__name__}: {e}) — start dockerd (or set "
-                          "DOCKER_HOST), or run with --launcher process") from e
-
-
 def cmd_build(args) -> int:
     runtimes = discover()
     if args.all or args.runtime:
@@ -147,7 +133,7 @@ def cmd_build(args) -> int:
     else:
         chosen = [r.runtime for r in load(args.matrix).runtimes.values()]
     chosen = [r for r in chosen if not args.device or r.device == args.device]
-    client = _client()
+    client = DockerLauncher.connected("").client
     table = Table("runtime", "image", "id", "size (MB)", "build (s)")
     for rt in chosen:
         console.print(f"building {rt.image} from {rt.dockerfile.relative_to(REPO_ROOT)}")
@@ -164,14 +150,7 @@ def cmd_run(args) -> int:
     run_id = args.run_id or matrix.name
     store = RunStore(args.results, run_id)
     store.open(matrix, [t.id for t in plan.trials])
-    if args.launcher == "docker":
-        from orchestrator.docker_launcher import DockerLauncher
-
-        launcher = DockerLauncher(_client(), run_id)
-    else:
-        from orchestrator.process_launcher import ProcessLauncher
-
-        launcher = ProcessLauncher()
+    launcher = make_launcher(args.launcher, run_id)
     reporter = Reporter(console)
     ex = Executor(plan, store, launcher, ModelCache(Path(args.cache)), reporter,
                   retry_failed=getattr(args, "retry_failed", False))
@@ -188,8 +167,9 @@ def cmd_run(args) -> int:
         stale = launcher.remove_stale()
         if stale:
             console.print(f"  removed {len(stale)} container(s) left by an earlier, killed orchestrator")
-        if args.launcher == "docker" and sel.todo:
-            _ensure_images(launcher.client, {t.cell.runtime.runtime for t in sel.todo}, args.build)
+        if sel.todo:
+            launcher.ensure_ready({t.cell.runtime.runtime for t in sel.todo}, args.build,
+                                  lambda line: console.print(escape(line)))
         unavailable, broken = ex.prepare(sel.todo) if sel.todo else ({}, {})
         if unavailable:  # like CUDA rows without a GPU: skipped, not failed — a host with the model runs them
             runnable = []
@@ -242,17 +222,6 @@ def _print_agreement(store, spec) -> None:
         share = ("[red]no reference[/]" if r["no_reference"] else f"{100 * r['share_identical']:.0f} %")
         table.add_row(r["model"], r["engine"], r["device"], r["precision"], str(r["trials"]), share)
     console.print(table)
-
-
-def _ensure_images(client, runtimes, do_build: bool) -> None:
-    for rt in sorted(runtimes, key=lambda r: r.name):
-        if do_build:
-            console.print(f"building {rt.image} (cached layers make an unchanged image take seconds)")
-            info = build(client, rt, log=lambda line: None)
-            console.print(f"  {rt.image} {info['id'][7:19]} {info['size_mb']:.0f} MB ({info['build_s']:.1f} s)")
-        elif image_info(client, rt) is None:
-            raise HostProblem(f"image {rt.image} is not built — run `python orchestrate.py build --runtime {rt.name}`"
-                              f" (or `make images`), or add --build")
 
 
 def cmd_status(args) -> int:

@@ -20,8 +20,8 @@ import docker
 import docker.errors
 import requests
 
-from orchestrator.images import Runtime
-from orchestrator.launch import LaunchSpec, Outcome, read_record, write_job
+from orchestrator.images import Runtime, build, image_info
+from orchestrator.launch import HostProblem, LaunchSpec, Outcome, read_record, write_job
 
 LABEL_RUN = "io.slm-matrix.run"
 LABEL_NAME = "io.slm-matrix.trial"
@@ -53,8 +53,32 @@ class DockerLauncher:
         self.client = client or connect()
         self.run_id = run_id
 
+    @classmethod
+    def connected(cls, run_id: str) -> "DockerLauncher":
+        """A launcher on a Docker engine that answers, or HostProblem with the fix."""
+        try:
+            client = connect()
+            client.ping()
+        except Exception as e:
+            raise HostProblem(f"cannot reach the Docker engine ({type(e).__name__}: {e}) — start dockerd (or set "
+                              "DOCKER_HOST), or run with --launcher process") from e
+        return cls(client, run_id)
+
     def gpu_problem(self) -> str | None:
         return gpu_problem(self.client)
+
+    def ensure_ready(self, runtimes, build_them: bool, log) -> None:
+        for rt in sorted(runtimes, key=lambda r: r.name):
+            if build_them:
+                log(f"building {rt.image} (cached layers make an unchanged image take seconds)")
+                info = build(self.client, rt, log=lambda line: None)
+                log(f"  {rt.image} {info['id'][7:19]} {info['size_mb']:.0f} MB ({info['build_s']:.1f} s)")
+            elif image_info(self.client, rt) is None:
+                raise HostProblem(f"image {rt.image} is not built — run `python orchestrate.py build --runtime "
+                                  f"{rt.name}` (or `make images`), or add --build")
+
+    def image_of(self, runtime: Runtime) -> str | None:
+        return runtime.image
 
     def remove_stale(self) -> list[str]:
         """Containers of this run left by an orchestrator that was killed (not Ctrl-C'd) mid-trial."""

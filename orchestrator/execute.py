@@ -204,7 +204,7 @@ class Executor:
                 "engine": t.cell.engine, "model": t.cell.model.name, "setting": t.cell.setting.name,
                 "repetition": t.repetition, "order_index": t.order_index, "seed": m.seed, "matrix_hash": m.hash,
                 "matrix_name": m.name, "model_params_b": t.cell.model.params_b, "size_group": t.cell.model.group,
-                "image": t.cell.runtime.runtime.image if self.launcher.name == "docker" else None}
+                "image": self.launcher.image_of(t.cell.runtime.runtime)}
 
     def run_trial(self, t: Trial) -> dict[str, Any]:
         m = self.plan.matrix

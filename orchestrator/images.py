@@ -1,7 +1,9 @@
 """Runtime discovery from images/*/Dockerfile LABELs, and image builds through the Docker SDK.
 
 A runtime is a folder under images/ whose Dockerfile carries the io.slm-matrix.* labels; nothing here names one, so
-a new runtime is one new folder (plus its matrix.toml entry).
+a new runtime is one new folder (plus its matrix.toml entry). Labels say only what cannot be derived: the engines and
+the device. The runtime's name is its folder, a GPU is needed when the device is cuda, and the precisions are the
+engines' own (runners/engines). Every runtime image is built FROM the shared base (images/_base), built first.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from orchestrator import REPO_ROOT
 
 IMAGE_PREFIX_ENV = "IMAGE_PREFIX"
 LABEL_PREFIX = "io.slm-matrix."
-REQUIRED_LABELS = ("runtime", "engines", "device", "gpu", "precisions")
+REQUIRED_LABELS = ("engines", "device")
+BASE_DIR = "_base"  # images/_base: the shared base stage, not a runtime (folders starting with "_" are not runtimes)
 # Optional labels: container settings this runtime needs (e.g. vLLM's shared memory); the matrix may override them.
 CONTAINER_LABELS = {"shm-size": "shm_size", "mem-limit": "mem_limit"}
 
@@ -32,14 +35,36 @@ class Runtime:
     name: str
     engines: tuple[str, ...]  # the first is the default engine
     device: str  # "cpu" | "cuda"
-    gpu: bool  # needs a GPU DeviceRequest
-    precisions: tuple[str, ...]
     dockerfile: Path
     container: tuple[tuple[str, str], ...] = ()  # (container key, value) from the optional labels
 
     @property
+    def gpu(self) -> bool:
+        """Needs a GPU DeviceRequest."""
+        return self.device == "cuda"
+
+    def engine_precisions(self, engine: str) -> tuple[str, ...]:
+        from runners.engines import engine_class
+
+        return tuple(engine_class(engine).precisions.get(self.device, ()))
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """What its engines offer on its device, in the engines' order."""
+        return tuple(dict.fromkeys(p for e in self.engines for p in self.engine_precisions(e)))
+
+    @property
     def image(self) -> str:
-        return f"{os.environ.get(IMAGE_PREFIX_ENV, 'slm-matrix')}/{self.name}:latest"
+        return image_name(self.name)
+
+
+def image_name(folder: str) -> str:
+    return f"{os.environ.get(IMAGE_PREFIX_ENV, 'slm-matrix')}/{folder.strip('_')}:latest"
+
+
+def base_image() -> str:
+    """The shared base's tag: <prefix>/runner-base:latest."""
+    return image_name("runner-base")
 
 
 def _labels(dockerfile: Path) -> dict[str, str]:
@@ -63,24 +88,29 @@ def parse_runtime(dockerfile: Path) -> Runtime:
     if missing:
         raise ImageError(f"{dockerfile}: missing LABEL {', '.join(LABEL_PREFIX + k for k in missing)} — every "
                          f"runtime Dockerfile declares {', '.join(LABEL_PREFIX + k for k in REQUIRED_LABELS)}")
-    folder = dockerfile.parent.name
-    if labels["runtime"] != folder:
-        raise ImageError(f"{dockerfile}: LABEL {LABEL_PREFIX}runtime={labels['runtime']!r} differs from its folder "
-                         f"{folder!r} — make them equal")
+    derived = sorted(k for k in ("runtime", "gpu", "precisions") if k in labels)
+    if derived:
+        raise ImageError(f"{dockerfile}: LABEL {', '.join(LABEL_PREFIX + k for k in derived)} — remove: the runtime is "
+                         "the folder's name, a GPU is needed when the device is cuda, the precisions are the engines'")
     if labels["device"] not in ("cpu", "cuda"):
         raise ImageError(f"{dockerfile}: LABEL {LABEL_PREFIX}device={labels['device']!r} — use cpu or cuda")
-    if labels["gpu"] not in ("true", "false"):
-        raise ImageError(f"{dockerfile}: LABEL {LABEL_PREFIX}gpu={labels['gpu']!r} — use true or false")
-    return Runtime(name=folder, engines=tuple(labels["engines"].split()), device=labels["device"],
-                   gpu=labels["gpu"] == "true", precisions=tuple(labels["precisions"].split()),
+    from runners.engines import ENGINE_NAMES
+
+    unknown = [e for e in labels["engines"].split() if e not in ENGINE_NAMES]
+    if unknown:
+        raise ImageError(f"{dockerfile}: LABEL {LABEL_PREFIX}engines names {', '.join(unknown)} — use engines of "
+                         f"runners/engines: {', '.join(ENGINE_NAMES)}")
+    return Runtime(name=dockerfile.parent.name, engines=tuple(labels["engines"].split()), device=labels["device"],
                    dockerfile=dockerfile,
                    container=tuple((key, labels[label]) for label, key in CONTAINER_LABELS.items() if label in labels))
 
 
 def discover(images_dir: Path | None = None) -> dict[str, Runtime]:
-    """Every runtime under images/: folders with a Dockerfile (others, e.g. wheelhouse/, are build inputs)."""
+    """Every runtime under images/: folders with a Dockerfile (others, e.g. wheelhouse/, are build inputs; _base is
+    the shared base)."""
     root = images_dir or REPO_ROOT / "images"
-    return {df.parent.name: parse_runtime(df) for df in sorted(root.glob("*/Dockerfile"))}
+    return {df.parent.name: parse_runtime(df) for df in sorted(root.glob("*/Dockerfile"))
+            if not df.parent.name.startswith("_")}
 
 
 # --- Docker -------------------------------------------------------------------------------------------------------
@@ -100,8 +130,9 @@ def image_info(client, runtime: Runtime) -> dict[str, Any] | None:
 
 
 def build_args() -> dict[str, str]:
-    """Same rule as images/build.sh: BASE_IMAGE when non-empty; PIP_EXTRA_INDEX_URL when set (empty = none)."""
-    args = {}
+    """Same rule as images/build.sh: BASE_IMAGE when non-empty; PIP_EXTRA_INDEX_URL when set (empty = none); the
+    runtime images' RUNNER_BASE is the shared base built here."""
+    args = {"RUNNER_BASE": base_image()}
     if os.environ.get("BASE_IMAGE"):
         args["BASE_IMAGE"] = os.environ["BASE_IMAGE"]
     if "PIP_EXTRA_INDEX_URL" in os.environ:
@@ -109,15 +140,9 @@ def build_args() -> dict[str, str]:
     return args
 
 
-def build(client, runtime: Runtime, *, log: Callable[[str], None] = print, nocache: bool = False) -> dict[str, Any]:
-    """Build one runtime image (the builder's layer cache makes an unchanged rebuild take about a second)."""
-    import docker.errors
-
-    t0 = time.monotonic()
-    context = REPO_ROOT
-    stream = client.api.build(path=str(context), dockerfile=str(runtime.dockerfile.relative_to(context)),
-                              tag=runtime.image, buildargs=build_args(), rm=True, forcerm=True, nocache=nocache,
-                              decode=True)
+def _build(client, dockerfile: Path, tag: str, log: Callable[[str], None], nocache: bool) -> None:
+    stream = client.api.build(path=str(REPO_ROOT), dockerfile=str(dockerfile.relative_to(REPO_ROOT)), tag=tag,
+                              buildargs=build_args(), rm=True, forcerm=True, nocache=nocache, decode=True)
     last_error = None
     for chunk in stream:
         if "stream" in chunk and chunk["stream"].strip():
@@ -126,7 +151,17 @@ def build(client, runtime: Runtime, *, log: Callable[[str], None] = print, nocac
             last_error = chunk["error"].strip()
             log(last_error)
     if last_error:
-        raise ImageError(f"building {runtime.image} from {runtime.dockerfile} failed: {last_error}")
+        raise ImageError(f"building {tag} from {dockerfile} failed: {last_error}")
+
+
+def build(client, runtime: Runtime, *, log: Callable[[str], None] = print, nocache: bool = False) -> dict[str, Any]:
+    """Build one runtime image, the shared base first (the builder's layer cache makes an unchanged rebuild of
+    either take about a second)."""
+    import docker.errors
+
+    t0 = time.monotonic()
+    _build(client, REPO_ROOT / "images" / BASE_DIR / "Dockerfile", base_image(), log, nocache)
+    _build(client, runtime.dockerfile, runtime.image, log, nocache)
     try:
         info = image_info(client, runtime)
     except docker.errors.APIError as e:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Protocol
 
 from orchestrator.images import Runtime
 
@@ -43,6 +43,44 @@ class Outcome:
     trace: Any = None  # the host's counter trace over that span (runners.meters.trace.CounterTrace)
     facts: dict[str, Any] = field(default_factory=dict)  # launcher, container_id, image, image_id, limits…
     timings: dict[str, float] = field(default_factory=dict)  # create_s, start_s, run_s, stop_s, collect_s
+
+
+class HostProblem(RuntimeError):
+    """This host cannot run what was asked (no Docker engine, an image not built): exit code 3, with the fix."""
+
+
+class Launcher(Protocol):
+    """What the executor and the CLI need of a launcher; Docker and the plain process implement it."""
+
+    name: str
+
+    def gpu_problem(self) -> str | None:
+        """Why CUDA runtimes cannot run here (their trials are skipped with it), or None."""
+
+    def remove_stale(self) -> list[str]:
+        """Leftovers of an orchestrator that was killed mid-trial, removed; their names."""
+
+    def ensure_ready(self, runtimes: Iterable[Runtime], build: bool, log: Callable[[str], None]) -> None:
+        """Make the runtimes runnable (images built, or checked to exist), or raise HostProblem with the fix."""
+
+    def image_of(self, runtime: Runtime) -> str | None:
+        """The image a trial of this runtime runs in, for its bookkeeping (None: no image)."""
+
+    def run(self, spec: LaunchSpec, meters) -> Outcome:
+        """One runner invocation under the host meters' "container" window (traced)."""
+
+
+def make_launcher(name: str, run_id: str) -> Launcher:
+    """--launcher docker|process."""
+    if name == "docker":
+        from orchestrator.docker_launcher import DockerLauncher
+
+        return DockerLauncher.connected(run_id)
+    if name == "process":
+        from orchestrator.process_launcher import ProcessLauncher
+
+        return ProcessLauncher()
+    raise ValueError(f"unknown launcher {name!r}")
 
 
 def write_job(spec: LaunchSpec, job: dict[str, Any]) -> Path:

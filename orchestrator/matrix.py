@@ -278,7 +278,7 @@ def load(path: str | Path, *, images_dir: Path | None = None) -> Matrix:
         if settings_all[s].precision not in offered:
             raise MatrixError(src, f"settings.{s}.precision",
                               f"no selected runtime offers {settings_all[s].precision!r}",
-                              f"use one of: {', '.join(offered)} (the images' io.slm-matrix.precisions labels)")
+                              f"use one of: {', '.join(offered)} (what the selected runtimes' engines offer on their device)")
     job_sections = {s: dict(top.table(s)) for s in JOB_SECTIONS}
     ht = _Table(src, top.table("host"), "host")
     host: dict[str, Any] = {k: ht.get(k, kind, default, minimum=0, what=what)
@@ -335,7 +335,7 @@ def _model(src: str, key: str, data: Any, base: Path) -> ModelEntry:
     if hub_id and params_b is None:
         raise MatrixError(src, f"{key}.params_b", "is missing", "give the parameter count in billions (size group)")
     if fixture:
-        from runners import fixtures
+        from orchestrator import fixtures
 
         allowed = [*fixtures.ARCHITECTURES, "smollm2"]
         if fixture not in allowed:
@@ -383,9 +383,9 @@ def _check_jobs(matrix: Matrix, runtimes: dict[str, RuntimeEntry], models: dict[
     for m in models.values():
         for r in runtimes.values():
             for s in settings.values():
-                if s.precision not in r.runtime.precisions:
-                    continue  # not a cell: this image does not offer that precision
                 for e in r.engines:
+                    if s.precision not in r.runtime.engine_precisions(e):
+                        continue  # not a cell: this engine does not offer that precision
                     spec = {"name": m.name, "path": "/models/x"} if m.source != "hub" else {
                         "name": m.name, "hub_id": m.hub_id, "revision": m.revision, "hf_cache": "/hf-cache"}
                     try:

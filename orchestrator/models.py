@@ -1,7 +1,7 @@
 """The host model cache: hub downloads, fixture builds, local folders — all before and outside any measured window.
 
     <cache>/hf/        a Hugging Face hub cache (snapshot_download cache_dir); mounted read-only as the job's hf_cache
-    <cache>/models/    fixture models built by runners.fixtures, one folder per fixture and options
+    <cache>/models/    fixture models built by orchestrator.fixtures, one folder per fixture and options
     <cache>/engines/   engine conversions (ONNX, OpenVINO IR, GGUF …): the job's cache_dir, written only by `prepare`
 """
 
@@ -49,7 +49,7 @@ class ModelCache:
         if m.source == "path":
             return m.path
         if m.source == "fixture":
-            from runners import fixtures
+            from orchestrator import fixtures
 
             if m.fixture == "smollm2":
                 return self.models / fixtures.SMOLLM2_DIRNAME
@@ -80,7 +80,7 @@ class ModelCache:
                 "start_unix": start, "duration_s": time.monotonic() - t0}
 
     def _build_fixture(self, m: ModelEntry) -> dict[str, Any]:
-        from runners import fixtures  # builds atomically and reuses a complete folder itself
+        from orchestrator import fixtures  # builds atomically and reuses a complete folder itself
 
         out = self.local_path(m)
         cached = (out / fixtures.MARKER).is_file()

@@ -69,10 +69,12 @@ def expand(matrix: Matrix) -> Plan:
     cells, excluded = [], []
     for r in matrix.runtimes.values():
         for s in matrix.settings.values():
-            if s.precision not in r.runtime.precisions:
-                excluded.append(f"{r.name} × {s.name}: image offers precisions {', '.join(r.runtime.precisions)}")
-                continue
             for e in r.engines:
+                offered = r.runtime.engine_precisions(e)
+                if s.precision not in offered:
+                    excluded.append(f"{r.name}/{e} × {s.name}: engine offers {', '.join(offered)} on "
+                                    f"{r.runtime.device}")
+                    continue
                 for m in matrix.models.values():
                     cells.append(Cell(r, e, m, s))
     # Canonical order first (sorted ids), then one seeded shuffle: same matrix + seed → same order anywhere.

@@ -32,6 +32,12 @@ class ProcessLauncher:
     def remove_stale(self) -> list[str]:
         return []
 
+    def ensure_ready(self, runtimes, build_them: bool, log) -> None:
+        """Nothing to build: the runner runs from this checkout with this Python (its libraries must be here)."""
+
+    def image_of(self, runtime) -> str | None:
+        return None
+
     def run(self, spec: LaunchSpec, meters) -> Outcome:
         job_path = write_job(spec, spec.job)
         out = spec.work / "out" / "record.json"

@@ -25,22 +25,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runners.errors import JobError  # noqa: F401  (raised here, imported from here by callers)
+
 JOB_SCHEMA = "slm-matrix.job/1"
 
 DEVICES = ("cpu", "cuda")
 PROMPT_STYLES = ("fragment", "full")
 SELECTIONS = ("first", "sample")
 DATASETS = ("humaneval",)
-
-
-class JobError(ValueError):
-    """A bad job: names the field, what is wrong and how to fix it, in one line."""
-
-    def __init__(self, field_path: str, problem: str, fix: str):
-        self.field = field_path
-        self.problem = problem
-        self.fix = fix
-        super().__init__(f"job.{field_path}: {problem} — {fix}")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from runners.job import JobError, WorkloadSpec
+from runners.errors import JobError
+from runners.job import WorkloadSpec
 
 # Line picks tried per task before falling back to a span across lines (a task whose every line is too short).
 _ATTEMPTS = 2000

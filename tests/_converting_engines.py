@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from _containers import shareable, summary
-from runners import fixtures
+from orchestrator import fixtures
 from runners.job import parse_job
 
 NEW_TOKENS = 8

@@ -1,4 +1,4 @@
-"""Model fixtures shared by the runner tests: tiny random-weight models built once per machine (runners.fixtures
+"""Model fixtures shared by the runner tests: tiny random-weight models built once per machine (orchestrator.fixtures
 caches them on disk), and the real SmolLM2-135M."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runners import fixtures
+from orchestrator import fixtures
 
 
 def fixtures_root() -> Path:

@@ -20,7 +20,7 @@ import pytest
 from _containers import Launch, build_image, summary
 from _converting_engines import tiny  # noqa: F401  (pytest fixture)
 from _converting_engines import PROMPTS, agreement_line, assert_exact, body, reference_factory
-from runners import fixtures
+from orchestrator import fixtures
 from runners.engines import engine_class
 from runners.job import JobError, parse_job
 

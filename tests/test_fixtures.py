@@ -1,4 +1,4 @@
-"""runners.fixtures: every fixture loads through the hub path (Auto* from a directory) and generates."""
+"""orchestrator.fixtures: every fixture loads through the hub path (Auto* from a directory) and generates."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runners import fixtures
+from orchestrator import fixtures
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_TYPES = {"gpt2": "gpt2", "gpt_bigcode": "gpt_bigcode", "gpt_neox": "gpt_neox", "bloom": "bloom",
@@ -217,7 +217,7 @@ def test_tiny_with_other_tokenizers(arch, tokenizer, fixture_root, cache_root, h
 
 
 def test_cli_builds_and_prints_paths(fixture_root):
-    proc = subprocess.run([sys.executable, "-m", "runners.fixtures", "--out", str(fixture_root),
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.fixtures", "--out", str(fixture_root),
                            "--arch", "gpt2", "phi"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     built = json.loads(proc.stdout)

@@ -16,7 +16,7 @@ import pytest
 
 from _containers import Launch, build_image, engine_cache, shareable, summary
 from _models import smollm2_dir  # noqa: F401  (pytest fixture)
-from runners import fixtures
+from orchestrator import fixtures
 from runners.engines import engine_class
 from runners.engines._conversion import model_key
 from runners.engines.llamacpp import RECIPES, _converter_reason

@@ -10,6 +10,7 @@ from conftest import REPO, orchestrate
 
 from orchestrator.images import ImageError, discover, parse_runtime
 from orchestrator.matrix import MatrixError, load
+from runners.engines import engine_class
 from orchestrator.plan import expand
 from orchestrator.store import RunConflict, RunStore, failed_record
 
@@ -109,7 +110,7 @@ def test_smoke_matrix_needs_no_hub_and_no_gpu():
     (lambda t: t + '\n[agreement]\nengine = "torch"\nprecison = "fp32"\n', "agreement.precison: unknown key",
      "allowed keys here: engine, precision, devices"),
     (lambda t: t + '\n[container]\nmem_limit = "lots"\n', "container.mem_limit: 'lots' is not a size", "512m"),
-    (lambda t: t + '\n[settings.half]\nprecision = "fp16"\n', "settings.half.precision: no selected runtime offers 'fp16'", "use one of: bf16, fp32"),
+    (lambda t: t + '\n[settings.q]\nprecision = "int8"\n', "settings.q.precision: no selected runtime offers 'int8'", "use one of: bf16, fp16, fp32"),
     (lambda t: t + "\n[models.a.b]\nfixture = \"llama\"\n", "models.a: gives no source", ""),
     (lambda t: t + "\n[workload\n", "(syntax): not valid TOML", "fix the TOML syntax"),
 ])
@@ -156,7 +157,8 @@ def test_settings_expand_cells_only_where_the_image_offers_the_precision(tmp_pat
     plan = expand(load(write(tmp_path, text)))
     assert sorted(c.id for c in plan.cells) == ["llamacpp-cpu__llamacpp__tiny__fp32", "torch-cpu__torch__tiny__bf16",
                                                 "torch-cpu__torch__tiny__fp32"]
-    assert any("llamacpp-cpu × bf16" in x for x in plan.excluded)
+    assert any("llamacpp-cpu/llamacpp × bf16: engine offers fp32, fp16, q8_0, q4_k_m on cpu" in x
+               for x in plan.excluded)
 
 
 def test_container_limits_model_over_runtime_over_image_over_matrix(tmp_path):
@@ -175,27 +177,48 @@ def test_a_new_runtime_is_one_folder(tmp_path):
     images = tmp_path / "images"
     (images / "onnx-cpu").mkdir(parents=True)
     (images / "wheelhouse").mkdir()  # a build input, not a runtime
+    (images / "_base").mkdir()  # the shared base, not a runtime
+    (images / "_base" / "Dockerfile").write_text("FROM x\n")
     (images / "onnx-cpu" / "Dockerfile").write_text(
-        'FROM x\nLABEL io.slm-matrix.runtime="onnx-cpu" \\\n      io.slm-matrix.engines="torch" \\\n'
-        '      io.slm-matrix.device="cpu" io.slm-matrix.gpu="false"\n'
-        'LABEL io.slm-matrix.precisions="fp32 int8"  # comment\n')
+        'FROM x\nLABEL io.slm-matrix.engines="torch" \\\n      io.slm-matrix.device="cpu"  # comment\n')
     rt = discover(images)
     assert list(rt) == ["onnx-cpu"]
-    assert rt["onnx-cpu"].engines == ("torch",) and rt["onnx-cpu"].precisions == ("fp32", "int8")
+    # derived, not labelled: the name is the folder's, the precisions the engine's, no GPU on cpu
+    assert rt["onnx-cpu"].engines == ("torch",) and not rt["onnx-cpu"].gpu
+    assert rt["onnx-cpu"].precisions == engine_class("torch").precisions["cpu"]
     m = load(write(tmp_path, BASE.replace("torch-cpu", "onnx-cpu")), images_dir=images)
     assert expand(m).cells[0].id == "onnx-cpu__torch__tiny__fp32"
     (images / "bad").mkdir()
-    (images / "bad" / "Dockerfile").write_text('FROM x\nLABEL io.slm-matrix.runtime="bad"\n')
+    (images / "bad" / "Dockerfile").write_text('FROM x\nLABEL io.slm-matrix.shm-size="1g"\n')
     with pytest.raises(ImageError, match=r"missing LABEL io.slm-matrix.engines, io.slm-matrix.device"):
+        parse_runtime(images / "bad" / "Dockerfile")
+    (images / "bad" / "Dockerfile").write_text('FROM x\nLABEL io.slm-matrix.engines="torch"\n'
+                                               'LABEL io.slm-matrix.device="cuda"\nLABEL io.slm-matrix.gpu="true"\n')
+    with pytest.raises(ImageError, match=r"io.slm-matrix.gpu — remove: .* a GPU is needed when the device is cuda"):
+        parse_runtime(images / "bad" / "Dockerfile")
+    (images / "bad" / "Dockerfile").write_text('FROM x\nLABEL io.slm-matrix.engines="tensorrt"\n'
+                                               'LABEL io.slm-matrix.device="cuda"\n')
+    with pytest.raises(ImageError, match=r"engines names tensorrt — use engines of runners/engines"):
         parse_runtime(images / "bad" / "Dockerfile")
 
 
 def test_every_image_in_the_repository_describes_itself():
     runtimes = discover()
-    assert "torch-cpu" in runtimes
+    assert "torch-cpu" in runtimes and "_base" not in runtimes
     for name, rt in runtimes.items():
         assert rt.engines and rt.precisions and rt.device in ("cpu", "cuda"), name
         assert rt.gpu == (rt.device == "cuda"), name
+        text = rt.dockerfile.read_text()
+        assert "FROM ${RUNNER_BASE}" in text and text.rstrip().endswith("COPY runners /opt/runner/runners"), name
+
+
+def test_a_precision_only_one_engine_offers_plans_only_that_engines_cells(tmp_path):
+    """torch-cpu carries torch and torch-compile: a setting is planned per engine, by the engine's own table."""
+    m = load(write(tmp_path, BASE.replace("[runtimes.torch-cpu]", '[runtimes.torch-cpu]\nengines = ["torch", '
+                                          '"torch-compile"]') + '\n[settings.bf16]\nprecision = "bf16"\n'))
+    plan = expand(m)
+    for c in plan.cells:
+        assert c.setting.precision in engine_class(c.engine).precisions["cpu"]
 
 
 def test_a_run_resumes_only_with_its_own_matrix(tmp_path):

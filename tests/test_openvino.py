@@ -18,7 +18,7 @@ from _containers import Launch, build_image, engine_cache, summary
 from _converting_engines import tiny  # noqa: F401  (pytest fixture)
 from _converting_engines import (PROMPTS, agreement_line, assert_exact, assert_reused, body, build_foreign,
                                  prepare_and_run, prepare_and_run_in_process, reference_factory)
-from runners import fixtures
+from orchestrator import fixtures
 from runners.engines import engine_class
 from runners.engines.openvino import RECIPES, _check_precision
 from runners.job import JobError, parse_job

@@ -8,7 +8,7 @@ import shutil
 from _models import smollm2_dir, tiny_model_dir, tiny_models  # noqa: F401  (pytest fixtures)
 import pytest
 
-from runners import fixtures
+from orchestrator import fixtures
 from runners.engines.hf_generate import greedy_generate
 from runners.environment import cuda_problem
 from runners.job import parse_job

@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from runners.job import JobError
+from runners.errors import JobError
 
 INFO_NAME = "conversion.json"
 

@@ -8,9 +8,12 @@ schedules them the way its runtime wants and reports which it did in ``describe(
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from runners.job import Job, JobError
+from runners.errors import JobError
+
+if TYPE_CHECKING:  # the job contract imports the engine registry to validate jobs: no import cycle at run time
+    from runners.job import Job
 
 # Called by the engine right after each decode step's tokens exist (on the host, device synchronised), so the runner
 # can time the first token and the steps after it without knowing the runtime.

@@ -24,7 +24,7 @@ from typing import Any
 
 from runners.engines._conversion import ConversionError, architecture, ensure, versions
 from runners.engines.base import Engine, StepHook
-from runners.job import JobError
+from runners.errors import JobError
 
 ENGINE_DIR = "llamacpp"
 GGUF_NAME = "model.gguf"

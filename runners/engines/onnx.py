@@ -23,7 +23,7 @@ from typing import Any, Iterator
 from runners.engines import _conversion
 from runners.engines.base import Engine, StepHook
 from runners.engines.hf_generate import greedy_generate
-from runners.job import JobError
+from runners.errors import JobError
 
 ENGINE_DIR = "onnx"
 MODEL_FILE = {"fp32": "model.onnx", "fp16": "model.onnx", "int8": "model_quantized.onnx"}

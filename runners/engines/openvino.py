@@ -22,7 +22,7 @@ from typing import Any
 from runners.engines import _conversion
 from runners.engines.base import Engine, StepHook
 from runners.engines.hf_generate import greedy_generate
-from runners.job import JobError
+from runners.errors import JobError
 
 ENGINE_DIR = "openvino"
 IR_FILE = "openvino_model.xml"

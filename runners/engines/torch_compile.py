@@ -14,7 +14,7 @@ from typing import Any
 
 from runners.engines.hf_generate import greedy_generate
 from runners.engines.torch_engine import TorchEngine
-from runners.job import JobError
+from runners.errors import JobError
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # a code-like text to make compile-time prompts from (token ids only matter for their count)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from runners.engines.base import Engine, StepHook
-from runners.job import JobError
+from runners.errors import JobError
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 

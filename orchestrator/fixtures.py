@@ -12,7 +12,7 @@ same path as a hub model (``AutoModelForCausalLM.from_pretrained(dir)``, ``AutoT
 Every fixture directory carries a ``fixture.json`` marker, written last; a build happens in a hidden sibling
 directory that is renamed into place, so an interrupted build never leaves a directory that looks complete.
 
-CLI: ``python -m runners.fixtures --out DIR [--arch NAME ...] [--size tiny|bench100m] [--tokenizer trained|smollm2|spm]
+CLI: ``python -m orchestrator.fixtures --out DIR [--arch NAME ...] [--size tiny|bench100m] [--tokenizer trained|smollm2|spm]
 [--seed N] [--smollm2]`` prints a JSON object {name: path}.
 
 torch/transformers/tokenizers are imported lazily: the GGUF lookup and the naming helpers work in images that lack them.
@@ -659,7 +659,7 @@ def build_smollm2(out_dir: Path | None = None, *, cache_dir: Path | None = None)
 # ------------------------------------------------------------------------------------------------------------- CLI
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m runners.fixtures", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m orchestrator.fixtures", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=None, help="fixture root (default: $SLM_FIXTURES_DIR or "
                                                            "~/.cache/slm-matrix/fixtures)")
     ap.add_argument("--arch", nargs="+", choices=ARCHITECTURES + ("all",),
