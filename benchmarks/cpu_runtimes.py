@@ -5,7 +5,7 @@
 
 The smoke matrix (matrix-smoke.toml: its workload, generation, warm-up, meters and host sections, with --new-tokens,
 --prompts and --reps overriding) on one tiny-but-not-trivial model: a random-weight ~90M-parameter GPT-2
-(runners.fixtures size "bench100m", codeparrot-small's shape) — the same model, prompts and token count for every
+(orchestrator.fixtures size "bench100m", codeparrot-small's shape) — the same model, prompts and token count for every
 runtime. Cells: torch eager fp32 (the reference), torch.compile fp32, ONNX Runtime fp32 and int8 (dynamic
 quantisation), OpenVINO fp32 and int8 with the stateful KV cache, and OpenVINO fp32 *without* a KV cache (a second
 orchestrator run: engine options are per runtime entry) — the study's OpenVINO setting, so the KV-cache claim is

@@ -2,7 +2,7 @@
 
     python benchmarks/harness_overhead.py [--model DIR] [--prompts 4] [--new-tokens 64] [--rounds 3]
 
-Default model: a random-weight ~100M-parameter GPT-2 (runners.fixtures, size bench100m). Rounds alternate off/on so
+Default model: a random-weight ~100M-parameter GPT-2 (orchestrator.fixtures, size bench100m). Rounds alternate off/on so
 that drift (thermal, caches) hits both; the ratio of medians is printed. Goal: < 1 % extra time.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runners import fixtures  # noqa: E402
+from orchestrator import fixtures  # noqa: E402
 from runners.engines.torch_engine import TorchEngine  # noqa: E402
 from runners.job import MeterSpec, parse_job  # noqa: E402
 from runners.meters import MeterSet  # noqa: E402

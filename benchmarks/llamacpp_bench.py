@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from _containers import Launch, build_image, engine_cache
     from orchestrator.docker_launcher import connect
     from orchestrator.models import _readable
-    from runners import fixtures
+    from orchestrator import fixtures
 
     model = fixtures.build_smollm2() if args.model == "smollm2" else Path(args.model)
     _readable(model)
