@@ -295,9 +295,8 @@ class Executor:
 
 def _converts(engine: str) -> bool:
     from runners.engines import engine_class
-    from runners.engines.base import Engine
 
-    return engine_class(engine).prepare is not Engine.prepare
+    return "prepare" in engine_class(engine).optional_phases
 
 
 def _runner_span(rec: dict[str, Any], facts: dict[str, Any]) -> dict[str, float]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import asdict
 import sys
 import time
 import traceback
@@ -17,7 +18,7 @@ from typing import Any
 from runners import environment
 from runners.agreement import token_agreement
 from runners.engines import engine_class
-from runners.engines.base import Engine
+from runners.engines.base import Engine, Shape
 from runners.job import Job, JobError, ModelSpec
 from runners.meters import MeterSet
 from runners.record import RECORD_SCHEMA_ID, joules_per_token, write_json_atomic
@@ -77,6 +78,13 @@ def _stats(values: list[float]) -> dict[str, float] | None:
     q = statistics.quantiles(vals, n=10) if len(vals) > 1 else [vals[0]] * 9
     return {"mean": statistics.fmean(vals), "p50": statistics.median(vals), "p90": q[8], "min": min(vals),
             "max": max(vals)}
+
+
+def work_shape(job: Job, encoded: list[list[int]]) -> Shape:
+    """The work's dimensions, before any window: what engines size their context, caches and graphs by."""
+    lengths = [len(ids) for ids in encoded]
+    return Shape(batch_size=job.generation.batch_size, prompts=len(encoded), shortest_prompt=min(lengths),
+                 longest_prompt=max(lengths), max_new_tokens=job.generation.budget(max(lengths)))
 
 
 def _batches(items: list, size: int) -> list[list]:
@@ -153,20 +161,23 @@ class Trial:
                                "texts": [p.text for p in prompts], "methods": [p.method for p in prompts]}
             self._model_facts(model_dir)
 
+            batches = _batches(list(range(len(prompts))), job.generation.batch_size)
+            shape = work_shape(job, encoded)
+            rec["workload"]["shape"] = asdict(shape)
+
             self.enter("load")
             with meters.window("load") as w:
-                engine.load()
+                engine.load(shape)
                 engine.synchronize()
             rec["phases"]["load"] = w.result
 
-            if type(engine).compile is not Engine.compile:
+            if "compile" in engine.optional_phases:
                 self.enter("compile")
                 with meters.window("compile") as w:
-                    w.info.update(engine.compile() or {})
+                    w.info.update(engine.compile(shape) or {})
                     engine.synchronize()
                 rec["phases"]["compile"] = w.result
 
-            batches = _batches(list(range(len(prompts))), job.generation.batch_size)
             ignore_eos = job.generation.fixed_length
             if job.warmup.batches:
                 self.enter("warmup")

@@ -7,6 +7,7 @@ schedules them the way its runtime wants and reports which it did in ``describe(
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
@@ -20,10 +21,31 @@ if TYPE_CHECKING:  # the job contract imports the engine registry to validate jo
 StepHook = Callable[[], None]
 
 
+@dataclass(frozen=True)
+class Shape:
+    """The work's dimensions, computed by the runner from the tokenised workload before any window opens: what an
+    engine sizes its context, KV cache or compiled graphs by — so it never re-reads or re-tokenises the workload
+    inside a measured window."""
+
+    batch_size: int
+    prompts: int
+    shortest_prompt: int  # tokens
+    longest_prompt: int  # tokens
+    max_new_tokens: int  # the budget of the longest prompt's batch
+
+    @property
+    def context(self) -> int:
+        """Room one sequence needs: the longest prompt and its new tokens."""
+        return self.longest_prompt + self.max_new_tokens
+
+
 class Engine:
     name: ClassVar[str] = ""
     # device -> precisions this engine supports there; a device missing here is not supported at all.
     precisions: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # Phases beyond load/generate this engine has, declared (the runner and the orchestrator read this, they do not
+    # detect overrides): "prepare" (a conversion into the cache, in its own container), "compile" (its own window).
+    optional_phases: ClassVar[frozenset[str]] = frozenset()
     # engine_options this engine understands: name -> (type, one-line meaning)
     options: ClassVar[dict[str, tuple[type, str]]] = {
         "threads": (int, "CPU threads for the runtime (default: all visible cores)"),
@@ -66,11 +88,13 @@ class Engine:
         Returns facts for the record, at least {"cached": bool} (True: the conversion already existed)."""
         return {"cached": True, "artifact": str(self.model_dir), "conversion": "none"}
 
-    def load(self) -> None:
+    def load(self, shape: Shape) -> None:
+        """Load the prepared model for work of this shape: loading only (the load window measures it)."""
         raise NotImplementedError
 
-    def compile(self) -> dict[str, Any] | None:
-        """Optional ahead-of-time step with its own window (e.g. torch.compile); None when the engine has none."""
+    def compile(self, shape: Shape) -> dict[str, Any] | None:
+        """The ahead-of-time step of an engine that declares "compile" (e.g. torch.compile), in its own window;
+        returns facts for the record."""
         return None
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, ignore_eos: bool,

@@ -67,6 +67,7 @@ def gguf_tensor_types(path: Path) -> dict[str, int]:
 
 class LlamaCppEngine(Engine):
     name = "llamacpp"
+    optional_phases = frozenset({"prepare"})
     precisions = {"cpu": tuple(RECIPES), "cuda": tuple(RECIPES)}
     options = {
         "threads": (int, "CPU threads for decoding (llama n_threads; default: all visible cores)"),
@@ -217,7 +218,7 @@ class LlamaCppEngine(Engine):
             return {"checked": False, "reason": f"{type(e).__name__}: {e}"}
 
     # --- load -----------------------------------------------------------------------------------------------------
-    def load(self) -> None:
+    def load(self, shape) -> None:
         import llama_cpp
 
         if self.gguf is None:
@@ -234,8 +235,8 @@ class LlamaCppEngine(Engine):
             self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
 
             self.batching = opts.get("batching", "parallel")
-            n_seq = self.job.generation.batch_size if self.batching == "parallel" else 1
-            self.n_ctx_seq = self._context_per_sequence()
+            n_seq = shape.batch_size if self.batching == "parallel" else 1
+            self.n_ctx_seq = 256 * -(-(shape.context + 1) // 256)  # room per sequence, in llama.cpp's steps
             cparams = llama_cpp.llama_context_default_params()
             cparams.n_ctx = n_seq * self.n_ctx_seq
             cparams.n_seq_max = n_seq
@@ -269,14 +270,6 @@ class LlamaCppEngine(Engine):
         if self.job.device == "cuda" and not (offload and int(offload[-1].group(1)) > 0):
             raise RuntimeError(f"cuda asked but llama.cpp offloaded no layer to the GPU ({offloaded or 'no log'})")
         self.eos = self._eos_ids()
-
-    def _context_per_sequence(self) -> int:
-        """Room per sequence: the longest workload prompt + its new-token budget (the runner's own rule)."""
-        from runners.workload import load_prompts
-
-        longest = max(len(self.tokenizer(p.text)["input_ids"]) for p in load_prompts(self.job.workload, self.tokenizer))
-        need = longest + self.job.generation.budget(longest) + 1
-        return 256 * -(-need // 256)
 
     def _eos_ids(self) -> set[int]:
         # the same EOS set as the torch reference: the tokenizer's EOS and config.json's eos_token_id

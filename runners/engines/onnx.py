@@ -39,6 +39,7 @@ class ProviderFallback(RuntimeError):
 
 class OnnxEngine(Engine):
     name = "onnx"
+    optional_phases = frozenset({"prepare"})
     # CPU: fp32 and int8 dynamic quantisation (fp16 kernels on the CPU provider are partial and slow);
     # CUDA: fp32 and fp16 (ORT's integer MatMul kernels are CPU ones: int8 dynamic quantisation is no CUDA option).
     precisions = {"cpu": ("fp32", "int8"), "cuda": ("fp32", "fp16")}
@@ -86,7 +87,7 @@ class OnnxEngine(Engine):
         return _export(self.model_dir, out, self.job.precision)
 
     # --- load / generate ----------------------------------------------------------------------------------------------
-    def load(self) -> None:
+    def load(self, shape) -> None:
         import onnxruntime as ort
         import torch
         from optimum.onnxruntime import ORTModelForCausalLM

@@ -40,6 +40,7 @@ KV_CACHE_PRECISIONS = ("f32", "f16", "bf16", "u8")
 
 class OpenVinoEngine(Engine):
     name = "openvino"
+    optional_phases = frozenset({"prepare", "compile"})
     precisions = {"cpu": ("fp32", "bf16", "int8")}
     options = {
         **Engine.options,
@@ -129,7 +130,7 @@ class OpenVinoEngine(Engine):
             config["INFERENCE_NUM_THREADS"] = str(self.threads())
         return config
 
-    def load(self) -> None:
+    def load(self, shape) -> None:
         from optimum.intel import OVModelForCausalLM
 
         artifact = Path(self.conversion.get("artifact") or "")
@@ -141,7 +142,7 @@ class OpenVinoEngine(Engine):
         if self.kv_mode == "stateful" and not self.model.stateful:
             raise RuntimeError(f"the IR at {artifact} was exported stateful but optimum-intel loaded it stateless")
 
-    def compile(self) -> dict[str, Any]:
+    def compile(self, shape) -> dict[str, Any]:
         self.model.compile()
         request = self.model.request
         compiled = request.get_compiled_model() if hasattr(request, "get_compiled_model") else request

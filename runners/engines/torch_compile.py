@@ -23,6 +23,7 @@ _COMPILE_TEXT = ("def add(a, b):\n    return a + b\n\nfor i in range(10):\n    p
 
 class TorchCompileEngine(TorchEngine):
     name = "torch-compile"
+    optional_phases = frozenset({"compile"})
     options = {
         **TorchEngine.options,
         "compile_mode": (str, "torch.compile mode: default | reduce-overhead | max-autotune | "
@@ -38,7 +39,7 @@ class TorchCompileEngine(TorchEngine):
             raise JobError("engine_options.compile_mode", f"unknown value {options['compile_mode']!r}",
                            f"use one of: {', '.join(MODES)}")
 
-    def compile(self) -> dict[str, Any]:
+    def compile(self, shape) -> dict[str, Any]:
         import torch
         from torch._dynamo.utils import counters
 
@@ -49,7 +50,7 @@ class TorchCompileEngine(TorchEngine):
                                  "mode": opts.get("compile_mode", "default"), "dynamic": opts.get("dynamic", True)}
         self.model.forward = torch.compile(self.model.forward, **self.compile_settings)
         runs = []
-        for batch in self._compile_batches():
+        for batch in self._compile_batches(shape):
             t0 = time.perf_counter()
             greedy_generate(self.model, self.tokenizer, batch, 3, True, lambda: None, self.device)
             self.synchronize()
@@ -59,13 +60,12 @@ class TorchCompileEngine(TorchEngine):
         return {**self.compile_settings, "runs": runs, "graphs": self.graphs_after_compile,
                 "graph_breaks": sum(counters["graph_break"].values())}
 
-    def _compile_batches(self) -> list[list[list[int]]]:
+    def _compile_batches(self, shape) -> list[list[list[int]]]:
         """Two generations shaped like the measured ones: the job's batch size, lengths at both ends of the
         workload's token window (a batch of several prompts has left padding, as the measured batches do)."""
         ids = self.tokenizer(_COMPILE_TEXT)["input_ids"]
-        w = self.job.workload
-        size = self.job.generation.batch_size
-        lo, hi = max(2, w.min_tokens), max(2, w.max_tokens)
+        size = shape.batch_size
+        lo, hi = max(2, shape.shortest_prompt), max(2, shape.longest_prompt)
         batches = []
         for first in (hi, lo):
             lengths = [first] + [lo + (i % (hi - lo + 1)) for i in range(1, size)]

@@ -18,7 +18,7 @@ class TorchEngine(Engine):
         "attn_implementation": (str, "transformers attention kernel: eager | sdpa (default: the model's default)"),
     }
 
-    def load(self) -> None:
+    def load(self, shape) -> None:
         import torch
         from transformers import AutoModelForCausalLM
 

@@ -31,6 +31,7 @@ def cpu_bind_list(threads: int) -> str:
 
 class VllmEngine(Engine):
     name = "vllm"
+    optional_phases = frozenset({"compile"})
     precisions = {"cuda": ("fp32", "fp16", "bf16"), "cpu": ("fp32", "bf16")}
     options = {
         "threads": (int, "cpu: OpenMP threads, bound to the first N visible CPUs (VLLM_CPU_OMP_THREADS_BIND; "
@@ -75,7 +76,7 @@ class VllmEngine(Engine):
                                "lower tensor_parallel_size or run on a host with more GPUs")
 
     # --- load / start-up ------------------------------------------------------------------------------------------
-    def load(self) -> None:
+    def load(self, shape) -> None:
         opts = self.job.engine_options
         if self.job.device == "cpu":
             # read by vLLM's CPU platform and worker at start-up: set before the engine exists
@@ -86,15 +87,15 @@ class VllmEngine(Engine):
         import vllm  # noqa: F401  (heavy import: its own part of the load window)
 
         self._facts["import_s"] = round(time.perf_counter() - t0, 3)
-        self.max_model_len = int(opts.get("max_model_len") or self._context_per_sequence())
+        self.max_model_len = int(opts.get("max_model_len") or 64 * -(-(shape.context + 1) // 64))
 
-    def compile(self) -> dict[str, Any]:
+    def compile(self, shape) -> dict[str, Any]:
         from vllm import LLM
 
         opts = self.job.engine_options
         kwargs: dict[str, Any] = dict(
             model=str(self.model_dir), tokenizer=str(self.model_dir), dtype=DTYPES[self.job.precision],
-            seed=self.job.seed, max_model_len=self.max_model_len, max_num_seqs=self.job.generation.batch_size,
+            seed=self.job.seed, max_model_len=self.max_model_len, max_num_seqs=shape.batch_size,
             enforce_eager=bool(opts.get("enforce_eager", False)),
             # "vllm": the model's generation_config.json must not bring sampling defaults (penalties, top-k…) in
             generation_config="vllm", trust_remote_code=False,
@@ -110,13 +111,6 @@ class VllmEngine(Engine):
         return {"what": "vLLM engine start-up: LLM(...) = load weights, profile memory, allocate the KV cache, "
                         "torch.compile and CUDA-graph capture unless enforce_eager",
                 "startup_s": round(startup, 3), "enforce_eager": kwargs["enforce_eager"]}
-
-    def _context_per_sequence(self) -> int:
-        from runners.workload import load_prompts
-
-        longest = max(len(self.tokenizer(p.text)["input_ids"]) for p in load_prompts(self.job.workload, self.tokenizer))
-        need = longest + self.job.generation.budget(longest) + 1
-        return 64 * -(-need // 64)
 
     def _engine_facts(self) -> dict[str, Any]:
         facts: dict[str, Any] = {}
