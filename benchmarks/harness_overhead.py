@@ -17,10 +17,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from orchestrator import fixtures  # noqa: E402
+from runners.engines.options import EngineContext  # noqa: E402
 from runners.engines.torch_engine import TorchEngine  # noqa: E402
 from runners.job import MeterSpec, parse_job  # noqa: E402
 from runners.meters import MeterSet  # noqa: E402
-from runners.runner import load_tokenizer  # noqa: E402
+from runners.runner import load_tokenizer, work_shape  # noqa: E402
 from runners.workload import load_prompts  # noqa: E402
 
 
@@ -38,8 +39,9 @@ def main() -> None:
                      "workload": {"count": args.prompts}, "generation": {"new_tokens": args.new_tokens}})
     tok = load_tokenizer(model_dir)
     prompts = [tok(p.text)["input_ids"] for p in load_prompts(job.workload, tok)]
-    engine = TorchEngine(job, model_dir, tok, None)
-    engine.load()
+    engine = TorchEngine(EngineContext(device="cpu", precision="fp32", model_dir=Path(model_dir),
+                                       model_name=job.model.name, cache_dir=None), tok, TorchEngine.check_options({}))
+    engine.load(work_shape(job, prompts))
     engine.generate(prompts[:1], 8, True, lambda: None)  # warm-up
 
     def plain() -> float:

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import asdict
 import sys
 import time
 import traceback
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from runners import environment
 from runners.agreement import token_agreement
 from runners.engines import engine_class
 from runners.engines.base import Engine, Shape
+from runners.engines.options import EngineContext
 from runners.job import Job, JobError, ModelSpec
 from runners.meters import MeterSet
 from runners.record import RECORD_SCHEMA_ID, joules_per_token, write_json_atomic
@@ -122,122 +123,131 @@ class Trial:
                                 "traceback": None if isinstance(error, JobError) else traceback.format_exc(limit=8)}
 
     def run(self) -> dict[str, Any]:
+        """The phases in order; each measured one in its own window. Whatever breaks, the record says where."""
         job = self.job
         assert job is not None
         rec = self.record
         rec["environment"] = environment.collect(job.trial)
         self.enter("meters")
-        meters = MeterSet.create(job.meters, job.device)
-        engine: Engine | None = None
+        self.meters = MeterSet.create(job.meters, job.device)
+        self.engine: Engine | None = None
         try:
-            rec["environment"]["meters"] = meters.describe()
+            rec["environment"]["meters"] = self.meters.describe()
             if job.meters.idle_seconds > 0:
-                self.enter("idle")
-                context = open_device_context(job.device)  # idle as the trial will idle: its device context open
-                rec["idle"] = {**meters.idle(job.meters.idle_seconds), "device_context": context}
-            self.enter("model")
-            model_dir = resolve_model(job.model)
-            tokenizer = load_tokenizer(model_dir)
-            cache_dir = Path(job.cache_dir) if job.cache_dir else None
-            engine = engine_class(job.engine)(job, model_dir, tokenizer, cache_dir)
-            self.enter("host")
-            engine.check_host()
-
-            self.enter("prepare")
-            with meters.window("prepare") as w:
-                w.info.update(engine.prepare())
-            rec["phases"]["prepare"] = w.result
-            if self.mode == "prepare":
-                rec["engine"]["details"] = engine.describe()
-                rec["status"] = "ok"
-                return rec
-
-            self.enter("workload")
-            prompts = load_prompts(job.workload, tokenizer)
-            encoded = [tokenizer(p.text)["input_ids"] for p in prompts]
-            rec["workload"] = {"dataset": job.workload.dataset, "style": job.workload.style,
-                               "seed": job.workload.seed, "selection": job.workload.selection,
-                               "prompts": len(prompts), "task_ids": [p.task_id for p in prompts],
-                               "texts": [p.text for p in prompts], "methods": [p.method for p in prompts]}
-            self._model_facts(model_dir)
-
-            batches = _batches(list(range(len(prompts))), job.generation.batch_size)
-            shape = work_shape(job, encoded)
-            rec["workload"]["shape"] = asdict(shape)
-
-            self.enter("load")
-            with meters.window("load") as w:
-                engine.load(shape)
-                engine.synchronize()
-            rec["phases"]["load"] = w.result
-
-            if "compile" in engine.optional_phases:
-                self.enter("compile")
-                with meters.window("compile") as w:
-                    w.info.update(engine.compile(shape) or {})
-                    engine.synchronize()
-                rec["phases"]["compile"] = w.result
-
-            ignore_eos = job.generation.fixed_length
-            if job.warmup.batches:
-                self.enter("warmup")
-                with meters.window("warmup", {"batches": job.warmup.batches}) as w:
-                    for k in range(job.warmup.batches):
-                        batch = [encoded[i] for i in batches[k % len(batches)]]
-                        engine.generate(batch, self._budget(batch), ignore_eos, lambda: None)
-                    engine.synchronize()
-                rec["phases"]["warmup"] = w.result
-
-            self.enter("generate")
-            per_prompt = []
-            with meters.window("generate", {"batches": len(batches)}) as w:
-                for b, members in enumerate(batches):
-                    batch = [encoded[i] for i in members]
-                    steps: list[float] = []
-
-                    def on_step(steps=steps):
-                        engine.synchronize()
-                        steps.append(time.perf_counter())
-
-                    engine.synchronize()
-                    t0 = time.perf_counter()
-                    outputs = engine.generate(batch, self._budget(batch), ignore_eos, on_step)
-                    engine.synchronize()
-                    t1 = time.perf_counter()
-                    ttft = (steps[0] - t0) if steps else None
-                    for i, out in zip(members, outputs):
-                        n = len(out)
-                        tpot = ((t1 - steps[0]) / (n - 1)) if steps and n > 1 else None
-                        per_prompt.append({"index": i, "task_id": prompts[i].task_id, "batch": b,
-                                           "prompt_tokens": len(encoded[i]), "new_tokens": n,
-                                           "latency_s": t1 - t0, "ttft_s": ttft, "tpot_s": tpot,
-                                           "output_ids": [int(t) for t in out]})
-            gen = w.result
-            rec["phases"]["generate"] = gen
-            rec["per_prompt"] = per_prompt
-            rec["engine"]["details"] = engine.describe()
-            self._summarise(gen, per_prompt, len(batches), w.intensity_g_per_kwh)
-
-            if job.reference:
-                self.enter("agreement")
-                reference = json.loads(Path(job.reference).read_text())
-                rec["agreement"] = token_agreement(rec, reference, job.reference)
+                self._idle()
+            self._model_and_workload()
+            self._engine()
+            self._window("prepare", lambda: self.engine.prepare(self.prompts))
+            if self.mode == "run":
+                self._window("load", lambda: self.engine.load(self.shape))
+                if "compile" in self.engine.optional_phases:
+                    self._window("compile", lambda: self.engine.compile(self.shape))
+                if job.warmup.batches:
+                    self._window("warmup", self._warmup, {"batches": job.warmup.batches})
+                self._generate()
+                if job.reference:
+                    self.enter("agreement")
+                    reference = json.loads(Path(job.reference).read_text())
+                    rec["agreement"] = token_agreement(rec, reference, job.reference)
+            rec["engine"]["details"] = self.engine.describe()
             rec["status"] = "ok"
             rec["error"] = None
         except BaseException as e:  # noqa: BLE001 — every failure becomes a record; KeyboardInterrupt too
             self.fail(e)
-            if engine is not None:
+            if self.engine is not None:
                 try:
-                    rec["engine"]["details"] = engine.describe()
+                    rec["engine"]["details"] = self.engine.describe()
                 except Exception:
                     pass
             if isinstance(e, KeyboardInterrupt):
                 raise
         finally:
-            if engine is not None:
-                engine.close()
-            meters.close()
+            if self.engine is not None:
+                self.engine.close()
+            self.meters.close()
         return rec
+
+    # --- the phases ---------------------------------------------------------------------------------------------------
+    def _idle(self) -> None:
+        self.enter("idle")
+        context = open_device_context(self.job.device)  # idle as the trial will idle: its device context open
+        self.record["idle"] = {**self.meters.idle(self.job.meters.idle_seconds), "device_context": context}
+
+    def _model_and_workload(self) -> None:
+        """The model folder, its tokenizer, the prompts tokenised once, and the Shape engines size themselves by —
+        all before any window."""
+        job = self.job
+        self.enter("model")
+        self.model_dir = resolve_model(job.model)
+        self.tokenizer = load_tokenizer(self.model_dir)
+        self._model_facts(self.model_dir)
+        self.enter("workload")
+        self.prompts = load_prompts(job.workload, self.tokenizer)
+        self.encoded = [self.tokenizer(p.text)["input_ids"] for p in self.prompts]
+        self.batches = _batches(list(range(len(self.prompts))), job.generation.batch_size)
+        self.shape = work_shape(job, self.encoded)
+        self.record["workload"] = {
+            "dataset": job.workload.dataset, "style": job.workload.style, "seed": job.workload.seed,
+            "selection": job.workload.selection, "prompts": len(self.prompts),
+            "task_ids": [p.task_id for p in self.prompts], "texts": [p.text for p in self.prompts],
+            "methods": [p.method for p in self.prompts], "shape": asdict(self.shape)}
+
+    def _engine(self) -> None:
+        job = self.job
+        self.enter("host")
+        cls = engine_class(job.engine)
+        context = EngineContext(device=job.device, precision=job.precision, model_dir=self.model_dir,
+                                model_name=job.model.name, cache_dir=Path(job.cache_dir) if job.cache_dir else None,
+                                seed=job.seed)
+        self.engine = cls(context, self.tokenizer, cls.check_options(job.engine_options))
+        self.engine.check_host()
+
+    def _window(self, phase: str, work: Callable[[], dict[str, Any] | None], info: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+        """One measured phase: the work, then the device synchronised, inside the same window."""
+        self.enter(phase)
+        with self.meters.window(phase, info) as w:
+            w.info.update(work() or {})
+            self.engine.synchronize()
+        self.record["phases"][phase] = w.result
+        return w.result
+
+    def _warmup(self) -> None:
+        ignore_eos = self.job.generation.fixed_length
+        for k in range(self.job.warmup.batches):
+            batch = [self.encoded[i] for i in self.batches[k % len(self.batches)]]
+            self.engine.generate(batch, self._budget(batch), ignore_eos, lambda: None)
+
+    def _generate(self) -> None:
+        """The measured generation: every batch, with per-prompt latency, TTFT and TPOT from the engine's steps."""
+        engine, encoded, ignore_eos = self.engine, self.encoded, self.job.generation.fixed_length
+        per_prompt = []
+        self.enter("generate")
+        with self.meters.window("generate", {"batches": len(self.batches)}) as w:
+            for b, members in enumerate(self.batches):
+                batch = [encoded[i] for i in members]
+                steps: list[float] = []
+
+                def on_step(steps=steps):
+                    engine.synchronize()
+                    steps.append(time.perf_counter())
+
+                engine.synchronize()
+                t0 = time.perf_counter()
+                outputs = engine.generate(batch, self._budget(batch), ignore_eos, on_step)
+                engine.synchronize()
+                t1 = time.perf_counter()
+                ttft = (steps[0] - t0) if steps else None
+                for i, out in zip(members, outputs):
+                    n = len(out)
+                    tpot = ((t1 - steps[0]) / (n - 1)) if steps and n > 1 else None
+                    per_prompt.append({"index": i, "task_id": self.prompts[i].task_id, "batch": b,
+                                       "prompt_tokens": len(encoded[i]), "new_tokens": n,
+                                       "latency_s": t1 - t0, "ttft_s": ttft, "tpot_s": tpot,
+                                       "output_ids": [int(t) for t in out]})
+        self.record["phases"]["generate"] = w.result
+        self.record["per_prompt"] = per_prompt
+        self._summarise(w.result, per_prompt, len(self.batches), w.intensity_g_per_kwh)
 
     def _budget(self, batch: list[list[int]]) -> int:
         assert self.job is not None

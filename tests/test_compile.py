@@ -47,15 +47,18 @@ def test_bad_compile_mode_is_a_job_error():
 
 
 def test_compile_batches_have_the_jobs_batch_size_and_token_window(tiny):
+    from runners.engines.base import Shape
+    from runners.engines.options import EngineContext
     from runners.engines.torch_compile import TorchCompileEngine
     from runners.runner import load_tokenizer
 
-    job = parse_job(body(tiny["llama"], engine="torch-compile", batch=3))
-    engine = TorchCompileEngine(job, tiny["llama"], load_tokenizer(tiny["llama"]), None)
-    batches = engine._compile_batches()
+    ctx = EngineContext(device="cpu", precision="fp32", model_dir=tiny["llama"], model_name="tiny", cache_dir=None)
+    engine = TorchCompileEngine(ctx, load_tokenizer(tiny["llama"]), TorchCompileEngine.check_options({}))
+    shape = Shape(batch_size=3, prompts=8, shortest_prompt=10, longest_prompt=15, max_new_tokens=32)
+    batches = engine._compile_batches(shape)
     assert [len(b) for b in batches] == [3, 3]
     lengths = {len(p) for b in batches for p in b}
-    assert min(lengths) == job.workload.min_tokens and max(lengths) == job.workload.max_tokens
+    assert min(lengths) == shape.shortest_prompt and max(lengths) == shape.longest_prompt
 
 
 # ---------------------------------------------------------------------------------------------- through the image

@@ -8,13 +8,10 @@ schedules them the way its runtime wants and reports which it did in ``describe(
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
+from runners.engines.options import EngineContext, Options
 from runners.errors import JobError
-
-if TYPE_CHECKING:  # the job contract imports the engine registry to validate jobs: no import cycle at run time
-    from runners.job import Job
 
 # Called by the engine right after each decode step's tokens exist (on the host, device synchronised), so the runner
 # can time the first token and the steps after it without knowing the runtime.
@@ -46,33 +43,30 @@ class Engine:
     # Phases beyond load/generate this engine has, declared (the runner and the orchestrator read this, they do not
     # detect overrides): "prepare" (a conversion into the cache, in its own container), "compile" (its own window).
     optional_phases: ClassVar[frozenset[str]] = frozenset()
-    # engine_options this engine understands: name -> (type, one-line meaning)
-    options: ClassVar[dict[str, tuple[type, str]]] = {
-        "threads": (int, "CPU threads for the runtime (default: all visible cores)"),
-    }
+    # engine_options this engine understands: a typed dataclass (runners/engines/options.py) that validates itself
+    Options: ClassVar[type[Options]] = Options
+    # name -> (type, one-line meaning), derived from Options: for help texts
+    options: ClassVar[dict[str, tuple[type, str]]] = Options.described()
 
-    def __init__(self, job: Job, model_dir: Path, tokenizer: Any, cache_dir: Path | None):
-        self.job = job
-        self.model_dir = model_dir
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.options = cls.Options.described()
+
+    def __init__(self, ctx: EngineContext, tokenizer: Any, options: Options):
+        self.ctx = ctx
         self.tokenizer = tokenizer
-        self.cache_dir = cache_dir
+        self.options = options
+        self.model_dir, self.cache_dir = ctx.model_dir, ctx.cache_dir
 
     # --- validation ---------------------------------------------------------------------------------------------
     @classmethod
-    def check_options(cls, options: dict[str, Any]) -> None:
-        for key, value in options.items():
-            if key not in cls.options:
-                allowed = ", ".join(sorted(cls.options)) or "none"
-                raise JobError(f"engine_options.{key}", f"engine {cls.name!r} has no such option",
-                               f"remove it; options of {cls.name!r}: {allowed}")
-            kind, _ = cls.options[key]
-            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-                raise JobError(f"engine_options.{key}", f"must be {kind.__name__}, got {value!r}",
-                               f"give it a {kind.__name__} value")
+    def check_options(cls, options: dict[str, Any]) -> Options:
+        """The job's engine_options as this engine's typed Options; JobError naming the field and the fix."""
+        return cls.Options.parse(options, cls.name)
 
     def check_host(self) -> None:
         """Raise JobError when this host cannot run the job (e.g. CUDA asked, none visible)."""
-        if self.job.device == "cuda":
+        if self.ctx.device == "cuda":
             from runners.environment import cuda_problem
 
             problem = cuda_problem()
@@ -82,8 +76,9 @@ class Engine:
                                "or set device to \"cpu\"")
 
     # --- phases ---------------------------------------------------------------------------------------------------
-    def prepare(self) -> dict[str, Any]:
-        """Convert the model for this runtime into the cache (outside any measured window). Idempotent.
+    def prepare(self, prompts: list) -> dict[str, Any]:
+        """Convert the model for this runtime into the cache (outside any measured window). Idempotent. ``prompts``
+        (the workload's, runners.workload.Prompt) let a converter check its own tokenizer against them.
 
         Returns facts for the record, at least {"cached": bool} (True: the conversion already existed)."""
         return {"cached": True, "artifact": str(self.model_dir), "conversion": "none"}
@@ -115,6 +110,4 @@ class Engine:
 
     # --- helpers ----------------------------------------------------------------------------------------------------
     def threads(self) -> int:
-        import os
-
-        return int(self.job.engine_options.get("threads") or len(os.sched_getaffinity(0)))
+        return int(self.options.threads or EngineContext.visible_cpus())

@@ -19,10 +19,12 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runners.engines._conversion import ConversionError, architecture, ensure, versions
+from runners.engines import options as o
 from runners.engines.base import Engine, StepHook
 from runners.errors import JobError
 
@@ -69,42 +71,33 @@ class LlamaCppEngine(Engine):
     name = "llamacpp"
     optional_phases = frozenset({"prepare"})
     precisions = {"cpu": tuple(RECIPES), "cuda": tuple(RECIPES)}
-    options = {
-        "threads": (int, "CPU threads for decoding (llama n_threads; default: all visible cores)"),
-        "threads_batch": (int, "CPU threads for prompt processing (n_threads_batch; default: = threads)"),
-        "batching": (str, "parallel (default: the batch's prompts as parallel sequences of one context) | "
-                          "sequential (one prompt after the other)"),
-        "n_gpu_layers": (int, "layers offloaded to the GPU on cuda (default -1 = all); ignored on cpu (0)"),
-        "flash_attn": (str, "auto (default) | on | off"),
-        "n_batch": (int, "logical batch size for prompt processing (default: llama.cpp's, 2048)"),
-        "n_ubatch": (int, "physical batch size (default: llama.cpp's, 512)"),
-    }
 
-    def __init__(self, job, model_dir, tokenizer, cache_dir):
-        super().__init__(job, model_dir, tokenizer, cache_dir)
+    @dataclass(frozen=True)
+    class Options(o.Options):
+        threads: int | None = o.option(None, "CPU threads for decoding (llama n_threads; default: all visible "
+                                             "cores)", minimum=1)
+        threads_batch: int | None = o.option(None, "CPU threads for prompt processing (n_threads_batch; default: "
+                                                   "= threads)", minimum=1)
+        batching: str = o.option("parallel", "parallel (the batch's prompts as parallel sequences of one context) "
+                                             "| sequential (one prompt after the other)", choices=BATCHING)
+        n_gpu_layers: int = o.option(-1, "layers offloaded to the GPU on cuda (-1 = all); ignored on cpu (0)")
+        flash_attn: str = o.option("auto", "auto | on | off", choices=FLASH_ATTN)
+        n_batch: int | None = o.option(None, "logical batch size for prompt processing (default: llama.cpp's, "
+                                             "2048)", minimum=1)
+        n_ubatch: int | None = o.option(None, "physical batch size (default: llama.cpp's, 512)", minimum=1)
+
+    def __init__(self, ctx, tokenizer, options):
+        super().__init__(ctx, tokenizer, options)
         self.gguf: Path | None = None
         self.conversion: dict[str, Any] = {}
         self.tokenizer_agreement: dict[str, Any] | None = None
-        self.model = self.ctx = None
+        self.model = self.lctx = None
         self._batch = None
         self._logs: list[str] = []
         self._facts: dict[str, Any] = {}
 
-    @classmethod
-    def check_options(cls, options: dict[str, Any]) -> None:
-        super().check_options(options)
-        if options.get("batching", "parallel") not in BATCHING:
-            raise JobError("engine_options.batching", f"unknown value {options['batching']!r}",
-                           f"use one of: {', '.join(BATCHING)}")
-        if options.get("flash_attn", "auto") not in FLASH_ATTN:
-            raise JobError("engine_options.flash_attn", f"unknown value {options['flash_attn']!r}",
-                           f"use one of: {', '.join(FLASH_ATTN)}")
-        for key in ("threads", "threads_batch", "n_batch", "n_ubatch"):
-            if key in options and options[key] < 1:
-                raise JobError(f"engine_options.{key}", f"must be ≥ 1, got {options[key]}", f"set {key} to 1 or more")
-
     def check_host(self) -> None:
-        if self.job.device != "cuda":
+        if self.ctx.device != "cuda":
             return
         import llama_cpp
 
@@ -119,12 +112,12 @@ class LlamaCppEngine(Engine):
                            "run cuda jobs on a host with an NVIDIA GPU (and the NVIDIA container runtime)")
 
     # --- prepare ------------------------------------------------------------------------------------------------
-    def prepare(self) -> dict[str, Any]:
+    def prepare(self, prompts: list) -> dict[str, Any]:
         t0 = time.perf_counter()
-        facts = self._ensure(self.job.precision)
+        facts = self._ensure(self.ctx.precision)
         self.gguf = Path(facts["artifact"])
         self.conversion = facts
-        self.tokenizer_agreement = self._tokenizer_check(self.gguf)
+        self.tokenizer_agreement = self._tokenizer_check(self.gguf, prompts)
         return {**facts, "prepare_s": round(time.perf_counter() - t0, 3),
                 "tokenizer_agreement": self.tokenizer_agreement}
 
@@ -145,7 +138,7 @@ class LlamaCppEngine(Engine):
             return {**facts, "tensor_types": gguf_tensor_types(out),
                     "llama_cpp_python": versions("llama_cpp_python")["llama_cpp_python"]}
 
-        facts = ensure(self.cache_dir, ENGINE_DIR, self.job.model.name, self.model_dir, precision, convert,
+        facts = ensure(self.cache_dir, ENGINE_DIR, self.ctx.model_name, self.model_dir, precision, convert,
                        is_complete=lambda dest: (dest / GGUF_NAME).is_file())
         return {**facts, "artifact": str(Path(facts["artifact"]) / GGUF_NAME)}
 
@@ -159,7 +152,7 @@ class LlamaCppEngine(Engine):
         (out.parent / "convert.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0 or not out.is_file():
             arch = architecture(self.model_dir)
-            raise ConversionError(f"llama.cpp's convert_hf_to_gguf.py rejected {self.job.model.name} ({arch}): "
+            raise ConversionError(f"llama.cpp's convert_hf_to_gguf.py rejected {self.ctx.model_name} ({arch}): "
                                   f"{_converter_reason(proc.stderr + proc.stdout)}")
         return {"conversion": "convert_hf_to_gguf.py", "converter": str(converter), "outtype": outtype}
 
@@ -180,14 +173,11 @@ class LlamaCppEngine(Engine):
         return {"conversion": "llama_model_quantize", "ftype": ftype_name, "threads": params.nthread,
                 "fallbacks": fallbacks[:20], "fallback_count": len(fallbacks)}
 
-    def _tokenizer_check(self, gguf: Path) -> dict[str, Any]:
+    def _tokenizer_check(self, gguf: Path, prompts: list) -> dict[str, Any]:
         """Tokenise the workload's prompts with the GGUF's own tokenizer and compare with the HF ids."""
-        from runners.workload import load_prompts
-
         try:
             import llama_cpp
 
-            prompts = load_prompts(self.job.workload, self.tokenizer)
             llama_cpp.llama_backend_init()
             params = llama_cpp.llama_model_default_params()
             params.vocab_only = True
@@ -223,10 +213,10 @@ class LlamaCppEngine(Engine):
 
         if self.gguf is None:
             raise RuntimeError("prepare() must run before load()")
-        opts = self.job.engine_options
+        opts = self.options
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = opts.get("n_gpu_layers", -1) if self.job.device == "cuda" else 0
+        mparams.n_gpu_layers = opts.n_gpu_layers if self.ctx.device == "cuda" else 0
         with _captured_log() as log:
             self.model = llama_cpp.llama_model_load_from_file(str(self.gguf).encode(), mparams)
             if not self.model:
@@ -234,40 +224,40 @@ class LlamaCppEngine(Engine):
             self.vocab = llama_cpp.llama_model_get_vocab(self.model)
             self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
 
-            self.batching = opts.get("batching", "parallel")
+            self.batching = opts.batching
             n_seq = shape.batch_size if self.batching == "parallel" else 1
             self.n_ctx_seq = 256 * -(-(shape.context + 1) // 256)  # room per sequence, in llama.cpp's steps
             cparams = llama_cpp.llama_context_default_params()
             cparams.n_ctx = n_seq * self.n_ctx_seq
             cparams.n_seq_max = n_seq
             cparams.n_threads = self.threads()
-            cparams.n_threads_batch = int(opts.get("threads_batch") or self.threads())
-            cparams.flash_attn_type = FLASH_ATTN[opts.get("flash_attn", "auto")]
+            cparams.n_threads_batch = int(opts.threads_batch or self.threads())
+            cparams.flash_attn_type = FLASH_ATTN[opts.flash_attn]
             cparams.no_perf = False
-            if "n_batch" in opts:
-                cparams.n_batch = opts["n_batch"]
-            if "n_ubatch" in opts:
-                cparams.n_ubatch = opts["n_ubatch"]
-            self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
-            if not self.ctx:
+            if opts.n_batch:
+                cparams.n_batch = opts.n_batch
+            if opts.n_ubatch:
+                cparams.n_ubatch = opts.n_ubatch
+            self.lctx = llama_cpp.llama_init_from_model(self.model, cparams)
+            if not self.lctx:
                 raise RuntimeError(f"llama.cpp could not create a context (n_ctx {cparams.n_ctx}, n_seq {n_seq}): "
                                    f"{_converter_reason(''.join(log))}")
         self._logs = log
-        self.n_batch = llama_cpp.llama_n_batch(self.ctx)
+        self.n_batch = llama_cpp.llama_n_batch(self.lctx)
         self._batch = llama_cpp.llama_batch_init(max(self.n_batch, n_seq), 0, 1)
         offload = [m for line in log for m in [re.search(r"offloaded (\d+)/(\d+) layers to GPU", line)] if m]
         offloaded = offload[-1].group(0) if offload else None
         self._facts = {
-            "n_ctx": llama_cpp.llama_n_ctx(self.ctx), "n_ctx_seq": llama_cpp.llama_n_ctx_seq(self.ctx),
-            "n_seq_max": llama_cpp.llama_n_seq_max(self.ctx), "n_batch": self.n_batch,
-            "n_ubatch": llama_cpp.llama_n_ubatch(self.ctx), "n_threads": llama_cpp.llama_n_threads(self.ctx),
-            "n_threads_batch": llama_cpp.llama_n_threads_batch(self.ctx), "kv_unified": bool(cparams.kv_unified),
-            "flash_attn": opts.get("flash_attn", "auto"), "n_gpu_layers": mparams.n_gpu_layers,
+            "n_ctx": llama_cpp.llama_n_ctx(self.lctx), "n_ctx_seq": llama_cpp.llama_n_ctx_seq(self.lctx),
+            "n_seq_max": llama_cpp.llama_n_seq_max(self.lctx), "n_batch": self.n_batch,
+            "n_ubatch": llama_cpp.llama_n_ubatch(self.lctx), "n_threads": llama_cpp.llama_n_threads(self.lctx),
+            "n_threads_batch": llama_cpp.llama_n_threads_batch(self.lctx), "kv_unified": bool(cparams.kv_unified),
+            "flash_attn": opts.flash_attn, "n_gpu_layers": mparams.n_gpu_layers,
             "n_layer": llama_cpp.llama_model_n_layer(self.model), "offload": offloaded,
             "model_params": llama_cpp.llama_model_n_params(self.model),
             "model_bytes": llama_cpp.llama_model_size(self.model), "model_desc": _model_desc(llama_cpp, self.model),
         }
-        if self.job.device == "cuda" and not (offload and int(offload[-1].group(1)) > 0):
+        if self.ctx.device == "cuda" and not (offload and int(offload[-1].group(1)) > 0):
             raise RuntimeError(f"cuda asked but llama.cpp offloaded no layer to the GPU ({offloaded or 'no log'})")
         self.eos = self._eos_ids()
 
@@ -298,7 +288,7 @@ class LlamaCppEngine(Engine):
         n = len(prompts)
         if any(len(p) + max_new > self.n_ctx_seq for p in prompts):
             raise RuntimeError(f"a prompt + {max_new} new tokens exceeds the context per sequence ({self.n_ctx_seq})")
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.lctx), True)
         batch = self._batch
         out: list[list[int]] = [[] for _ in range(n)]
 
@@ -311,13 +301,13 @@ class LlamaCppEngine(Engine):
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = seq
                 batch.logits[i] = want
-            rc = llama_cpp.llama_decode(self.ctx, batch)
+            rc = llama_cpp.llama_decode(self.lctx, batch)
             if rc != 0:
                 raise RuntimeError(f"llama_decode returned {rc}")
             rows = sum(1 for it in items if it[3])
             if not rows:
                 return []
-            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.ctx), shape=(rows, self.n_vocab))
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.lctx), shape=(rows, self.n_vocab))
             return logits.argmax(axis=1).tolist()
 
         # prefill: every prompt's tokens, chunked by n_batch; logits only for each prompt's last token
@@ -349,13 +339,13 @@ class LlamaCppEngine(Engine):
         info: dict[str, Any] = {
             "library": "llama-cpp-python (low-level API)",
             "llama_cpp_python": versions("llama_cpp_python")["llama_cpp_python"],
-            "provider": "cuda" if self.job.device == "cuda" else "cpu",
+            "provider": "cuda" if self.ctx.device == "cuda" else "cpu",
             "gguf": str(self.gguf) if self.gguf else None,
             "gguf_type": self.conversion.get("outtype") or self.conversion.get("ftype"),
             "tensor_types": self.conversion.get("tensor_types"),
             "kv_cache": True,
             "sampling": "greedy: argmax of llama_get_logits (no sampler chain)",
-            "batching": None if self.ctx is None else (
+            "batching": None if self.lctx is None else (
                 "parallel sequences (one llama_context, one llama_decode per step for the whole batch)"
                 if self.batching == "parallel" else "sequential prompts (one llama_context, batch run one by one)"),
             "threads": self.threads(),
@@ -379,9 +369,9 @@ class LlamaCppEngine(Engine):
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
-        if self.ctx:
-            llama_cpp.llama_free(self.ctx)
-            self.ctx = None
+        if self.lctx:
+            llama_cpp.llama_free(self.lctx)
+            self.lctx = None
         if self.model:
             llama_cpp.llama_model_free(self.model)
             self.model = None

@@ -17,10 +17,12 @@ import os
 import re
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from runners.engines import _conversion
+from runners.engines import options as o
 from runners.engines.base import Engine, StepHook
 from runners.engines.hf_generate import greedy_generate
 from runners.errors import JobError
@@ -43,48 +45,37 @@ class OnnxEngine(Engine):
     # CPU: fp32 and int8 dynamic quantisation (fp16 kernels on the CPU provider are partial and slow);
     # CUDA: fp32 and fp16 (ORT's integer MatMul kernels are CPU ones: int8 dynamic quantisation is no CUDA option).
     precisions = {"cpu": ("fp32", "int8"), "cuda": ("fp32", "fp16")}
-    options = {
-        **Engine.options,
-        "io_binding": (bool, "bind inputs, outputs and past key/values on the device (default: on for cuda, "
-                             "off for cpu, as optimum does)"),
-        "graph_optimization": (str, "ONNX Runtime graph optimisation level: disabled | basic | extended | all "
-                                    "(default: all)"),
-    }
 
-    def __init__(self, job, model_dir, tokenizer, cache_dir):
-        super().__init__(job, model_dir, tokenizer, cache_dir)
+    @dataclass(frozen=True)
+    class Options(o.Options):
+        io_binding: bool | None = o.option(None, "bind inputs, outputs and past key/values on the device (default: "
+                                                 "on for cuda, off for cpu, as optimum does)")
+        graph_optimization: str = o.option("all", "ONNX Runtime graph optimisation level", choices=GRAPH_LEVELS)
+
+    def __init__(self, ctx, tokenizer, options):
+        super().__init__(ctx, tokenizer, options)
         self.model = None
         self.conversion: dict[str, Any] = {}
         self.session_facts: dict[str, Any] = {}
 
-    @classmethod
-    def check_options(cls, options: dict[str, Any]) -> None:
-        super().check_options(options)
-        if options.get("graph_optimization", "all") not in GRAPH_LEVELS:
-            raise JobError("engine_options.graph_optimization", f"unknown value {options['graph_optimization']!r}",
-                           f"use one of: {', '.join(GRAPH_LEVELS)}")
-        if "threads" in options and options["threads"] < 1:
-            raise JobError("engine_options.threads", f"must be ≥ 1, got {options['threads']}", "set threads to 1 "
-                                                                                                "or more")
-
     # --- prepare ----------------------------------------------------------------------------------------------------
-    def prepare(self) -> dict[str, Any]:
-        precision = self.job.precision
-        facts = _conversion.ensure(self.cache_dir, ENGINE_DIR, self.job.model.name, self.model_dir, precision,
+    def prepare(self, prompts: list) -> dict[str, Any]:
+        precision = self.ctx.precision
+        facts = _conversion.ensure(self.cache_dir, ENGINE_DIR, self.ctx.model_name, self.model_dir, precision,
                                    self._convert, is_complete=lambda d: (d / MODEL_FILE[precision]).is_file())
         self.conversion = facts
         return facts
 
     def _convert(self, out: Path) -> dict[str, Any]:
-        if self.job.precision == "int8":
+        if self.ctx.precision == "int8":
             # quantise the (cached) fp32 export: one export per model, whatever precisions are asked
-            source = _conversion.ensure(self.cache_dir, ENGINE_DIR, self.job.model.name, self.model_dir, "fp32",
+            source = _conversion.ensure(self.cache_dir, ENGINE_DIR, self.ctx.model_name, self.model_dir, "fp32",
                                         _export_fp32(self.model_dir),
                                         is_complete=lambda d: (d / MODEL_FILE["fp32"]).is_file())
             facts = _quantize_dynamic(Path(source["artifact"]), out)
             facts["source"] = {"precision": "fp32", "artifact": source["artifact"], "cached": source["cached"]}
             return facts
-        return _export(self.model_dir, out, self.job.precision)
+        return _export(self.model_dir, out, self.ctx.precision)
 
     # --- load / generate ----------------------------------------------------------------------------------------------
     def load(self, shape) -> None:
@@ -93,18 +84,18 @@ class OnnxEngine(Engine):
         from optimum.onnxruntime import ORTModelForCausalLM
 
         artifact = Path(self.conversion.get("artifact") or "")
-        if not (artifact / MODEL_FILE[self.job.precision]).is_file():
+        if not (artifact / MODEL_FILE[self.ctx.precision]).is_file():
             raise JobError("cache_dir", f"no ONNX model at {artifact}", "run prepare first")
-        device = self.job.device
+        device = self.ctx.device
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads()
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        level = self.job.engine_options.get("graph_optimization", "all")
+        level = self.options.graph_optimization
         levels = ort.GraphOptimizationLevel
         opts.graph_optimization_level = {"disabled": levels.ORT_DISABLE_ALL, "basic": levels.ORT_ENABLE_BASIC,
                                          "extended": levels.ORT_ENABLE_EXTENDED, "all": levels.ORT_ENABLE_ALL}[level]
-        io_binding = self.job.engine_options.get("io_binding", device == "cuda")
+        io_binding = self.options.io_binding if self.options.io_binding is not None else device == "cuda"
         preloaded = None
         if device == "cuda":
             torch.cuda.init()  # torch's CUDA libraries (the same pip nvidia-* packages) loaded first
@@ -114,7 +105,7 @@ class OnnxEngine(Engine):
         provider = PROVIDERS[device]
         with _capture_fd2() as log:
             self.model = ORTModelForCausalLM.from_pretrained(
-                artifact, file_name=MODEL_FILE[self.job.precision], provider=provider, session_options=opts,
+                artifact, file_name=MODEL_FILE[self.ctx.precision], provider=provider, session_options=opts,
                 use_io_binding=io_binding, use_cache=True)
         providers = self.model.providers
         self.session_facts = {"providers": providers, "provider_asked": provider, "io_binding": io_binding,
@@ -129,7 +120,7 @@ class OnnxEngine(Engine):
         return greedy_generate(self.model, self.tokenizer, prompts, max_new_tokens, ignore_eos, on_step, self.device)
 
     def synchronize(self) -> None:
-        if self.job.device == "cuda" and self.model is not None:
+        if self.ctx.device == "cuda" and self.model is not None:
             import torch
 
             torch.cuda.synchronize()
@@ -143,7 +134,7 @@ class OnnxEngine(Engine):
             **self.session_facts,
             "kv_cache": True,
             "batching": "padded batch (left padding)",
-            "precision_artifact": self.job.precision,
+            "precision_artifact": self.ctx.precision,
         }
         if self.conversion:
             info["conversion"] = {k: self.conversion.get(k) for k in

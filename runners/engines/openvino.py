@@ -16,10 +16,12 @@ Compiling the IR for the device (core.compile_model) is the runner's "compile" w
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runners.engines import _conversion
+from runners.engines import options as o
 from runners.engines.base import Engine, StepHook
 from runners.engines.hf_generate import greedy_generate
 from runners.errors import JobError
@@ -42,43 +44,31 @@ class OpenVinoEngine(Engine):
     name = "openvino"
     optional_phases = frozenset({"prepare", "compile"})
     precisions = {"cpu": ("fp32", "bf16", "int8")}
-    options = {
-        **Engine.options,
-        "kv_cache": (str, "stateful (default) | explicit (past as inputs/outputs) | none (no KV cache: the whole "
-                          "sequence every step, as the study ran it)"),
-        "ov_device": (str, "OpenVINO device: CPU (default) | GPU (an Intel GPU; the container needs /dev/dri)"),
-        "kv_cache_precision": (str, "KV_CACHE_PRECISION: f32 | f16 | bf16 | u8 (default: follows the precision)"),
-        "dynamic_quantization_group_size": (int, "DYNAMIC_QUANTIZATION_GROUP_SIZE: 0 = off (default: 32 for int8, "
-                                                 "0 otherwise)"),
-    }
 
-    def __init__(self, job, model_dir, tokenizer, cache_dir):
-        super().__init__(job, model_dir, tokenizer, cache_dir)
+    @dataclass(frozen=True)
+    class Options(o.Options):
+        kv_cache: str = o.option("stateful", "stateful | explicit (past as inputs/outputs) | none (no KV cache: the "
+                                             "whole sequence every step, as the study ran it)", choices=KV_MODES)
+        ov_device: str = o.option("CPU", "OpenVINO device: CPU | GPU (an Intel GPU; the container needs /dev/dri)",
+                                  choices=OV_DEVICES)
+        kv_cache_precision: str | None = o.option(None, "KV_CACHE_PRECISION (default: follows the precision)",
+                                                  choices=KV_CACHE_PRECISIONS)
+        dynamic_quantization_group_size: int | None = o.option(
+            None, "DYNAMIC_QUANTIZATION_GROUP_SIZE: 0 = off (default: 32 for int8, 0 otherwise)", minimum=0)
+
+    def __init__(self, ctx, tokenizer, options):
+        super().__init__(ctx, tokenizer, options)
         self.model = None
         self.conversion: dict[str, Any] = {}
         self.compiled_facts: dict[str, Any] = {}
 
-    @classmethod
-    def check_options(cls, options: dict[str, Any]) -> None:
-        super().check_options(options)
-        for key, allowed in (("kv_cache", KV_MODES), ("ov_device", OV_DEVICES),
-                             ("kv_cache_precision", KV_CACHE_PRECISIONS)):
-            if key in options and options[key] not in allowed:
-                raise JobError(f"engine_options.{key}", f"unknown value {options[key]!r}",
-                               f"use one of: {', '.join(allowed)}")
-        if options.get("threads", 1) < 1:
-            raise JobError("engine_options.threads", f"must be ≥ 1, got {options['threads']}", "set threads ≥ 1")
-        if options.get("dynamic_quantization_group_size", 0) < 0:
-            raise JobError("engine_options.dynamic_quantization_group_size", "must be ≥ 0", "use 0 (off) or a "
-                                                                                            "group size")
-
     @property
     def kv_mode(self) -> str:
-        return self.job.engine_options.get("kv_cache", "stateful")
+        return self.options.kv_cache
 
     @property
     def ov_device(self) -> str:
-        return self.job.engine_options.get("ov_device", "CPU")
+        return self.options.ov_device
 
     def check_host(self) -> None:
         super().check_host()
@@ -93,8 +83,8 @@ class OpenVinoEngine(Engine):
                                "container), or use ov_device CPU")
 
     # --- prepare ----------------------------------------------------------------------------------------------------
-    def prepare(self) -> dict[str, Any]:
-        weights = RECIPES[self.job.precision][0]
+    def prepare(self, prompts: list) -> dict[str, Any]:
+        weights = RECIPES[self.ctx.precision][0]
         facts = self._ensure(weights)
         self.conversion = facts
         return facts
@@ -105,7 +95,7 @@ class OpenVinoEngine(Engine):
         else:
             def convert(out: Path) -> dict[str, Any]:
                 return _export(self.model_dir, out, self.kv_mode)
-        return _conversion.ensure(self.cache_dir, ENGINE_DIR, self.job.model.name, self.model_dir,
+        return _conversion.ensure(self.cache_dir, ENGINE_DIR, self.ctx.model_name, self.model_dir,
                                   f"{weights}/{self.kv_mode}", convert, is_complete=lambda d: (d / IR_FILE).is_file())
 
     def _compress_int8(self, out: Path) -> dict[str, Any]:
@@ -116,12 +106,13 @@ class OpenVinoEngine(Engine):
 
     # --- load / compile / generate -----------------------------------------------------------------------------------
     def ov_config(self) -> dict[str, str]:
-        _, hint, kv_precision, group = RECIPES[self.job.precision]
-        opts = self.job.engine_options
+        _, hint, kv_precision, group = RECIPES[self.ctx.precision]
+        opts = self.options
+        group = opts.dynamic_quantization_group_size if opts.dynamic_quantization_group_size is not None else group
         config = {
             "INFERENCE_PRECISION_HINT": hint,
-            "KV_CACHE_PRECISION": opts.get("kv_cache_precision", kv_precision),
-            "DYNAMIC_QUANTIZATION_GROUP_SIZE": str(opts.get("dynamic_quantization_group_size", group)),
+            "KV_CACHE_PRECISION": opts.kv_cache_precision or kv_precision,
+            "DYNAMIC_QUANTIZATION_GROUP_SIZE": str(group),
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": "1",
             "CACHE_DIR": "",  # no compiled-blob cache: the engine cache is read-only in measured runs
@@ -147,7 +138,7 @@ class OpenVinoEngine(Engine):
         request = self.model.request
         compiled = request.get_compiled_model() if hasattr(request, "get_compiled_model") else request
         self.compiled_facts = compiled_properties(compiled)
-        _check_precision(self.job.precision, self.compiled_facts, self.ov_device)
+        _check_precision(self.ctx.precision, self.compiled_facts, self.ov_device)
         return {"ov_device": self.ov_device, "asked": self.ov_config(), "compiled": self.compiled_facts}
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, ignore_eos: bool,

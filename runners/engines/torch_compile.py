@@ -10,11 +10,13 @@ transformers causal LM fails (unordered_map::at) and a traced graph cannot carry
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
+
+from runners.engines import options as o
 
 from runners.engines.hf_generate import greedy_generate
 from runners.engines.torch_engine import TorchEngine
-from runners.errors import JobError
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # a code-like text to make compile-time prompts from (token ids only matter for their count)
@@ -24,30 +26,21 @@ _COMPILE_TEXT = ("def add(a, b):\n    return a + b\n\nfor i in range(10):\n    p
 class TorchCompileEngine(TorchEngine):
     name = "torch-compile"
     optional_phases = frozenset({"compile"})
-    options = {
-        **TorchEngine.options,
-        "compile_mode": (str, "torch.compile mode: default | reduce-overhead | max-autotune | "
-                              "max-autotune-no-cudagraphs (default: default)"),
-        "backend": (str, "torch.compile backend (default: inductor)"),
-        "dynamic": (bool, "compile with dynamic shapes (default: true — prompt and cache lengths vary)"),
-    }
 
-    @classmethod
-    def check_options(cls, options: dict[str, Any]) -> None:
-        super().check_options(options)
-        if options.get("compile_mode", "default") not in MODES:
-            raise JobError("engine_options.compile_mode", f"unknown value {options['compile_mode']!r}",
-                           f"use one of: {', '.join(MODES)}")
+    @dataclass(frozen=True)
+    class Options(TorchEngine.Options):
+        compile_mode: str = o.option("default", "torch.compile mode", choices=MODES)
+        backend: str = o.option("inductor", "torch.compile backend")
+        dynamic: bool = o.option(True, "compile with dynamic shapes (prompt and cache lengths vary)")
 
     def compile(self, shape) -> dict[str, Any]:
         import torch
         from torch._dynamo.utils import counters
 
-        opts = self.job.engine_options
         torch._dynamo.reset()  # a fresh compile, counted from zero
         counters.clear()
-        self.compile_settings = {"backend": opts.get("backend", "inductor"),
-                                 "mode": opts.get("compile_mode", "default"), "dynamic": opts.get("dynamic", True)}
+        self.compile_settings = {"backend": self.options.backend, "mode": self.options.compile_mode,
+                                 "dynamic": self.options.dynamic}
         self.model.forward = torch.compile(self.model.forward, **self.compile_settings)
         runs = []
         for batch in self._compile_batches(shape):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from dataclasses import dataclass
+
+from runners.engines import options as o
 from runners.engines.base import Engine, StepHook
 from runners.engines.hf_generate import greedy_generate
 
@@ -13,21 +16,22 @@ DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 class TorchEngine(Engine):
     name = "torch"
     precisions = {"cpu": ("fp32", "bf16", "fp16"), "cuda": ("fp32", "fp16", "bf16")}
-    options = {
-        **Engine.options,
-        "attn_implementation": (str, "transformers attention kernel: eager | sdpa (default: the model's default)"),
-    }
+
+    @dataclass(frozen=True)
+    class Options(o.Options):
+        attn_implementation: str | None = o.option(
+            None, "transformers attention kernel: eager | sdpa (default: the model's default)")
 
     def load(self, shape) -> None:
         import torch
         from transformers import AutoModelForCausalLM
 
-        if self.job.device == "cpu":
+        if self.ctx.device == "cpu":
             torch.set_num_threads(self.threads())
-        self.device = torch.device("cuda:0" if self.job.device == "cuda" else "cpu")
-        kwargs: dict[str, Any] = {"dtype": getattr(torch, DTYPES[self.job.precision])}
-        if "attn_implementation" in self.job.engine_options:
-            kwargs["attn_implementation"] = self.job.engine_options["attn_implementation"]
+        self.device = torch.device("cuda:0" if self.ctx.device == "cuda" else "cpu")
+        kwargs: dict[str, Any] = {"dtype": getattr(torch, DTYPES[self.ctx.precision])}
+        if self.options.attn_implementation:
+            kwargs["attn_implementation"] = self.options.attn_implementation
         self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, **kwargs).to(self.device).eval()
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, ignore_eos: bool,
@@ -35,7 +39,7 @@ class TorchEngine(Engine):
         return greedy_generate(self.model, self.tokenizer, prompts, max_new_tokens, ignore_eos, on_step, self.device)
 
     def synchronize(self) -> None:
-        if self.job.device == "cuda":
+        if self.ctx.device == "cuda":
             import torch
 
             torch.cuda.synchronize()
@@ -45,8 +49,8 @@ class TorchEngine(Engine):
 
         info = {
             "library": "transformers",
-            "provider": "cuda" if self.job.device == "cuda" else "cpu",
-            "dtype": DTYPES[self.job.precision],
+            "provider": "cuda" if self.ctx.device == "cuda" else "cpu",
+            "dtype": DTYPES[self.ctx.precision],
             "kv_cache": True,
             "batching": "padded batch (left padding)",
             "torch_threads": torch.get_num_threads(),
@@ -54,13 +58,13 @@ class TorchEngine(Engine):
         model = getattr(self, "model", None)
         if model is not None:
             info["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
-            if self.job.device == "cuda":
+            if self.ctx.device == "cuda":
                 info["gpu_name"] = torch.cuda.get_device_name(0)
         return info
 
     def close(self) -> None:
         self.model = None
-        if self.job.device == "cuda":
+        if self.ctx.device == "cuda":
             import torch
 
             torch.cuda.empty_cache()

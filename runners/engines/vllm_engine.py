@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runners.engines import options as o
 from runners.engines.base import Engine, StepHook
 from runners.errors import JobError
 
@@ -33,43 +35,32 @@ class VllmEngine(Engine):
     name = "vllm"
     optional_phases = frozenset({"compile"})
     precisions = {"cuda": ("fp32", "fp16", "bf16"), "cpu": ("fp32", "bf16")}
-    options = {
-        "threads": (int, "cpu: OpenMP threads, bound to the first N visible CPUs (VLLM_CPU_OMP_THREADS_BIND; "
-                         "default: all visible CPUs)"),
-        "tensor_parallel_size": (int, "cuda: GPUs the model is sharded over (default 1)"),
-        "gpu_memory_utilization": (float, "cuda: share of GPU memory vLLM may take (default 0.9)"),
-        "enforce_eager": (bool, "no torch.compile / CUDA graphs (default false)"),
-        "max_model_len": (int, "context per sequence (default: longest workload prompt + token budget)"),
-        "kv_cache_space_gb": (int, "cpu: GiB reserved for the KV cache (VLLM_CPU_KVCACHE_SPACE; default: image's)"),
-    }
 
-    def __init__(self, job, model_dir, tokenizer, cache_dir):
-        super().__init__(job, model_dir, tokenizer, cache_dir)
+    @dataclass(frozen=True)
+    class Options(o.Options):
+        threads: int | None = o.option(None, "cpu: OpenMP threads, bound to the first N visible CPUs "
+                                             "(VLLM_CPU_OMP_THREADS_BIND; default: all visible CPUs)", minimum=1)
+        tensor_parallel_size: int = o.option(1, "cuda: GPUs the model is sharded over", minimum=1)
+        gpu_memory_utilization: float = o.option(0.9, "cuda: share of GPU memory vLLM may take, in (0, 1]",
+                                                 minimum=0.01, maximum=1.0)
+        enforce_eager: bool = o.option(False, "no torch.compile / CUDA graphs")
+        max_model_len: int | None = o.option(None, "context per sequence (default: longest workload prompt + token "
+                                                   "budget)", minimum=1)
+        kv_cache_space_gb: int | None = o.option(None, "cpu: GiB reserved for the KV cache "
+                                                       "(VLLM_CPU_KVCACHE_SPACE; default: the image's)", minimum=1)
+
+    def __init__(self, ctx, tokenizer, options):
+        super().__init__(ctx, tokenizer, options)
         self.llm = None
         self._facts: dict[str, Any] = {}
         self._step_mode = None
 
-    @classmethod
-    def check_options(cls, options: dict[str, Any]) -> None:
-        # ints are fine where a float is asked (gpu_memory_utilization 1 -> 1.0)
-        opts = dict(options)
-        if isinstance(opts.get("gpu_memory_utilization"), int) and not isinstance(opts["gpu_memory_utilization"],
-                                                                                  bool):
-            opts["gpu_memory_utilization"] = float(opts["gpu_memory_utilization"])
-        super().check_options(opts)
-        for key in ("threads", "tensor_parallel_size", "max_model_len", "kv_cache_space_gb"):
-            if key in opts and opts[key] < 1:
-                raise JobError(f"engine_options.{key}", f"must be ≥ 1, got {opts[key]}", f"set {key} to 1 or more")
-        if "gpu_memory_utilization" in opts and not 0 < opts["gpu_memory_utilization"] <= 1:
-            raise JobError("engine_options.gpu_memory_utilization",
-                           f"must be in (0, 1], got {opts['gpu_memory_utilization']}", "give a share such as 0.9")
-
     def check_host(self) -> None:
         super().check_host()
-        if self.job.device == "cuda":
+        if self.ctx.device == "cuda":
             import torch
 
-            tp = int(self.job.engine_options.get("tensor_parallel_size", 1))
+            tp = self.options.tensor_parallel_size
             if tp > torch.cuda.device_count():
                 raise JobError("engine_options.tensor_parallel_size",
                                f"is {tp} but only {torch.cuda.device_count()} GPU(s) are visible",
@@ -77,32 +68,33 @@ class VllmEngine(Engine):
 
     # --- load / start-up ------------------------------------------------------------------------------------------
     def load(self, shape) -> None:
-        opts = self.job.engine_options
-        if self.job.device == "cpu":
+        opts = self.options
+        if self.ctx.device == "cpu":
             # read by vLLM's CPU platform and worker at start-up: set before the engine exists
-            if "kv_cache_space_gb" in opts:
-                os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(opts["kv_cache_space_gb"])
+            if opts.kv_cache_space_gb:
+                os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(opts.kv_cache_space_gb)
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind_list(self.threads())
         t0 = time.perf_counter()
         import vllm  # noqa: F401  (heavy import: its own part of the load window)
 
         self._facts["import_s"] = round(time.perf_counter() - t0, 3)
-        self.max_model_len = int(opts.get("max_model_len") or 64 * -(-(shape.context + 1) // 64))
+        self.max_model_len = int(opts.max_model_len or 64 * -(-(shape.context + 1) // 64))
+        self.batch_size = shape.batch_size
 
     def compile(self, shape) -> dict[str, Any]:
         from vllm import LLM
 
-        opts = self.job.engine_options
+        opts = self.options
         kwargs: dict[str, Any] = dict(
-            model=str(self.model_dir), tokenizer=str(self.model_dir), dtype=DTYPES[self.job.precision],
-            seed=self.job.seed, max_model_len=self.max_model_len, max_num_seqs=shape.batch_size,
-            enforce_eager=bool(opts.get("enforce_eager", False)),
+            model=str(self.model_dir), tokenizer=str(self.model_dir), dtype=DTYPES[self.ctx.precision],
+            seed=self.ctx.seed, max_model_len=self.max_model_len, max_num_seqs=shape.batch_size,
+            enforce_eager=opts.enforce_eager,
             # "vllm": the model's generation_config.json must not bring sampling defaults (penalties, top-k…) in
             generation_config="vllm", trust_remote_code=False,
         )
-        if self.job.device == "cuda":
-            kwargs["tensor_parallel_size"] = int(opts.get("tensor_parallel_size", 1))
-            kwargs["gpu_memory_utilization"] = float(opts.get("gpu_memory_utilization", 0.9))
+        if self.ctx.device == "cuda":
+            kwargs["tensor_parallel_size"] = opts.tensor_parallel_size
+            kwargs["gpu_memory_utilization"] = opts.gpu_memory_utilization
         t0 = time.perf_counter()
         self.llm = LLM(**kwargs)
         startup = time.perf_counter() - t0
@@ -182,11 +174,11 @@ class VllmEngine(Engine):
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {
             "library": "vllm",
-            "provider": "cuda" if self.job.device == "cuda" else "cpu",
-            "dtype": DTYPES[self.job.precision],
+            "provider": "cuda" if self.ctx.device == "cuda" else "cpu",
+            "dtype": DTYPES[self.ctx.precision],
             "kv_cache": True,
             "sampling": "greedy (temperature 0), generation_config='vllm' (no model sampling defaults)",
-            "batching": f"continuous batching: the batch's {self.job.generation.batch_size} prompt(s) enqueued "
+            "batching": f"continuous batching: the batch's {getattr(self, 'batch_size', '?')} prompt(s) enqueued "
                         "together, max_num_seqs = batch size",
             "step_clock": self._step_mode,
             "startup_window": "compile",
@@ -199,7 +191,7 @@ class VllmEngine(Engine):
                 info.setdefault("versions", {})[dist] = metadata.version(dist)
             except metadata.PackageNotFoundError:
                 pass
-        if self.job.device == "cpu":
+        if self.ctx.device == "cpu":
             info["threads"] = len(os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "").split(","))
             info["omp_threads_bind"] = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
             info["kv_cache_space_gb"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
