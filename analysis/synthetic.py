@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-RECORD_SCHEMA_ID = "slm-matrix.record/2"
+from runners.record import new_record  # the one author of a record's shape
 
 # Component names as the runner's meters write them (see runners/record.py).
 ESTIMATED_COMPONENTS = {"cpu": 0.8, "ram": 0.2}  # codecarbon fallback, share of the energy
@@ -81,23 +81,20 @@ def make_record(*, model: str = "tiny-a", hub_id: str | None = None, params_b: f
            "workload": {"style": "fragment", "count": prompts, "selection": "first", "seed": 2412},
            "generation": {"batch_size": batch, "new_tokens": new_tokens, "fixed_length": True},
            "trial": trial}
-    record: dict[str, Any] = {
-        "schema": RECORD_SCHEMA_ID, "mode": "run", "status": status, "error": None, "created_unix": t0 + 900,
-        "job": job, "job_hash": hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest(),
-        "trial": trial,
-        "engine": {"name": engine, "device": device, "precision": precision,
-                   "details": {"provider": provider or ("CUDAExecutionProvider" if device == "cuda" and engine == "onnx"
-                                                        else device), "threads": 2}},
-        "model": {"name": model, "source": "hub" if hub_id else "path", "path": f"/models/{model}", "hub_id": hub_id,
-                  "model_type": "llama", "architecture": "LlamaForCausalLM", "parameters": int(params_b * 1e9)},
-        "workload": {"dataset": "humaneval", "style": "fragment", "seed": 2412, "selection": "first",
-                     "prompts": prompts, "task_ids": [f"HumanEval/{i}" for i in range(prompts)]},
-        "phases": {},
-        "environment": {"hostname": "synthetic", "platform": "Linux", "python": "3.11", "cpu_model": "Synthetic CPU",
-                        "cpu_count": 2, "gpus": [{"name": "Synthetic GPU"}] if device == "cuda" else [],
-                        "driver": None, "cuda": None, "libraries": {}, "image_id": None, "image": runtime,
-                        "runner_version": "0.1.0"},
-    }
+    record = new_record(job, job_hash=hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest(),
+                        created_unix=t0 + 900)
+    record["status"] = status
+    record["engine"]["details"] = {"provider": provider or ("CUDAExecutionProvider" if device == "cuda"
+                                                            and engine == "onnx" else device), "threads": 2}
+    record["model"].update({"source": "hub" if hub_id else "path", "hub_id": hub_id, "model_type": "llama",
+                            "architecture": "LlamaForCausalLM", "parameters": int(params_b * 1e9)})
+    record["workload"] = {"dataset": "humaneval", "style": "fragment", "seed": 2412, "selection": "first",
+                          "prompts": prompts, "task_ids": [f"HumanEval/{i}" for i in range(prompts)]}
+    record["environment"] = {"hostname": "synthetic", "platform": "Linux", "python": "3.11",
+                             "cpu_model": "Synthetic CPU", "cpu_count": 2,
+                             "gpus": [{"name": "Synthetic GPU"}] if device == "cuda" else [], "driver": None,
+                             "cuda": None, "libraries": {}, "image_id": None, "image": runtime,
+                             "runner_version": "0.1.0"}
     if idle_w is not None:
         record["idle"] = {"duration_s": 5.0, "power": [
             {"component": c, "watts": w, "source": source, "meter": meter, "reason": None} for c, w in idle_w.items()]}

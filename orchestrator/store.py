@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runners.record import RECORD_SCHEMA_ID, write_json_atomic
+from runners.record import new_record, write_json_atomic
 
 
 class RunConflict(RuntimeError):
@@ -105,14 +105,6 @@ class RunStore:
 def failed_record(job: dict[str, Any] | None, phase: str, error_type: str, message: str,
                   mode: str = "run") -> dict[str, Any]:
     """The record of a trial whose runner wrote none (killed for memory, timed out, crashed before writing)."""
-    job = job or {}
-    model = job.get("model") or {}
-    return {
-        "schema": RECORD_SCHEMA_ID, "mode": mode, "status": "failed",
-        "error": {"phase": phase, "type": error_type, "message": message},
-        "created_unix": time.time(), "job": job or None, "job_hash": None, "trial": job.get("trial", {}),
-        "engine": {"name": job.get("engine"), "device": job.get("device"), "precision": job.get("precision"),
-                   "details": {}},
-        "model": {"name": model.get("name"), "path": model.get("path"), "hub_id": model.get("hub_id")},
-        "phases": {}, "environment": {}, "host": None,
-    }
+    record = new_record(job or None, mode=mode)
+    record["error"] = {"phase": phase, "type": error_type, "message": message}
+    return record

@@ -168,6 +168,29 @@ RECORD_SCHEMA: dict[str, Any] = {
 }
 
 
+def new_record(job: dict[str, Any] | None, *, mode: str = "run", job_hash: str | None = None,
+               created_unix: float | None = None) -> dict[str, Any]:
+    """The one author of a record's shape: every key of RECORD_SCHEMA, filled from the job (a dict in the job
+    contract's form, or None when even that could not be read), status "failed" until the runner says otherwise.
+    The runner, the orchestrator's records of runners that wrote none, and the synthetic records all start here."""
+    import time
+
+    job = job if isinstance(job, dict) else None
+    model = (job or {}).get("model") or {}
+    return {
+        "schema": RECORD_SCHEMA_ID, "mode": mode, "status": "failed", "error": None,
+        "created_unix": time.time() if created_unix is None else created_unix,
+        "job": job, "job_hash": job_hash, "trial": dict((job or {}).get("trial") or {}),
+        # from a job that failed validation, only the values that are what they should be
+        "engine": {**{k: job[f] for k, f in (("name", "engine"), ("device", "device"), ("precision", "precision"))
+                      if isinstance(job.get(f), str)}, "details": {}} if job else {},
+        "model": {"name": model.get("name"), "path": model.get("path"), "hub_id": model.get("hub_id"),
+                  "source": "path" if model.get("path") else "hub"} if job else {},
+        "workload": None, "phases": {}, "idle": None, "tokens": None, "per_prompt": [], "metrics": None,
+        "co2": None, "agreement": None, "environment": {}, "host": None,
+    }
+
+
 def joules_per_token(energy_total: dict[str, float | None], out_tokens: int) -> dict[str, float | None]:
     """J/token of a window, per source kind (measured and estimated apart)."""
     return {k: (energy_total[f"{k}_j"] / out_tokens if energy_total[f"{k}_j"] is not None and out_tokens else None)

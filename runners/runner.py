@@ -22,7 +22,7 @@ from runners.engines.base import Engine, Shape
 from runners.engines.options import EngineContext
 from runners.job import Job, JobError, ModelSpec
 from runners.meters import MeterSet
-from runners.record import RECORD_SCHEMA_ID, joules_per_token, write_json_atomic
+from runners.record import joules_per_token, new_record, write_json_atomic
 from runners.workload import load_prompts
 
 
@@ -97,19 +97,7 @@ class Trial:
         self.job = job
         self.mode = mode
         self.phase = "job"
-        self.record: dict[str, Any] = {
-            "schema": RECORD_SCHEMA_ID, "mode": mode, "status": "failed", "error": None,
-            "created_unix": time.time(),
-            "job": job.to_dict() if job else (raw_job if isinstance(raw_job, dict) else None),
-            "job_hash": job.hash if job else None,
-            "trial": (job.trial if job else (raw_job or {}).get("trial", {}) if isinstance(raw_job, dict) else {}),
-            "engine": {"name": job.engine, "device": job.device, "precision": job.precision, "details": {}}
-            if job else {},
-            "model": {"name": job.model.name, "path": job.model.path, "hub_id": job.model.hub_id,
-                      "source": "path" if job.model.path else "hub"} if job else {},
-            "workload": None, "phases": {}, "idle": None, "tokens": None, "per_prompt": [], "metrics": None,
-            "co2": None, "agreement": None, "environment": {}, "host": None,
-        }
+        self.record = new_record(job.to_dict() if job else raw_job, mode=mode, job_hash=job.hash if job else None)
 
     def enter(self, phase: str) -> None:
         """Start a phase; one progress line on stderr, so a container log says how far a killed trial got."""
