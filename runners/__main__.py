@@ -19,7 +19,7 @@ from runners.job import JobError, load_job
 
 
 def _trial(args, mode: str) -> int:
-    from runners.runner import Trial
+    from runners.runner import TrialRun
 
     raw = None
     try:
@@ -27,12 +27,12 @@ def _trial(args, mode: str) -> int:
         job = load_job(args.job)
     except JobError as e:
         print(f"error: {e}", file=sys.stderr)
-        trial = Trial(None, raw, mode)
+        trial = TrialRun(None, raw, mode)
         trial.fail(e)
         if args.out:
             trial.write(Path(args.out))
         return 2
-    trial = Trial(job, raw, mode)
+    trial = TrialRun(job, raw, mode)
     try:
         record = trial.run()
     finally:

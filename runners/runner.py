@@ -92,7 +92,9 @@ def _batches(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-class Trial:
+class TrialRun:
+    """One runner invocation of a job (the orchestrator's plan.Trial is a place in the matrix; this is its run)."""
+
     def __init__(self, job: Job | None, raw_job: Any, mode: str = "run"):
         self.job = job
         self.mode = mode

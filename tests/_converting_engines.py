@@ -47,7 +47,7 @@ def reference_factory(folder: Path):
     """torch fp32 eager records (in-process on the host, the same torch and transformers as the images) of the same
     workload: the reference the runner compares each record's token ids with (job.reference)."""
     from runners.record import validate_record
-    from runners.runner import Trial
+    from runners.runner import TrialRun
 
     made: dict[tuple, Path] = {}
 
@@ -55,7 +55,7 @@ def reference_factory(folder: Path):
         key = (str(model_dir), json.dumps(over, sort_keys=True))
         if key not in made:
             data = body(model_dir, engine="torch", **over)
-            record = Trial(parse_job(data), data).run()
+            record = TrialRun(parse_job(data), data).run()
             validate_record(record)
             assert record["status"] == "ok", record["error"]
             made[key] = shareable(folder / f"ref-{len(made)}.json", record)
@@ -132,14 +132,14 @@ def prepare_and_run_in_process(model_dir: Path, cache: Path, *, reference: Path 
     """The same two steps on the host's runtimes (requirements-dev.txt pins the images' versions): for option
     variants, where a container start per case would cost more than the case."""
     from runners.record import validate_record
-    from runners.runner import Trial
+    from runners.runner import TrialRun
 
     data = body(model_dir, cache=cache, **over)
-    prep = Trial(parse_job(data), data, mode="prepare").run()
+    prep = TrialRun(parse_job(data), data, mode="prepare").run()
     validate_record(prep)
     if prep["status"] != "ok":
         return prep, None
     data = body(model_dir, cache=cache, reference=reference, **over)
-    rec = Trial(parse_job(data), data).run()
+    rec = TrialRun(parse_job(data), data).run()
     validate_record(rec)
     return prep, rec

@@ -8,7 +8,7 @@ from orchestrator.agreement import attach
 from orchestrator.store import RunStore
 from runners.agreement import first_divergence, token_agreement
 from runners.job import parse_job
-from runners.runner import Trial
+from runners.runner import TrialRun
 
 
 def test_first_divergence():
@@ -21,7 +21,7 @@ def _record(model_dir, precision, trial_id):
     data = {"engine": "torch", "device": "cpu", "precision": precision, "model": {"path": str(model_dir)},
             "workload": {"count": 4}, "generation": {"new_tokens": 10}, "warmup": {"batches": 0},
             "meters": {"codecarbon": False}, "trial": {"trial_id": trial_id}}
-    return Trial(parse_job(data), data).run()
+    return TrialRun(parse_job(data), data).run()
 
 
 def test_orchestrator_attaches_agreement_to_every_ok_record(tiny_model_dir, tmp_path):

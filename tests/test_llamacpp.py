@@ -118,7 +118,7 @@ def llama_tiny(readable_models) -> dict[str, Path]:
 def references(tmp_path_factory):
     """torch fp32 eager records (in-process on the host) of the same job: the reference for token agreement."""
     from runners.record import validate_record
-    from runners.runner import Trial
+    from runners.runner import TrialRun
 
     folder = tmp_path_factory.mktemp("references")
     made: dict[tuple, Path] = {}
@@ -127,7 +127,7 @@ def references(tmp_path_factory):
         key = (str(model_dir), json.dumps(over, sort_keys=True))
         if key not in made:
             data = _body(model_dir, engine="torch", precision="fp32", **over)
-            record = Trial(parse_job(data), data).run()
+            record = TrialRun(parse_job(data), data).run()
             validate_record(record)
             assert record["status"] == "ok", record["error"]
             made[key] = shareable(folder / f"ref-{len(made)}.json", record)

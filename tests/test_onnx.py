@@ -205,12 +205,12 @@ def test_an_architecture_optimum_cannot_export_fails_with_the_exporters_reason(l
 def test_io_binding_on_cpu_gives_the_same_tokens_in_process(tiny, tmp_path, references):
     """optimum's IO binding path (the one CUDA uses) on the CPU provider, on the host's ONNX Runtime."""
     pytest.importorskip("optimum.onnxruntime", reason="host without the dev requirements' optimum-onnx")
-    from runners.runner import Trial
+    from runners.runner import TrialRun
 
     model = tiny["gpt2"]
     data = body(model, engine="onnx", options={"io_binding": True}, cache=tmp_path, reference=references(model))
-    assert Trial(parse_job(data), data, mode="prepare").run()["status"] == "ok"
-    rec = Trial(parse_job(data), data).run()
+    assert TrialRun(parse_job(data), data, mode="prepare").run()["status"] == "ok"
+    rec = TrialRun(parse_job(data), data).run()
     assert rec["status"] == "ok", rec["error"]
     assert rec["engine"]["details"]["io_binding"] is True and rec["tokens"]["output"] == PROMPTS * NEW_TOKENS
     assert rec["agreement"]["share_identical"] == 1.0, rec["agreement"]

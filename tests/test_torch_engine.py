@@ -13,7 +13,7 @@ from runners.engines.hf_generate import greedy_generate
 from runners.environment import cuda_problem
 from runners.job import parse_job
 from runners.record import validate_record
-from runners.runner import Trial, load_tokenizer
+from runners.runner import TrialRun, load_tokenizer
 
 
 def run(model_dir, **over):
@@ -22,7 +22,7 @@ def run(model_dir, **over):
             "warmup": {"batches": 1}, "meters": {"codecarbon": False, "sample_interval_s": 0.05}}
     for key, value in over.items():
         data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
-    record = Trial(parse_job(data), data).run()
+    record = TrialRun(parse_job(data), data).run()
     validate_record(record)
     return record
 

@@ -69,10 +69,10 @@ def _body(model_dir, *, precision="fp32", device="cpu", batch=2, count=3, new_to
 
 def _reference(folder, model_dir, **over):
     from runners.record import validate_record
-    from runners.runner import Trial
+    from runners.runner import TrialRun
 
     data = _body(model_dir, engine="torch", **over)
-    record = Trial(parse_job(data), data).run()
+    record = TrialRun(parse_job(data), data).run()
     validate_record(record)
     assert record["status"] == "ok", record["error"]
     return shareable(folder / f"ref-{model_dir.name}.json", record)
