@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from runners.record import new_record  # the one author of a record's shape
+from runners.record import WindowResult, new_record  # the one author of a record's shape
 
 # Component names as the runner's meters write them (see runners/record.py).
 ESTIMATED_COMPONENTS = {"cpu": 0.8, "ram": 0.2}  # codecarbon fallback, share of the energy
@@ -29,20 +29,13 @@ def _window(start: float, duration: float, energy: dict[str, float], source: str
         # as runners/meters write it on a host without NVML: a figure with no number and the reason
         figures.append({"component": "gpu", "joules": None, "source": "unavailable", "meter": "nvml",
                         "reason": "NVML not available: no NVIDIA driver or GPU visible"})
-    total = float(sum(energy.values())) if energy else None
     summary = {k: {"mean": float(np.mean(v)), "min": float(np.min(v)), "max": float(np.max(v))}
                for k, v in (series or {}).items() if k != "t_s"}
     mono = start - 1.7e9  # any monotonic origin: only differences matter
-    return {
-        "start_unix": start, "end_unix": start + duration, "start_mono": mono, "end_mono": mono + duration,
-        "duration_s": duration, "energy": figures,
-        "boundary": " + ".join(sorted(f"{c} {source}" for c in energy)) or "none", "flags": [],
-        "energy_total": {"measured_j": total if source == "measured" else None,
-                         "estimated_j": total if source == "estimated" else None},
-        "samples": {"n": len(series["t_s"]) if series else 0, "interval_s": interval, "summary": summary,
-                    "series": series},
-        "info": {},
-    }
+    return WindowResult(start_unix=start, end_unix=start + duration, start_mono=mono, end_mono=mono + duration,
+                        duration_s=duration, energy=figures,
+                        samples={"n": len(series["t_s"]) if series else 0, "interval_s": interval,
+                                 "summary": summary, "series": series}).as_dict()
 
 
 def _reference_ids(model: str, task: int, n: int) -> list[int]:

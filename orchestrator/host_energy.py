@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from runners.meters import SUPERSEDES, boundary, figure, kind, resolution_flags, totals
+from runners.meters import SUPERSEDES, figure, kind, resolution_flags
+from runners.record import boundary, totals
 from runners.meters.trace import CounterTrace
 from runners.record import joules_per_token
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import dataclass, field
 import os
 import tempfile
 from pathlib import Path
@@ -166,6 +167,44 @@ RECORD_SCHEMA: dict[str, Any] = {
          "then": {"properties": {"phases": {"required": ["prepare"]}}}},
     ],
 }
+
+
+def totals(figures: list[dict]) -> dict[str, float | None]:
+    """Measured and estimated joules, each summed on its own — never together."""
+    out: dict[str, float | None] = {"measured_j": None, "estimated_j": None}
+    for f in figures:
+        if f["source"] in ("measured", "estimated") and f["joules"] is not None:
+            key = f"{f['source']}_j"
+            out[key] = (out[key] or 0.0) + f["joules"]
+    return out
+
+
+def boundary(figures: list[dict]) -> str:
+    """What a window's energy covers and how, e.g. 'cpu:dram-0 measured + cpu:package-0 measured + gpu:0 measured'."""
+    return " + ".join(sorted(f"{f['component']} {f['source']}" for f in figures
+                             if f["source"] != "unavailable" and f["joules"] is not None)) or "none"
+
+
+@dataclass
+class WindowResult:
+    """One measured window, as the record stores it (WINDOW_SCHEMA): its two instants on both clocks, its figures,
+    and what is derived from them — the totals per source and the boundary — computed here, once."""
+
+    start_unix: float
+    end_unix: float
+    start_mono: float
+    end_mono: float
+    duration_s: float
+    energy: list[dict]  # Figures: {component, joules, source, meter, reason, …}
+    samples: dict | None = None
+    info: dict = field(default_factory=dict)
+    flags: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"start_unix": self.start_unix, "end_unix": self.end_unix, "start_mono": self.start_mono,
+                "end_mono": self.end_mono, "duration_s": self.duration_s, "energy": self.energy,
+                "energy_total": totals(self.energy), "boundary": boundary(self.energy), "flags": self.flags,
+                "samples": self.samples, "info": self.info}
 
 
 def new_record(job: dict[str, Any] | None, *, mode: str = "run", job_hash: str | None = None,

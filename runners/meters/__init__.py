@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from runners.job import MeterSpec
+from runners.record import WindowResult
 from runners.meters import nvml, rapl
 from runners.meters.sampler import Sampler
 from runners.meters.trace import CounterTrace, CounterTracer
@@ -36,22 +37,6 @@ def kind(component: str) -> str:
     if component.startswith("gpu"):
         return "gpu"
     return component.split(":")[1].split("-")[0] if ":" in component else component
-
-
-def totals(figures: list[dict]) -> dict[str, float | None]:
-    """Measured and estimated joules, each summed on its own — never together."""
-    out: dict[str, float | None] = {"measured_j": None, "estimated_j": None}
-    for f in figures:
-        if f["source"] in ("measured", "estimated") and f["joules"] is not None:
-            key = f"{f['source']}_j"
-            out[key] = (out[key] or 0.0) + f["joules"]
-    return out
-
-
-def boundary(figures: list[dict]) -> str:
-    """What a window's energy covers and how, e.g. 'cpu:dram-0 measured + cpu:package-0 measured + gpu:0 measured'."""
-    return " + ".join(sorted(f"{f['component']} {f['source']}" for f in figures
-                             if f["source"] != "unavailable" and f["joules"] is not None)) or "none"
 
 
 def resolution_flags(figures: list[dict], duration: float, periods: dict[str, float | None]) -> list[dict]:
@@ -134,12 +119,10 @@ class Window:
             figures.append(figure("cpu", None, "unavailable", "rapl", m.reasons.get("rapl")))
         if not m.gpus:
             figures.append(figure("gpu", None, "unavailable", "nvml", m.reasons.get("nvml")))
-        self.result = {
-            "start_unix": self._t0, "end_unix": t1, "start_mono": self._m0, "end_mono": m1, "duration_s": duration,
-            "energy": figures, "energy_total": totals(figures), "boundary": boundary(figures),
-            "flags": resolution_flags(figures, duration, m.update_periods()),
-            "samples": samples, "info": self.info,
-        }
+        self.result = WindowResult(
+            start_unix=self._t0, end_unix=t1, start_mono=self._m0, end_mono=m1, duration_s=duration, energy=figures,
+            flags=resolution_flags(figures, duration, m.update_periods()), samples=samples, info=self.info,
+        ).as_dict()
 
 
 def _integrate(samples: dict | None, key: str, duration: float) -> float | None:
