@@ -472,28 +472,41 @@ def _banner(a: Analysis) -> tuple[str, str]:
 
 def render(a: Analysis, figs: Figures, title: str) -> tuple[str, str]:
     """(HTML, Markdown)."""
+    ctx = {"heads": headlines(a), "tables": summary_tables(a), "overview": stats_overview(a), "figs": figs,
+           "title": title}
+    h: list[str] = []
+    md: list[str] = []
+    for section in (_head, _headline_section, _tables_section, _statistics_section, _validity_section,
+                    _savings_section, _study_section, _plots_section, _failures_section):
+        section(a, h, md, ctx)
+    h.append("</body></html>")
+    return "\n".join(h), "\n".join(md)
+
+
+def _head(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None:
+    """Title, runs and hosts, the banner, the navigation."""
+    title = ctx["title"]
     kind, banner = _banner(a) if not a.ok.empty else ("mixed", "No successful trial.")
-    heads = headlines(a)
-    tables = summary_tables(a)
-    overview = stats_overview(a)
     runs = ", ".join(sorted(a.tables.trials["run_id"].astype(str).unique()))
     hosts = a.tables.trials[["hostname", "cpu_model", "gpu_model"]].drop_duplicates()
     host_words = "; ".join(" / ".join(str(v) for v in r if isinstance(v, str)) for r in hosts.itertuples(index=False))
     stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    failures = a.tables.failures.drop(columns=["record"], errors="ignore")
-    problems = a.tables.problems
 
-    h, md = [], []
     h.append(f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{CSS}</style></head><body>")
     h.append(f"<h1>{html.escape(title)}</h1><p class='muted'>Runs: {html.escape(runs)} · hosts: "
              f"{html.escape(host_words)} · generated {html.escape(stamp)}</p>")
     h.append(f"<div class='banner {kind}'>{html.escape(banner)}</div>")
     h.append("<nav><a href='#headline'>Headline</a><a href='#tables'>Tables</a><a href='#stats'>Statistics</a>"
-             "<a href='#savings'>Savings</a><a href='#study'>Study</a><a href='#plots'>Plots</a>"
+             "<a href='#validity'>Meter validity</a><a href='#savings'>Savings</a><a href='#study'>Study</a><a href='#plots'>Plots</a>"
              "<a href='#failures'>Failures</a></nav>")
     md += [f"# {title}", "", f"Runs: {runs} · hosts: {host_words} · generated {stamp}", "", f"> **{banner}**", ""]
 
+
+
+def _headline_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None:
+    """The headline sentences and warnings."""
+    heads = ctx["heads"]
     h.append("<h2 id='headline'>Headline</h2><ul class='headline'>"
              + "".join(f"<li>{html.escape(s)}</li>" for s in heads) + "</ul>")
     md += ["## Headline", ""] + [f"- {s}" for s in heads] + [""]
@@ -501,6 +514,11 @@ def render(a: Analysis, figs: Figures, title: str) -> tuple[str, str]:
         h.append("".join(f"<div class='warn'>⚠ {html.escape(w)}</div>" for w in a.warnings))
         md += [f"> ⚠ {w}" for w in a.warnings] + [""]
 
+
+
+def _tables_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None:
+    """The summary tables and the preparation table."""
+    tables = ctx["tables"]
     h.append(f"<h2 id='tables'>Tables</h2><p class='muted'>{html.escape(GLOSSARY)}</p>")
     md += ["## Tables", "", GLOSSARY, ""]
     for name, df in tables.items():
@@ -512,6 +530,11 @@ def render(a: Analysis, figs: Figures, title: str) -> tuple[str, str]:
         h.append("<h3>Preparation (model conversion, outside every measured window)</h3>" + html_table(prep))
         md += ["### Preparation (model conversion, outside every measured window)", "", md_table(prep)]
 
+
+
+def _statistics_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None:
+    """The tests per model and size group."""
+    overview = ctx["overview"]
     h.append(f"<h2 id='stats'>Statistics</h2><p class='muted'>Per model and per size group, configuration as the "
              f"factor. Shapiro–Wilk per configuration; Kruskal–Wallis across configurations; Dunn's post-hoc with "
              f"Holm correction; Cliff's δ with Romano et al.'s magnitudes (|δ| &lt; 0.147 negligible, &lt; 0.33 "
@@ -532,6 +555,10 @@ def render(a: Analysis, figs: Figures, title: str) -> tuple[str, str]:
         if not pairs.empty:
             md += ["Dunn post-hoc (Holm) and Cliff's δ:", "", md_table(pairs)]
 
+
+
+def _validity_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None:
+    """Meter-validity flags and configurations without an agreement reference."""
     vt = validity_table(a)
     h.append(f"<h2 id='validity'>Meter validity ({len(vt)} flagged trial(s))</h2>")
     md += [f"## Meter validity ({len(vt)} flagged trial(s))", ""]
@@ -544,6 +571,10 @@ def render(a: Analysis, figs: Figures, title: str) -> tuple[str, str]:
         h.append(f"<div class='banner mixed'>{html.escape(words)}</div>{html_table(nr)}")
         md += [f"> **{words}**", "", md_table(nr)]
 
+
+
+def _savings_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None:
+    """Best vs worst and the named pairs."""
     h.append("<h2 id='savings'>Savings</h2><p class='muted'>From median energy per model × configuration: best vs "
              "worst = (worst − best) / worst; a pair A vs B = (B − A) / B (negative: A used more).</p>")
     md += ["## Savings", ""]
@@ -561,6 +592,10 @@ def render(a: Analysis, figs: Figures, title: str) -> tuple[str, str]:
             h.append(html_table(d))
             md += [md_table(d)]
 
+
+
+def _study_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None:
+    """The study's recomputed figures and ours beside them."""
     h.append(f"<h2 id='study'>Comparison with the study ({STUDY_ID})</h2>")
     md += [f"## Comparison with the study ({STUDY_ID})", ""]
     if a.study:
@@ -592,6 +627,11 @@ def render(a: Analysis, figs: Figures, title: str) -> tuple[str, str]:
         h.append("<p class='muted'>No study medians table given.</p>")
         md += ["_No study medians table given._", ""]
 
+
+
+def _plots_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None:
+    """The figures, embedded."""
+    figs = ctx["figs"]
     h.append("<h2 id='plots'>Plots</h2>")
     md += ["## Plots", ""]
     for name, png in figs.png.items():
@@ -603,6 +643,12 @@ def render(a: Analysis, figs: Figures, title: str) -> tuple[str, str]:
     if "power" not in figs.png:
         h.append("<p class='muted'>No sampled power or utilisation series in these records.</p>")
 
+
+
+def _failures_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None:
+    """Failed trials and records that do not match the schema."""
+    failures = a.tables.failures.drop(columns=["record"], errors="ignore")
+    problems = a.tables.problems
     h.append(f"<h2 id='failures'>Failures ({len(failures)})</h2>")
     md += [f"## Failures ({len(failures)})", ""]
     h.append(html_table(failures))
@@ -610,8 +656,6 @@ def render(a: Analysis, figs: Figures, title: str) -> tuple[str, str]:
     if not problems.empty:
         h.append(f"<h3>Records that do not match the runner's schema</h3>{html_table(problems)}")
         md += ["### Records that do not match the runner's schema", "", md_table(problems)]
-    h.append("</body></html>")
-    return "\n".join(h), "\n".join(md)
 
 
 def write_report(a: Analysis, out_dir: str | Path, *, title: str | None = None) -> dict[str, Path]:
