@@ -131,7 +131,7 @@ def cmd_build(args) -> int:
                 raise MatrixError("--runtime", n, "no such runtime under images/", f"use one of: {', '.join(runtimes)}")
         chosen = [runtimes[n] for n in names]
     else:
-        chosen = [r.runtime for r in load(args.matrix).runtimes.values()]
+        chosen = [r.spec for r in load(args.matrix).runtimes.values()]
     chosen = [r for r in chosen if not args.device or r.device == args.device]
     client = DockerLauncher.connected("").client
     table = Table("runtime", "image", "id", "size (MB)", "build (s)")
@@ -168,7 +168,7 @@ def cmd_run(args) -> int:
         if stale:
             console.print(f"  removed {len(stale)} container(s) left by an earlier, killed orchestrator")
         if sel.todo:
-            launcher.ensure_ready({t.cell.runtime.runtime for t in sel.todo}, args.build,
+            launcher.ensure_ready({t.cell.runtime.spec for t in sel.todo}, args.build,
                                   lambda line: console.print(escape(line)))
         unavailable, broken = ex.prepare(sel.todo) if sel.todo else ({}, {})
         if unavailable:  # like CUDA rows without a GPU: skipped, not failed — a host with the model runs them

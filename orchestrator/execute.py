@@ -64,7 +64,7 @@ class Executor:
             rec = self.store.record(t.id)
             if rec is not None and (rec["status"] == "ok" or not self.retry_failed):
                 sel.done.append(t)
-            elif t.cell.runtime.runtime.gpu and self.gpu_problem():
+            elif t.cell.runtime.spec.gpu and self.gpu_problem():
                 sel.skipped[t.id] = f"{t.cell.runtime.name} needs a GPU: {self.gpu_problem()}"
             else:
                 sel.todo.append(t)
@@ -92,7 +92,7 @@ class Executor:
 
     def trial_gpus(self, cell: Cell) -> dict[str, int]:
         """{NVML UUID: host index} of the GPUs a CUDA cell runs on ([host] gpus); empty for a CPU cell."""
-        if not cell.runtime.runtime.gpu:
+        if not cell.runtime.spec.gpu:
             return {}
         wanted = self.plan.matrix.host["gpus"]
         return {(g.uuid or str(g.index)): g.index for g in self._meters().gpus if g.index in wanted}
@@ -100,7 +100,7 @@ class Executor:
     def _keep(self, cell: Cell):
         from orchestrator.host_energy import trial_boundary
 
-        return trial_boundary(cell.runtime.runtime.device, self.plan.matrix.host["gpus"])
+        return trial_boundary(cell.runtime.spec.device, self.plan.matrix.host["gpus"])
 
     def _host_energy(self, record: dict[str, Any], outcome: Outcome, cell: Cell) -> None:
         """The trial's boundary on the host's figures, and the host's counters on the runner's windows."""
@@ -167,10 +167,10 @@ class Executor:
         if gpus:
             job["meters"]["gpus"] = gpus
         job["trial"] = {"run_id": self.store.run_id, "cell_id": cell.id, "runtime": cell.runtime.name,
-                        "image": cell.runtime.runtime.image, "matrix_hash": self.plan.matrix.hash}
+                        "image": cell.runtime.spec.image, "matrix_hash": self.plan.matrix.hash}
         name = f"prepare__{cell.id}"
         limits = self.plan.matrix.container_for(cell.runtime, cell.model)
-        spec = LaunchSpec(name=name, runtime=cell.runtime.runtime, mode="prepare", job=job,
+        spec = LaunchSpec(name=name, runtime=cell.runtime.spec, mode="prepare", job=job,
                           work=self.store.work(name), log_path=self.store.log_path(name),
                           timeout_s=limits["timeout_s"], mem_limit=limits["mem_limit"], cpus=limits["cpus"],
                           shm_size=limits["shm_size"], gpus=gpus)
@@ -204,7 +204,7 @@ class Executor:
                 "engine": t.cell.engine, "model": t.cell.model.name, "setting": t.cell.setting.name,
                 "repetition": t.repetition, "order_index": t.order_index, "seed": m.seed, "matrix_hash": m.hash,
                 "matrix_name": m.name, "model_params_b": t.cell.model.params_b, "size_group": t.cell.model.group,
-                "image": self.launcher.image_of(t.cell.runtime.runtime)}
+                "image": self.launcher.image_of(t.cell.runtime.spec)}
 
     def run_trial(self, t: Trial) -> dict[str, Any]:
         m = self.plan.matrix
@@ -220,7 +220,7 @@ class Executor:
             job["meters"]["gpus"] = gpus
         job["trial"] = self._bookkeeping(t)
         limits = m.container_for(t.cell.runtime, t.cell.model)
-        spec = LaunchSpec(name=t.id, runtime=t.cell.runtime.runtime, mode="run", job=job, work=self.store.work(t.id),
+        spec = LaunchSpec(name=t.id, runtime=t.cell.runtime.spec, mode="run", job=job, work=self.store.work(t.id),
                           log_path=self.store.log_path(t.id), timeout_s=limits["timeout_s"],
                           mem_limit=limits["mem_limit"], cpus=limits["cpus"], shm_size=limits["shm_size"],
                           gpus=gpus)

@@ -75,7 +75,7 @@ class Setting:
 @dataclass(frozen=True)
 class RuntimeEntry:
     name: str
-    runtime: Runtime  # what images/<name>/Dockerfile says it can run
+    spec: Runtime  # what images/<name>/Dockerfile says it can run (engines, device, image tag)
     engines: tuple[str, ...]
     engine_options: dict[str, Any]
     container: dict[str, Any]  # overrides of [container]
@@ -114,7 +114,7 @@ class Matrix:
     def container_for(self, runtime: RuntimeEntry, model: ModelEntry) -> dict[str, Any]:
         """Container limits of one cell: [container] < the image's labels < runtime entry < model entry (a big model
         needs more time and memory)."""
-        return {**self.container, **dict(runtime.runtime.container), **runtime.container, **model.container}
+        return {**self.container, **dict(runtime.spec.container), **runtime.container, **model.container}
 
 
 def size_group(params_b: float) -> str:
@@ -274,7 +274,7 @@ def load(path: str | Path, *, images_dir: Path | None = None) -> Matrix:
                           "define [runtimes.<name>] and [models.<name>] entries")
 
     for s in sel_s:  # a setting no selected image offers would silently never run
-        offered = sorted({p for r in sel_rt for p in runtime_entries[r].runtime.precisions})
+        offered = sorted({p for r in sel_rt for p in runtime_entries[r].spec.precisions})
         if settings_all[s].precision not in offered:
             raise MatrixError(src, f"settings.{s}.precision",
                               f"no selected runtime offers {settings_all[s].precision!r}",
@@ -366,7 +366,7 @@ def job_body(matrix: Matrix, runtime: RuntimeEntry, engine: str, model: ModelEnt
     if "max_length" in setting.generation:
         generation.pop("new_tokens", None)
     return {
-        "engine": engine, "device": runtime.runtime.device, "precision": setting.precision,
+        "engine": engine, "device": runtime.spec.device, "precision": setting.precision,
         "model": model_spec,
         "workload": copy.deepcopy(matrix.job["workload"]), "generation": generation,
         "warmup": copy.deepcopy(matrix.job["warmup"]), "meters": copy.deepcopy(matrix.job["meters"]),
@@ -384,7 +384,7 @@ def _check_jobs(matrix: Matrix, runtimes: dict[str, RuntimeEntry], models: dict[
         for r in runtimes.values():
             for s in settings.values():
                 for e in r.engines:
-                    if s.precision not in r.runtime.engine_precisions(e):
+                    if s.precision not in r.spec.engine_precisions(e):
                         continue  # not a cell: this engine does not offer that precision
                     spec = {"name": m.name, "path": "/models/x"} if m.source != "hub" else {
                         "name": m.name, "hub_id": m.hub_id, "revision": m.revision, "hf_cache": "/hf-cache"}

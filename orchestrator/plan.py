@@ -70,10 +70,10 @@ def expand(matrix: Matrix) -> Plan:
     for r in matrix.runtimes.values():
         for s in matrix.settings.values():
             for e in r.engines:
-                offered = r.runtime.engine_precisions(e)
+                offered = r.spec.engine_precisions(e)
                 if s.precision not in offered:
                     excluded.append(f"{r.name}/{e} × {s.name}: engine offers {', '.join(offered)} on "
-                                    f"{r.runtime.device}")
+                                    f"{r.spec.device}")
                     continue
                 for m in matrix.models.values():
                     cells.append(Cell(r, e, m, s))

@@ -53,7 +53,7 @@ def test_study_matrix_is_the_study():
     groups = [e.group for e in m.models.values()]
     assert groups == ["<1B"] * 4 + ["1B–2B"] * 4 + ["≥2B"] * 4
     assert list(m.runtimes) == ["torch-cpu", "torch-cuda"]
-    assert [r.runtime.device for r in m.runtimes.values()] == ["cpu", "cuda"]
+    assert [r.spec.device for r in m.runtimes.values()] == ["cpu", "cuda"]
     assert m.job["workload"] == {"dataset": "humaneval", "style": "fragment", "count": 164, "selection": "first",
                                  "seed": 2412, "min_tokens": 10, "max_tokens": 15}
     assert m.job["generation"] == {"batch_size": 1, "max_length": 128, "fixed_length": True}
@@ -69,7 +69,7 @@ def test_smoke_matrix_needs_no_hub_and_no_gpu():
     m = load(REPO / "matrix-smoke.toml")
     assert all(e.source == "fixture" for e in m.models.values())
     assert {e.fixture for e in m.models.values()} >= {"llama", "gpt2", "smollm2"}
-    assert all(r.runtime.device == "cpu" and not r.runtime.gpu for r in m.runtimes.values())
+    assert all(r.spec.device == "cpu" and not r.spec.gpu for r in m.runtimes.values())
     assert m.job["workload"]["count"] <= 8 and m.job["generation"]["new_tokens"] <= 32
 
 
