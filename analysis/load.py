@@ -310,7 +310,8 @@ def prompt_rows(record: dict, trial: dict[str, Any]) -> list[dict[str, Any]]:
     for p in record.get("per_prompt") or []:
         ids = [int(i) for i in p.get("output_ids") or []]
         rows.append({**base, "index": p.get("index"), "task_id": p.get("task_id"), "batch_index": p.get("batch"),
-                     "prompt_tokens": p.get("prompt_tokens"), "new_tokens": p.get("new_tokens"),
+                     "prompt_tokens": p.get("prompt_tokens"),
+                     "generated_tokens": p.get("generated_tokens", p.get("new_tokens")),  # /1 records: new_tokens
                      "latency_s": p.get("latency_s"), "ttft_s": p.get("ttft_s"), "tpot_s": p.get("tpot_s"),
                      "output_ids": ids})
     return rows

@@ -138,7 +138,7 @@ def make_record(*, model: str = "tiny-a", hub_id: str | None = None, params_b: f
         if i in diverge:
             ids = ids[: new_tokens // 2] + [0] * (new_tokens - new_tokens // 2)
         per_prompt.append({"index": i, "task_id": f"HumanEval/{i}", "batch": i // batch, "prompt_tokens": 12,
-                           "new_tokens": new_tokens, "latency_s": latency, "ttft_s": ttft,
+                           "generated_tokens": new_tokens, "latency_s": latency, "ttft_s": ttft,
                            "tpot_s": (latency - ttft) / max(new_tokens - 1, 1), "output_ids": ids})
     output = prompts * new_tokens
     record["tokens"] = {"prompts": prompts, "batches": batches, "input": 12 * prompts, "output": output}

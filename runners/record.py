@@ -17,7 +17,8 @@ Shape (``slm-matrix.record/1``)::
         component: "gpu:<i>" (NVML), "cpu:package-<i>" / "cpu:dram-<i>" (RAPL), "cpu" / "ram" / "gpu" (codecarbon)
     idle    null | {duration_s, power: [{component, watts|null, source, meter, reason}]}
     tokens  {prompts, batches, input, output}
-    per_prompt [{index, task_id, batch, prompt_tokens, new_tokens, latency_s, ttft_s, tpot_s, output_ids[]}]
+    per_prompt [{index, task_id, batch, prompt_tokens, generated_tokens, latency_s, ttft_s, tpot_s, output_ids[]}]
+      (generated_tokens: the count produced; the job's generation.new_tokens is the budget asked for)
     metrics {tokens_per_s, joules_per_token{measured, estimated}, latency_s{…}, ttft_s{…}, tpot_s{…}}
     co2     {intensity_g_per_kwh|null, country_iso_code, source, reason}
     agreement null | {reference, prompts, identical, share_identical, first_divergence[]}
@@ -39,7 +40,8 @@ from pathlib import Path
 from typing import Any
 
 RECORD_SCHEMA_ID = "slm-matrix.record/2"
-# /2: windows carry start_mono/end_mono (the host meters by them), their energy boundary and validity flags
+# /2: windows carry start_mono/end_mono (the host meters by them), their energy boundary and validity flags;
+# per_prompt.new_tokens became generated_tokens (the count; the job's generation.new_tokens is the budget)
 SOURCES = ("measured", "estimated", "unavailable")
 PHASES = ("prepare", "load", "compile", "warmup", "generate")
 
@@ -93,14 +95,15 @@ WINDOW_SCHEMA = {
 
 PROMPT_SCHEMA = {
     "type": "object",
-    "required": ["index", "task_id", "batch", "prompt_tokens", "new_tokens", "latency_s", "ttft_s", "tpot_s",
+    "required": ["index", "task_id", "batch", "prompt_tokens", "generated_tokens", "latency_s", "ttft_s", "tpot_s",
                  "output_ids"],
     "properties": {
         "index": {"type": "integer"},
         "task_id": {"type": "string"},
         "batch": {"type": "integer"},
         "prompt_tokens": {"type": "integer", "minimum": 1},
-        "new_tokens": {"type": "integer", "minimum": 0},
+        "generated_tokens": {"type": "integer", "minimum": 0},  # the count produced (job: generation.new_tokens
+                                                                 # is the budget asked for)
         "latency_s": _num,
         "ttft_s": _num_or_null,
         "tpot_s": _num_or_null,

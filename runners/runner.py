@@ -232,7 +232,7 @@ class TrialRun:
                     n = len(out)
                     tpot = ((t1 - steps[0]) / (n - 1)) if steps and n > 1 else None
                     per_prompt.append({"index": i, "task_id": self.prompts[i].task_id, "batch": b,
-                                       "prompt_tokens": len(encoded[i]), "new_tokens": n,
+                                       "prompt_tokens": len(encoded[i]), "generated_tokens": n,
                                        "latency_s": t1 - t0, "ttft_s": ttft, "tpot_s": tpot,
                                        "output_ids": [int(t) for t in out]})
         self.record["phases"]["generate"] = w.result
@@ -255,7 +255,7 @@ class TrialRun:
 
     def _summarise(self, gen: dict, per_prompt: list[dict], n_batches: int, intensity: float | None) -> None:
         rec = self.record
-        out_tokens = sum(p["new_tokens"] for p in per_prompt)
+        out_tokens = sum(p["generated_tokens"] for p in per_prompt)
         rec["tokens"] = {"prompts": len(per_prompt), "batches": n_batches,
                          "input": sum(p["prompt_tokens"] for p in per_prompt), "output": out_tokens}
         # Latency is per batch: count it once per batch, not once per prompt of the batch.

@@ -78,7 +78,7 @@ def assert_exact(rec: dict, count: int = PROMPTS, new_tokens: int = NEW_TOKENS, 
 
     validate_record(rec)
     assert rec["status"] == "ok", summary(rec)
-    assert [p["new_tokens"] for p in rec["per_prompt"]] == [new_tokens] * count
+    assert [p["generated_tokens"] for p in rec["per_prompt"]] == [new_tokens] * count
     assert all(len(p["output_ids"]) == new_tokens for p in rec["per_prompt"])
     assert rec["tokens"]["output"] == count * new_tokens
     first = rec["per_prompt"][0]

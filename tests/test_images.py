@@ -89,7 +89,7 @@ def test_image_conforms(conformance, docker_client, runtime, engine):
     assert rec is not None, conformance["proc"].stdout[-3000:] + conformance["proc"].stderr[-3000:]
     assert rec["status"] == "ok", rec["error"]
     # exactly N new tokens for every prompt, from the image built from this checkout
-    assert [p["new_tokens"] for p in rec["per_prompt"]] == [NEW_TOKENS] * PROMPTS
+    assert [p["generated_tokens"] for p in rec["per_prompt"]] == [NEW_TOKENS] * PROMPTS
     assert all(len(p["output_ids"]) == NEW_TOKENS for p in rec["per_prompt"])
     assert rec["host"]["image"] == rt.image and rec["host"]["image_id"] == docker_client.images.get(rt.image).id
     # the engine's library versions are in the record

@@ -162,7 +162,7 @@ def _prepare_and_run(launch, model_dir, cache, precision="fp32", reference=None,
 
 def _assert_exact(rec, count=PROMPTS, new_tokens=NEW_TOKENS):
     assert rec["status"] == "ok", summary(rec)
-    assert [p["new_tokens"] for p in rec["per_prompt"]] == [new_tokens] * count
+    assert [p["generated_tokens"] for p in rec["per_prompt"]] == [new_tokens] * count
     assert all(len(p["output_ids"]) == new_tokens for p in rec["per_prompt"])
     assert rec["tokens"]["output"] == count * new_tokens
     d = rec["engine"]["details"]

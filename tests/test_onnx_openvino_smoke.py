@@ -82,7 +82,7 @@ def test_exact_tokens_and_agreement_with_torch_fp32(smoke_run):
     for tid, rec in trials.items():
         validate_record(rec)
         assert rec["status"] == "ok", rec["error"]
-        assert [p["new_tokens"] for p in rec["per_prompt"]] == [n] * count
+        assert [p["generated_tokens"] for p in rec["per_prompt"]] == [n] * count
         if rec["trial"]["runtime"] == "torch-cpu":
             continue
         a = rec["agreement"]

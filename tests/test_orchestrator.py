@@ -107,7 +107,7 @@ def test_smoke_generates_exactly_the_configured_tokens(smoke):
     m = load(SMOKE)
     n, count = m.job["generation"]["new_tokens"], m.job["workload"]["count"]
     for rec in records(smoke["dir"]).values():
-        assert [p["new_tokens"] for p in rec["per_prompt"]] == [n] * count
+        assert [p["generated_tokens"] for p in rec["per_prompt"]] == [n] * count
         assert all(len(p["output_ids"]) == n for p in rec["per_prompt"])
         assert rec["tokens"]["output"] == n * count and rec["tokens"]["prompts"] == count
 
@@ -319,7 +319,7 @@ def test_process_launcher_runs_the_same_job_contract_without_docker(tmp_path, ti
     (rec,) = records(tmp_path / "results" / tmp_path.name).values()
     validate_record(rec)
     assert rec["status"] == "ok" and rec["host"]["launcher"] == "process" and rec["host"]["image_id"] is None
-    assert [p["new_tokens"] for p in rec["per_prompt"]] == [4, 4]
+    assert [p["generated_tokens"] for p in rec["per_prompt"]] == [4, 4]
     assert rec["host"]["container"]["energy"]
 
 

@@ -34,7 +34,7 @@ def test_each_architecture_generates_exactly_n_new_tokens(tiny_models, arch, bat
                  workload={"count": 5})
     assert record["status"] == "ok", record["error"]
     assert record["model"]["model_type"] == arch
-    assert [p["new_tokens"] for p in record["per_prompt"]] == [12] * 5
+    assert [p["generated_tokens"] for p in record["per_prompt"]] == [12] * 5
     assert all(len(p["output_ids"]) == 12 for p in record["per_prompt"])
     assert record["tokens"] == {"prompts": 5, "batches": -(-5 // batch), "input": record["tokens"]["input"],
                                 "output": 60}

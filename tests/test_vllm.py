@@ -89,7 +89,7 @@ def vllm_cpu(docker_client, tmp_path_factory):
 
 def _assert_exact(rec, count, new_tokens=NEW_TOKENS):
     assert rec["status"] == "ok", summary(rec)
-    assert [p["new_tokens"] for p in rec["per_prompt"]] == [new_tokens] * count
+    assert [p["generated_tokens"] for p in rec["per_prompt"]] == [new_tokens] * count
     assert rec["tokens"]["output"] == count * new_tokens
     compile_window = rec["phases"]["compile"]
     assert compile_window["info"]["startup_s"] > 0 and compile_window["duration_s"] > 0
@@ -153,7 +153,7 @@ def test_cuda_images_generate_exactly(gpu_host, tmp_path_factory, smollm2_dir, r
             assert prep["status"] == "ok", summary(prep)
         rec, _ = launch("run", body)
         assert rec["status"] == "ok", summary(rec)
-        assert [p["new_tokens"] for p in rec["per_prompt"]] == [NEW_TOKENS] * 4
+        assert [p["generated_tokens"] for p in rec["per_prompt"]] == [NEW_TOKENS] * 4
         gen = rec["phases"]["generate"]
         assert any(f["component"].startswith("gpu:") and f["source"] == "measured" for f in gen["energy"])
         if engine == "llamacpp":
