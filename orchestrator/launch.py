@@ -60,7 +60,7 @@ class Launcher(Protocol):
     def remove_stale(self) -> list[str]:
         """Leftovers of an orchestrator that was killed mid-trial, removed; their names."""
 
-    def ensure_ready(self, runtimes: Iterable[Runtime], build: bool, log: Callable[[str], None]) -> None:
+    def ensure_ready(self, runtimes: Iterable[Runtime], build_them: bool, log: Callable[[str], None]) -> None:
         """Make the runtimes runnable (images built, or checked to exist), or raise HostProblem with the fix."""
 
     def image_of(self, runtime: Runtime) -> str | None:
