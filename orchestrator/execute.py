@@ -97,6 +97,14 @@ class Executor:
         wanted = self.plan.matrix.host["gpus"]
         return {(g.uuid or str(g.index)): g.index for g in self._meters().gpus if g.index in wanted}
 
+    def _job(self, cell: Cell) -> tuple[dict[str, Any], dict[str, int]]:
+        """The cell's job, its meters told which GPUs are the trial's own; and those GPUs, for the launcher."""
+        job = cell_job(self.plan, cell, self.cache)
+        gpus = self.trial_gpus(cell)
+        if gpus:
+            job["meters"]["gpus"] = gpus
+        return job, gpus
+
     def _keep(self, cell: Cell):
         from orchestrator.host_energy import trial_boundary
 
@@ -162,10 +170,7 @@ class Executor:
         return unavailable, broken
 
     def _prepare_cell(self, cell: Cell) -> dict[str, Any]:
-        job = cell_job(self.plan, cell, self.cache)
-        gpus = self.trial_gpus(cell)
-        if gpus:
-            job["meters"]["gpus"] = gpus
+        job, gpus = self._job(cell)
         job["trial"] = {"run_id": self.store.run_id, "cell_id": cell.id, "runtime": cell.runtime.name,
                         "image": cell.runtime.spec.image, "matrix_hash": self.plan.matrix.hash}
         name = f"prepare__{cell.id}"
@@ -214,10 +219,7 @@ class Executor:
 
         idle = meters.idle(m.host["idle_seconds"]) if m.host["idle_seconds"] > 0 else None
         idle = restrict_idle(idle, self._keep(t.cell))
-        job = cell_job(self.plan, t.cell, self.cache)
-        gpus = self.trial_gpus(t.cell)
-        if gpus:
-            job["meters"]["gpus"] = gpus
+        job, gpus = self._job(t.cell)
         job["trial"] = self._bookkeeping(t)
         limits = m.container_for(t.cell.runtime, t.cell.model)
         spec = LaunchSpec(name=t.id, runtime=t.cell.runtime.spec, mode="run", job=job, work=self.store.work(t.id),
