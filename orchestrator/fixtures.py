@@ -328,13 +328,47 @@ def _train_spm() -> tuple[bytes, dict[str, Any]]:
     return model.getvalue(), info
 
 
+def _spm_backend(model_file: Path):
+    """The fast (tokenizers) form of the SentencePiece model, the same tokenizer.json under transformers 4.57 and 5.x.
+
+    4.x converts the .model file itself (GemmaTokenizerFast(vocab_file=...)); 5.x no longer converts from a file, and
+    its Gemma extractor is broken for BPE models, so there the vocabulary and score-ordered merges (the same merges
+    4.x derives) go to GemmaTokenizer, and the parts 4.x adds from the .model file (its user-defined symbols as added
+    tokens, <bos> prepended) are added the same way.
+    """
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) < 5:
+        from transformers import GemmaTokenizerFast
+
+        return GemmaTokenizerFast(vocab_file=str(model_file)).backend_tokenizer
+
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import AddedToken, processors
+    from transformers import GemmaTokenizer
+    from transformers.convert_slow_tokenizer import generate_merges
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(Path(model_file).read_bytes())
+    vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
+    scores = {p.piece: p.score for p in proto.pieces}
+    backend = GemmaTokenizer(vocab=vocab, merges=generate_merges(vocab, scores), mask_token=None).backend_tokenizer
+    user_defined = proto.SentencePiece.Type.USER_DEFINED
+    backend.add_tokens([AddedToken(p.piece, normalized=False, special=False)
+                        for p in proto.pieces if p.type == user_defined])
+    bos_piece, bos_id = _SPM_SPECIALS["bos"][1], _SPM_SPECIALS["bos"][0]
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{bos_piece} $A", pair=f"{bos_piece} $A {bos_piece}:1 $B:1", special_tokens=[(bos_piece, bos_id)])
+    return backend
+
+
 def spm_tokenizer(cache_dir: Path | None = None):
     """A SentencePiece BPE tokenizer (vocab 4096, byte fallback, Gemma's control ids; prepends <bos>) trained here.
 
     The cache dir also holds ``tokenizer.model``, which fixtures copy next to their tokenizer.json: llama.cpp's
     converter reads that file for Gemma (and prefers it for Llama).
     """
-    from transformers import GemmaTokenizerFast, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     path = _tokenizer_dir(cache_dir, "spm")
     spec = {"kind": "tokenizer", "name": "spm", "vocab_size": SPM_VOCAB, "recipe": RECIPE}
@@ -342,8 +376,7 @@ def spm_tokenizer(cache_dir: Path | None = None):
         with _staging(path, spec) as tmp:
             model, info = _train_spm()
             (tmp / "tokenizer.model").write_bytes(model)
-            # transformers' SentencePiece->fast conversion, then the generic class so that it loads the same in 4.x/5.x
-            backend = GemmaTokenizerFast(vocab_file=str(tmp / "tokenizer.model")).backend_tokenizer
+            backend = _spm_backend(tmp / "tokenizer.model")
             sp = {k: p for k, (_, p) in _SPM_SPECIALS.items()}
             PreTrainedTokenizerFast(
                 tokenizer_object=backend,
@@ -632,8 +665,16 @@ def build_smollm2(out_dir: Path | None = None, *, cache_dir: Path | None = None)
     gguf_path = smollm2_gguf_path(cache_dir)
     tok = smollm2_tokenizer(cache_dir)
     # transformers dequantises the Q4_1 tensors to fp32 while loading (needs gguf + accelerate)
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
-                                                 torch_dtype=torch.float32).eval()
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    # transformers 5 keeps the GGUF "quantizer" on the loaded model and then refuses to save it, although the weights
+    # are plain fp32 by now: move them into a model made from the config, which saves on 4.57 and 5.x alike.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.eval()
+    del loaded
     special = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
     for k, v in special.items():
         setattr(model.config, k, v)
