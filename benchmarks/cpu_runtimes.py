@@ -31,23 +31,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks._matrix import toml_table  # noqa: E402
+
 MODEL = "gpt2-bench100m"
-
-
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    return str(v)
-
-
-def _table(name: str, values: dict) -> str:
-    return f"[{name}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items()) + "\n"
 
 
 def matrix_text(name: str, smoke: dict, args, runtimes: dict[str, dict], settings: list[str]) -> str:
@@ -57,15 +43,15 @@ def matrix_text(name: str, smoke: dict, args, runtimes: dict[str, dict], setting
     if args.prompts:
         sections["workload"]["count"] = args.prompts
     sections["container"]["timeout_s"] = max(float(sections["container"].get("timeout_s", 600)), 1800.0)
-    text = _table("matrix", {"name": name, "seed": smoke["matrix"]["seed"],
+    text = toml_table("matrix", {"name": name, "seed": smoke["matrix"]["seed"],
                              "repetitions": args.reps or smoke["matrix"]["repetitions"]})
     for key, values in sections.items():
-        text += _table(key, values)
+        text += toml_table(key, values)
     for s in settings:
-        text += _table(f"settings.{s}", {"precision": s})
+        text += toml_table(f"settings.{s}", {"precision": s})
     for rt, entry in runtimes.items():
-        text += _table(f"runtimes.{rt}", entry)
-    text += _table(f"models.{MODEL}", {"fixture": "gpt2", "size": "bench100m", "params_b": 0.09})
+        text += toml_table(f"runtimes.{rt}", entry)
+    text += toml_table(f"models.{MODEL}", {"fixture": "gpt2", "size": "bench100m", "params_b": 0.09})
     return text
 
 

@@ -20,14 +20,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import docker.errors
-import requests
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from orchestrator import REPO_ROOT
-from orchestrator.docker_launcher import DockerLauncher
 from orchestrator.images import ImageError, build, discover
 from orchestrator.launch import HostProblem, make_launcher
 from orchestrator.matrix import MatrixError, load
@@ -72,6 +69,16 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _engine_failures() -> tuple[type[BaseException], ...]:
+    """How a Docker engine fails mid-run; none where the Docker SDK is not installed (a bare host, process launcher)."""
+    try:
+        import docker.errors
+        import requests
+    except ImportError:
+        return ()
+    return (requests.exceptions.ConnectionError, docker.errors.APIError)
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -92,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     except (HostProblem, ImageError, RunConflict) as e:
         err_console.print(f"[red]error:[/] {escape(str(e))}")
         return 3
-    except (requests.exceptions.ConnectionError, docker.errors.APIError) as e:  # the engine failed mid-run
+    except _engine_failures() as e:  # the Docker engine failed mid-run
         err_console.print(f"[red]error:[/] the Docker engine failed: {escape(str(e))} — every finished trial is "
                           "recorded; run the same command again to resume")
         return 3
@@ -133,6 +140,8 @@ def cmd_build(args) -> int:
     else:
         chosen = [r.spec for r in load(args.matrix).runtimes.values()]
     chosen = [r for r in chosen if not args.device or r.device == args.device]
+    from orchestrator.docker_launcher import DockerLauncher
+
     client = DockerLauncher.connected("").client
     table = Table("runtime", "image", "id", "size (MB)", "build (s)")
     for rt in chosen:

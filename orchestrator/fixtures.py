@@ -12,7 +12,7 @@ same path as a hub model (``AutoModelForCausalLM.from_pretrained(dir)``, ``AutoT
 Every fixture directory carries a ``fixture.json`` marker, written last; a build happens in a hidden sibling
 directory that is renamed into place, so an interrupted build never leaves a directory that looks complete.
 
-CLI: ``python -m orchestrator.fixtures --out DIR [--arch NAME ...] [--size tiny|bench100m] [--tokenizer trained|smollm2|spm]
+CLI: ``python -m orchestrator.fixtures --out DIR [--arch NAME ...] [--size tiny|bench100m|bench1b] [--tokenizer trained|smollm2|spm]
 [--seed N] [--smollm2]`` prints a JSON object {name: path}.
 
 torch/transformers/tokenizers are imported lazily: the GGUF lookup and the naming helpers work in images that lack them.
@@ -44,7 +44,7 @@ from typing import Any, Iterator
 log = logging.getLogger(__name__)
 
 ARCHITECTURES = ("gpt2", "gpt_bigcode", "gpt_neox", "bloom", "llama", "gemma", "phi")
-SIZES = ("tiny", "bench100m")
+SIZES = ("tiny", "bench100m", "bench1b")
 TOKENIZERS = ("trained", "smollm2", "spm")
 
 # Bump when a recipe changes: cached fixtures built by another recipe are then rebuilt, not reused.
@@ -73,6 +73,9 @@ _SHAPES: dict[str, dict[str, tuple[int, int, int]]] = {
     "tiny": {"default": (128, 2, 2), "phi": (160, 2, 2)},
     # ~90M parameters with the trained vocabulary: codeparrot-small's shape (12 x 768, 12 heads)
     "bench100m": {"default": (768, 12, 12), "phi": (800, 12, 10)},
+    # ~1B parameters (Llama: 0.99B with the trained vocabulary): TinyLlama's width and depth, big enough that batch-1
+    # decode on a GPU is bound by reading the weights (the GPU acceptance kit's bandwidth-floor model)
+    "bench1b": {"default": (2048, 22, 32), "phi": (2080, 22, 26)},
 }
 
 

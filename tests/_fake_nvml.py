@@ -30,6 +30,8 @@ class FakeGpu:
     frozen: bool = False  # a counter stuck at one value
     start_mj: int = 5_000_000
     temp_c: float = 40.0
+    mem_clock_mhz: int | None = 3201  # NVML's max memory clock (an H200's); None: the query is not supported
+    bus_width_bits: int | None = 6144
 
     def __post_init__(self):
         self.t0 = time.monotonic()
@@ -41,6 +43,12 @@ class FakeGpu:
             return self.start_mj
         steps = int((time.monotonic() - self.t0) / self.period_s)  # the counter moves once per period
         return self.start_mj + int(steps * self.period_s * self.watts * 1000)
+
+
+def _supported(value):
+    if value is None:
+        raise NVMLError("Not Supported")
+    return value
 
 
 def module(gpus: list[FakeGpu]) -> types.ModuleType:
@@ -57,6 +65,9 @@ def module(gpus: list[FakeGpu]) -> types.ModuleType:
     m.nvmlDeviceGetUtilizationRates = lambda h: types.SimpleNamespace(gpu=50, memory=10)
     m.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=2**30, total=2**34)
     m.nvmlDeviceGetTemperature = lambda h, kind: h.temp_c
+    m.NVML_CLOCK_MEM = 2
+    m.nvmlDeviceGetMaxClockInfo = lambda h, kind: _supported(h.mem_clock_mhz if kind == m.NVML_CLOCK_MEM else None)
+    m.nvmlDeviceGetMemoryBusWidth = lambda h: _supported(h.bus_width_bits)
     m.nvmlSystemGetDriverVersion = lambda: "590.00"
     m.nvmlSystemGetCudaDriverVersion_v2 = lambda: 13000
     return m

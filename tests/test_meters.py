@@ -297,6 +297,22 @@ def _cuda_window(tmp_path, seconds: float, **spec):
     return meters, w.result
 
 
+def test_memory_bandwidth_from_nvml_clock_and_bus_else_the_datasheet_table(fake_nvml):
+    from _fake_nvml import FakeGpu
+    from runners.meters import nvml
+
+    fake_nvml(FakeGpu("GPU-a"), FakeGpu("GPU-b", mem_clock_mhz=None), FakeGpu("GPU-c", name="NVIDIA Z1",
+                                                                               bus_width_bits=None))
+    (a, b, c), _ = nvml.discover()
+    got = a.memory_bandwidth()
+    assert got["source"] == "nvml" and got["bytes_per_s"] == pytest.approx(3201e6 * 2 * 6144 / 8)  # 4.92 TB/s
+    assert "3201 MHz" in got["detail"] and "6144 bit" in got["detail"]
+    got = b.memory_bandwidth()  # NVML cannot say: the H200's datasheet figure, named as such
+    assert got["source"] == "datasheet" and got["bytes_per_s"] == 4.8e12 and "H200" in got["detail"]
+    got = c.memory_bandwidth()  # neither knows: no figure, and why
+    assert got["bytes_per_s"] is None and "NVIDIA Z1" in got["reason"] and "Not Supported" in got["reason"]
+
+
 def test_nvml_window_is_the_counter_delta_in_joules(fake_nvml, tmp_path):
     """Counter at 120 W while the power readings say 300 W: the figure is the counter's delta ÷ 1000 (mJ → J), not
     integrated power, not mJ, not a fallback zero."""

@@ -36,6 +36,16 @@ class Shape:
         return self.longest_prompt + self.max_new_tokens
 
 
+def module_found(name: str) -> bool:
+    """Whether ``import name`` would find the module (a dotted name imports its parents, not the module itself)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a half-installed one
+        return False
+
+
 class Engine:
     name: ClassVar[str] = ""
     # device -> precisions this engine supports there; a device missing here is not supported at all.
@@ -43,6 +53,8 @@ class Engine:
     # Phases beyond load/generate this engine has, declared (the runner and the orchestrator read this, they do not
     # detect overrides): "prepare" (a conversion into the cache, in its own container), "compile" (its own window).
     optional_phases: ClassVar[frozenset[str]] = frozenset()
+    # Python modules the engine's runtime library needs; Engine.unavailable finds them without importing them
+    requires: ClassVar[tuple[str, ...]] = ()
     # engine_options this engine understands: a typed dataclass (runners/engines/options.py) that validates itself
     Options: ClassVar[type[Options]] = Options
     # name -> (type, one-line meaning), derived from Options: for help texts
@@ -63,6 +75,21 @@ class Engine:
     def check_options(cls, options: dict[str, Any]) -> Options:
         """The job's engine_options as this engine's typed Options; JobError naming the field and the fix."""
         return cls.Options.parse(options, cls.name)
+
+    @classmethod
+    def unavailable(cls, device: str) -> str | None:
+        """Why this Python cannot run the engine on ``device`` (its library is not installed, no usable CUDA), else
+        None. Cheap (modules are found, not imported), so a bare host can be surveyed before any job is written."""
+        if device not in cls.precisions:
+            return f"the {cls.name} engine does not run on {device}"
+        missing = [m for m in cls.requires if not module_found(m)]
+        if missing:
+            return f"{', '.join(missing)} not installed"
+        if device == "cuda":
+            from runners.environment import cuda_problem
+
+            return cuda_problem()
+        return None
 
     def check_host(self) -> None:
         """Raise JobError when this host cannot run the job (e.g. CUDA asked, none visible)."""

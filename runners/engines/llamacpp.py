@@ -25,7 +25,7 @@ from typing import Any
 
 from runners.engines._conversion import ConversionError, architecture, ensure, versions
 from runners.engines import options as o
-from runners.engines.base import Engine, StepHook
+from runners.engines.base import Engine, StepHook, module_found
 from runners.errors import JobError
 
 ENGINE_DIR = "llamacpp"
@@ -71,6 +71,23 @@ class LlamaCppEngine(Engine):
     name = "llamacpp"
     optional_phases = frozenset({"prepare"})
     precisions = {"cpu": tuple(RECIPES), "cuda": tuple(RECIPES)}
+    requires = ("llama_cpp", "gguf")
+
+    @classmethod
+    def unavailable(cls, device: str) -> str | None:
+        if device not in cls.precisions:
+            return f"the {cls.name} engine does not run on {device}"
+        missing = [m for m in cls.requires if not module_found(m)]
+        if missing:
+            return f"{', '.join(missing)} not installed"
+        if not converter_path().is_file():  # prepare converts HF folders with llama.cpp's own script
+            return f"llama.cpp's convert_hf_to_gguf.py is not at {converter_path()} (set LLAMA_CPP_CONVERTER)"
+        if device == "cuda":  # no torch here: ask llama.cpp itself
+            import llama_cpp
+
+            if not llama_cpp.llama_supports_gpu_offload():
+                return "this llama-cpp-python build has no GPU offload (build it with GGML_CUDA=on)"
+        return None
 
     @dataclass(frozen=True)
     class Options(o.Options):

@@ -45,6 +45,18 @@ class OnnxEngine(Engine):
     # CPU: fp32 and int8 dynamic quantisation (fp16 kernels on the CPU provider are partial and slow);
     # CUDA: fp32 and fp16 (ORT's integer MatMul kernels are CPU ones: int8 dynamic quantisation is no CUDA option).
     precisions = {"cpu": ("fp32", "int8"), "cuda": ("fp32", "fp16")}
+    requires = ("onnxruntime", "optimum.onnxruntime")
+
+    @classmethod
+    def unavailable(cls, device: str) -> str | None:
+        reason = super().unavailable(device)
+        if reason is None and device == "cuda":
+            import onnxruntime
+
+            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+                reason = (f"this onnxruntime ({onnxruntime.__version__}) has no CUDAExecutionProvider "
+                          "(onnxruntime-gpu is the package that has it)")
+        return reason
 
     @dataclass(frozen=True)
     class Options(o.Options):

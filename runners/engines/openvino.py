@@ -44,6 +44,7 @@ class OpenVinoEngine(Engine):
     name = "openvino"
     optional_phases = frozenset({"prepare", "compile"})
     precisions = {"cpu": ("fp32", "bf16", "int8")}
+    requires = ("openvino", "optimum.intel")
 
     @dataclass(frozen=True)
     class Options(o.Options):

@@ -15,6 +15,7 @@ from typing import Any
 
 from runners.engines import options as o
 
+from runners.engines.base import module_found
 from runners.engines.hf_generate import greedy_generate
 from runners.engines.torch_engine import TorchEngine
 
@@ -26,6 +27,13 @@ _COMPILE_TEXT = ("def add(a, b):\n    return a + b\n\nfor i in range(10):\n    p
 class TorchCompileEngine(TorchEngine):
     name = "torch-compile"
     optional_phases = frozenset({"compile"})
+
+    @classmethod
+    def unavailable(cls, device: str) -> str | None:
+        # Inductor generates Triton kernels for CUDA: without triton, compiling for the GPU fails at the first graph
+        if device == "cuda" and not module_found("triton"):
+            return "triton not installed (Inductor needs it for CUDA)"
+        return super().unavailable(device)
 
     @dataclass(frozen=True)
     class Options(TorchEngine.Options):

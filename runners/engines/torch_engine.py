@@ -16,6 +16,7 @@ DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 class TorchEngine(Engine):
     name = "torch"
     precisions = {"cpu": ("fp32", "bf16", "fp16"), "cuda": ("fp32", "fp16", "bf16")}
+    requires = ("torch", "transformers")
 
     @dataclass(frozen=True)
     class Options(o.Options):

@@ -35,6 +35,7 @@ class VllmEngine(Engine):
     name = "vllm"
     optional_phases = frozenset({"compile"})
     precisions = {"cuda": ("fp32", "fp16", "bf16"), "cpu": ("fp32", "bf16")}
+    requires = ("vllm",)
 
     @dataclass(frozen=True)
     class Options(o.Options):

@@ -84,6 +84,47 @@ class NvmlGpu:
         return v
 
 
+    def memory_bandwidth(self) -> dict[str, Any]:
+        """Peak memory bandwidth from NVML: max memory clock × bus width × 2 (NVML reports the clock of one edge; HBM
+        and GDDR transfer on both), e.g. A100-80GB 1593 MHz × 5120 bit → 2.04 TB/s, its datasheet figure. Falls back
+        to KNOWN_BANDWIDTH (datasheets) by board name; {"bytes_per_s": None, "reason": ...} when neither knows."""
+        import pynvml
+
+        try:
+            mhz = pynvml.nvmlDeviceGetMaxClockInfo(self.handle, pynvml.NVML_CLOCK_MEM)
+            bits = pynvml.nvmlDeviceGetMemoryBusWidth(self.handle)
+            why = f"NVML reports {mhz} MHz × {bits} bit"
+        except (pynvml.NVMLError, AttributeError) as e:  # AttributeError: an nvidia-ml-py without the call
+            mhz = bits = None
+            why = f"NVML gives no memory clock or bus width here ({e})"
+        if mhz and bits:
+            return {"bytes_per_s": mhz * 1e6 * 2 * bits / 8, "source": "nvml",
+                    "detail": f"max memory clock {mhz} MHz × bus width {bits} bit × 2 (double data rate)"}
+        for key, (bps, source) in KNOWN_BANDWIDTH.items():
+            if key.lower() in self.name.lower():
+                return {"bytes_per_s": bps, "source": "datasheet", "detail": source}
+        return {"bytes_per_s": None, "source": None,
+                "reason": f"{why}; {self.name!r} is not in the table of known GPUs"}
+
+
+# Peak memory bandwidth of common data-centre and workstation boards, from NVIDIA's product datasheets; used only when
+# NVML cannot give the memory clock and bus width. Most specific names first (matched as substrings of the NVML name).
+KNOWN_BANDWIDTH: dict[str, tuple[float, str]] = {
+    "H200": (4.8e12, "NVIDIA H200 datasheet: 4.8 TB/s HBM3e"),
+    "H100 PCIe": (2.0e12, "NVIDIA H100 datasheet (PCIe): 2.0 TB/s HBM2e"),
+    "H100 NVL": (3.9e12, "NVIDIA H100 datasheet (NVL): 3.9 TB/s HBM3"),
+    "H100": (3.35e12, "NVIDIA H100 datasheet (SXM): 3.35 TB/s HBM3"),
+    "A100-SXM4-80GB": (2.039e12, "NVIDIA A100 datasheet (80GB SXM): 2,039 GB/s HBM2e"),
+    "A100 80GB PCIe": (1.935e12, "NVIDIA A100 datasheet (80GB PCIe): 1,935 GB/s HBM2e"),
+    "A100": (1.555e12, "NVIDIA A100 datasheet (40GB): 1,555 GB/s HBM2"),
+    "L40S": (864e9, "NVIDIA L40S datasheet: 864 GB/s GDDR6"),
+    "L4": (300e9, "NVIDIA L4 datasheet: 300 GB/s GDDR6"),
+    "A10": (600e9, "NVIDIA A10 datasheet: 600 GB/s GDDR6"),
+    "V100": (900e9, "NVIDIA V100 datasheet (SXM2/PCIe 32GB): 900 GB/s HBM2"),
+    "RTX 4090": (1008e9, "NVIDIA GeForce RTX 4090 specifications: 1,008 GB/s GDDR6X"),
+}
+
+
 def _uuid(pynvml, handle) -> str | None:
     try:
         u = pynvml.nvmlDeviceGetUUID(handle)
