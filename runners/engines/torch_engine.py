@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from dataclasses import dataclass
@@ -65,7 +66,6 @@ class TorchEngine(Engine):
 
     def close(self) -> None:
         self.model = None
-        if self.ctx.device == "cuda":
-            import torch
-
+        torch = sys.modules.get("torch")  # a job refused before torch was imported (or without torch) has no cache
+        if self.ctx.device == "cuda" and torch is not None and torch.cuda.is_initialized():
             torch.cuda.empty_cache()
