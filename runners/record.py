@@ -17,7 +17,8 @@ Shape (``slm-matrix.record/1``)::
         component: "gpu:<i>" (NVML), "cpu:package-<i>" / "cpu:dram-<i>" (RAPL), "cpu" / "ram" / "gpu" (codecarbon)
     idle    null | {duration_s, power: [{component, watts|null, source, meter, reason}]}
     tokens  {prompts, batches, input, output}
-    per_prompt [{index, task_id, batch, prompt_tokens, generated_tokens, latency_s, ttft_s, tpot_s, output_ids[]}]
+    per_prompt [{index, task_id, batch, prompt_tokens, generated_tokens, latency_s, ttft_s, tpot_s, output_ids[],
+                output_text, eos_at}]
       (generated_tokens: the count produced; the job's generation.new_tokens is the budget asked for)
     metrics {tokens_per_s, joules_per_token{measured, estimated}, latency_s{…}, ttft_s{…}, tpot_s{…}}
     co2     {intensity_g_per_kwh|null, country_iso_code, source, reason}
@@ -108,6 +109,10 @@ PROMPT_SCHEMA = {
         "ttft_s": _num_or_null,
         "tpot_s": _num_or_null,
         "output_ids": {"type": "array", "items": {"type": "integer"}},
+        # decoded after the measured window, up to the first end-of-sequence token (what a user would see; HumanEval
+        # evaluation cuts it further at the stop sequences); absent in records made before it existed
+        "output_text": {"type": "string"},
+        "eos_at": {"type": ["integer", "null"]},  # index of the first EOS in output_ids, None when there is none
     },
 }
 

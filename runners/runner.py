@@ -236,8 +236,29 @@ class TrialRun:
                                        "latency_s": t1 - t0, "ttft_s": ttft, "tpot_s": tpot,
                                        "output_ids": [int(t) for t in out]})
         self.record["phases"]["generate"] = w.result
+        self._decode(per_prompt)
         self.record["per_prompt"] = per_prompt
         self._summarise(w.result, per_prompt, len(self.batches), w.intensity_g_per_kwh)
+
+    def _decode(self, per_prompt: list[dict]) -> None:
+        """The text of every output, after the measured window (decoding is not serving work): up to the first EOS,
+        as a user would see it — a fixed-length run keeps generating past it, and that tail is not the answer."""
+        eos = self._eos_ids()
+        for p in per_prompt:
+            ids = p["output_ids"]
+            p["eos_at"] = next((i for i, t in enumerate(ids) if t in eos), None)
+            p["output_text"] = self.tokenizer.decode(ids[: p["eos_at"]] if p["eos_at"] is not None else ids,
+                                                     skip_special_tokens=True)
+
+    def _eos_ids(self) -> set[int]:
+        ids = {self.tokenizer.eos_token_id}
+        for name in ("config.json", "generation_config.json"):
+            try:
+                value = json.loads((self.model_dir / name).read_text()).get("eos_token_id")
+            except (OSError, ValueError):
+                continue
+            ids.update(value if isinstance(value, list) else [value])
+        return {int(i) for i in ids if isinstance(i, int)}
 
     def _budget(self, batch: list[list[int]]) -> int:
         assert self.job is not None

@@ -125,6 +125,15 @@ def test_smollm2_real_model_on_cpu(smollm2_dir):
     tok = load_tokenizer(smollm2_dir)
     text = tok.decode(record["per_prompt"][0]["output_ids"])
     assert text.strip(), "a real model writes something"
+    # the text the evaluation runs: decoded after the window, up to the first EOS (a fixed-length run goes past it)
+    for p in record["per_prompt"]:
+        ids, eos = p["output_ids"], p["eos_at"]
+        assert eos is None or (ids[eos] == tok.eos_token_id and tok.eos_token_id not in ids[:eos])
+        assert p["output_text"] == tok.decode(ids if eos is None else ids[:eos], skip_special_tokens=True)
+    # the instruct model answers HumanEval's full prompts and stops: an EOS within 160 tokens on some prompt
+    full = run(smollm2_dir, workload={"count": 3, "style": "full"}, generation={"new_tokens": 160})
+    assert any(p["eos_at"] is not None for p in full["per_prompt"])
+    assert all(len(p["output_text"]) > 0 for p in full["per_prompt"])
 
 
 @pytest.mark.skipif(cuda_problem() is not None, reason=f"no CUDA here: {cuda_problem()}")
