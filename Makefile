@@ -1,6 +1,7 @@
 # The matrix, end to end. Every target goes through orchestrate.py (python orchestrate.py --help).
 #   make images / images-cpu / images-gpu   build the runtime images (images/*/Dockerfile; layer-cached)
-#   make smoke                              the smoke matrix (no GPU, no hub): tiny models + SmolLM2-135M
+#   make smoke                              the smoke matrix (no GPU, no hub): tiny models + SmolLM2-135M,
+#                                           and an evaluated slice (HumanEval pass/fail in the sandbox)
 #   make matrix                             the study (matrix.toml); on a host without a GPU: the CPU rows,
 #                                           and it says what it skipped. RUN=<id> names results/<id>/ (resumes).
 #   make status / report                    what is done, failed, left / the analysis report of results/$(RUN)
@@ -49,6 +50,8 @@ gpu-acceptance:
 
 smoke:
 	$(ORCH) run --matrix matrix-smoke.toml --run-id smoke --build --strict
+	$(ORCH) run --matrix matrix-smoke-eval.toml --run-id smoke-eval --build --strict
+	$(ORCH) evaluate --run-id smoke-eval --build
 
 matrix:
 	$(ORCH) run --matrix $(MATRIX) --run-id $(RUN) --build

@@ -79,6 +79,32 @@ def energy_time_scatter(medians: pd.DataFrame, energy: str = "energy_j", time: s
     return fig
 
 
+def quality_energy_scatter(q: pd.DataFrame) -> plt.Figure:
+    """pass@1 (with its interval) against J/token per configuration, one panel per model; the Pareto front (nothing
+    solves more tasks for fewer joules per token) ringed and joined."""
+    models = sorted(q["model"].unique())
+    fig, axes = _grid(len(models))
+    pal = _palette(q["config"])
+    for ax, model in zip(axes, models):
+        part = q[q["model"] == model].dropna(subset=["j_per_token", "pass@1"]).assign(fail=lambda d: 1 - d["pass@1"])
+        front = part[pareto_front(part, "j_per_token", "fail")].sort_values("j_per_token")
+        for _, r in part.iterrows():
+            p = 100 * r["pass@1"]
+            ax.errorbar(r["j_per_token"], p, yerr=[[p - 100 * r["ci_low"]], [100 * r["ci_high"] - p]], fmt="o",
+                        color=pal[r["config"]], ms=7, capsize=3, zorder=3)
+        ax.plot(front["j_per_token"], 100 * front["pass@1"], "--", color="grey", lw=1, zorder=2)
+        ax.scatter(front["j_per_token"], 100 * front["pass@1"], s=180, facecolors="none", edgecolors="black",
+                   zorder=4)
+        ax.set_title(model, fontsize=11)
+        ax.set_xlabel("J/token (median)")
+        ax.set_ylabel("HumanEval pass@1 (%)")
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=k) for k, c in pal.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False,
+               bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
 def savings_heatmap(matrix: pd.DataFrame, title: str) -> plt.Figure:
     """model × configuration: % energy saved against the worst configuration of the same model."""
     fig, ax = plt.subplots(figsize=(1.3 * max(len(matrix.columns), 3) + 3, 0.6 * max(len(matrix), 2) + 2.2))

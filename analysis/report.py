@@ -18,6 +18,7 @@ import pandas as pd
 
 from analysis import plots
 from analysis.load import Tables, load_runs
+from analysis.quality import NONE_SOLVED, add_quality, load_evaluations, paired_vs_reference, quality_table
 from analysis.metrics import (SUMMARY_COLUMNS, add_metrics, comparison_groups, model_config_medians, pareto_front,
                               with_agreement)
 from analysis.stats import (ALPHA, MIN_N_TEST, Comparison, fmt_p, p_words, run_statistics, savings_best_worst,
@@ -56,6 +57,10 @@ class Analysis:
     study_comparison: pd.DataFrame | None = None
     warnings: list[str] = field(default_factory=list)
     min_n: int = MIN_N_TEST
+    # HumanEval evaluations (orchestrate.py evaluate): per trial, per model × configuration, paired vs the reference
+    quality: pd.DataFrame = field(default_factory=pd.DataFrame)
+    quality_table: pd.DataFrame = field(default_factory=pd.DataFrame)
+    quality_pairs: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def sources(self) -> list[str]:
@@ -85,6 +90,13 @@ def analyse(run_dirs, *, study_csv: str | Path | None = DEFAULT_STUDY_CSV, pairs
         study = read_medians(study_csv)
         a.study = headline(study)
         a.study_comparison = compare_with_study(our_medians(ok), study) if not ok.empty else None
+    evaluations, eval_tasks = load_evaluations(tables.run_dirs)
+    if not evaluations.empty:
+        from runners.agreement import DEFAULT_REFERENCE
+
+        a.quality = add_quality(ok, evaluations)
+        a.quality_table = quality_table(a.quality)
+        a.quality_pairs = paired_vs_reference(a.quality, eval_tasks, DEFAULT_REFERENCE)
     a.warnings = _warnings(a)
     return a
 
@@ -434,6 +446,11 @@ def make_figures(a: Analysis) -> Figures:
             a.savings_matrix, f"% of energy ({src}) saved against the worst configuration of each model "
                               "(and energy boundary)"))
         f.captions["savings"] = "Savings heatmap: (worst − configuration) / worst × 100, per model, median energy."
+    if not a.quality_table.empty:
+        f.png["quality"] = plots.to_png(plots.quality_energy_scatter(a.quality_table))
+        f.captions["quality"] = ("HumanEval pass@1 (Wilson 95 % interval) against median J/token per configuration; "
+                                 "ringed points joined by the dashed line are the Pareto front (no configuration "
+                                 "solves more for less energy per token).")
     traces = []
     with_series = ok[ok["trial_id"].isin(list(a.tables.series))]
     if not with_series.empty:
@@ -476,7 +493,8 @@ def render(a: Analysis, figs: Figures, title: str) -> tuple[str, str]:
            "title": title}
     h: list[str] = []
     md: list[str] = []
-    for section in (_head, _headline_section, _tables_section, _statistics_section, _validity_section,
+    for section in (_head, _headline_section, _tables_section, _statistics_section, _quality_section,
+                    _validity_section,
                     _savings_section, _study_section, _plots_section, _failures_section):
         section(a, h, md, ctx)
     h.append("</body></html>")
@@ -498,6 +516,7 @@ def _head(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None:
              f"{html.escape(host_words)} · generated {html.escape(stamp)}</p>")
     h.append(f"<div class='banner {kind}'>{html.escape(banner)}</div>")
     h.append("<nav><a href='#headline'>Headline</a><a href='#tables'>Tables</a><a href='#stats'>Statistics</a>"
+             "<a href='#quality'>pass@1</a>"
              "<a href='#validity'>Meter validity</a><a href='#savings'>Savings</a><a href='#study'>Study</a><a href='#plots'>Plots</a>"
              "<a href='#failures'>Failures</a></nav>")
     md += [f"# {title}", "", f"Runs: {runs} · hosts: {host_words} · generated {stamp}", "", f"> **{banner}**", ""]
@@ -555,6 +574,48 @@ def _statistics_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> 
         if not pairs.empty:
             md += ["Dunn post-hoc (Holm) and Cliff's δ:", "", md_table(pairs)]
 
+
+
+QUALITY_NOTE = ("HumanEval, full prompts, greedy; each completion cut at the first stop sequence (\\ndef, \\nclass, "
+                "\\nif, \\nprint, \\n#) and run against its task's tests in a locked-down sandbox container, "
+                "outside every measured window. pass@1 = tasks passed ÷ tasks, mean over trials, Wilson 95 % "
+                "interval for n = tasks. J per solved task = net generate energy ÷ tasks passed (median over trials; "
+                f"'{NONE_SOLVED}' when nothing passed). Gained/lost: tasks one configuration passes and the "
+                "reference (torch fp32) does not, and the reverse; McNemar's exact test, Holm-corrected per model. "
+                "same-work: every configuration generated the same number of tokens (EOS ignored), so energies "
+                "compare; as-served: each stopped where it stopped.")
+
+
+def quality_display(a: Analysis) -> pd.DataFrame:
+    q = a.quality_table
+    if q.empty:
+        return q
+    out = pd.DataFrame({
+        "model": q["model"], "configuration": q["config"], "mode": q["mode"], "trials": q["trials"],
+        "tasks": q["tasks"], "pass@1": [f"{100 * p:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]"
+                                        for p, lo, hi in zip(q["pass@1"], q["ci_low"], q["ci_high"])],
+        "J/token": [fmt(x) for x in q["j_per_token"]],
+        "J per solved task": [note if isinstance(note, str) else fmt(x)
+                              for x, note in zip(q["j_per_solved"], q["j_per_solved_note"])],
+        "energy boundary": q["energy_boundary"]})
+    return out
+
+
+def _quality_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None:
+    """pass@1, J per solved task, tasks gained and lost against the reference."""
+    if a.quality_table.empty:
+        return
+    h.append(f"<h2 id='quality'>Does it work? HumanEval pass@1 and energy per solved task</h2>"
+             f"<p class='muted'>{html.escape(QUALITY_NOTE)}</p>{html_table(quality_display(a))}")
+    md += ["## Does it work? HumanEval pass@1 and energy per solved task", "", QUALITY_NOTE, "",
+           md_table(quality_display(a))]
+    if not a.quality_pairs.empty:
+        pairs = a.quality_pairs.rename(columns={"mcnemar_p": "McNemar p", "p_holm": "p (Holm)",
+                                                "lost_tasks": "tasks lost"})
+        pairs["McNemar p"] = pairs["McNemar p"].map(fmt_p)
+        pairs["p (Holm)"] = pairs["p (Holm)"].map(fmt_p)
+        h.append("<h3>Tasks gained and lost against the reference</h3>" + html_table(pairs))
+        md += ["### Tasks gained and lost against the reference", "", md_table(pairs)]
 
 
 def _validity_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None:
@@ -677,6 +738,9 @@ def write_report(a: Analysis, out_dir: str | Path, *, title: str | None = None) 
     pairs = [c.pairs.assign(scope=c.scope, name=c.name, metric=c.metric) for c in a.comparisons if not c.pairs.empty]
     if pairs:
         pd.concat(pairs, ignore_index=True).to_csv(out / "tables" / "posthoc.csv", index=False)
+    if not a.quality_table.empty:
+        a.quality_table.to_csv(out / "tables" / "quality.csv", index=False)
+        a.quality_pairs.to_csv(out / "tables" / "quality_vs_reference.csv", index=False)
     return paths
 
 

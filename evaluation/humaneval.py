@@ -19,10 +19,17 @@ def problems() -> dict[str, dict[str, Any]]:
     return read_problems()
 
 
-def cut(completion: str, stops: tuple[str, ...] = STOP_SEQUENCES) -> str:
-    """The completion up to (not including) the first stop sequence."""
-    ends = [i for i in (completion.find(s) for s in stops) if i != -1]
-    return completion[: min(ends)] if ends else completion
+def split(completion: str, stops: tuple[str, ...] = STOP_SEQUENCES) -> tuple[str, str | None]:
+    """(the completion up to, not including, the first stop sequence; that stop sequence, or None)."""
+    hits = [(i, s) for s in stops if (i := completion.find(s)) != -1]
+    if not hits:
+        return completion, None
+    i, s = min(hits)
+    return completion[:i], s
+
+
+def cut(completion: str) -> str:
+    return split(completion)[0]
 
 
 def program(task_id: str, completion: str) -> str:

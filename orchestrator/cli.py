@@ -5,6 +5,8 @@
     orchestrate.py prepare [--matrix F] [--run-id ID]      models into the host cache + engine conversions
     orchestrate.py run     [--matrix F] [--run-id ID] [--build] [--launcher docker|process] [--retry-failed]
     orchestrate.py status  [--run-id ID | --matrix F]      done / failed / left
+    orchestrate.py evaluate --run-id ID [--build]          HumanEval pass/fail of every full-prompt trial, in the
+                                                           locked-down sandbox, outside every measured window
 Filters (plan, prepare, run): --runtime R, --model M, --setting S (repeatable).
 
 Exit status: 0 done (failed trials are results, recorded as such; --strict makes them exit 1), 2 bad matrix or
@@ -66,6 +68,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     r.add_argument("--retry-failed", action="store_true", help="run failed trials again")
     r.add_argument("--strict", action="store_true", help="exit 1 when any selected trial is recorded as failed")
     sub.add_parser("status", parents=[common], help="what is done, failed, left")
+    ev = sub.add_parser("evaluate", parents=[common], help="run the completions' tests in the sandbox (resumable)")
+    ev.add_argument("--build", action="store_true", help="build the sandbox image first (layer-cached)")
     return p.parse_args(argv)
 
 
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     try:
         return {"plan": cmd_plan, "build": cmd_build, "prepare": cmd_run, "run": cmd_run,
-                "status": cmd_status}[args.command](args)
+                "status": cmd_status, "evaluate": cmd_evaluate}[args.command](args)
     except MatrixError as e:
         err_console.print(f"[red]error:[/] {escape(str(e))}")
         return 2
@@ -233,13 +237,44 @@ def _print_agreement(store, spec) -> None:
     console.print(table)
 
 
+def cmd_evaluate(args) -> int:
+    from evaluation.evaluate import evaluate_run, read_evaluations
+    from evaluation.sandbox import Sandbox
+    from orchestrator.docker_launcher import DockerLauncher
+
+    store = _existing_store(args)
+    sandbox = Sandbox(DockerLauncher.connected("").client)
+    facts = {**sandbox.ensure_image(args.build, log=lambda line: console.print(f"  {escape(line)}")),
+             **sandbox.describe()}
+    console.print(f"evaluating run {store.run_id} ({store.root}) in {facts['image']} ({facts['image_id'][7:19]})")
+    counts = evaluate_run(store, sandbox, facts, log=lambda line: console.print(escape(line)))
+    console.print(f"evaluate {store.run_id}: {counts['evaluated']} evaluated, {counts['already']} were already, "
+                  f"{counts['not_evaluable']} not evaluable (not ok, or not HumanEval's full prompts)")
+    evaluations = read_evaluations(store.root)
+    if evaluations:
+        table = Table("model", "engine", "device", "precision", "mode", "trials", "passed (per trial)")
+        groups: dict[tuple, list[dict]] = {}
+        for ev in evaluations.values():
+            groups.setdefault((ev["model"], ev["engine"], ev["device"], ev["precision"], ev["mode"]), []).append(ev)
+        for key, evs in sorted(groups.items()):
+            table.add_row(*map(str, key), str(len(evs)), ", ".join(f"{e['passed']}/{e['total']}" for e in evs))
+        console.print(table)
+    return 0
+
+
+def _existing_store(args) -> RunStore:
+    if not args.run_id:
+        args.run_id = load(args.matrix).name
+    store = RunStore(args.results, args.run_id)
+    if not store.exists():
+        runs = sorted(p.parent.name for p in Path(args.results).glob("*/run.json")) if Path(args.results).is_dir() else []
+        raise HostProblem(f"no run {args.run_id!r} under {args.results} (runs there: {', '.join(runs) or 'none'})")
+    return store
+
+
 def cmd_status(args) -> int:
     if args.run_id:
-        store = RunStore(args.results, args.run_id)
-        if not store.exists():
-            runs = sorted(p.parent.name for p in Path(args.results).glob("*/run.json")) if Path(args.results).is_dir() else []
-            raise HostProblem(f"no run {args.run_id!r} under {args.results} (runs there: "
-                              f"{', '.join(p for p in runs) or 'none'})")
+        store = _existing_store(args)
         matrix = load(store.root / "matrix.toml")
     else:
         matrix = load(args.matrix)

@@ -36,6 +36,7 @@ class RunStore:
         self.prepare_dir = self.root / "prepare"
         self.logs_dir = self.root / "logs"
         self.work_dir = self.root / "work"
+        self.evaluations_dir = self.root / "evaluations"  # orchestrate.py evaluate: one file per evaluated trial
 
     # --- the run ------------------------------------------------------------------------------------------------
     @property
@@ -86,6 +87,9 @@ class RunStore:
 
     def write_trial(self, trial_id: str, record: dict[str, Any]) -> Path:
         return write_json_atomic(self.trial_path(trial_id), record)
+
+    def evaluation_path(self, trial_id: str) -> Path:
+        return self.evaluations_dir / f"{trial_id}.json"
 
     def prepare_path(self, name: str) -> Path:
         return self.prepare_dir / f"{name}.json"

@@ -1,0 +1,81 @@
+"""HumanEval quality figures (analysis/quality.py): pass@k, Wilson intervals, energy per solved task, and the paired
+comparison with the reference (McNemar exact, Holm) — on hand-made evaluations whose answers are known."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from analysis.quality import NONE_SOLVED, add_quality, paired_vs_reference, pass_at_k, quality_table, wilson
+from runners.agreement import DEFAULT_REFERENCE
+
+TASKS = [f"HumanEval/{i}" for i in range(20)]
+
+
+def test_pass_at_k_is_the_unbiased_estimator():
+    assert pass_at_k(10, 0, 1) == 0.0 and pass_at_k(10, 10, 1) == 1.0
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)  # pass@1 is the share correct
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)  # 1 − C(3,2)/C(5,2)
+    assert pass_at_k(4, 3, 2) == 1.0  # fewer wrong samples than k: every draw has a right one
+
+
+def test_wilson_interval_matches_its_formula():
+    lo, hi = wilson(8, 20)
+    # Wilson 95 %: (p + z²/2n ± z·sqrt(p(1−p)/n + z²/4n²)) / (1 + z²/n)
+    z, n, p = 1.959963984540054, 20, 0.4
+    centre, half = p + z * z / (2 * n), z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5)
+    assert lo == pytest.approx((centre - half) / (1 + z * z / n)) and hi == pytest.approx((centre + half) / (1 + z * z / n))
+    assert wilson(0, 20)[0] == 0.0 and wilson(0, 20)[1] > 0  # none passed still has an upper bound
+
+
+def _trials(rows):
+    base = {"device": "cpu", "eval_mode": "same-work", "tasks_total": len(TASKS), "energy_boundary": "cpu (measured)"}
+    return pd.DataFrame([{**base, **r} for r in rows])
+
+
+def _tasks(trial_id, passed):
+    return [{"trial_id": trial_id, "task_id": t, "outcome": "passed" if i in passed else "failed"}
+            for i, t in enumerate(TASKS)]
+
+
+def test_energy_per_solved_task_and_none_solved():
+    ok = _trials([
+        {"trial_id": "ref", "model": "m", "config": "TORCH-CPU", "engine": "torch", "precision": "fp32",
+         "net_energy_j": 100.0, "j_per_token": 0.5},
+        {"trial_id": "q4", "model": "m", "config": "LLAMACPP-CPU-q4_k_m", "engine": "llamacpp", "precision": "q4_k_m",
+         "net_energy_j": 40.0, "j_per_token": 0.2},
+    ]).drop(columns=["eval_mode", "tasks_total"])
+    evaluations = pd.DataFrame([{"trial_id": "ref", "eval_mode": "same-work", "tasks_passed": 8, "tasks_total": 20},
+                                {"trial_id": "q4", "eval_mode": "same-work", "tasks_passed": 0, "tasks_total": 20}])
+    q = add_quality(ok, evaluations)
+    by = q.set_index("trial_id")
+    assert by.loc["ref", "pass_at_1"] == 0.4 and by.loc["ref", "j_per_solved"] == 100.0 / 8
+    assert pd.isna(by.loc["q4", "j_per_solved"])  # never infinity, never a division error
+    table = quality_table(q).set_index("config")
+    assert table.loc["TORCH-CPU", "j_per_solved"] == 12.5 and pd.isna(table.loc["TORCH-CPU", "j_per_solved_note"])
+    assert table.loc["LLAMACPP-CPU-q4_k_m", "j_per_solved_note"] == NONE_SOLVED
+    assert table.loc["TORCH-CPU", "ci_low"] < 0.4 < table.loc["TORCH-CPU", "ci_high"]
+
+
+def test_tasks_gained_and_lost_with_mcnemar_exact_and_holm():
+    rows = [{"trial_id": f"{c}-{r}", "model": "m", "config": c, "engine": e, "precision": p}
+            for c, e, p in (("TORCH-CPU", "torch", "fp32"), ("ONNX-CPU-int8", "onnx", "int8"),
+                            ("OV-CPU", "openvino", "fp32")) for r in range(2)]
+    q = _trials(rows)
+    ref_pass = set(range(10))
+    tasks = []
+    for r in range(2):
+        tasks += _tasks(f"TORCH-CPU-{r}", ref_pass)
+        tasks += _tasks(f"ONNX-CPU-int8-{r}", set(range(5)) | {10})  # loses 5..9, gains 10
+        tasks += _tasks(f"OV-CPU-{r}", ref_pass)  # the same answers
+    pairs = paired_vs_reference(q, pd.DataFrame(tasks), DEFAULT_REFERENCE).set_index("config")
+    assert set(pairs.index) == {"ONNX-CPU-int8", "OV-CPU"}
+    int8 = pairs.loc["ONNX-CPU-int8"]
+    assert (int8["gained"], int8["lost"], int8["reference"]) == (1, 5, "TORCH-CPU")
+    assert int8["lost_tasks"] == ", ".join(TASKS[5:10])
+    # exact McNemar = two-sided binomial on the 6 discordant tasks: 2 × P(X ≤ 1 | n=6, ½) = 2 × 7/64
+    assert int8["mcnemar_p"] == pytest.approx(14 / 64)
+    assert pairs.loc["OV-CPU", "mcnemar_p"] == 1.0 and pairs.loc["OV-CPU", "gained"] == 0
+    # Holm over the two: the smaller p times 2, the larger kept at least as large
+    assert int8["p_holm"] == pytest.approx(min(1.0, 2 * 14 / 64))
+    assert pairs.loc["OV-CPU", "p_holm"] == 1.0
