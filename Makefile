@@ -4,6 +4,7 @@
 #                                           and an evaluated slice (HumanEval pass/fail in the sandbox)
 #   make matrix                             the study (matrix.toml); on a host without a GPU: the CPU rows,
 #                                           and it says what it skipped. RUN=<id> names results/<id>/ (resumes).
+#   make humaneval                          HumanEval pass@1 + J per solved task, all 164 tasks (long)
 #   make status / report                    what is done, failed, left / the analysis report of results/$(RUN)
 #   make test                               the test suite (real Docker where it can be reached)
 #   make test-newest                        the runner's tests on the newest transformers (a second venv)
@@ -16,7 +17,7 @@ MATRIX ?= matrix.toml
 RUN ?= study-2412.15441
 ORCH = $(PYTHON) orchestrate.py
 
-.PHONY: test test-newest test-py312 gpu-acceptance smoke matrix images images-cpu images-gpu status report plan
+.PHONY: humaneval test test-newest test-py312 gpu-acceptance smoke matrix images images-cpu images-gpu status report plan
 
 test:
 	$(PYTHON) -m pytest -q tests
@@ -55,6 +56,13 @@ smoke:
 
 matrix:
 	$(ORCH) run --matrix $(MATRIX) --run-id $(RUN) --build
+
+# HumanEval pass@1 and J per solved task on the whole benchmark (matrix-humaneval.toml; opt-in, about an hour per
+# torch trial on a 2-core CPU)
+humaneval:
+	$(ORCH) run --matrix matrix-humaneval.toml --run-id humaneval-smollm2 --build
+	$(ORCH) evaluate --run-id humaneval-smollm2 --build
+	$(PYTHON) -m analysis report results/humaneval-smollm2 --out results/humaneval-smollm2/report
 
 plan:
 	$(ORCH) plan --matrix $(MATRIX)

@@ -73,6 +73,15 @@ def test_smoke_matrix_needs_no_hub_and_no_gpu():
     assert m.job["workload"]["count"] <= 8 and m.job["generation"]["new_tokens"] <= 32
 
 
+@pytest.mark.parametrize("name, count", [("matrix-smoke-eval.toml", 6), ("matrix-humaneval.toml", None)])
+def test_evaluated_matrices_use_full_prompts_the_same_work_and_a_torch_fp32_reference(name, count):
+    m = load(REPO / name)
+    assert m.job["workload"]["style"] == "full" and m.job["workload"].get("count") == count  # None: all 164
+    assert m.job["generation"]["fixed_length"] is True  # same work: energies compare across runtimes
+    assert all(e.source == "fixture" for e in m.models.values())
+    assert any(s.precision == "fp32" for s in m.settings.values()) and "torch" in m.runtimes["torch-cpu"].engines
+
+
 @pytest.mark.parametrize("edit, key, hint", [
     (lambda t: t + "\n[matrixx]\n", "matrixx: unknown key", "allowed keys here: matrix, workload"),
     (lambda t: t.replace("repetitions = 2", 'repetitions = "ten"'), "matrix.repetitions: must be an integer",

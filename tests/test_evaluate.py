@@ -1,0 +1,70 @@
+"""The evaluated smoke slice end to end (matrix-smoke-eval.toml): the real SmolLM2-135M-Instruct on HumanEval's full
+prompts through torch fp32 and llama.cpp q4_k_m in their containers, then `orchestrate.py evaluate` — every completion's
+tests in the locked-down sandbox, one evaluation file per trial, resumable — and the report's pass@1 section."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import REPO, orchestrate
+
+from evaluation import humaneval as he
+
+MATRIX = REPO / "matrix-smoke-eval.toml"
+pytestmark = pytest.mark.usefixtures("docker_client")
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, model_cache):
+    results = tmp_path_factory.mktemp("eval-results")
+    common = ["--results", str(results), "--cache", str(model_cache)]
+    run = orchestrate("run", "--matrix", str(MATRIX), "--run-id", "smoke-eval", "--build", "--strict", *common,
+                      timeout=3600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    first = orchestrate("evaluate", "--run-id", "smoke-eval", "--build", *common, timeout=1200)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    again = orchestrate("evaluate", "--run-id", "smoke-eval", *common, timeout=600)
+    return results / "smoke-eval", first, again
+
+
+def test_every_trial_is_evaluated_once_from_its_own_record(evaluated):
+    run_dir, first, again = evaluated
+    records = {p.stem: json.loads(p.read_text()) for p in (run_dir / "trials").glob("*.json")}
+    evaluations = {p.stem: json.loads(p.read_text()) for p in (run_dir / "evaluations").glob("*.json")}
+    assert set(evaluations) == set(records) and len(records) == 6
+    assert "6 evaluated" in first.stdout and "0 evaluated, 6 were already" in again.stdout  # resumable, no repeats
+    for tid, ev in evaluations.items():
+        rec = records[tid]
+        assert ev["mode"] == "same-work" and ev["total"] == 6 and ev["sandbox"]["network"] == "none"
+        assert [t["task_id"] for t in ev["tasks"]] == [p["task_id"] for p in rec["per_prompt"]]
+        assert ev["passed"] == sum(t["outcome"] == "passed" for t in ev["tasks"])
+        assert {t["outcome"] for t in ev["tasks"]} <= {"passed", "failed", "error", "timeout"}
+        for t, p in zip(ev["tasks"], rec["per_prompt"]):  # the completion evaluated is the record's, cut the same way
+            text, stop = he.split(p["output_text"])
+            assert t["completion_chars"] == len(text) and t["stop"] == stop
+    # greedy decoding: repetitions of a configuration give the same answers, hence the same outcomes
+    by_cell: dict[str, set] = {}
+    for tid, ev in evaluations.items():
+        by_cell.setdefault(records[tid]["trial"]["cell_id"], set()).add(
+            tuple(t["outcome"] for t in ev["tasks"]))
+    assert all(len(outcomes) == 1 for outcomes in by_cell.values()), by_cell
+
+
+def test_report_has_pass_at_1_energy_per_solved_task_and_the_paired_comparison(evaluated, tmp_path):
+    from analysis.report import analyse, write_report
+
+    run_dir, _, _ = evaluated
+    a = analyse([run_dir])
+    table = a.quality_table.set_index("config")
+    assert set(table.index) == {"TORCH-CPU", "LLAMACPP-CPU", "LLAMACPP-CPU-q4_k_m"}
+    for cfg, r in table.iterrows():
+        assert r["tasks"] == 6 and r["trials"] == 2 and r["ci_low"] <= r["pass@1"] <= r["ci_high"]
+        assert (r["j_per_solved_note"] == "none solved") if r["pass@1"] == 0 else r["j_per_solved"] > 0
+    pairs = a.quality_pairs.set_index("config")
+    assert set(pairs.index) == {"LLAMACPP-CPU", "LLAMACPP-CPU-q4_k_m"}
+    assert (pairs["reference"] == "TORCH-CPU").all() and pairs["p_holm"].between(0, 1).all()
+    paths = write_report(a, tmp_path / "report")
+    page = paths["html"].read_text()
+    assert "HumanEval pass@1 and energy per solved task" in page and "Tasks gained and lost" in page
+    assert (tmp_path / "report" / "plots" / "quality.png").stat().st_size > 10_000
