@@ -24,6 +24,8 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from runners.agreement import at_first_token
+
 RECORD_SCHEMA_ID = "slm-matrix.record/2"
 # /1 records (no monotonic window marks, no boundary field) still load: their boundary is derived from the figures
 RECORD_SCHEMAS = ("slm-matrix.record/1", RECORD_SCHEMA_ID)
@@ -290,6 +292,7 @@ def trial_row(record: dict, path: Path, run_dir: Path, problem: str | None = Non
     agreement = record.get("agreement") or {}
     row["agreement_status"] = agreement.get("status") or ("compared" if agreement.get("prompts") else None)
     row["agreement_note"] = agreement.get("reason")
+    row["agreement_at_first_token"] = at_first_token(agreement.get("first_divergence"))
     pp = record.get("per_prompt") or []
     # Latency and TTFT belong to a batch (every prompt of it shares them): count each batch once, as the runner does.
     first_of_batch = list({p.get("batch"): p for p in pp}.values())

@@ -77,6 +77,45 @@ def with_agreement(trials: pd.DataFrame) -> pd.DataFrame:
     return t
 
 
+def agreement_spec(run_dirs) -> dict:
+    """The [agreement] reference and threshold of the runs (their matrix.toml snapshots; defaults where absent)."""
+    import tomllib
+    from pathlib import Path
+
+    from runners.agreement import DEFAULT_REFERENCE, DEFAULT_THRESHOLD
+
+    spec = {**DEFAULT_REFERENCE, "threshold": DEFAULT_THRESHOLD}
+    for d in run_dirs:
+        f = Path(d) / "matrix.toml"
+        if f.is_file():
+            spec.update(tomllib.loads(f.read_text()).get("agreement", {}))
+            break
+    return spec
+
+
+def flag_different_output(ok: pd.DataFrame, spec: dict) -> pd.DataFrame:
+    """``different_output``: why a model × configuration did not do the reference's work (its worst trial judged by
+    runners.agreement.different_output: the threshold in the reference's precision, first-token divergence on every
+    prompt in a lower one), else None. Such rows stay in the tables, flagged, and out of every comparison."""
+    from runners.agreement import different_output
+
+    t = ok.copy()
+    t["different_output"] = None
+    if t.empty or "agreement" not in t:
+        return t
+    for (model, config), g in t.groupby(["model", "config"]):
+        compared = g.dropna(subset=["agreement"])
+        if compared.empty:
+            continue
+        worst = compared.loc[compared["agreement"].idxmin()]
+        why = different_output(float(worst["agreement"]), str(worst["precision"]),
+                               bool(worst.get("agreement_at_first_token", False)), spec["precision"],
+                               float(spec["threshold"]))
+        if why:
+            t.loc[g.index, "different_output"] = why
+    return t
+
+
 def comparison_groups(ok: pd.DataFrame) -> pd.DataFrame:
     """``group``: what energy figures are compared within — a model, split by energy boundary where its
     configurations were measured on different ones (e.g. a CPU package against a GPU, or measured against

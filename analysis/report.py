@@ -19,8 +19,8 @@ import pandas as pd
 from analysis import plots
 from analysis.load import Tables, load_runs
 from analysis.quality import NONE_SOLVED, add_quality, load_evaluations, paired_vs_reference, quality_table
-from analysis.metrics import (SUMMARY_COLUMNS, add_metrics, comparison_groups, model_config_medians, pareto_front,
-                              with_agreement)
+from analysis.metrics import (SUMMARY_COLUMNS, add_metrics, agreement_spec, comparison_groups, flag_different_output,
+                              model_config_medians, pareto_front, with_agreement)
 from analysis.stats import (ALPHA, MIN_N_TEST, Comparison, fmt_p, p_words, run_statistics, savings_best_worst,
                             savings_matrix, savings_pair, savings_range)
 from analysis.study import (DEFAULT_STUDY_CSV, STUDY_ID, STUDY_PAIR, STUDY_SETUP, compare_with_study, headline,
@@ -61,6 +61,9 @@ class Analysis:
     quality: pd.DataFrame = field(default_factory=pd.DataFrame)
     quality_table: pd.DataFrame = field(default_factory=pd.DataFrame)
     quality_pairs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # trials of configurations that did not do the reference's work (kept out of every comparison), and the rule
+    different: pd.DataFrame = field(default_factory=pd.DataFrame)
+    agreement: dict = field(default_factory=dict)
 
     @property
     def sources(self) -> list[str]:
@@ -72,7 +75,12 @@ def analyse(run_dirs, *, study_csv: str | Path | None = DEFAULT_STUDY_CSV, pairs
     tables = load_runs(run_dirs)
     if tables.trials.empty:
         raise ValueError(f"no records (schema slm-matrix.record/1 or /2) under {', '.join(map(str, tables.run_dirs))}")
-    ok = comparison_groups(with_agreement(add_metrics(tables.ok)))
+    spec = agreement_spec(tables.run_dirs)
+    every = flag_different_output(comparison_groups(with_agreement(add_metrics(tables.ok))), spec)
+    # Different work is never compared as the same work: such configurations stay out of statistics, savings,
+    # winners, Pareto fronts and headlines (listed apart, with the reason)
+    different = every[every["different_output"].notna()] if not every.empty else every
+    ok = every[every["different_output"].isna()] if not every.empty else every
     medians = model_config_medians(ok) if not ok.empty else pd.DataFrame()
     metrics = ["energy_j", "duration_s"]
     if not ok.empty and ok["net_energy_j"].notna().any():
@@ -85,7 +93,7 @@ def analyse(run_dirs, *, study_csv: str | Path | None = DEFAULT_STUDY_CSV, pairs
                  else {},
                  savings_matrix=savings_matrix(medians, "energy_j", by="group") if not medians.empty
                  else pd.DataFrame(),
-                 min_n=min_n)
+                 min_n=min_n, different=different, agreement=spec)
     if study_csv is not None and Path(study_csv).is_file():
         study = read_medians(study_csv)
         a.study = headline(study)
@@ -94,7 +102,7 @@ def analyse(run_dirs, *, study_csv: str | Path | None = DEFAULT_STUDY_CSV, pairs
     if not evaluations.empty:
         from runners.agreement import DEFAULT_REFERENCE
 
-        a.quality = add_quality(ok, evaluations)
+        a.quality = add_quality(every, evaluations)  # whether answers work is shown for every configuration
         a.quality_table = quality_table(a.quality)
         a.quality_pairs = paired_vs_reference(a.quality, eval_tasks, DEFAULT_REFERENCE)
     a.warnings = _warnings(a)
@@ -206,6 +214,25 @@ def no_reference(a: Analysis) -> pd.DataFrame:
     return miss.groupby(["model", "config"], as_index=False)["agreement_note"].first()
 
 
+def different_table(a: Analysis) -> pd.DataFrame:
+    """Model × configuration rows that did not do the reference's work, with the reason and their figures."""
+    d = a.different
+    if d.empty:
+        return pd.DataFrame(columns=["model", "config", "trials", "identical", "reason"])
+    g = d.groupby(["model", "config"], as_index=False).agg(
+        trials=("trial_id", "size"), identical=("agreement", "min"), reason=("different_output", "first"),
+        j_per_token=("j_per_token", "median"), tokens_per_s=("tokens_per_s", "median"))
+    return g
+
+
+DIFFERENT_RULE = ("Same work is checked, not assumed: a configuration in the reference's precision (fp32) whose share "
+                  "of prompts token-identical to the reference (torch fp32) is below the threshold ({threshold:.0%}, "
+                  "[agreement] threshold) did different work. Lower precisions are expected to diverge after some "
+                  "tokens (rounding moves near-ties) and are judged by their own rule: different work only when they "
+                  "diverge at the first token on every prompt; their quality is judged by pass@1. Different work is "
+                  "listed here with its figures and kept out of every comparison.")
+
+
 def validity_table(a: Analysis) -> pd.DataFrame:
     """Every meter-validity flag of the successful trials (windows the counter cannot resolve, rejected counters,
     counter vs integrated power, host trace problems), with the host trace's boundary error."""
@@ -278,6 +305,11 @@ def headlines(a: Analysis) -> list[str]:
             front = part[pareto_front(part, "duration_s", "energy_j")]
             fronts.append(f"{model}: {', '.join(sorted(front['config']))}")
         out.append("Pareto-optimal in energy and time (nothing both cheaper and faster): " + "; ".join(fronts) + ".")
+    diff = different_table(a)
+    if not diff.empty:
+        out.append("NOT THE SAME OUTPUT — kept out of every comparison above and below (statistics, savings, "
+                   "winners, Pareto): " + "; ".join(f"{r.model} {r.config} ({r.reason})" for r in diff.itertuples())
+                   + ".")
     agree = a.medians.dropna(subset=["agreement"]) if "agreement" in a.medians else pd.DataFrame()
     no_ref = no_reference(a)
     if not no_ref.empty:
@@ -544,6 +576,13 @@ def _tables_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None
         h.append(f"<h3>{html.escape(name)}</h3>{html_table(df)}")
         md += [f"### {name}", "", md_table(df)]
 
+    diff = different_table(a)
+    if not diff.empty:
+        rule = DIFFERENT_RULE.format(threshold=float(a.agreement.get("threshold", 0.95)))
+        h.append(f"<h3>Not the same output (kept out of every comparison)</h3><p class='muted'>{html.escape(rule)}</p>"
+                 + html_table(diff))
+        md += ["### Not the same output (kept out of every comparison)", "", rule, "", md_table(diff)]
+
     prep = preparation_table(a)
     if not prep.empty:
         h.append("<h3>Preparation (model conversion, outside every measured window)</h3>" + html_table(prep))
@@ -731,8 +770,9 @@ def write_report(a: Analysis, out_dir: str | Path, *, title: str | None = None) 
     paths["html"].write_text(page, encoding="utf-8")
     paths["markdown"].write_text(md, encoding="utf-8")
     a.tables.export(out / "tables")
-    a.ok.to_parquet(out / "tables" / "trials_metrics.parquet", index=False)
-    a.ok.to_csv(out / "tables" / "trials_metrics.csv", index=False)
+    every = pd.concat([a.ok, a.different], ignore_index=True) if not a.different.empty else a.ok
+    every.to_parquet(out / "tables" / "trials_metrics.parquet", index=False)
+    every.to_csv(out / "tables" / "trials_metrics.csv", index=False)
     a.medians.to_csv(out / "tables" / "medians.csv", index=False)
     stats_overview(a).to_csv(out / "tables" / "statistics.csv", index=False)
     pairs = [c.pairs.assign(scope=c.scope, name=c.name, metric=c.metric) for c in a.comparisons if not c.pairs.empty]

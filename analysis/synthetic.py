@@ -52,10 +52,12 @@ def make_record(*, model: str = "tiny-a", hub_id: str | None = None, params_b: f
                 host_idle_w: dict[str, float] | None = None, prompts: int = 4, new_tokens: int = 8,
                 batch: int = 1, intensity_g_per_kwh: float | None = 400.0, diverge: Iterable[int] = (),
                 status: str = "ok", error: dict[str, str] | None = None, series: bool = True,
-                load_s: float = 2.0, seed: int = 0, agreement: dict[str, Any] | None = None) -> dict[str, Any]:
+                load_s: float = 2.0, seed: int = 0, agreement: dict[str, Any] | None = None,
+                diverge_from: int | None = None) -> dict[str, Any]:
     """One schema-valid record. ``energy_j`` is the generate window's total, split over ``components`` (shares);
     ``idle_w`` goes to the runner's idle baseline, ``host_idle_w`` to the orchestrator's; ``diverge`` lists prompt
-    indices whose output differs from the reference tokens (for agreement)."""
+    indices whose output differs from the reference tokens (for agreement), from token ``diverge_from`` on (default:
+    half way)."""
     runtime = runtime or f"{engine}-{device}"
     if components is None:
         components = ESTIMATED_COMPONENTS if source == "estimated" else (
@@ -136,7 +138,8 @@ def make_record(*, model: str = "tiny-a", hub_id: str | None = None, params_b: f
         ttft = latency * 0.2
         ids = _reference_ids(model, i, new_tokens)
         if i in diverge:
-            ids = ids[: new_tokens // 2] + [0] * (new_tokens - new_tokens // 2)
+            cut = new_tokens // 2 if diverge_from is None else diverge_from
+            ids = ids[:cut] + [(t + 1) % 49152 for t in ids[cut:]]
         per_prompt.append({"index": i, "task_id": f"HumanEval/{i}", "batch": i // batch, "prompt_tokens": 12,
                            "generated_tokens": new_tokens, "latency_s": latency, "ttft_s": ttft,
                            "tpot_s": (latency - ttft) / max(new_tokens - 1, 1), "output_ids": ids})

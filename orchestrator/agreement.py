@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from runners.agreement import DEFAULT_REFERENCE, attach_all
+from runners.agreement import DEFAULT_REFERENCE, DEFAULT_THRESHOLD, at_first_token, attach_all, different_output
 
 
 def attach(store, spec: dict[str, Any] = DEFAULT_REFERENCE) -> list[dict[str, Any]]:
@@ -26,6 +26,10 @@ def attach(store, spec: dict[str, Any] = DEFAULT_REFERENCE) -> list[dict[str, An
     for k, found in sorted(summary.items()):
         shares = [a["share_identical"] for a in found]
         missing = next((a["reason"] for a in found if a.get("status") != "compared"), None)
+        worst = None if missing else min(found, key=lambda a: a["share_identical"])
         rows.append({"model": k[0], "engine": k[1], "device": k[2], "precision": k[3], "trials": len(found),
-                     "share_identical": None if missing else min(shares), "no_reference": missing})
+                     "share_identical": None if missing else min(shares), "no_reference": missing,
+                     "different_output": None if worst is None else different_output(
+                         worst["share_identical"], k[3], at_first_token(worst.get("first_divergence")), spec["precision"],
+                         spec.get("threshold", DEFAULT_THRESHOLD))})
     return rows

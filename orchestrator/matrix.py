@@ -11,7 +11,8 @@ Layout (see matrix.toml for the study, matrix-smoke.toml for the smoke run)::
     [workload] [generation] [warmup] [meters]      -> the job's sections, as runners/job.py defines them
     [host]     idle_seconds, cooldown_max_s, cooldown_margin_c, trace_interval_s, gpus, rapl_root
                                                    (the orchestrator's own measurement)
-    [agreement] engine, precision, devices         (the token-agreement reference; default torch fp32, CPU first)
+    [agreement] engine, precision, devices, threshold   (the token-agreement reference, default torch fp32, CPU
+                                                   first; below threshold (0.95) an fp32 row did different work)
     [container] timeout_s, mem_limit, cpus, shm_size                (defaults; runtimes and models may override)
     [settings.<name>]  precision, generation = {...}               (default: one setting "fp32")
     [runtimes.<name>]  engines = [...]?, engine_options = {...}, + container overrides
@@ -53,7 +54,7 @@ HOST_KEYS = {
 HOST_GPUS_WHAT = "the host GPU indices a CUDA trial runs on and is metered on, e.g. [0]"
 HOST_RAPL_WHAT = "the host's powercap tree (RAPL), e.g. \"/sys/class/powercap\""
 # [agreement]: which configuration is the token-agreement reference of every model × workload × generation
-AGREEMENT_DEFAULT = {"engine": "torch", "precision": "fp32", "devices": ["cpu", "cuda"]}
+AGREEMENT_DEFAULT = {"engine": "torch", "precision": "fp32", "devices": ["cpu", "cuda"], "threshold": 0.95}
 MODEL_KEYS = ("hub_id", "path", "fixture", "revision", "params_b", "group", "size", "tokenizer", "seed")
 
 
@@ -296,7 +297,13 @@ def load(path: str | Path, *, images_dir: Path | None = None) -> Matrix:
     agreement = {"engine": at.get("engine", str, AGREEMENT_DEFAULT["engine"], what="the reference engine"),
                  "precision": at.get("precision", str, AGREEMENT_DEFAULT["precision"], what="its precision"),
                  "devices": at.get("devices", list, AGREEMENT_DEFAULT["devices"],
-                                   what="its devices, in order of preference")}
+                                   what="its devices, in order of preference"),
+                 "threshold": at.get("threshold", (int, float), AGREEMENT_DEFAULT["threshold"],
+                                     what="the share of prompts identical to the reference below which a "
+                                          "configuration in its precision did different work (0–1)")}
+    if not 0 <= agreement["threshold"] <= 1:
+        raise MatrixError(src, "agreement.threshold", f"must be a share between 0 and 1, got {agreement['threshold']}",
+                          "write it as threshold = 0.95")
     at.done(list(AGREEMENT_DEFAULT))
     ct = _Table(src, top.table("container"), "container")
     container = {**CONTAINER_DEFAULTS, **_container(ct)}

@@ -12,6 +12,34 @@ import json
 from typing import Any
 
 DEFAULT_REFERENCE = {"engine": "torch", "precision": "fp32", "devices": ["cpu", "cuda"]}
+# A configuration in the reference's precision whose share of identical prompts is below this did different work.
+DEFAULT_THRESHOLD = 0.95
+
+
+def at_first_token(first_divergence: list[int | None] | None) -> bool:
+    """Every prompt diverged from the reference at its first new token."""
+    return bool(first_divergence) and all(d == 0 for d in first_divergence)
+
+
+def different_output(share: float | None, precision: str, diverges_at_first_token: bool,
+                     reference_precision: str = "fp32", threshold: float = DEFAULT_THRESHOLD) -> str | None:
+    """Why a configuration's output is not the reference's work (it must then stay out of every comparison), or None.
+
+    In the reference's precision (fp32) greedy decoding should give the same tokens: below ``threshold`` of prompts
+    identical, it did different work. A lower precision (fp16, bf16, int8, q8_0, q4_k_m) is expected to diverge
+    after some tokens — rounding moves a near-tie — so it is judged by its own rule: different work only when it
+    diverges at the very first token on every prompt (a different computation, not rounding); its quality is
+    judged by pass@1 instead. No reference: unknown, never "same".
+    """
+    if share is None:
+        return None
+    if precision == reference_precision:
+        if share < threshold:
+            return f"{100 * share:.0f} % of prompts identical to the reference (< {100 * threshold:.0f} %)"
+        return None
+    if share == 0 and diverges_at_first_token:
+        return f"{precision}: diverges from the reference at the first token on every prompt"
+    return None
 
 
 def first_divergence(a: list[int], b: list[int]) -> int | None:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from analysis.__main__ import main
-from analysis.report import analyse, build_report
+from analysis.report import analyse, build_report, headlines
 from analysis.synthetic import make_record, synthetic_run, write_run
 
 MODELS = (("tiny-135m", None, 0.135), ("mid-1.1b", None, 1.1))
@@ -200,3 +200,40 @@ def test_a_model_without_reference_is_reported_as_such(tmp_path):
     assert "Every configuration produced token-identical outputs" not in md
     assert "Every configuration that had a reference produced token-identical outputs" in md
     assert "class='banner mixed'>NO REFERENCE" in page  # the red banner
+
+
+def test_different_work_never_reaches_a_headline_or_a_comparison(tmp_path):
+    """vLLM fp32 diverging from torch fp32 at the first token on every prompt (the Gemma 3 case) and far cheaper: it
+    must not be named the winner, nor sit on a Pareto front, nor enter the statistics — it is listed apart. An int8
+    row that diverges half way is a lower precision doing what rounding does: it stays in the comparison."""
+    recs = []
+    for r in range(5):
+        recs += [make_record(model="m", engine="torch", repetition=r, energy_j=100.0 + r, duration_s=10.0),
+                 make_record(model="m", engine="onnx", repetition=r, energy_j=80.0 + r, duration_s=8.0),
+                 make_record(model="m", engine="onnx", precision="int8", repetition=r, energy_j=60.0 + r,
+                             duration_s=7.0, diverge=(0, 1)),
+                 make_record(model="m", engine="vllm", repetition=r, energy_j=10.0 + r, duration_s=1.0,
+                             diverge=range(4), diverge_from=0)]
+    run = write_run(recs, tmp_path / "r")
+    a = analyse([run], study_csv=None)
+    assert set(a.different["config"]) == {"VLLM-CPU"}
+    assert "first" not in a.different["different_output"].iloc[0]  # fp32: judged by the threshold
+    assert "0 % of prompts identical" in a.different["different_output"].iloc[0]
+    assert "VLLM-CPU" not in set(a.ok["config"]) and "VLLM-CPU" not in set(a.medians["config"])
+    assert all("VLLM-CPU" not in set(c.groups["config"]) for c in a.comparisons if not c.groups.empty)
+    assert "ONNX-CPU-int8" in set(a.medians["config"])  # a lower precision that diverges late is compared
+    heads = headlines(a)
+    claims = [h for h in heads if not h.startswith("NOT THE SAME OUTPUT")]
+    assert not [h for h in claims if "VLLM" in h], claims
+    assert any(h.startswith("NOT THE SAME OUTPUT") and "m VLLM-CPU" in h for h in heads)
+    assert a.best_worst.set_index("group").loc["m", "best"] == "ONNX-CPU-int8"
+    paths = build_report([run], tmp_path / "out", study_csv=None)
+    md = paths["markdown"].read_text()
+    assert "Not the same output (kept out of every comparison)" in md
+    # the same rule in the orchestrator's summary
+    from orchestrator.agreement import attach
+    from orchestrator.store import RunStore
+
+    rows = {(r["engine"], r["precision"]): r for r in attach(RunStore(tmp_path, "r"))}
+    assert rows[("vllm", "fp32")]["different_output"] and rows[("onnx", "int8")]["different_output"] is None
+    assert rows[("torch", "fp32")]["different_output"] is None
