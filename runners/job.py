@@ -61,6 +61,8 @@ class GenerationSpec:
     new_tokens: int | None = 128  # exactly this many when fixed_length
     max_length: int | None = None  # the study's `max_length` (prompt + new); exclusive with new_tokens
     fixed_length: bool = True  # ignore EOS and produce the whole budget
+    # as served (fixed_length false): also stop after the token that completes one of these (runners/stopping.py)
+    stop_sequences: tuple[str, ...] = ()
 
     def budget(self, padded_prompt_len: int) -> int:
         """New-token budget of one batch whose (left-padded) prompt length is given."""
@@ -223,8 +225,16 @@ def parse_job(data: Any) -> Job:
         new_tokens=g.get("new_tokens", int, None if has_max_length else 128, minimum=1, nullable=True),
         max_length=g.get("max_length", int, None, minimum=2, nullable=True),
         fixed_length=g.get("fixed_length", bool, True),
+        stop_sequences=tuple(g.get("stop_sequences", list, [])),
     )
-    g.done(["batch_size", "new_tokens", "max_length", "fixed_length"])
+    g.done(["batch_size", "new_tokens", "max_length", "fixed_length", "stop_sequences"])
+    if any(not isinstance(s, str) or not s for s in generation.stop_sequences):
+        raise JobError("generation.stop_sequences", "must be a list of non-empty strings",
+                       'write it as stop_sequences = ["\\ndef", "\\nclass"]')
+    if generation.stop_sequences and generation.fixed_length:
+        raise JobError("generation.stop_sequences", "only apply as served (fixed_length = false): a same-work run "
+                       "generates the whole budget everywhere, and the evaluation cuts completions at the stop "
+                       "sequences", "set fixed_length = false, or remove stop_sequences")
     if generation.new_tokens is not None and generation.max_length is not None:
         raise JobError("generation", "gives both new_tokens and max_length", "keep one of them")
     if generation.new_tokens is None and generation.max_length is None:

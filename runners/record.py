@@ -113,6 +113,9 @@ PROMPT_SCHEMA = {
         # evaluation cuts it further at the stop sequences); absent in records made before it existed
         "output_text": {"type": "string"},
         "eos_at": {"type": ["integer", "null"]},  # index of the first EOS in output_ids, None when there is none
+        "decode_steps": {"type": "integer"},  # the engine's steps for this prompt's batch (on_step calls)
+        # as served: "eos" | "stop" | "budget", or "<by> expected after N tokens" when the engine ended elsewhere
+        "ended_by": {"type": "string"},
     },
 }
 

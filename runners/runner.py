@@ -11,6 +11,7 @@ import statistics
 import sys
 import time
 import traceback
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +24,7 @@ from runners.engines.options import EngineContext
 from runners.job import Job, JobError, ModelSpec
 from runners.meters import MeterSet
 from runners.record import joules_per_token, new_record, write_json_atomic
+from runners.stopping import StopRule, check
 from runners.workload import load_prompts
 
 
@@ -202,15 +204,20 @@ class TrialRun:
         self.record["phases"][phase] = w.result
         return w.result
 
+    def _stop_rule(self) -> StopRule | None:
+        sequences = self.job.generation.stop_sequences
+        return StopRule(self.tokenizer, sequences) if sequences else None
+
     def _warmup(self) -> None:
         ignore_eos = self.job.generation.fixed_length
         for k in range(self.job.warmup.batches):
             batch = [self.encoded[i] for i in self.batches[k % len(self.batches)]]
-            self.engine.generate(batch, self._budget(batch), ignore_eos, lambda: None)
+            self.engine.generate(batch, self._budget(batch), ignore_eos, lambda: None, self._stop_rule())
 
     def _generate(self) -> None:
         """The measured generation: every batch, with per-prompt latency, TTFT and TPOT from the engine's steps."""
         engine, encoded, ignore_eos = self.engine, self.encoded, self.job.generation.fixed_length
+        stop = self._stop_rule()
         per_prompt = []
         self.enter("generate")
         with self.meters.window("generate", {"batches": len(self.batches)}) as w:
@@ -224,7 +231,7 @@ class TrialRun:
 
                 engine.synchronize()
                 t0 = time.perf_counter()
-                outputs = engine.generate(batch, self._budget(batch), ignore_eos, on_step)
+                outputs = engine.generate(batch, self._budget(batch), ignore_eos, on_step, stop)
                 engine.synchronize()
                 t1 = time.perf_counter()
                 ttft = (steps[0] - t0) if steps else None
@@ -234,9 +241,12 @@ class TrialRun:
                     per_prompt.append({"index": i, "task_id": self.prompts[i].task_id, "batch": b,
                                        "prompt_tokens": len(encoded[i]), "generated_tokens": n,
                                        "latency_s": t1 - t0, "ttft_s": ttft, "tpot_s": tpot,
+                                       "decode_steps": len(steps),
                                        "output_ids": [int(t) for t in out]})
         self.record["phases"]["generate"] = w.result
         self._decode(per_prompt)
+        if not ignore_eos:
+            self._check_stopping(per_prompt, stop)
         self.record["per_prompt"] = per_prompt
         self._summarise(w.result, per_prompt, len(self.batches), w.intensity_g_per_kwh)
 
@@ -249,6 +259,28 @@ class TrialRun:
             p["eos_at"] = next((i for i, t in enumerate(ids) if t in eos), None)
             p["output_text"] = self.tokenizer.decode(ids[: p["eos_at"]] if p["eos_at"] is not None else ids,
                                                      skip_special_tokens=True)
+
+    def _check_stopping(self, per_prompt: list[dict], stop: StopRule | None) -> None:
+        """As served: did each output end where the rule says (EOS, the stop rule, the budget)? An engine that stopped
+        a token late or early is recorded, not averaged in."""
+        eos = self._eos_ids()
+        longest: dict[int, int] = {}
+        for p in per_prompt:
+            longest[p["batch"]] = max(longest.get(p["batch"], 0), p["generated_tokens"])
+        ends = []
+        for p in per_prompt:
+            budget = self._budget([self.encoded[i] for i in self.batches[p["batch"]]])
+            c = check(p["output_ids"], eos, stop, budget)
+            p["ended_by"] = c["by"] if c["consistent"] else f"{c['by']} expected after {c['expected_tokens']} tokens"
+            # an engine that decoded past the end and trimmed afterwards paid for tokens nobody gets: seen here
+            if p["decode_steps"] > longest[p["batch"]]:
+                c["consistent"] = False
+                p["ended_by"] += f"; {p['decode_steps']} decode steps for {longest[p['batch']]} tokens"
+            ends.append(c)
+        self.record["stopping"] = {
+            "rule": "runner (runners/stopping.py)", "sequences": list(stop.sequences) if stop else [],
+            "ended_by": dict(Counter(c["by"] for c in ends)),
+            "inconsistent": sum(not c["consistent"] for c in ends)}
 
     def _eos_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id}

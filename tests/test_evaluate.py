@@ -1,6 +1,7 @@
 """The evaluated smoke slice end to end (matrix-smoke-eval.toml): the real SmolLM2-135M-Instruct on HumanEval's full
-prompts through torch fp32 and llama.cpp q4_k_m in their containers, then `orchestrate.py evaluate` — every completion's
-tests in the locked-down sandbox, one evaluation file per trial, resumable — and the report's pass@1 section."""
+prompts through torch fp32 and llama.cpp fp32 and q4_k_m in their containers, same work and as served, then
+`orchestrate.py evaluate` — every completion's tests in the locked-down sandbox, one evaluation file per trial,
+resumable — and the report's pass@1 section."""
 
 from __future__ import annotations
 
@@ -32,11 +33,16 @@ def test_every_trial_is_evaluated_once_from_its_own_record(evaluated):
     run_dir, first, again = evaluated
     records = {p.stem: json.loads(p.read_text()) for p in (run_dir / "trials").glob("*.json")}
     evaluations = {p.stem: json.loads(p.read_text()) for p in (run_dir / "evaluations").glob("*.json")}
-    assert set(evaluations) == set(records) and len(records) == 6
-    assert "6 evaluated" in first.stdout and "0 evaluated, 6 were already" in again.stdout  # resumable, no repeats
+    assert set(evaluations) == set(records) and len(records) == 10
+    assert "10 evaluated" in first.stdout and "0 evaluated, 10 were already" in again.stdout  # resumable, no repeats
     for tid, ev in evaluations.items():
         rec = records[tid]
-        assert ev["mode"] == "same-work" and ev["total"] == 6 and ev["sandbox"]["network"] == "none"
+        served = rec["trial"]["setting"].startswith("served")
+        assert ev["mode"] == ("as-served" if served else "same-work")
+        assert ev["total"] == 6 and ev["sandbox"]["network"] == "none"
+        if served:  # every engine stopped where the runner's rule says, and not a decode step later
+            assert rec["stopping"]["inconsistent"] == 0, [p["ended_by"] for p in rec["per_prompt"]]
+            assert rec["tokens"]["output"] < 6 * 96
         assert [t["task_id"] for t in ev["tasks"]] == [p["task_id"] for p in rec["per_prompt"]]
         assert ev["passed"] == sum(t["outcome"] == "passed" for t in ev["tasks"])
         assert {t["outcome"] for t in ev["tasks"]} <= {"passed", "failed", "error", "timeout"}
@@ -57,13 +63,17 @@ def test_report_has_pass_at_1_energy_per_solved_task_and_the_paired_comparison(e
     run_dir, _, _ = evaluated
     a = analyse([run_dir])
     table = a.quality_table.set_index("config")
-    assert set(table.index) == {"TORCH-CPU", "LLAMACPP-CPU", "LLAMACPP-CPU-q4_k_m"}
+    assert set(table.index) == {"TORCH-CPU[fp32]", "LLAMACPP-CPU[fp32]", "LLAMACPP-CPU-q4_k_m",
+                                "TORCH-CPU[served-fp32]", "LLAMACPP-CPU[served-fp32]"}
     for cfg, r in table.iterrows():
         assert r["tasks"] == 6 and r["trials"] == 2 and r["ci_low"] <= r["pass@1"] <= r["ci_high"]
         assert (r["j_per_solved_note"] == "none solved") if r["pass@1"] == 0 else r["j_per_solved"] > 0
     pairs = a.quality_pairs.set_index("config")
-    assert set(pairs.index) == {"LLAMACPP-CPU", "LLAMACPP-CPU-q4_k_m"}
-    assert (pairs["reference"] == "TORCH-CPU").all() and pairs["p_holm"].between(0, 1).all()
+    assert set(pairs.index) == {"LLAMACPP-CPU[fp32]", "LLAMACPP-CPU-q4_k_m", "LLAMACPP-CPU[served-fp32]"}
+    # each mode against its own reference: torch fp32 that did the same (same-work or as-served) work
+    assert pairs.loc["LLAMACPP-CPU[served-fp32]", "reference"] == "TORCH-CPU[served-fp32]"
+    assert pairs.loc["LLAMACPP-CPU-q4_k_m", "reference"] == "TORCH-CPU[fp32]"
+    assert pairs["p_holm"].between(0, 1).all()
     paths = write_report(a, tmp_path / "report")
     page = paths["html"].read_text()
     assert "HumanEval pass@1 and energy per solved task" in page and "Tasks gained and lost" in page

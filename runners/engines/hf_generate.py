@@ -43,20 +43,25 @@ def eos_ids(tokenizer: Any, model_config: Any) -> set[int]:
 
 
 def greedy_generate(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, ignore_eos: bool,
-                    on_step: StepHook, device: Any = "cpu") -> list[list[int]]:
+                    on_step: StepHook, device: Any = "cpu", stop: Any = None) -> list[list[int]]:
     import torch
     from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
     class _StepClock(StoppingCriteria):
-        # generate() calls stopping criteria once per step, right after the new tokens are appended.
+        # generate() calls stopping criteria once per step, right after the new tokens are appended; as served, the
+        # runner's stop rule (runners/stopping.py) ends each row after the token that completes a stop sequence.
         def __call__(self, input_ids, scores, **kwargs):
             on_step()
-            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            if stop is None:
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            new = input_ids[:, width:].tolist()
+            return torch.tensor([stop.hit(row) for row in new], dtype=torch.bool, device=input_ids.device)
 
     config = model.config
     pad = pad_token_id(tokenizer, config)
     eos = sorted(eos_ids(tokenizer, config))
     ids, mask = left_pad(prompts, pad)
+    width = ids.shape[1]
     ids, mask = ids.to(device), mask.to(device)
     gen_config = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True, pad_token_id=pad,
@@ -81,7 +86,10 @@ def greedy_generate(model: Any, tokenizer: Any, prompts: list[list[int]], max_ne
     if ignore_eos:
         return new
     trimmed = []
-    for row in new:  # rows that hit EOS early are padded afterwards: keep up to and including the EOS
+    for row in new:  # rows that ended early are padded afterwards: keep up to and including the EOS / stop token
         cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+        if stop is not None:
+            hit = stop.first_hit(row[:cut])
+            cut = cut if hit is None else hit + 1
         trimmed.append(row[:cut])
     return trimmed

@@ -292,13 +292,13 @@ class LlamaCppEngine(Engine):
 
     # --- generate -------------------------------------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], max_new_tokens: int, ignore_eos: bool,
-                 on_step: StepHook) -> list[list[int]]:
+                 on_step: StepHook, stop=None) -> list[list[int]]:
         if self.batching == "sequential":
-            return [self._generate([p], max_new_tokens, ignore_eos, on_step)[0] for p in prompts]
-        return self._generate(prompts, max_new_tokens, ignore_eos, on_step)
+            return [self._generate([p], max_new_tokens, ignore_eos, on_step, stop)[0] for p in prompts]
+        return self._generate(prompts, max_new_tokens, ignore_eos, on_step, stop)
 
     def _generate(self, prompts: list[list[int]], max_new: int, ignore_eos: bool,
-                  on_step: StepHook) -> list[list[int]]:
+                  on_step: StepHook, stop=None) -> list[list[int]]:
         import llama_cpp
         import numpy as np
 
@@ -333,9 +333,12 @@ class LlamaCppEngine(Engine):
         for start in range(0, len(flat), self.n_batch):
             firsts += decode(flat[start:start + self.n_batch])
         active = []
+        def goes_on(s: int, tok: int) -> bool:  # EOS (as served), then the runner's stop rule
+            return (ignore_eos or tok not in self.eos) and not (stop is not None and stop.hit(out[s]))
+
         for s, tok in enumerate(firsts):
             out[s].append(tok)
-            if ignore_eos or tok not in self.eos:
+            if goes_on(s, tok):
                 active.append(s)
         on_step()
         for step in range(1, max_new):
@@ -345,7 +348,7 @@ class LlamaCppEngine(Engine):
             still = []
             for s, tok in zip(active, nxt):
                 out[s].append(tok)
-                if ignore_eos or tok not in self.eos:
+                if goes_on(s, tok):
                     still.append(s)
             active = still
             on_step()

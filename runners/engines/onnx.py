@@ -128,8 +128,8 @@ class OnnxEngine(Engine):
         self.torch_threads = torch.get_num_threads()
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, ignore_eos: bool,
-                 on_step: StepHook) -> list[list[int]]:
-        return greedy_generate(self.model, self.tokenizer, prompts, max_new_tokens, ignore_eos, on_step, self.device)
+                 on_step: StepHook, stop=None) -> list[list[int]]:
+        return greedy_generate(self.model, self.tokenizer, prompts, max_new_tokens, ignore_eos, on_step, self.device, stop)
 
     def synchronize(self) -> None:
         if self.ctx.device == "cuda" and self.model is not None:

@@ -143,8 +143,8 @@ class OpenVinoEngine(Engine):
         return {"ov_device": self.ov_device, "asked": self.ov_config(), "compiled": self.compiled_facts}
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, ignore_eos: bool,
-                 on_step: StepHook) -> list[list[int]]:
-        return greedy_generate(self.model, self.tokenizer, prompts, max_new_tokens, ignore_eos, on_step, "cpu")
+                 on_step: StepHook, stop=None) -> list[list[int]]:
+        return greedy_generate(self.model, self.tokenizer, prompts, max_new_tokens, ignore_eos, on_step, "cpu", stop)
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {

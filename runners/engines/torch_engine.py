@@ -37,8 +37,8 @@ class TorchEngine(Engine):
         self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, **kwargs).to(self.device).eval()
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, ignore_eos: bool,
-                 on_step: StepHook) -> list[list[int]]:
-        return greedy_generate(self.model, self.tokenizer, prompts, max_new_tokens, ignore_eos, on_step, self.device)
+                 on_step: StepHook, stop=None) -> list[list[int]]:
+        return greedy_generate(self.model, self.tokenizer, prompts, max_new_tokens, ignore_eos, on_step, self.device, stop)
 
     def synchronize(self) -> None:
         if self.ctx.device == "cuda":

@@ -124,7 +124,7 @@ class VllmEngine(Engine):
         return facts
 
     # --- generate -------------------------------------------------------------------------------------------------
-    def _sampling(self, max_new_tokens: int, ignore_eos: bool):
+    def _sampling(self, max_new_tokens: int, ignore_eos: bool, stop_rule=None):
         from types import SimpleNamespace
 
         from vllm import SamplingParams
@@ -139,14 +139,17 @@ class VllmEngine(Engine):
                 config = {}
             stop = sorted(eos_ids(self.tokenizer, SimpleNamespace(eos_token_id=config.get("eos_token_id"))))
         # temperature 0 is vLLM's greedy; ignore_eos + max_tokens give exactly max_tokens new tokens
+        # as served with stop sequences: vLLM's own stop strings, the same definition as the runner's rule (the
+        # first token whose text completes one); they need detokenisation. The runner checks where it stopped.
+        strings = list(stop_rule.sequences) if stop_rule is not None else []
         return SamplingParams(temperature=0.0, max_tokens=max_new_tokens, ignore_eos=ignore_eos,
-                              stop_token_ids=stop or None, detokenize=False)
+                              stop_token_ids=stop or None, stop=strings or None, detokenize=bool(strings))
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, ignore_eos: bool,
-                 on_step: StepHook) -> list[list[int]]:
+                 on_step: StepHook, stop=None) -> list[list[int]]:
         from vllm.inputs import TokensPrompt
 
-        params = self._sampling(max_new_tokens, ignore_eos)
+        params = self._sampling(max_new_tokens, ignore_eos, stop)
         inputs = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
         llm = self.llm
         if hasattr(llm, "enqueue") and hasattr(llm.llm_engine, "step"):
