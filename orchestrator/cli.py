@@ -30,7 +30,7 @@ from orchestrator import REPO_ROOT
 from orchestrator.images import ImageError, build, discover
 from orchestrator.launch import HostProblem, make_launcher
 from orchestrator.matrix import MatrixError, load
-from orchestrator.models import DEFAULT_CACHE, ModelCache
+from orchestrator.models import CONTAINER_USER, DEFAULT_CACHE, ModelCache, readability_problem
 from orchestrator.plan import expand
 from orchestrator.store import RunConflict, RunStore
 from orchestrator.ui import Reporter
@@ -128,6 +128,10 @@ def cmd_plan(args) -> int:
                   + (f", {len(trials)} selected" if len(trials) != len(plan.trials) else ""))
     for x in plan.excluded:
         console.print(f"  not a cell: {escape(x)}")
+    for m in matrix.models.values():  # a user's folder the containers cannot read: said now, not per failed trial
+        problem = readability_problem(m.name, m.path) if m.source == "path" and m.path.is_dir() else None
+        if problem:
+            console.print(f"  [red]model not readable in the containers:[/] {escape(problem)}")
     for t in trials:
         console.print(f"  {t.order_index:5d}  {t.id}")
     return 0
@@ -165,7 +169,9 @@ def cmd_run(args) -> int:
     store.open(matrix, [t.id for t in plan.trials])
     launcher = make_launcher(args.launcher, run_id)
     reporter = Reporter(console)
-    ex = Executor(plan, store, launcher, ModelCache(Path(args.cache)), reporter,
+    # the process launcher's runner reads models as this user; containers as the images' user
+    cache = ModelCache(Path(args.cache), reader=None if launcher.name == "process" else CONTAINER_USER)
+    ex = Executor(plan, store, launcher, cache, reporter,
                   retry_failed=getattr(args, "retry_failed", False))
     sel = ex.select(trials)
     console.print(f"run {run_id} ({store.root}): matrix {matrix.name} sha256 {matrix.hash[:12]}, seed {matrix.seed}; "

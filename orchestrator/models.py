@@ -22,9 +22,47 @@ class ModelUnavailable(RuntimeError):
     pass
 
 
+# The user the runtime images run as (images/_base/Dockerfile): what must be able to read a model folder
+CONTAINER_USER = (1000, 1000)
+
+
+def unreadable(root: Path, user: tuple[int, int] = CONTAINER_USER) -> list[str]:
+    """Files and folders under ``root`` that ``user`` (uid, gid) cannot read (folders: read and enter), e.g. the
+    0600 model.safetensors that save_pretrained writes as root. Supplementary groups are not considered."""
+    uid, gid = user
+
+    def can(st: os.stat_result, bits: int) -> bool:  # bits: r=4, x=1 (as an "other" triple)
+        if st.st_uid == uid:
+            return st.st_mode & (bits << 6) == bits << 6
+        if st.st_gid == gid:
+            return st.st_mode & (bits << 3) == bits << 3
+        return st.st_mode & bits == bits
+
+    bad = []
+    for d, dirs, files in os.walk(root):
+        if not can(os.stat(d), 5):
+            bad.append(d + "/")
+        bad += [os.path.join(d, f) for f in sorted(files) if not can(os.stat(os.path.join(d, f)), 4)]
+    return bad
+
+
+def readability_problem(name: str, root: Path, user: tuple[int, int] = CONTAINER_USER) -> str | None:
+    """One line naming what the containers' user cannot read and the fix, or None."""
+    bad = unreadable(root, user)
+    if not bad:
+        return None
+    first = Path(bad[0])
+    st = first.stat()
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    return (f"models.{name}.path: {first}{more} cannot be read by the containers' user (uid {user[0]}): mode "
+            f"{st.st_mode & 0o777:04o}, owner uid {st.st_uid} — make the folder readable: chmod -R a+rX {root}")
+
+
 @dataclass
 class ModelCache:
     root: Path
+    # who reads the models: the images' user for containers; None when the runner runs as this user (process)
+    reader: tuple[int, int] | None = CONTAINER_USER
 
     @property
     def hf(self) -> Path:
@@ -71,6 +109,9 @@ class ModelCache:
             if not (m.path / "config.json").is_file():
                 raise ModelUnavailable(f"models.{m.name}.path: {m.path} has no config.json — point it at a folder "
                                        "written by save_pretrained")
+            problem = readability_problem(m.name, m.path, self.reader) if self.reader else None
+            if problem:  # every trial would fail in its container with a bare FileNotFoundError/PermissionError
+                raise ModelUnavailable(problem)
             info = {"cached": True, "path": str(m.path)}
         elif m.source == "fixture":
             info = self._build_fixture(m)
