@@ -13,6 +13,15 @@
 # Build inputs come from the environment, as for images/build.sh: BASE_IMAGE, PIP_EXTRA_INDEX_URL.
 
 PYTHON ?= python3
+# Build inputs, only when asked: EXTRA_CA=<folder of *.crt> to trust in the images, WHEELS=<folder of local wheels>.
+# The base image needs nothing: BASE_IMAGE when set, else python:3.11-slim-bookworm, else (no Docker Hub) a local
+# Debian base built once by scripts/make_local_base.sh (root + debootstrap).
+ifdef EXTRA_CA
+export SLM_EXTRA_CA_DIR := $(EXTRA_CA)
+endif
+ifdef WHEELS
+export SLM_WHEEL_DIRS := $(WHEELS)
+endif
 MATRIX ?= matrix.toml
 RUN ?= study-2412.15441
 ORCH = $(PYTHON) orchestrate.py

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator import REPO_ROOT
-from orchestrator.images import build_dockerfile, image_name
+from orchestrator.images import build_dockerfile, image_name, prepare_build
 
 DOCKERFILE = REPO_ROOT / "images" / "_sandbox" / "Dockerfile"
 
@@ -46,6 +46,7 @@ class Sandbox:
         import docker.errors
 
         if build:
+            prepare_build(self.client, log)  # the base image (BASE_IMAGE, the stock one, or the local Debian base)
             build_dockerfile(self.client, DOCKERFILE, image(), log)
         try:
             img = self.client.images.get(image())

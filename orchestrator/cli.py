@@ -63,6 +63,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     b.add_argument("--all", action="store_true", help="every runtime under images/, not just the matrix's")
     b.add_argument("--device", choices=("cpu", "cuda"), help="only runtimes of this device")
     b.add_argument("--no-cache", action="store_true")
+    b.add_argument("--extra-ca", metavar="DIR", help="trust the *.crt files of DIR in the images (a TLS-intercepting "
+                   "proxy's or a corporate CA; e.g. /usr/local/share/ca-certificates); env SLM_EXTRA_CA_DIR")
+    b.add_argument("--wheels", metavar="DIR", action="append", help="local wheels of pinned versions to build from "
+                   "(repeatable; e.g. a torch wheel where its index is unreachable); env SLM_WHEEL_DIRS")
     sub.add_parser("prepare", parents=[common, filters, launch], help="fetch models, run engine conversions")
     r = sub.add_parser("run", parents=[common, filters, launch], help="run (or resume) the matrix")
     r.add_argument("--retry-failed", action="store_true", help="run failed trials again")
@@ -138,6 +142,14 @@ def cmd_plan(args) -> int:
 
 
 def cmd_build(args) -> int:
+    import os
+
+    from orchestrator.images import EXTRA_CA_ENV, WHEEL_DIRS_ENV
+
+    if args.extra_ca:
+        os.environ[EXTRA_CA_ENV] = args.extra_ca
+    if args.wheels:
+        os.environ[WHEEL_DIRS_ENV] = os.pathsep.join(args.wheels)
     runtimes = discover()
     if args.all or args.runtime:
         names = args.runtime or list(runtimes)

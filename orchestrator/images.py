@@ -129,6 +129,103 @@ def image_info(client, runtime: Runtime) -> dict[str, Any] | None:
             "created": img.attrs.get("Created")}
 
 
+# --- build inputs: the base image, extra CA certificates, local wheels, the extra index -------------------------
+
+STOCK_BASE = "python:3.11-slim-bookworm"  # the Dockerfiles' default BASE_IMAGE
+LOCAL_BASE = "slm-matrix/base:bookworm"  # scripts/make_local_base.sh: Debian bookworm minbase + Python 3.11
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"  # the CPU images' default extra index
+EXTRA_CA_ENV = "SLM_EXTRA_CA_DIR"  # a folder of *.crt to trust in the images (a TLS-intercepting proxy's, a corp CA)
+WHEEL_DIRS_ENV = "SLM_WHEEL_DIRS"  # folders (os.pathsep) of local wheels for the pinned versions
+
+
+def ensure_base(client, log: Callable[[str], None]) -> str:
+    """The base image the builds use, made available: BASE_IMAGE when given; else the stock Python image when it is
+    here or can be pulled; else — said, not silent — the local Debian base built by scripts/make_local_base.sh (root
+    and debootstrap needed), which is then exported as BASE_IMAGE for this process's builds."""
+    import docker.errors
+
+    given = os.environ.get("BASE_IMAGE")
+    if given:
+        return given
+    for name in (STOCK_BASE, LOCAL_BASE):
+        try:
+            client.images.get(name)
+            os.environ["BASE_IMAGE"] = name
+            return name
+        except docker.errors.ImageNotFound:
+            pass
+    try:
+        log(f"pulling the base image {STOCK_BASE}")
+        client.images.pull(STOCK_BASE)
+        os.environ["BASE_IMAGE"] = STOCK_BASE
+        return STOCK_BASE
+    except docker.errors.APIError as e:
+        log(f"cannot pull {STOCK_BASE} ({str(e).splitlines()[0][:160]}): building the local Debian base {LOCAL_BASE} "
+            "with scripts/make_local_base.sh (a few minutes, once)")
+    import subprocess
+
+    proc = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "make_local_base.sh"), LOCAL_BASE],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ImageError(f"no base image: {STOCK_BASE} cannot be pulled and scripts/make_local_base.sh failed "
+                         f"({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}) — "
+                         "set BASE_IMAGE to a Python 3.11 image this host has, or run the script as root with "
+                         "debootstrap installed")
+    os.environ["BASE_IMAGE"] = LOCAL_BASE
+    return LOCAL_BASE
+
+
+def _pins() -> dict[str, set[str]]:
+    """name -> every version an image's constraints.txt pins with `name==version` (names normalised as wheel file
+    names are)."""
+    pins: dict[str, set[str]] = {}
+    for f in (REPO_ROOT / "images").glob("*/constraints.txt"):
+        for line in f.read_text().splitlines():
+            m = re.match(r"^([A-Za-z0-9_.-]+)==([^\s;#,]+)", line.strip())
+            if m:
+                pins.setdefault(re.sub(r"[-_.]+", "_", m.group(1)).lower(), set()).add(m.group(2))
+    return pins
+
+
+def stage_build_inputs(log: Callable[[str], None]) -> dict[str, Any]:
+    """What the user asked to put into the build context (never picked up silently): the *.crt files of
+    $SLM_EXTRA_CA_DIR into images/extra-ca/, the wheels of $SLM_WHEEL_DIRS that match a pinned version into
+    images/wheelhouse/; and, when PIP_EXTRA_INDEX_URL is unset and the PyTorch CPU index does not answer, an empty
+    one (no extra index: the wheelhouse or the registry must then hold torch) — said, not silent."""
+    import shutil
+
+    facts: dict[str, Any] = {"extra_ca": [], "wheels": []}
+    ca_dir = os.environ.get(EXTRA_CA_ENV)
+    if ca_dir:
+        if not Path(ca_dir).is_dir():
+            raise ImageError(f"{EXTRA_CA_ENV}={ca_dir} is not a folder — point it at the folder of *.crt files to "
+                             "trust (e.g. /usr/local/share/ca-certificates)")
+        for crt in sorted(Path(ca_dir).glob("*.crt")):
+            shutil.copyfile(crt, REPO_ROOT / "images" / "extra-ca" / crt.name)
+            facts["extra_ca"].append(crt.name)
+        log(f"extra CA certificates from {ca_dir}: {', '.join(facts['extra_ca']) or 'none found'}")
+    pins = _pins()
+    for d in filter(None, os.environ.get(WHEEL_DIRS_ENV, "").split(os.pathsep)):
+        for whl in sorted(Path(d).glob("*.whl")):
+            name, version = whl.name.split("-")[:2]
+            if version in pins.get(re.sub(r"[-_.]+", "_", name).lower(), ()):
+                dst = REPO_ROOT / "images" / "wheelhouse" / whl.name
+                if not dst.exists() or dst.stat().st_size != whl.stat().st_size:
+                    shutil.copyfile(whl, dst)
+                facts["wheels"].append(whl.name)
+        log(f"local wheels from {d} matching a pin: {', '.join(facts['wheels']) or 'none'}")
+    if "PIP_EXTRA_INDEX_URL" not in os.environ:
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(f"{TORCH_CPU_INDEX}/torch/", timeout=15)
+        except OSError as e:
+            os.environ["PIP_EXTRA_INDEX_URL"] = ""
+            log(f"the PyTorch CPU index {TORCH_CPU_INDEX} does not answer ({e}): building without an extra index "
+                "(torch then comes from the wheelhouse or the registry)")
+    return facts
+
+
 def build_args() -> dict[str, str]:
     """Same rule as images/build.sh: BASE_IMAGE when non-empty; PIP_EXTRA_INDEX_URL when set (empty = none); the
     runtime images' RUNNER_BASE is the shared base built here."""
@@ -155,12 +252,24 @@ def build_dockerfile(client, dockerfile: Path, tag: str, log: Callable[[str], No
         raise ImageError(f"building {tag} from {dockerfile} failed: {last_error}")
 
 
+_PREPARED: dict[str, Any] = {}
+
+
+def prepare_build(client, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The base image and the build inputs, once per process (every build of a run shares them)."""
+    if not _PREPARED:
+        _PREPARED["base"] = ensure_base(client, log)
+        _PREPARED.update(stage_build_inputs(log))
+    return _PREPARED
+
+
 def build(client, runtime: Runtime, *, log: Callable[[str], None] = print, nocache: bool = False) -> dict[str, Any]:
     """Build one runtime image, the shared base first (the builder's layer cache makes an unchanged rebuild of
     either take about a second)."""
     import docker.errors
 
     t0 = time.monotonic()
+    prepare_build(client, log)
     build_dockerfile(client, REPO_ROOT / "images" / BASE_DIR / "Dockerfile", base_image(), log, nocache)
     build_dockerfile(client, runtime.dockerfile, runtime.image, log, nocache)
     try:

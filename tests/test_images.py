@@ -143,3 +143,50 @@ def test_a_new_runtime_folder_is_discovered_planned_and_run(tmp_path, docker_cli
     assert rec["host"]["image"].endswith("/torch-cpu-1t:latest")
     env = docker_client.images.get(rec["host"]["image"]).attrs["Config"]["Env"]
     assert "OMP_NUM_THREADS=1" in env
+
+
+def test_build_inputs_are_staged_only_when_asked_and_only_pinned_wheels(tmp_path, monkeypatch):
+    from orchestrator import images
+
+    ca, wheels = tmp_path / "ca", tmp_path / "wheels"
+    ca.mkdir()
+    wheels.mkdir()
+    (ca / "zz-test-proxy.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    pinned = "transformers-4.57.6-py3-none-any.whl"  # pinned by the images' constraints.txt
+    unpinned = "transformers-0.0.1-py3-none-any.whl"
+    for name in (pinned, unpinned):
+        (wheels / name).write_bytes(b"not a real wheel")
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")  # given: no probe of the PyTorch index
+    staged_ca = REPO / "images" / "extra-ca" / "zz-test-proxy.crt"
+    staged = {n: REPO / "images" / "wheelhouse" / n for n in (pinned, unpinned)}
+    assert not any(p.exists() for p in staged.values())
+    monkeypatch.delenv(images.EXTRA_CA_ENV, raising=False)
+    monkeypatch.delenv(images.WHEEL_DIRS_ENV, raising=False)
+    try:
+        assert images.stage_build_inputs(lambda line: None) == {"extra_ca": [], "wheels": []}  # nothing unasked
+        monkeypatch.setenv(images.EXTRA_CA_ENV, str(ca))
+        monkeypatch.setenv(images.WHEEL_DIRS_ENV, str(wheels))
+        facts = images.stage_build_inputs(lambda line: None)
+        assert facts == {"extra_ca": ["zz-test-proxy.crt"], "wheels": [pinned]}
+        assert staged_ca.is_file() and staged[pinned].is_file() and not staged[unpinned].exists()
+        monkeypatch.setenv(images.EXTRA_CA_ENV, str(tmp_path / "nowhere"))
+        with pytest.raises(images.ImageError, match="SLM_EXTRA_CA_DIR"):
+            images.stage_build_inputs(lambda line: None)
+    finally:
+        staged_ca.unlink(missing_ok=True)
+        for p in staged.values():
+            p.unlink(missing_ok=True)
+
+
+def test_the_base_image_is_the_given_one_else_one_this_host_has(docker_client, monkeypatch):
+    from orchestrator import images
+
+    monkeypatch.setenv("BASE_IMAGE", "my/base:1")
+    assert images.ensure_base(docker_client, lambda line: None) == "my/base:1"
+    monkeypatch.delenv("BASE_IMAGE")
+    have = {t for img in docker_client.images.list() for t in img.tags}
+    if not ({images.STOCK_BASE, images.LOCAL_BASE} & have):
+        pytest.skip("neither base image is here (ensure_base would pull or build one)")
+    got = images.ensure_base(docker_client, lambda line: None)
+    assert got == (images.STOCK_BASE if images.STOCK_BASE in have else images.LOCAL_BASE)
+    assert os.environ["BASE_IMAGE"] == got  # the builds of this process use it
