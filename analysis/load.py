@@ -48,6 +48,17 @@ def config_label(engine: str, device: str, precision: str | None = "fp32") -> st
     return label
 
 
+def work_label(generation: dict) -> str:
+    """What a trial was asked to generate, as a comparison boundary: the same work (a fixed token count everywhere)
+    or as served (each engine stops at EOS / a stop sequence)."""
+    budget = (f"{generation['new_tokens']} new tokens" if generation.get("new_tokens") is not None
+              else f"max_length {generation.get('max_length')}")
+    if generation.get("fixed_length", True):
+        return f"same work: {budget}"
+    stops = len(generation.get("stop_sequences") or [])
+    return f"as served: ≤ {budget}" + (f", {stops} stop sequence(s)" if stops else "")
+
+
 def size_group(params_b: float | None) -> str | None:
     """The study's size groups: <1B, 1B–2B, ≥2B (parameters in billions)."""
     if params_b is None or (isinstance(params_b, float) and math.isnan(params_b)):
@@ -242,6 +253,7 @@ def trial_row(record: dict, path: Path, run_dir: Path, problem: str | None = Non
         "setting": trial.get("setting"),
         "batch": _get(job, "generation", "batch_size"),
         "new_tokens_budget": _get(job, "generation", "new_tokens"),
+        "work": work_label(job.get("generation") or {}),
         "repetition": trial.get("repetition"), "order_index": trial.get("order_index"),
         "matrix_name": trial.get("matrix_name"),
         "seed": trial.get("seed"), "matrix_hash": trial.get("matrix_hash"),

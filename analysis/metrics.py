@@ -119,11 +119,14 @@ def flag_different_output(ok: pd.DataFrame, spec: dict) -> pd.DataFrame:
 def comparison_groups(ok: pd.DataFrame) -> pd.DataFrame:
     """``group``: what energy figures are compared within — a model, split by energy boundary where its
     configurations were measured on different ones (e.g. a CPU package against a GPU, or measured against
-    estimated). ``size_scope`` does the same for size groups."""
+    estimated), and by work where they were asked for different work (a fixed token count vs as served).
+    ``size_scope`` does the same for size groups."""
     t = ok.copy()
     if t.empty:
         return t.assign(group=pd.Series(dtype=object), size_scope=pd.Series(dtype=object))
     boundary = t["energy_boundary"].fillna("no energy figure")
+    if "work" in t and t["work"].nunique() > 1:
+        boundary = boundary + " · " + t["work"].fillna("?")
     for col, key in (("group", "model"), ("size_scope", "size_group")):
         base = t[key].astype(str)
         n = boundary.groupby(base).nunique()

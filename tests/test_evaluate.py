@@ -74,6 +74,11 @@ def test_report_has_pass_at_1_energy_per_solved_task_and_the_paired_comparison(e
     assert pairs.loc["LLAMACPP-CPU[served-fp32]", "reference"] == "TORCH-CPU[served-fp32]"
     assert pairs.loc["LLAMACPP-CPU-q4_k_m", "reference"] == "TORCH-CPU[fp32]"
     assert pairs["p_holm"].between(0, 1).all()
+    # same work and as served are different work: their energies are compared within each, never across
+    groups = a.ok.groupby("group")["config"].agg(set)
+    assert len(groups) == 2 and {frozenset(g) for g in groups} == {
+        frozenset({"TORCH-CPU[fp32]", "LLAMACPP-CPU[fp32]", "LLAMACPP-CPU-q4_k_m"}),
+        frozenset({"TORCH-CPU[served-fp32]", "LLAMACPP-CPU[served-fp32]"})}
     paths = write_report(a, tmp_path / "report")
     page = paths["html"].read_text()
     assert "HumanEval pass@1 and energy per solved task" in page and "Tasks gained and lost" in page
