@@ -261,4 +261,5 @@ def test_as_served_stops_where_the_runners_rule_says(launch, smollm2_dir, gguf_c
     rec, _ = launch("run", body)
     assert rec["status"] == "ok", summary(rec)
     assert rec["stopping"]["inconsistent"] == 0, [p["ended_by"] for p in rec["per_prompt"]]
+    assert rec["stopping"]["steps_past_end"] == 0  # the loop checks the rule after each token
     assert rec["agreement"]["share_identical"] >= 0.75, rec["agreement"]

@@ -153,6 +153,7 @@ def test_as_served_stops_by_the_runners_rule_at_the_same_tokens_as_same_work(tin
     same = run(tiny_model_dir, generation={"new_tokens": 24})
     served = run(tiny_model_dir, generation={"new_tokens": 24, "fixed_length": False, "stop_sequences": ["e", "\n"]})
     assert served["status"] == "ok" and served["stopping"]["inconsistent"] == 0, served["stopping"]
+    assert served["stopping"]["steps_past_end"] == 0  # the stopping criterion ends generation at the token
     rule = StopRule(load_tokenizer(tiny_model_dir), ("e", "\n"))
     stopped = 0
     for full, cut in zip(same["per_prompt"], served["per_prompt"]):
