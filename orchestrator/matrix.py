@@ -71,6 +71,8 @@ class Setting:
     name: str
     precision: str
     generation: dict[str, Any] = field(default_factory=dict)  # overrides of [generation]
+    family: str | None = None  # a named group of settings (e.g. "study", "precision") selectable as one
+    devices: tuple[str, ...] | None = None  # only runtimes of these devices run it (None: every runtime offering it)
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class RuntimeEntry:
     engines: tuple[str, ...]
     engine_options: dict[str, Any]
     container: dict[str, Any]  # overrides of [container]
+    settings: tuple[str, ...] | None = None  # only these settings (or families) for this entry; None: all
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,17 @@ def _container(t: _Table) -> dict[str, Any]:
     return out
 
 
+def family_members(names: list[str] | None, settings: dict[str, Setting]) -> list[str] | None:
+    """Setting names, with each family name replaced by its settings (in definition order); None stays None."""
+    if names is None:
+        return None
+    out: list[str] = []
+    for n in names:
+        members = [n] if n in settings else [s.name for s in settings.values() if s.family == n]
+        out += [m for m in members if m not in out]
+    return out
+
+
 def load(path: str | Path, *, images_dir: Path | None = None) -> Matrix:
     """Load and validate a matrix file."""
     path = Path(path)
@@ -226,12 +240,19 @@ def load(path: str | Path, *, images_dir: Path | None = None) -> Matrix:
     runtime_entries: dict[str, RuntimeEntry] = {}
     for name in list(rt_defs.data):
         key = f"runtimes.{name}"
-        if name not in known_runtimes:
-            raise MatrixError(src, key, "no such runtime under images/",
+        _check_name(src, key, name)
+        data = rt_defs.data.pop(name)
+        # an entry is an image folder by its name, or by `image` (the same image again under another name, with its
+        # own engines and options: e.g. OpenVINO with and without its KV cache)
+        folder = data.pop("image", name) if isinstance(data, dict) else name
+        if folder not in known_runtimes:
+            field_key = f"{key}.image" if folder != name else key
+            raise MatrixError(src, field_key, f"no such runtime under images/: {folder!r}",
                               f"use one of: {', '.join(known_runtimes) or '(none: images/*/Dockerfile missing)'}"
-                              " — a new runtime is a folder images/<name>/ with a labelled Dockerfile")
-        rt = known_runtimes[name]
-        t = _Table(src, rt_defs.data.pop(name), key)
+                              " — a new runtime is a folder images/<name>/ with a labelled Dockerfile; another entry "
+                              "for an existing folder names it with image = \"<folder>\"")
+        rt = known_runtimes[folder]
+        t = _Table(src, data, key)
         engines = t.get("engines", list, [rt.engines[0]], what="engines of this image to run")
         for i, e in enumerate(engines):
             if e not in rt.engines:
@@ -241,8 +262,10 @@ def load(path: str | Path, *, images_dir: Path | None = None) -> Matrix:
             raise MatrixError(src, f"{key}.engines", "is empty", f"list at least one of: {', '.join(rt.engines)}")
         opts = t.table("engine_options")
         cont = _container(t)
-        t.done(["engines", "engine_options", *CONTAINER_KEYS])
-        runtime_entries[name] = RuntimeEntry(name, rt, tuple(engines), dict(opts), cont)
+        only = t.get("settings", list, None, what="the settings (or families) this entry runs")
+        t.done(["image", "engines", "engine_options", "settings", *CONTAINER_KEYS])
+        runtime_entries[name] = RuntimeEntry(name, rt, tuple(engines), dict(opts), cont,
+                                             tuple(only) if only is not None else None)
 
     m_defs = _Table(src, top.table("models"), "models")
     model_entries: dict[str, ModelEntry] = {}
@@ -257,9 +280,20 @@ def load(path: str | Path, *, images_dir: Path | None = None) -> Matrix:
         key = f"settings.{name}"
         _check_name(src, key, name)
         t = _Table(src, s_defs.data.pop(name), key)
+        devices = t.get("devices", list, None, what="the devices whose runtimes run it, e.g. [\"cuda\"]")
+        for i, d in enumerate(devices or ()):
+            if d not in ("cpu", "cuda"):
+                raise MatrixError(src, f"{key}.devices[{i}]", f"unknown device {d!r}", "use cpu or cuda")
         settings_all[name] = Setting(name, t.get("precision", str, what="e.g. \"fp32\""),
-                                     dict(t.table("generation")))
-        t.done(["precision", "generation"])
+                                     dict(t.table("generation")), family=t.get("family", str, None),
+                                     devices=tuple(devices) if devices else None)
+        t.done(["precision", "generation", "family", "devices"])
+    families = sorted({s.family for s in settings_all.values() if s.family} - set(settings_all))
+    for r in runtime_entries.values():  # an entry's own selection names settings or families that exist
+        for i, n in enumerate(r.settings or ()):
+            if n not in settings_all and n not in families:
+                raise MatrixError(src, f"runtimes.{r.name}.settings[{i}]", f"unknown setting or family {n!r}",
+                                  f"use one of: {', '.join([*settings_all, *families])}")
 
     # --- selection ------------------------------------------------------------------------------------------------
     mt = _Table(src, top.table("matrix"), "matrix")
@@ -268,14 +302,16 @@ def load(path: str | Path, *, images_dir: Path | None = None) -> Matrix:
     reps = mt.get("repetitions", int, minimum=1)
     sel_rt = mt.names("runtimes", list(runtime_entries), "runtime") or list(runtime_entries)
     sel_m = mt.names("models", list(model_entries), "model") or list(model_entries)
-    sel_s = mt.names("settings", list(settings_all), "setting") or list(settings_all)
+    sel_s = family_members(mt.names("settings", [*settings_all, *families], "setting or family"),
+                           settings_all) or list(settings_all)
     mt.done(["name", "seed", "repetitions", "runtimes", "models", "settings"])
     if not sel_rt or not sel_m:
         raise MatrixError(src, "matrix", "selects no runtime or no model",
                           "define [runtimes.<name>] and [models.<name>] entries")
 
     for s in sel_s:  # a setting no selected image offers would silently never run
-        offered = sorted({p for r in sel_rt for p in runtime_entries[r].spec.precisions})
+        offered = sorted({p for r in sel_rt for p in runtime_entries[r].spec.precisions
+                          if settings_all[s].devices is None or runtime_entries[r].spec.device in settings_all[s].devices})
         if settings_all[s].precision not in offered:
             raise MatrixError(src, f"settings.{s}.precision",
                               f"no selected runtime offers {settings_all[s].precision!r}",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from orchestrator.matrix import Matrix, MatrixError, ModelEntry, RuntimeEntry, Setting
+from orchestrator.matrix import Matrix, MatrixError, ModelEntry, RuntimeEntry, Setting, family_members
 
 
 @dataclass(frozen=True)
@@ -54,29 +54,43 @@ class Plan:
                settings: list[str] | None = None) -> list[Trial]:
         """The trials this invocation works on (CLI filters); positions stay those of the whole matrix."""
         m = self.matrix
-        for given, pool, what in ((runtimes, m.runtimes, "runtime"), (models, m.models, "model"),
-                                  (settings, m.settings, "setting")):
+        families = {s.family for s in m.settings.values() if s.family}
+        for given, pool, what in ((runtimes, list(m.runtimes), "runtime"), (models, list(m.models), "model"),
+                                  (settings, [*m.settings, *sorted(families - set(m.settings))], "setting")):
             for g in given or ():
                 if g not in pool:
                     raise MatrixError(str(m.path), f"--{what} {g}", "is not in this matrix",
                                       f"use one of: {', '.join(pool)}")
+        settings = family_members(settings, m.settings)  # --setting precision: every setting of that family
         return [t for t in self.trials
                 if (not runtimes or t.cell.runtime.name in runtimes) and (not models or t.cell.model.name in models)
                 and (not settings or t.cell.setting.name in settings)]
 
 
 def expand(matrix: Matrix) -> Plan:
-    cells, excluded = [], []
+    cells = []
+    # combinations that are not cells, grouped: one line per runtime/engine and reason, its settings listed
+    skipped: dict[tuple[str, str], list[str]] = {}
     for r in matrix.runtimes.values():
-        for s in matrix.settings.values():
-            for e in r.engines:
-                offered = r.spec.engine_precisions(e)
+        own = family_members(list(r.settings), matrix.settings) if r.settings is not None else None
+        for e in r.engines:
+            offered = r.spec.engine_precisions(e)
+            for s in matrix.settings.values():
+                if own is not None and s.name not in own:
+                    skipped.setdefault((f"{r.name}/{e}", f"the entry runs {', '.join(r.settings)} only"),
+                                       []).append(s.name)
+                    continue
+                if s.devices is not None and r.spec.device not in s.devices:
+                    skipped.setdefault((f"{r.name}/{e}", f"for {' and '.join(s.devices)} runtimes only"),
+                                       []).append(s.name)
+                    continue
                 if s.precision not in offered:
-                    excluded.append(f"{r.name}/{e} × {s.name}: engine offers {', '.join(offered)} on "
-                                    f"{r.spec.device}")
+                    skipped.setdefault((f"{r.name}/{e}", f"engine offers {', '.join(offered)} on {r.spec.device}"),
+                                       []).append(s.name)
                     continue
                 for m in matrix.models.values():
                     cells.append(Cell(r, e, m, s))
+    excluded = [f"{where} × {', '.join(names)}: {why}" for (where, why), names in skipped.items()]
     # Canonical order first (sorted ids), then one seeded shuffle: same matrix + seed → same order anywhere.
     pending = sorted(((c, rep) for c in cells for rep in range(matrix.repetitions)),
                      key=lambda cr: (cr[0].id, cr[1]))

@@ -52,17 +52,43 @@ def test_study_matrix_is_the_study():
     assert all(e.source == "hub" and e.params_b for e in m.models.values())
     groups = [e.group for e in m.models.values()]
     assert groups == ["<1B"] * 4 + ["1B–2B"] * 4 + ["≥2B"] * 4
-    assert list(m.runtimes) == ["torch-cpu", "torch-cuda"]
-    assert [r.spec.device for r in m.runtimes.values()] == ["cpu", "cuda"]
+    # every runtime image and every engine it carries is in the study: a new image cannot be forgotten
+    from orchestrator.images import discover
+
+    for folder, rt in discover().items():
+        entries = [r for r in m.runtimes.values() if r.spec.name == folder]
+        assert entries, f"images/{folder} is not in matrix.toml"
+        assert set(rt.engines) <= {e for r in entries for e in r.engines}, folder
+    assert m.runtimes["openvino-nokv"].engine_options == {"kv_cache": "none"}  # the paper's row, beside the fair one
+    assert m.runtimes["openvino"].engine_options == {}
     assert m.job["workload"] == {"dataset": "humaneval", "style": "fragment", "count": 164, "selection": "first",
                                  "seed": 2412, "min_tokens": 10, "max_tokens": 15}
     assert m.job["generation"] == {"batch_size": 1, "max_length": 128, "fixed_length": True}
-    assert [s.precision for s in m.settings.values()] == ["fp32"]
+    assert {s.name: s.family for s in m.settings.values()} == {
+        "fp32": "study", "fp16": "precision", "bf16": "precision", "int8": "precision", "q8_0": "precision",
+        "q4_k_m": "precision"}
     assert m.repetitions == 10 and isinstance(m.seed, int)
     assert m.job["warmup"]["batches"] >= 1
     assert m.host["idle_seconds"] > 0 and m.host["cooldown_max_s"] > 0
     plan = expand(m)
-    assert len(plan.trials) == 2 * 12 * 10
+    cells = {(c.runtime.name, c.engine, c.setting.name) for c in plan.cells}
+    # the study: fp32 on every runtime × engine (torch-compile for the paper's "JIT", OpenVINO with and without KV)
+    assert {(r, e) for r, e, s in cells if s == "fp32"} == {
+        ("torch-cpu", "torch"), ("torch-cpu", "torch-compile"), ("torch-cuda", "torch"), ("torch-cuda", "torch-compile"),
+        ("onnx-cpu", "onnx"), ("onnx-cuda", "onnx"), ("openvino", "openvino"), ("openvino-nokv", "openvino"),
+        ("llamacpp-cpu", "llamacpp"), ("llamacpp-cuda", "llamacpp"), ("vllm-cpu", "vllm"), ("vllm-cuda", "vllm")}
+    # the precision axis: half precision on CUDA, ONNX int8, OpenVINO int8 weights, GGUF q8_0/q4_k_m on CPU and CUDA
+    assert {(r, s) for r, e, s in cells if s != "fp32"} == {
+        ("torch-cuda", "fp16"), ("torch-cuda", "bf16"), ("onnx-cuda", "fp16"), ("vllm-cuda", "fp16"),
+        ("vllm-cuda", "bf16"), ("llamacpp-cuda", "fp16"), ("onnx-cpu", "int8"), ("openvino", "int8"),
+        ("llamacpp-cpu", "q8_0"), ("llamacpp-cpu", "q4_k_m"), ("llamacpp-cuda", "q8_0"), ("llamacpp-cuda", "q4_k_m")}
+    # what is not a cell is said once per runtime/engine, with the reason
+    assert "torch-cpu/torch × fp16, bf16: for cuda runtimes only" in plan.excluded
+    assert "torch-cpu/torch × int8, q8_0, q4_k_m: engine offers fp32, bf16, fp16 on cpu" in plan.excluded
+    assert "openvino-nokv/openvino × fp16, bf16, int8, q8_0, q4_k_m: the entry runs study only" in plan.excluded
+    assert len(plan.excluded) == len({x.split(" × ")[0] + x.split(":")[-1] for x in plan.excluded})
+    assert len(plan.trials) == len(plan.cells) * 10 == 312 * 10
+    assert len(plan.select(settings=["study"])) == 12 * 12 * 10  # a family selects its settings
 
 
 def test_smoke_matrix_needs_no_hub_and_no_gpu():
@@ -71,6 +97,27 @@ def test_smoke_matrix_needs_no_hub_and_no_gpu():
     assert {e.fixture for e in m.models.values()} >= {"llama", "gpt2", "smollm2"}
     assert all(r.spec.device == "cpu" and not r.spec.gpu for r in m.runtimes.values())
     assert m.job["workload"]["count"] <= 8 and m.job["generation"]["new_tokens"] <= 32
+
+
+def test_a_runtime_entry_may_run_an_image_again_under_its_own_name_and_settings(tmp_path):
+    p = tmp_path / "m.toml"
+    base = """[matrix]\nname = "t"\nseed = 1\nrepetitions = 1\n[models.m]\nfixture = "llama"\n
+[settings.fp32]\nfamily = "study"\nprecision = "fp32"\n[settings.int8]\nfamily = "precision"\nprecision = "int8"\n"""
+    p.write_text(base + '[runtimes.openvino]\n[runtimes.ov-nokv]\nimage = "openvino"\n'
+                        'engine_options = { kv_cache = "none" }\nsettings = ["study"]\n')
+    m = load(p)
+    assert m.runtimes["ov-nokv"].spec.name == "openvino" and m.runtimes["ov-nokv"].settings == ("study",)
+    cells = {(c.runtime.name, c.setting.name) for c in expand(m).cells}
+    assert cells == {("openvino", "fp32"), ("openvino", "int8"), ("ov-nokv", "fp32")}
+    p.write_text(base + '[runtimes.x]\nimage = "no-such-folder"\n')
+    with pytest.raises(MatrixError, match=r"runtimes\.x\.image: no such runtime under images/"):
+        load(p)
+    p.write_text(base + '[runtimes.openvino]\nsettings = ["fp64"]\n')
+    with pytest.raises(MatrixError, match=r"runtimes\.openvino\.settings\[0\]: unknown setting or family 'fp64'"):
+        load(p)
+    p.write_text(base + '[runtimes.openvino]\n[settings.fp16]\nprecision = "fp16"\ndevices = ["tpu"]\n')
+    with pytest.raises(MatrixError, match=r"settings\.fp16\.devices\[0\]: unknown device 'tpu'"):
+        load(p)
 
 
 @pytest.mark.parametrize("name, count", [("matrix-smoke-eval.toml", 6), ("matrix-humaneval.toml", None)])

@@ -330,12 +330,12 @@ def test_cuda_rows_without_a_usable_gpu_are_skipped_with_the_reason(tmp_path, do
     proc = orchestrate("run", "--matrix", str(REPO / "matrix.toml"), "--runtime", "torch-cuda", "--results",
                        str(tmp_path / "results"), "--cache", str(tmp_path / "cache"), timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "skipped 120 trial(s): torch-cuda needs a GPU: " in proc.stdout and problem in proc.stdout
+    assert "skipped 720 trial(s): torch-cuda needs a GPU: " in proc.stdout and problem in proc.stdout
     run_dir = tmp_path / "results" / "study-2412.15441"
     assert records(run_dir) == {}  # skipped is not done: a GPU host runs them on resume
     assert json.loads((run_dir / "run.json").read_text())["invocations"][-1]["skipped"]
     status = orchestrate("status", "--run-id", "study-2412.15441", "--results", str(tmp_path / "results"))
-    assert "0 ok, 0 failed, 240 left" in status.stdout and "torch-cuda needs a GPU" in status.stdout
+    assert "0 ok, 0 failed, 3120 left" in status.stdout and "torch-cuda needs a GPU" in status.stdout
 
 
 def test_an_image_that_is_not_built_is_named_with_the_fix(tmp_path, docker_client, tiny_model_dir):
