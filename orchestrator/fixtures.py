@@ -44,6 +44,12 @@ from typing import Any, Iterator
 log = logging.getLogger(__name__)
 
 ARCHITECTURES = ("gpt2", "gpt_bigcode", "gpt_neox", "bloom", "llama", "gemma", "phi")
+# The architectures users run today (issue: same answers on today's models), each with the trait that makes it differ:
+# sliding-window attention shorter than prompt + new tokens (gemma2, gemma3, mistral), interleaved local/global layers
+# (gemma2/3), QK-norm (qwen3), llama3 rope scaling, fused QKV (phi3), NoPE layers (smollm3).
+MODERN_ARCHITECTURES = ("gemma2", "gemma3", "qwen2", "qwen3", "llama3", "phi3", "starcoder2", "smollm3", "mistral")
+ALL_ARCHITECTURES = ARCHITECTURES + MODERN_ARCHITECTURES
+SLIDING_WINDOW = 16  # tokens: fragments are 10–15 tokens, so any run with ≥ 8 new tokens crosses the window
 SIZES = ("tiny", "bench100m", "bench1b")
 TOKENIZERS = ("trained", "smollm2", "spm")
 
@@ -89,7 +95,7 @@ def default_root() -> Path:
 
 def fixture_name(arch: str, size: str = "tiny", tokenizer: str = "trained", seed: int = 0) -> str:
     """Directory name of a tiny fixture, e.g. ``llama-tiny-trained`` or ``gpt2-bench100m-smollm2-seed3``."""
-    _check_choice("arch", arch, ARCHITECTURES)
+    _check_choice("arch", arch, ALL_ARCHITECTURES)
     _check_choice("size", size, SIZES)
     _check_choice("tokenizer", tokenizer, TOKENIZERS)
     return f"{arch}-{size}-{tokenizer}" + (f"-seed{seed}" if seed else "")
@@ -524,6 +530,51 @@ def _make_config(arch: str, size: str, vocab_size: int, special: dict[str, int])
                             num_attention_heads=heads, hidden_act="gelu_new", max_position_embeddings=2048,
                             partial_rotary_factor=0.4, rope_theta=10000.0, qk_layernorm=False,
                             layer_norm_eps=1e-5, tie_word_embeddings=False, **common)
+    if arch in MODERN_ARCHITECTURES:
+        return _modern_config(tf, arch, hidden, layers, heads, common)
+    raise ValueError(f"unknown arch {arch!r}")
+
+
+def _modern_config(tf, arch: str, hidden: int, layers: int, heads: int, common: dict):
+    """Configs of today's architectures with their distinguishing traits (tiny: 2 layers, or 4 where a layer pattern
+    needs them), built from transformers' own config classes."""
+    head_dim = hidden // heads
+    gated = dict(hidden_size=hidden, intermediate_size=_gated_ffn(hidden), num_attention_heads=heads,
+                 rms_norm_eps=1e-6, **common)
+    if arch == "gemma2":  # local/global alternation, soft-capping, sliding window
+        return tf.Gemma2Config(num_hidden_layers=layers, num_key_value_heads=1, head_dim=head_dim,
+                               sliding_window=SLIDING_WINDOW, max_position_embeddings=8192,
+                               hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True, **gated)
+    if arch == "gemma3":  # 5 local : 1 global in the real model; here one of each
+        return tf.Gemma3TextConfig(num_hidden_layers=layers, num_key_value_heads=1, head_dim=head_dim,
+                                   sliding_window=SLIDING_WINDOW, layer_types=["sliding_attention", "full_attention"],
+                                   max_position_embeddings=8192, tie_word_embeddings=True, **gated)
+    if arch == "qwen2":  # GQA, QKV bias, tied (small Qwen2.5)
+        return tf.Qwen2Config(num_hidden_layers=layers, num_key_value_heads=1, max_position_embeddings=4096,
+                              tie_word_embeddings=True, **gated)
+    if arch == "qwen3":  # QK-norm, explicit head_dim
+        return tf.Qwen3Config(num_hidden_layers=layers, num_key_value_heads=1, head_dim=head_dim,
+                              max_position_embeddings=4096, tie_word_embeddings=True, **gated)
+    if arch == "llama3":  # GQA + llama3 rope scaling (Llama 3.1/3.2)
+        return tf.LlamaConfig(num_hidden_layers=layers, num_key_value_heads=1, max_position_embeddings=131072,
+                              rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 32.0,
+                                                                 "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                                 "original_max_position_embeddings": 8192},
+                              tie_word_embeddings=True, **gated)
+    if arch == "phi3":  # fused qkv and gate_up projections
+        return tf.Phi3Config(num_hidden_layers=layers, num_key_value_heads=heads, max_position_embeddings=4096,
+                             original_max_position_embeddings=4096, tie_word_embeddings=False, **gated)
+    if arch == "starcoder2":  # GQA, biases, LayerNorm, plain GELU MLP
+        return tf.Starcoder2Config(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                                   num_attention_heads=heads, num_key_value_heads=1, max_position_embeddings=4096,
+                                   sliding_window=None, **common)
+    if arch == "smollm3":  # every 4th layer without RoPE (NoPE): 4 layers so one of them is
+        return tf.SmolLM3Config(num_hidden_layers=4, num_key_value_heads=1, max_position_embeddings=4096,
+                                no_rope_layer_interval=4, tie_word_embeddings=True, **gated)
+    if arch == "mistral":  # sliding window attention shorter than prompt + new tokens
+        return tf.MistralConfig(num_hidden_layers=layers, num_key_value_heads=1, head_dim=head_dim,
+                                sliding_window=SLIDING_WINDOW, max_position_embeddings=4096,
+                                tie_word_embeddings=False, **gated)
     raise ValueError(f"unknown arch {arch!r}")
 
 
@@ -532,8 +583,8 @@ def llama_cpp_tokenizer(arch: str) -> str:
 
     Its BPE path only takes pre-tokenizers it knows by hash (SmolLM2's is one); its Gemma path only SentencePiece.
     """
-    _check_choice("arch", arch, ARCHITECTURES)
-    return "spm" if arch == "gemma" else "smollm2"
+    _check_choice("arch", arch, ALL_ARCHITECTURES)
+    return "spm" if arch.startswith("gemma") else "smollm2"
 
 
 def head_dim(config) -> int:
@@ -557,7 +608,7 @@ def build_tiny(arch: str, out_dir: Path, *, size: str = "tiny", tokenizer: str =
     Same arch/size/tokenizer/seed -> same weights. Tokenizers and the SmolLM2 GGUF are cached under cache_dir
     (default ``default_root()``).
     """
-    _check_choice("arch", arch, ARCHITECTURES)
+    _check_choice("arch", arch, ALL_ARCHITECTURES)
     _check_choice("size", size, SIZES)
     _check_choice("tokenizer", tokenizer, TOKENIZERS)
     out_dir = Path(out_dir)
@@ -706,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m orchestrator.fixtures", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=None, help="fixture root (default: $SLM_FIXTURES_DIR or "
                                                            "~/.cache/slm-matrix/fixtures)")
-    ap.add_argument("--arch", nargs="+", choices=ARCHITECTURES + ("all",),
+    ap.add_argument("--arch", nargs="+", choices=ALL_ARCHITECTURES + ("all",),
                     help="architectures to build (default: all, unless only --smollm2 is given)")
     ap.add_argument("--size", choices=SIZES, default="tiny")
     ap.add_argument("--tokenizer", choices=TOKENIZERS, default="trained")

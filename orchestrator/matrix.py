@@ -380,7 +380,7 @@ def _model(src: str, key: str, data: Any, base: Path) -> ModelEntry:
     if fixture:
         from orchestrator import fixtures
 
-        allowed = [*fixtures.ARCHITECTURES, "smollm2"]
+        allowed = [*fixtures.ALL_ARCHITECTURES, "smollm2"]
         if fixture not in allowed:
             raise MatrixError(src, f"{key}.fixture", f"unknown fixture {fixture!r}", f"use one of: {', '.join(allowed)}")
         if fixture == "smollm2" and fopts:

@@ -178,3 +178,19 @@ def test_an_engine_that_stops_elsewhere_is_seen():
     assert check([0, 1], {5}, rule, 8)["consistent"] is False  # stopped early without a reason
     assert check([0, 5, 3], {5}, rule, 8) == {"by": "eos", "expected_tokens": 2, "consistent": False}
     assert check([0, 1, 2], {5}, None, 3) == {"by": "budget", "expected_tokens": 3, "consistent": True}
+
+
+@pytest.mark.parametrize("arch", fixtures.MODERN_ARCHITECTURES)
+def test_todays_architectures_generate_exactly_and_batching_keeps_the_tokens(arch):
+    """Gemma 2/3, Qwen 2/3, Llama 3, Phi-3, StarCoder2, SmolLM3, Mistral: tiny random-weight models with each one's
+    trait (sliding windows of 16 tokens, shorter than prompt + new tokens; QK-norm; llama3 rope; NoPE layers) load
+    through the same path as hub models and generate exactly N tokens; batch 4 (left-padded) gives batch 1's tokens."""
+    model = fixtures.build_tiny(arch, fixtures.default_root() / fixtures.fixture_name(arch))
+    single = run(model, generation={"new_tokens": 24})
+    batched = run(model, generation={"new_tokens": 24, "batch_size": 4})
+    for rec in (single, batched):
+        assert rec["status"] == "ok", rec["error"]
+        assert [p["generated_tokens"] for p in rec["per_prompt"]] == [24] * 4
+    shape = single["workload"]["shape"]
+    assert shape["longest_prompt"] + 24 > fixtures.SLIDING_WINDOW  # the window is crossed
+    assert [p["output_ids"] for p in batched["per_prompt"]] == [p["output_ids"] for p in single["per_prompt"]]
