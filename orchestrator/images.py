@@ -138,6 +138,29 @@ EXTRA_CA_ENV = "SLM_EXTRA_CA_DIR"  # a folder of *.crt to trust in the images (a
 WHEEL_DIRS_ENV = "SLM_WHEEL_DIRS"  # folders (os.pathsep) of local wheels for the pinned versions
 
 
+PULL_TIMEOUT_S = 90.0
+
+
+def _pull(client, image: str, timeout_s: float) -> str | None:
+    """Pull with a time limit (a registry behind a black-holing firewall would hang the daemon's pull for minutes);
+    None when pulled, else why not."""
+    import threading
+
+    result: list[str | None] = []
+
+    def pull():
+        try:
+            client.images.pull(image)
+            result.append(None)
+        except Exception as e:  # the engine's refusal, a DNS failure, a read timeout: all mean "not here"
+            result.append(str(e).splitlines()[0][:160] or type(e).__name__)
+
+    t = threading.Thread(target=pull, daemon=True)
+    t.start()
+    t.join(timeout_s)
+    return result[0] if result else f"no answer within {timeout_s:.0f} s"
+
+
 def ensure_base(client, log: Callable[[str], None]) -> str:
     """The base image the builds use, made available: BASE_IMAGE when given; else the stock Python image when it is
     here or can be pulled; else — said, not silent — the local Debian base built by scripts/make_local_base.sh (root
@@ -154,14 +177,13 @@ def ensure_base(client, log: Callable[[str], None]) -> str:
             return name
         except docker.errors.ImageNotFound:
             pass
-    try:
-        log(f"pulling the base image {STOCK_BASE}")
-        client.images.pull(STOCK_BASE)
+    log(f"pulling the base image {STOCK_BASE}")
+    why = _pull(client, STOCK_BASE, PULL_TIMEOUT_S)
+    if why is None:
         os.environ["BASE_IMAGE"] = STOCK_BASE
         return STOCK_BASE
-    except docker.errors.APIError as e:
-        log(f"cannot pull {STOCK_BASE} ({str(e).splitlines()[0][:160]}): building the local Debian base {LOCAL_BASE} "
-            "with scripts/make_local_base.sh (a few minutes, once)")
+    log(f"cannot pull {STOCK_BASE} ({why}): building the local Debian base {LOCAL_BASE} with "
+        "scripts/make_local_base.sh (a few minutes, once)")
     import subprocess
 
     proc = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "make_local_base.sh"), LOCAL_BASE],
