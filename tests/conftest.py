@@ -77,3 +77,33 @@ def orchestrate(*args: str, timeout: float = 900, env: dict | None = None, check
     if check and proc.returncode != 0:
         raise AssertionError(f"orchestrate {' '.join(args)} → {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def matrix_file(tmp_path: Path, models: str, *, reps: int = 1, extra: str = "") -> Path:
+    """A small matrix on torch-cpu: 2 prompts, 4 new tokens, no idle wait (the tests are about orchestration)."""
+    p = tmp_path / "matrix.toml"
+    p.write_text(f"""
+[matrix]
+name = "{tmp_path.name}"
+seed = 11
+repetitions = {reps}
+
+[workload]
+count = 2
+
+[generation]
+new_tokens = 4
+
+[warmup]
+batches = 0
+
+[host]
+idle_seconds = 0
+
+[container]
+timeout_s = 600
+
+[runtimes.torch-cpu]
+{extra}
+{models}""")
+    return p

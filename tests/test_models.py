@@ -8,7 +8,7 @@ import os
 import shutil
 
 import pytest
-from conftest import orchestrate
+from conftest import matrix_file, orchestrate
 
 from _models import tiny_model_dir, tiny_models  # noqa: F401  (pytest fixtures)
 from orchestrator.models import CONTAINER_USER, readability_problem, unreadable
@@ -40,35 +40,14 @@ def test_unreadable_files_are_named_with_the_fix(user_model):
 def test_plan_and_run_say_so_before_any_container(user_model, tmp_path, docker_client):
     if os.getuid() == CONTAINER_USER[0]:
         pytest.skip("this user is the containers' user")
-    matrix = tmp_path / "m.toml"
-    matrix.write_text(f"""
-[matrix]
-name = "mine"
-seed = 1
-repetitions = 1
-
-[workload]
-count = 2
-
-[generation]
-new_tokens = 4
-
-[host]
-idle_seconds = 0
-
-[runtimes.torch-cpu]
-
-[models.mine]
-path = "{user_model}"
-params_b = 0.001
-""")
+    matrix = matrix_file(tmp_path, f'[models.mine]\npath = "{user_model}"\nparams_b = 0.001\n')
     plan = orchestrate("plan", "--matrix", str(matrix))
     assert plan.returncode == 0 and "model not readable in the containers" in plan.stdout
     assert "model.safetensors" in plan.stdout and "chmod -R a+rX" in plan.stdout
-    before = {c.id for c in docker_client.containers.list(all=True)}
     run = orchestrate("run", "--matrix", str(matrix), "--results", str(tmp_path / "results"),
                       "--cache", str(tmp_path / "cache"))
     assert run.returncode == 0, run.stdout + run.stderr
     assert "skipped 1 trial(s)" in run.stdout and "model.safetensors" in run.stdout and "0600" in run.stdout
-    assert {c.id for c in docker_client.containers.list(all=True)} == before  # no container started
-    assert not list((tmp_path / "results" / "mine" / "trials").glob("*.json"))  # nothing recorded as failed
+    run_dir = tmp_path / "results" / tmp_path.name
+    assert not list(run_dir.glob("logs/*.log"))  # no container started: every container leaves its log
+    assert not list(run_dir.glob("trials/*.json"))  # and nothing is recorded as failed

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from _models import smollm2_dir, tiny_model_dir, tiny_models  # noqa: F401  (pytest fixtures)
-from conftest import REPO, orchestrate
+from conftest import REPO, matrix_file, orchestrate
 
 from orchestrator.docker_launcher import LABEL_RUN, gpu_problem
 from orchestrator.matrix import load
@@ -32,36 +32,6 @@ def records(run_dir: Path) -> dict[str, dict]:
 
 def containers_of(client, run_id: str) -> list:
     return client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"})
-
-
-def matrix_file(tmp_path: Path, models: str, *, reps: int = 1, extra: str = "") -> Path:
-    """A small matrix on torch-cpu: 2 prompts, 4 new tokens, no idle wait (the tests are about orchestration)."""
-    p = tmp_path / "matrix.toml"
-    p.write_text(f"""
-[matrix]
-name = "{tmp_path.name}"
-seed = 11
-repetitions = {reps}
-
-[workload]
-count = 2
-
-[generation]
-new_tokens = 4
-
-[warmup]
-batches = 0
-
-[host]
-idle_seconds = 0
-
-[container]
-timeout_s = 600
-
-[runtimes.torch-cpu]
-{extra}
-{models}""")
-    return p
 
 
 # --- the smoke matrix end to end -------------------------------------------------------------------------------------
