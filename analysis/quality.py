@@ -17,7 +17,6 @@ Reads results/<run>/evaluations/*.json (``orchestrate.py evaluate``). Definition
 
 from __future__ import annotations
 
-import json
 from math import comb
 from pathlib import Path
 from typing import Iterable
@@ -25,7 +24,6 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-EVALUATION_SCHEMA = "slm-matrix.evaluation/1"
 NONE_SOLVED = "none solved"
 
 
@@ -45,12 +43,11 @@ def wilson(passed: float, n: int, alpha: float = 0.05) -> tuple[float, float]:
 
 def load_evaluations(run_dirs: Iterable[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per evaluated trial, one row per trial × task)."""
+    from evaluation.evaluate import read_evaluations
+
     trials, tasks = [], []
     for run_dir in map(Path, run_dirs):
-        for p in sorted((run_dir / "evaluations").glob("*.json")):
-            ev = json.loads(p.read_text())
-            if ev.get("schema") != EVALUATION_SCHEMA:
-                continue
+        for ev in read_evaluations(run_dir).values():
             trials.append({"trial_id": ev["trial_id"], "eval_mode": ev["mode"], "tasks_passed": ev["passed"],
                            "tasks_total": ev["total"], "eval_new_tokens": ev.get("new_tokens")})
             tasks += [{"trial_id": ev["trial_id"], "task_id": t["task_id"], "outcome": t["outcome"],

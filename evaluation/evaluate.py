@@ -61,15 +61,12 @@ def evaluation_of(trial_id: str, record: dict[str, Any], outcomes: list[dict[str
     }
 
 
-def evaluate_run(store, sandbox, sandbox_facts: dict[str, Any], log: Callable[[str], None] = print,
-                 trial_ids: list[str] | None = None) -> dict[str, int]:
+def evaluate_run(store, sandbox, sandbox_facts: dict[str, Any], log: Callable[[str], None] = print
+                 ) -> dict[str, int]:
     """Evaluate what is not yet evaluated; {"evaluated", "already", "not_evaluable"}."""
     counts = {"evaluated": 0, "already": 0, "not_evaluable": 0}
     for trial_id, record in store.records().items():
-        if trial_ids is not None and trial_id not in trial_ids:
-            continue
-        why = not_evaluable(record)
-        if why:
+        if not_evaluable(record):
             counts["not_evaluable"] += 1
             continue
         path = store.evaluation_path(trial_id)
@@ -86,6 +83,7 @@ def evaluate_run(store, sandbox, sandbox_facts: dict[str, Any], log: Callable[[s
 
 
 def read_evaluations(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """trial id -> its evaluation, for every evaluation file of a run."""
     import json
 
     out = {}
