@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from runners.agreement import at_first_token
+from runners.job import work_label
 
 RECORD_SCHEMA_ID = "slm-matrix.record/2"
 # /1 records (no monotonic window marks, no boundary field) still load: their boundary is derived from the figures
@@ -46,17 +47,6 @@ def config_label(engine: str, device: str, precision: str | None = "fp32") -> st
     if precision and str(precision).lower() != "fp32":
         label += f"-{precision}"
     return label
-
-
-def work_label(generation: dict) -> str:
-    """What a trial was asked to generate, as a comparison boundary: the same work (a fixed token count everywhere)
-    or as served (each engine stops at EOS / a stop sequence)."""
-    budget = (f"{generation['new_tokens']} new tokens" if generation.get("new_tokens") is not None
-              else f"max_length {generation.get('max_length')}")
-    if generation.get("fixed_length", True):
-        return f"same work: {budget}"
-    stops = len(generation.get("stop_sequences") or [])
-    return f"as served: ≤ {budget}" + (f", {stops} stop sequence(s)" if stops else "")
 
 
 def size_group(params_b: float | None) -> str | None:

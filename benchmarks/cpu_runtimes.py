@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._matrix import toml_table  # noqa: E402
+from orchestrator.tomlw import table as toml_table  # noqa: E402
 
 MODEL = "gpt2-bench100m"
 

@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks._matrix import toml_table  # noqa: E402
+from orchestrator.tomlw import table as toml_table  # noqa: E402
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 WEIGHT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}  # bytes per parameter read per decode step

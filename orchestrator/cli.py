@@ -1,6 +1,7 @@
 """orchestrate.py: plan, build, prepare, run and follow the matrix.
 
-    orchestrate.py plan    [--matrix F]                    validate, show the trials in their seeded order
+    orchestrate.py plan    [--matrix F] [--calibrate]      validate, the budget (from this host's records; a short
+                                                           calibration through the same containers), the trials
     orchestrate.py build   [--matrix F | --all] [--device cpu|cuda]   build the runtime images (layer-cached)
     orchestrate.py prepare [--matrix F] [--run-id ID]      models into the host cache + engine conversions
     orchestrate.py run     [--matrix F] [--run-id ID] [--build] [--launcher docker|process] [--retry-failed]
@@ -30,10 +31,11 @@ from orchestrator import REPO_ROOT
 from orchestrator.images import ImageError, build, discover
 from orchestrator.launch import HostProblem, make_launcher
 from orchestrator.matrix import MatrixError, load
+from orchestrator.budget import CALIBRATION_PREFIX, CALIBRATION_PROMPTS
 from orchestrator.models import CONTAINER_USER, DEFAULT_CACHE, ModelCache, readability_problem
 from orchestrator.plan import expand
 from orchestrator.store import RunConflict, RunStore
-from orchestrator.ui import Reporter
+from orchestrator.ui import Reporter, clock
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -57,7 +59,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="orchestrate.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("plan", parents=[common, filters], help="validate the matrix and list the trials")
+    pl = sub.add_parser("plan", parents=[common, filters, launch],
+                        help="validate the matrix, print its budget, list the trials")
+    pl.add_argument("--calibrate", action="store_true",
+                    help=f"first run every selected cell once on {CALIBRATION_PROMPTS} prompts (same containers), "
+                         "so that the budget knows them")
+    pl.add_argument("--quiet", action="store_true", help="the budget only, not every trial")
     b = sub.add_parser("build", parents=[common], help="build the runtime images")
     b.add_argument("--runtime", action="append", help="only this runtime (repeatable)")
     b.add_argument("--all", action="store_true", help="every runtime under images/, not just the matrix's")
@@ -125,8 +132,87 @@ def _plan(args):
     return matrix, plan, trials
 
 
+def calibration_matrix(matrix, results: Path) -> Path:
+    """The matrix's calibration: every cell once, on a few prompts, under its own run id (named by the matrix's hash,
+    so an edited matrix calibrates anew and an unchanged one resumes)."""
+    import tomllib
+
+    from orchestrator.tomlw import dumps
+
+    data = tomllib.loads(matrix.text)
+    m = data.setdefault("matrix", {})
+    m["name"] = f"{CALIBRATION_PREFIX}{matrix.name}-{matrix.hash[:8]}"
+    m["repetitions"] = 1
+    w = data.setdefault("workload", {})
+    w["count"] = min(int(w.get("count") or 164), CALIBRATION_PROMPTS)
+    path = Path(results) / ".calibration" / f"{m['name']}.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# written by orchestrate.py plan --calibrate from " + str(matrix.path) + "\n" + dumps(data))
+    return path
+
+
+def print_budget(plan, trials, results: Path, launcher_name: str = "docker") -> float | None:
+    """The budget table of the selected trials; returns the expected seconds when every cell is known."""
+    from orchestrator.budget import estimate, host_samples
+
+    image_ids = None
+    if launcher_name == "docker":
+        try:
+            from orchestrator.docker_launcher import DockerLauncher
+
+            client = DockerLauncher.connected("").client
+            image_ids = {}
+            for r in {t.cell.runtime.spec for t in trials}:
+                try:
+                    image_ids[r.image] = client.images.get(r.image).id
+                except Exception:  # not built: its records cannot be matched by id
+                    pass
+        except Exception:  # no Docker here: records are matched by image tag only
+            image_ids = None
+    rows = estimate(plan, trials, host_samples(Path(results)), image_ids)
+    table = Table("runtime", "device", "model", "trials", "wall", "energy", "outside generate", "from")
+    total = {"cpu": [0, 0.0, 0.0, 0.0], "cuda": [0, 0.0, 0.0, 0.0]}
+    unknown = 0
+    devices = {r.name: r.spec.device for r in plan.matrix.runtimes.values()}
+    for e in sorted(rows, key=lambda e: (devices[e.runtime], e.runtime, e.model)):
+        dev = devices[e.runtime]
+        if not e.known:
+            unknown += e.trials
+            table.add_row(e.runtime, dev, e.model, str(e.trials), "?", "?", "?", f"[yellow]{escape(e.basis)}[/]")
+            continue
+        tot = total[dev]
+        tot[0] += e.trials
+        tot[1] += e.wall_s
+        tot[2] += e.outside_s
+        tot[3] += e.energy_j or 0.0
+        table.add_row(e.runtime, dev, e.model, str(e.trials), clock(e.wall_s),
+                      "?" if e.energy_j is None else f"{e.energy_j / 3.6e6:.3f} kWh {e.source}",
+                      f"{100 * e.outside_s / e.wall_s:.0f} %", escape(e.basis or ""))
+    console.print(table)
+    for dev, (n, wall, outside, joules) in total.items():
+        if n:
+            console.print(f"  {dev.upper()}: {n} trials, {clock(wall)} expected, {joules / 3.6e6:.2f} kWh, "
+                          f"{100 * outside / wall:.0f} % of the time outside the measured generate windows")
+    if unknown:
+        console.print(f"  [yellow]{unknown} trial(s) of unknown cost[/]: no record of their cell on this host — "
+                      "`orchestrate.py plan --calibrate` measures them (a few prompts each)")
+        return None
+    return sum(t[1] for t in total.values())
+
+
 def cmd_plan(args) -> int:
     matrix, plan, trials = _plan(args)
+    if args.calibrate:
+        path = calibration_matrix(matrix, Path(args.results))
+        argv = ["run", "--matrix", str(path), "--results", args.results, "--cache", args.cache,
+                "--launcher", args.launcher]
+        for f in ("runtime", "model", "setting"):
+            for v in getattr(args, f) or ():
+                argv += [f"--{f}", v]
+        console.print(f"calibrating: every selected cell once on {CALIBRATION_PROMPTS} prompts ({path})")
+        code = cmd_run(_args(argv + (["--build"] if args.build else [])))
+        if code != 0:
+            return code
     console.print(f"matrix {matrix.name} ({matrix.path}, sha256 {matrix.hash[:12]}), seed {matrix.seed}: "
                   f"{len(plan.cells)} cells × {matrix.repetitions} repetitions = {len(plan.trials)} trials"
                   + (f", {len(trials)} selected" if len(trials) != len(plan.trials) else ""))
@@ -136,8 +222,10 @@ def cmd_plan(args) -> int:
         problem = readability_problem(m.name, m.path) if m.source == "path" and m.path.is_dir() else None
         if problem:
             console.print(f"  [red]model not readable in the containers:[/] {escape(problem)}")
-    for t in trials:
-        console.print(f"  {t.order_index:5d}  {t.id}")
+    print_budget(plan, trials, Path(args.results), args.launcher)
+    if not args.quiet:
+        for t in trials:
+            console.print(f"  {t.order_index:5d}  {t.id}")
     return 0
 
 
@@ -191,6 +279,8 @@ def cmd_run(args) -> int:
                   f"{len(sel.todo)} to run [{launcher.name}]")
     for reason, n in Counter(sel.skipped.values()).items():
         console.print(f"  [yellow]skipped {n} trial(s):[/] {escape(reason)}")
+    if sel.todo and args.command == "run":  # the budget before the first trial (from this host's records)
+        reporter.expected_s = print_budget(plan, sel.todo, Path(args.results), launcher.name)
     entry = {"command": args.command, "started_unix": time.time(), "launcher": launcher.name,
              "selected": len(trials), "already_recorded": len(sel.done), "skipped": sel.skipped, "counts": None,
              "interrupted": False}

@@ -38,12 +38,18 @@ def trial_line(label: str, rec: dict[str, Any]) -> str:
             + f", {energy_text(gen)}{span}")
 
 
+def clock(s: float) -> str:
+    h, rem = divmod(int(round(s)), 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}"
+
+
 class Reporter:
     def __init__(self, console: Console | None = None):
         self.console = console or Console(highlight=False)
         self.progress: Progress | None = None
         self.task = None
         self.n = 0
+        self.expected_s: float | None = None  # the budget's wall time for the trials to run (None: unknown)
 
     def note(self, msg: str) -> None:
         (self.progress.console if self.progress else self.console).print(msg)
@@ -51,9 +57,10 @@ class Reporter:
     def start(self, total: int) -> None:
         if total == 0:
             return
+        expected = "?" if self.expected_s is None else clock(self.expected_s)
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                 console=self.console, transient=True)
+                                 TimeElapsedColumn(), TextColumn(f"of {expected} expected · ETA"),
+                                 TimeRemainingColumn(), console=self.console, transient=True)
         self.progress.start()
         self.task = self.progress.add_task("trials", total=total)
 

@@ -286,3 +286,14 @@ def load_job(path: str | Path) -> Job:
     except json.JSONDecodeError as e:
         raise JobError("(file)", f"{p} is not valid JSON ({e.msg} at line {e.lineno})", "fix the JSON syntax") from e
     return parse_job(data)
+
+
+def work_label(generation: dict) -> str:
+    """What a trial was asked to generate, as a comparison boundary: the same work (a fixed token count everywhere)
+    or as served (each engine stops at EOS / a stop sequence)."""
+    budget = (f"{generation['new_tokens']} new tokens" if generation.get("new_tokens") is not None
+              else f"max_length {generation.get('max_length')}")
+    if generation.get("fixed_length", True):
+        return f"same work: {budget}"
+    stops = len(generation.get("stop_sequences") or [])
+    return f"as served: ≤ {budget}" + (f", {stops} stop sequence(s)" if stops else "")

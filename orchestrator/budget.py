@@ -1,0 +1,165 @@
+"""What a matrix will cost before it runs: trials, wall time, energy, and the share of wall time that is not a measured
+generate window — per runtime × model and in total, from what this host has already recorded.
+
+A trial's cost comes from ok records of this host for the same runtime image, model, engine and precision (a real run,
+or the short calibration that ``orchestrate.py plan --calibrate`` runs through the same containers): its fixed part
+(idle baseline, cooldown, container start, imports, model load, warm-up: wall time minus the generate window) as
+recorded, its generate part scaled by the work asked (prompts × new tokens per prompt). A cell with no such record is
+*unknown* — listed, never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from runners.job import work_label
+
+CALIBRATION_PROMPTS = 4  # per cell: enough for a per-prompt generate time, few enough to be quick
+CALIBRATION_PREFIX = "calibration-"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One ok trial of this host, reduced to what an estimate needs."""
+    key: tuple[str, str, str, str, str]  # (image tag, model, engine, precision, work: same work N tokens / as served)
+    image_id: str | None
+    wall_s: float  # idle baseline start (or trial start) to the record
+    generate_s: float
+    tokens: int  # new tokens generated in the window
+    prompts: int
+    energy_j: float | None  # the host's container window (what the trial cost), gross
+    generate_j: float | None
+    source: str | None  # measured | estimated
+    run_id: str
+
+
+def _energy(window: dict[str, Any] | None) -> tuple[float | None, str | None]:
+    tot = (window or {}).get("energy_total") or {}
+    for source in ("measured", "estimated"):
+        if tot.get(f"{source}_j") is not None:
+            return float(tot[f"{source}_j"]), source
+    return None, None
+
+
+def sample(record: dict[str, Any]) -> Sample | None:
+    if record.get("status") != "ok" or record.get("mode", "run") != "run":
+        return None
+    host = record.get("host") or {}
+    gen = (record.get("phases") or {}).get("generate") or {}
+    start = (host.get("idle") or {}).get("start_unix") or host.get("begin_unix")
+    if not (start and host.get("recorded_unix") and gen.get("duration_s")):
+        return None
+    engine = record.get("engine") or {}
+    energy, source = _energy(host.get("container"))
+    gen_j, _ = _energy(gen)
+    return Sample(key=(host.get("image") or "", (record.get("model") or {}).get("name") or "", engine.get("name") or "",
+                       engine.get("precision") or "", work_label((record.get("job") or {}).get("generation") or {})),
+                  image_id=host.get("image_id"), wall_s=float(host["recorded_unix"] - start),
+                  generate_s=float(gen["duration_s"]), tokens=int((record.get("tokens") or {}).get("output") or 0),
+                  prompts=int((record.get("tokens") or {}).get("prompts") or 0),
+                  energy_j=energy, generate_j=gen_j, source=source,
+                  run_id=(record.get("trial") or {}).get("run_id") or "")
+
+
+def host_samples(results: Path, hostname: str | None = None) -> list[Sample]:
+    """Every ok trial recorded on this host under results/ (any run, calibrations included)."""
+    hostname = hostname or socket.gethostname()
+    out = []
+    for f in sorted(Path(results).glob("*/trials/*.json")):
+        try:
+            rec = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if (rec.get("environment") or {}).get("hostname") not in (hostname, None):
+            continue
+        s = sample(rec)
+        if s is not None:
+            out.append(s)
+    return out
+
+
+@dataclass
+class Estimate:
+    runtime: str
+    model: str
+    trials: int
+    wall_s: float | None = None
+    energy_j: float | None = None
+    outside_s: float | None = None  # wall time that is not a measured generate window
+    source: str | None = None
+    basis: str | None = None  # which records it comes from, or why it is unknown
+
+    @property
+    def known(self) -> bool:
+        return self.wall_s is not None
+
+
+def cell_work(matrix, cell) -> tuple[int, int | None]:
+    """(prompts, new tokens per prompt or None when only max_length bounds it) of a cell's trials."""
+    workload = matrix.job["workload"]
+    generation = {**matrix.job["generation"], **cell.setting.generation}
+    prompts = workload.get("count") or 164
+    new = generation.get("new_tokens") if "max_length" not in cell.setting.generation else None
+    if new is None and generation.get("max_length") is None:
+        new = 128
+    return int(prompts), (int(new) if new is not None else None)
+
+
+def estimate(plan, trials: Iterable, samples: list[Sample], image_ids: dict[str, str] | None = None
+             ) -> list[Estimate]:
+    """Per runtime × model of the selected trials: trials, expected wall time and energy, the non-measured share."""
+    by_key: dict[tuple, list[Sample]] = {}
+    for s in samples:
+        by_key.setdefault(s.key, []).append(s)
+    groups: dict[tuple[str, str], list] = {}
+    for t in trials:
+        groups.setdefault((t.cell.runtime.name, t.cell.model.name), []).append(t)
+    out = []
+    for (runtime, model), ts in groups.items():
+        e = Estimate(runtime, model, len(ts), wall_s=0.0, energy_j=0.0, outside_s=0.0)
+        sources, bases, missing = set(), set(), []
+        for t in ts:
+            cell = t.cell
+            generation = {**plan.matrix.job["generation"], **cell.setting.generation}
+            if "max_length" in cell.setting.generation:
+                generation.pop("new_tokens", None)
+            if "new_tokens" in cell.setting.generation:
+                generation.pop("max_length", None)
+            key = (cell.runtime.spec.image, cell.model.name, cell.engine, cell.setting.precision,
+                   work_label({"fixed_length": True, **generation}))
+            pool = by_key.get(key, [])
+            if image_ids and cell.runtime.spec.image in image_ids:  # the same image, not an older build of the tag
+                pool = [s for s in pool if s.image_id == image_ids[cell.runtime.spec.image]]
+            if not pool:
+                missing.append(f"{cell.engine} {cell.setting.precision}")
+                continue
+            prompts, new = cell_work(plan.matrix, cell)
+            fixed = statistics.median(s.wall_s - s.generate_s for s in pool)
+            per_token = statistics.median(s.generate_s / s.tokens for s in pool if s.tokens)
+            # max_length bounds prompt + new tokens: the new tokens per prompt are the samples' (same workload)
+            tokens = prompts * (new if new else statistics.median(s.tokens / s.prompts for s in pool if s.prompts))
+            gen_s = per_token * tokens
+            e.wall_s += fixed + gen_s
+            e.outside_s += fixed
+            with_energy = [s for s in pool if s.energy_j is not None and s.generate_j is not None and s.tokens]
+            if with_energy and e.energy_j is not None:
+                fixed_j = statistics.median(s.energy_j - s.generate_j for s in with_energy)
+                per_token_j = statistics.median(s.generate_j / s.tokens for s in with_energy)
+                e.energy_j += fixed_j + per_token_j * tokens
+                sources.update(s.source for s in with_energy)
+            else:
+                e.energy_j = None
+            bases.update(s.run_id for s in pool)
+        if missing:
+            out.append(Estimate(runtime, model, len(ts), source=None,
+                                basis=f"unknown: {', '.join(sorted(set(missing)))}"))
+            continue
+        e.source = "+".join(sorted(sources)) or None
+        e.basis = ", ".join(sorted(bases))
+        out.append(e)
+    return out

@@ -1,0 +1,73 @@
+"""The budget `plan` prints (orchestrator/budget.py): a trial's fixed part (idle, cooldown, start, imports, load,
+warm-up) as this host recorded it, its generate part scaled by the work asked; cells without a record on this host
+are unknown, never guessed; a record of another image build does not count."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+from conftest import matrix_file
+
+from orchestrator.budget import estimate, host_samples
+from orchestrator.matrix import load
+from orchestrator.plan import expand
+
+
+def _record(run_id, *, engine="torch", precision="fp32", wall=30.0, generate=10.0, prompts=2, tokens=8,
+            image="slm-matrix/torch-cpu:latest", image_id="sha256:a", container_j=300.0, generate_j=100.0,
+            host=None, generation=None):
+    return {"schema": "slm-matrix.record/2", "mode": "run", "status": "ok",
+            "job": {"generation": generation or {"new_tokens": 4, "fixed_length": True}},
+            "trial": {"run_id": run_id}, "model": {"name": "tiny"},
+            "engine": {"name": engine, "precision": precision, "device": "cpu"},
+            "environment": {"hostname": host or socket.gethostname()},
+            "tokens": {"prompts": prompts, "output": tokens},
+            "phases": {"generate": {"duration_s": generate, "energy_total": {"measured_j": None,
+                                                                              "estimated_j": generate_j}}},
+            "host": {"image": image, "image_id": image_id, "begin_unix": 1000.0, "recorded_unix": 1000.0 + wall,
+                     "idle": {"start_unix": 1000.0},
+                     "container": {"energy_total": {"measured_j": None, "estimated_j": container_j}}}}
+
+
+def _write(results, run_id, records):
+    d = results / run_id / "trials"
+    d.mkdir(parents=True, exist_ok=True)
+    for i, r in enumerate(records):
+        (d / f"t{i}.json").write_text(json.dumps(r))
+
+
+def test_fixed_part_as_recorded_generate_part_scaled_by_the_work(tmp_path):
+    results = tmp_path / "results"
+    # a calibration: 4 prompts × 4 tokens, 10 s generating, 30 s in all, 300 J of which 100 J generating
+    _write(results, "calibration-x", [_record("calibration-x", prompts=4, tokens=16),
+                                      _record("calibration-x", prompts=4, tokens=16, wall=34.0, container_j=340.0)])
+    _write(results, "elsewhere", [_record("elsewhere", host="another-host", wall=1.0)])  # not this host: ignored
+    m = load(matrix_file(tmp_path, '[models.tiny]\nfixture = "llama"\n', reps=3))  # 2 prompts × 4 tokens, 3 reps
+    plan = expand(m)
+    (e,) = estimate(plan, plan.trials, host_samples(results))
+    fixed, per_token = 22.0, 10.0 / 16  # medians: (30−10, 34−10) → 22; 10 s / 16 tokens; the matrix asks 2 × 4
+    assert e.trials == 3 and e.known
+    assert e.wall_s == pytest.approx(3 * (fixed + per_token * 8)) and e.outside_s == pytest.approx(3 * fixed)
+    assert e.energy_j == pytest.approx(3 * (220.0 + 100.0 / 16 * 8)) and e.source == "estimated"
+    assert e.basis == "calibration-x"
+
+
+def test_unknown_cells_are_said_and_other_builds_do_not_count(tmp_path):
+    results = tmp_path / "results"
+    _write(results, "r", [_record("r", image_id="sha256:old")])
+    m = load(matrix_file(tmp_path, '[models.tiny]\nfixture = "llama"\n[settings.bf16]\nprecision = "bf16"\n'
+                                   '[settings.fp32]\nprecision = "fp32"\n'))
+    plan = expand(m)
+    (e,) = estimate(plan, plan.trials, host_samples(results))
+    assert not e.known and e.wall_s is None and "torch bf16" in e.basis  # bf16 was never recorded here
+    fp32 = [t for t in plan.trials if t.cell.setting.name == "fp32"]
+    assert estimate(plan, fp32, host_samples(results))[0].known
+    (e,) = estimate(plan, fp32, host_samples(results), {"slm-matrix/torch-cpu:latest": "sha256:new"})
+    assert not e.known  # the image was rebuilt since: its old records say nothing about it
+    # as-served work is not the same work: a same-work record does not price it
+    served = load(matrix_file(tmp_path, '[models.tiny]\nfixture = "llama"\n[settings.s]\nprecision = "fp32"\n'
+                                        'generation = { fixed_length = false }\n'))
+    p2 = expand(served)
+    assert not estimate(p2, p2.trials, host_samples(results))[0].known
