@@ -71,3 +71,29 @@ def test_unknown_cells_are_said_and_other_builds_do_not_count(tmp_path):
                                         'generation = { fixed_length = false }\n'))
     p2 = expand(served)
     assert not estimate(p2, p2.trials, host_samples(results))[0].known
+
+
+def test_calibrate_then_plan_then_the_real_run(tmp_path, docker_client):
+    """`plan --calibrate` runs each cell once on a few prompts through the same containers and stores it; the next
+    `plan` prices the matrix from it; the real run that follows lands near the estimate (printed as a ratio)."""
+    from conftest import orchestrate
+
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    path = matrix_file(tmp_path, '[models.tiny]\nfixture = "llama"\n', reps=3)
+    common = ["--matrix", str(path), "--results", str(results), "--cache", str(cache)]
+    cal = orchestrate("plan", "--calibrate", "--quiet", *common, timeout=900)
+    assert cal.returncode == 0, cal.stdout + cal.stderr
+    assert list(results.glob("calibration-*/trials/*.json"))  # stored as a run of its own
+    plan = orchestrate("plan", "--quiet", *common)
+    assert "unknown" not in plan.stdout and "CPU: 3 trials" in plan.stdout, plan.stdout
+    m = load(path)
+    p = expand(m)
+    (e,) = estimate(p, p.trials, [s for s in host_samples(results) if s.run_id.startswith("calibration-")])
+    run = orchestrate("run", *common, timeout=900)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "expected" in run.stdout  # the budget before the first trial
+    actual = [s for s in host_samples(results) if not s.run_id.startswith("calibration-")]
+    assert len(actual) == 3
+    ratio = sum(s.wall_s for s in actual) / e.wall_s
+    print(f"smoke budget: expected {e.wall_s:.1f} s, actual {sum(s.wall_s for s in actual):.1f} s, ratio {ratio:.2f}")
+    assert 0.5 < ratio < 2.0
