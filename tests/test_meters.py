@@ -30,7 +30,10 @@ def make_rapl_tree(root: Path, package_uj: int, dram_uj: int, max_range: int = 1
 
 
 def set_energy(root: Path, rel: str, value: int) -> None:
-    (root / rel / "energy_uj").write_text(f"{value}\n")
+    # atomically, as the kernel's sysfs file reads: a reader never sees it empty half-way through a write
+    tmp = root / rel / "energy_uj.tmp"
+    tmp.write_text(f"{value}\n")
+    tmp.replace(root / rel / "energy_uj")
 
 
 def test_wrap_delta():
@@ -387,3 +390,22 @@ def test_idle_cross_checks_the_counter_against_integrated_power(fake_nvml, tmp_p
     check, = idle["checks"]
     assert check["flagged"] is flagged
     assert ("counter-vs-power" in {f["code"] for f in idle["flags"]}) is flagged
+
+
+def test_a_failed_probe_read_skips_one_metric_not_the_sampler():
+    from runners.meters.sampler import Sampler
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("invalid literal for int() with base 10: ''")  # a half-read counter file
+        return {"x": float(len(calls))}
+
+    s = Sampler(0.01, [flaky])
+    s.start()
+    time.sleep(0.15)
+    s.stop()
+    assert len(s.values) >= 5 and s.errors == 1 and "invalid literal" in s.last_error
+    assert sum("x" not in row for row in s.values) == 1  # only that sample lacks the metric

@@ -20,6 +20,8 @@ class Sampler:
         self.probes = probes
         self.t: list[float] = []  # unix time of each sample
         self.values: list[dict[str, float]] = []
+        self.errors = 0  # probe reads that failed (each left its metric out of that sample)
+        self.last_error: str | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()  # windows read while the thread appends
         self._proc = psutil.Process(os.getpid())
@@ -45,7 +47,13 @@ class Sampler:
         except psutil.Error:
             pass
         for probe in self.probes:
-            row.update(probe())
+            # a transient failed read leaves that metric out of this one sample; it must not end the sampler thread
+            # (and with it every later sample of the trial)
+            try:
+                row.update(probe())
+            except (OSError, ValueError) as e:
+                self.errors += 1
+                self.last_error = f"{type(e).__name__}: {e}"
         with self._lock:
             self.t.append(time.time())
             self.values.append(row)
