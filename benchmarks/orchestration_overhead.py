@@ -4,6 +4,10 @@
     python benchmarks/orchestration_overhead.py                  run the smoke matrix's tiny models, then report
     python benchmarks/orchestration_overhead.py --run-dir results/smoke     report on an existing run
 
+Two tables: where each trial's wall time goes (cooldown, idle baseline, container set-up, the runner's start-up
+split by its progress lines, each measured phase, exit) with the share outside the measured generate window; then
+the orchestrator's own overhead:
+
 Per trial, from its record (host.*; host.recorded_unix is the instant it was stored):
   setup      begin → container started: job file, image lookup, create, host meters' window open, start
              (the meters' column shows the window opening alone: codecarbon's first task can take seconds)
@@ -46,6 +50,83 @@ def trial_rows(run_dir: Path) -> list[dict[str, float | str]]:
                      "teardown": teardown, "orchestration": setup + teardown, "in_container": inside,
                      "trial_s": trial})
     return rows
+
+
+BREAKDOWN = ("cooldown", "idle", "setup", "imports", "meters", "tokenizer", "workload", "prepare", "load", "compile",
+             "warmup", "generate", "exit")
+
+
+def _progress(log: Path) -> dict[str, float]:
+    """phase -> seconds after the record was created, from the runner's progress lines ("[runner +1.3s] meters")."""
+    out: dict[str, float] = {}
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        if line.startswith("[runner +") and "s] " in line:
+            at, phase = line[len("[runner +"):].split("s] ", 1)
+            out.setdefault(phase.strip(), float(at))
+    return out
+
+
+def breakdown_rows(run_dir: Path) -> list[dict[str, float | str]]:
+    """Per trial, seconds per part of its wall time (trial start → record stored), from its record and log."""
+    rows = []
+    for p in sorted((run_dir / "trials").glob("*.json")):
+        rec = json.loads(p.read_text())
+        h = rec.get("host") or {}
+        phases = rec.get("phases") or {}
+        if rec.get("status") != "ok" or not (h.get("begin_unix") and h.get("started_unix")) or "generate" not in phases:
+            continue
+        stored = h.get("recorded_unix") or p.stat().st_mtime
+        cooldown = float((h.get("cooldown") or {}).get("waited_s") or 0.0)
+        idle = h.get("idle") or {}
+        baseline = idle.get("baseline") or {}
+        start = h.get("trial_start_unix") or (idle.get("start_unix") or h["begin_unix"]) - cooldown
+        # the idle part: what this trial waited for its baseline (a full one, or the check before re-using one)
+        idle_s = max(h["begin_unix"] - start - cooldown, 0.0)
+        first = min(w["start_unix"] for w in phases.values() if isinstance(w, dict) and "start_unix" in w)
+        marks = _progress(run_dir / h["log"]) if h.get("log") else {}
+        created = float(rec.get("created_unix") or first)
+        row: dict[str, float | str] = {"trial": p.stem, "cooldown": cooldown, "idle": idle_s,
+                                       "baseline": "re-used" if baseline.get("reused") else "measured" if idle else "none",
+                                       "setup": h["started_unix"] - h["begin_unix"]}
+        # the runner's start-up: interpreter + imports until its first progress line, then each step it announced
+        steps = [("meters", "meters"), ("tokenizer", "model"), ("workload", "workload")]
+        t = created + marks.get("meters", 0.0)
+        row["imports"] = t - h["started_unix"]
+        for (name, mark), nxt in zip(steps, [*[m for _, m in steps[1:]], None]):
+            end = created + marks[nxt] if nxt and nxt in marks else first
+            row[name] = max(end - t, 0.0) if mark in marks else 0.0
+            t = max(end, t)
+        row["workload"] = float(row["workload"]) + max(first - t, 0.0)  # engine construction: announced as "host"
+        for name in ("prepare", "load", "compile", "warmup", "generate"):
+            row[name] = float((phases.get(name) or {}).get("duration_s") or 0.0)
+        last = max(w["end_unix"] for w in phases.values() if isinstance(w, dict) and "end_unix" in w)
+        row["exit"] = stored - last
+        row["total"] = stored - start
+        row["outside"] = 1.0 - float(row["generate"]) / float(row["total"])
+        rows.append(row)
+    return rows
+
+
+def breakdown(run_dir: Path) -> str:
+    rows = breakdown_rows(run_dir)
+    if not rows:
+        return f"no ok trials with a generate window in {run_dir}"
+    cols = [c for c in BREAKDOWN if any(float(r[c]) > 0.005 for r in rows)]
+    lines = [f"where the wall time goes (s) — {run_dir}",
+             f"{'trial':44s} {'baseline':>8s} " + " ".join(f"{c[:8]:>8s}" for c in cols) + f" {'total':>8s} {'outside':>8s}"]
+    for r in rows:
+        lines.append(f"{str(r['trial'])[:44]:44s} {str(r['baseline']):>8s} "
+                     + " ".join(f"{float(r[c]):8.2f}" for c in cols) + f" {float(r['total']):8.2f} "
+                     f"{100 * float(r['outside']):7.1f}%")
+    total = sum(float(r["total"]) for r in rows)
+    generate = sum(float(r["generate"]) for r in rows)
+    lines.append(f"the run: {len(rows)} trials, {total:.1f} s of trial wall time, {generate:.1f} s in measured "
+                 f"generate windows — {100 * (1 - generate / total):.1f} % outside them")
+    return "\n".join(lines)
 
 
 def report(run_dir: Path) -> str:
@@ -96,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         if subprocess.run(cmd, cwd=REPO).returncode != 0:
             return 1
         args.run_dir = results / run_id
+    print(breakdown(args.run_dir))
+    print()
     print(report(args.run_dir))
     return 0
 

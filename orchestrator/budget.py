@@ -51,7 +51,7 @@ def sample(record: dict[str, Any]) -> Sample | None:
         return None
     host = record.get("host") or {}
     gen = (record.get("phases") or {}).get("generate") or {}
-    start = (host.get("idle") or {}).get("start_unix") or host.get("begin_unix")
+    start = host.get("trial_start_unix") or (host.get("idle") or {}).get("start_unix") or host.get("begin_unix")
     if not (start and host.get("recorded_unix") and gen.get("duration_s")):
         return None
     engine = record.get("engine") or {}

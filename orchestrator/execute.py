@@ -1,6 +1,7 @@
 """Prepare and run the trials of a plan, one at a time, whatever the launcher.
 
-Per trial: cooldown (GPUs back near their idle temperature, bounded) → host idle baseline → launch the runner under
+Per trial: cooldown (GPUs back near their idle temperature, bounded) → host idle baseline (measured, or re-used after
+a check: orchestrator/idle.py) → launch the runner under
 the host meters' "container" window → decide ok/failed from the exit facts → record (with ``host``) written
 atomically. A failed trial is recorded with its reason and the matrix goes on; Ctrl-C stops the trial in flight (its
 container is removed) and loses nothing finished.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +53,8 @@ class Executor:
         self._gpu_problem: str | None | bool = False  # False: not asked yet
         self.meters = None
         self.idle_temps: dict[int, float] = {}
+        self.baseline = None  # orchestrator.idle.IdleBaseline, with the meters
+        self.node: dict[str, Any] = {}  # {shard, slurm}: where on a cluster this invocation runs (cli sets it)
 
     # --- what to do ---------------------------------------------------------------------------------------------
     def gpu_problem(self) -> str | None:
@@ -88,6 +92,9 @@ class Executor:
                 self.ui.note(f"[red]RAPL counters exist but cannot be read — CPU/DRAM energy will be ESTIMATED:[/] "
                              f"{reason}")
             self.idle_temps = self.meters.gpu_temperatures()
+            from orchestrator.idle import IdleBaseline
+
+            self.baseline = IdleBaseline(self.meters, self.plan.matrix.host)
         return self.meters
 
     def trial_gpus(self, cell: Cell) -> dict[str, int]:
@@ -214,11 +221,11 @@ class Executor:
     def run_trial(self, t: Trial) -> dict[str, Any]:
         m = self.plan.matrix
         meters = self._meters()
+        trial_start = time.time()
         cooldown = self._cooldown(meters)
         from orchestrator.host_energy import restrict_idle
 
-        idle = meters.idle(m.host["idle_seconds"]) if m.host["idle_seconds"] > 0 else None
-        idle = restrict_idle(idle, self._keep(t.cell))
+        idle = restrict_idle(self.baseline.for_trial(), self._keep(t.cell))
         job, gpus = self._job(t.cell)
         job["trial"] = self._bookkeeping(t)
         limits = m.container_for(t.cell.runtime, t.cell.model)
@@ -236,6 +243,8 @@ class Executor:
         record["host"]["meters"] = meters.describe()
         record["host"]["cooldown"] = cooldown
         record["host"]["begin_unix"] = begin
+        record["host"]["trial_start_unix"] = trial_start  # cooldown and idle included (the baseline may be older)
+        record["host"]["node"] = {"hostname": socket.gethostname(), **self.node}
         record["host"]["recorded_unix"] = time.time()  # a later pass (agreement) may rewrite the file: keep this
         self.store.write_trial(t.id, record)
         shutil.rmtree(spec.work, ignore_errors=True)

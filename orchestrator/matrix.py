@@ -9,7 +9,7 @@ Layout (see matrix.toml for the study, matrix-smoke.toml for the smoke run)::
 
     [matrix]   name, seed, repetitions, runtimes = [...]?, models = [...]?, settings = [...]?
     [workload] [generation] [warmup] [meters]      -> the job's sections, as runners/job.py defines them
-    [host]     idle_seconds, cooldown_max_s, cooldown_margin_c, trace_interval_s, gpus, rapl_root
+    [host]     idle_seconds, idle_reuse_s, idle_check_s, idle_drift, cooldown_max_s, cooldown_margin_c, trace_interval_s, gpus, rapl_root
                                                    (the orchestrator's own measurement)
     [agreement] engine, precision, devices, threshold   (the token-agreement reference, default torch fp32, CPU
                                                    first; below threshold (0.95) an fp32 row did different work)
@@ -45,6 +45,12 @@ CONTAINER_KEYS = {
 CONTAINER_DEFAULTS = {"timeout_s": 4 * 3600.0, "mem_limit": None, "cpus": None, "shm_size": "1g"}
 HOST_KEYS = {
     "idle_seconds": ((int, float), 10.0, "host idle-power baseline measured before each trial (0 = none)"),
+    "idle_reuse_s": ((int, float), 0.0, "re-use an idle baseline for later trials up to this many seconds after it "
+                                        "was taken, while a check window finds the host at it (0 = measure before "
+                                        "every trial)"),
+    "idle_check_s": ((int, float), 2.0, "the check window before a trial that would re-use the baseline"),
+    "idle_drift": ((int, float), 0.05, "a component whose idle power in the check moved by more than this share of "
+                                       "its baseline (or 0.5 W) makes a new baseline"),
     "cooldown_max_s": ((int, float), 120.0, "longest wait for the GPUs to cool back to their idle temperature"),
     "cooldown_margin_c": ((int, float), 3.0, "a GPU counts as cool within this many °C of its idle temperature"),
     "trace_interval_s": ((int, float), 0.02, "period of the host's energy-counter trace (RAPL, NVML), by which "
@@ -320,6 +326,12 @@ def load(path: str | Path, *, images_dir: Path | None = None) -> Matrix:
     ht = _Table(src, top.table("host"), "host")
     host: dict[str, Any] = {k: ht.get(k, kind, default, minimum=0, what=what)
                             for k, (kind, default, what) in HOST_KEYS.items()}
+    if host["idle_reuse_s"] > 0 and not 0 < host["idle_check_s"] < host["idle_seconds"]:
+        raise MatrixError(src, "host.idle_check_s", f"must be above 0 and below idle_seconds = {host['idle_seconds']:g} "
+                          f"when idle baselines are re-used (idle_reuse_s = {host['idle_reuse_s']:g}), got "
+                          f"{host['idle_check_s']:g}",
+                          "shorten the check (e.g. idle_check_s = 2 with idle_seconds = 10), or set idle_reuse_s = 0 "
+                          "to measure a full baseline before every trial")
     host["gpus"] = ht.get("gpus", list, [0], what=HOST_GPUS_WHAT)
     for i, g in enumerate(host["gpus"]):
         if isinstance(g, bool) or not isinstance(g, int) or g < 0:

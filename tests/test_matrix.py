@@ -161,6 +161,8 @@ def test_evaluated_matrices_use_full_prompts_the_same_work_and_a_torch_fp32_refe
     (lambda t: t.replace("[runtimes.torch-cpu]", "[runtimes.torch-cpu]\ntimeout_s = \"1h\""),
      "runtimes.torch-cpu.timeout_s: must be a number", ""),
     (lambda t: t + "\n[host]\nidle_seconds = -1\n", "host.idle_seconds: must be ≥ 0", ""),
+    (lambda t: t + "\n[host]\nidle_seconds = 2\nidle_reuse_s = 600\nidle_check_s = 2\n",
+     "host.idle_check_s: must be above 0 and below idle_seconds = 2", "or set idle_reuse_s = 0"),
     (lambda t: t + '\n[host]\ngpus = ["all"]\n', "host.gpus[0]: must be a GPU index", "gpus = [0]"),
     (lambda t: t + "\n[host]\ngpus = []\n", "host.gpus: must list at least one GPU index", "gpus = [0]"),
     (lambda t: t + '\n[agreement]\nengine = "torch"\nprecison = "fp32"\n', "agreement.precison: unknown key",

@@ -238,21 +238,34 @@ class RaplWriter:
 
         self.root, self.step_s = root, step_s
         self.rates = {"intel-rapl:0": package_w, "intel-rapl:0/intel-rapl:0:1": dram_w}
+        self.joules = {rel: 0.0 for rel in self.rates}  # accumulated up to t0 (rates may change: set_rates)
         make_rapl_tree(root, 0, 0, max_range=262_143_328_850)
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self.t0 = time.monotonic()
         self._write()
 
+    def set_rates(self, package_w: float, dram_w: float) -> None:
+        """From now on the counters advance at these rates (what they counted so far is kept)."""
+        with self._lock:
+            now = time.monotonic()
+            for rel, watts in self.rates.items():
+                self.joules[rel] += watts * (now - self.t0)
+            self.t0 = now
+            self.rates = {"intel-rapl:0": package_w, "intel-rapl:0/intel-rapl:0:1": dram_w}
+
     def _write(self) -> None:
         import os
 
-        elapsed = time.monotonic() - self.t0
-        for rel, watts in self.rates.items():
+        with self._lock:
+            elapsed = time.monotonic() - self.t0
+            values = {rel: self.joules[rel] + watts * elapsed for rel, watts in self.rates.items()}
+        for rel, joules in values.items():
             path = self.root / rel / "energy_uj"
             tmp = path.with_suffix(".tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
-            os.write(fd, f"{int(watts * elapsed * 1e6)}\n".encode())
+            os.write(fd, f"{int(joules * 1e6)}\n".encode())
             os.close(fd)
             os.replace(tmp, path)
 
