@@ -144,6 +144,18 @@ def _get(d: Any, *keys, default=None):
     return d
 
 
+def hardware_label(env: dict, device: str | None) -> str:
+    """The machine a trial was measured on: node and CPU, and for a CUDA trial (device "cuda") its GPUs by serial
+    (else UUID). Two machines of one model still differ (chip to chip, cooling): repetitions are one sample only from
+    one machine, and configurations are compared only on one machine."""
+    label = f"{env.get('hostname') or '?'}: {env.get('cpu_model') or '?'} ×{env.get('cpu_count') or '?'}"
+    if device == "cuda":
+        gpus = [g for g in env.get("gpus") or [] if isinstance(g, dict)]
+        label += "; " + (", ".join(f"{g.get('name')} #{g.get('serial') or g.get('uuid') or g.get('index')}"
+                                   for g in gpus) or "GPU ?")
+    return label
+
+
 def idle_power(record: dict) -> dict[str, dict[str, Any]]:
     """component -> {watts, source, origin}: the runner's own idle baseline first, the host's for the rest."""
     out: dict[str, dict[str, Any]] = {}
@@ -255,6 +267,7 @@ def trial_row(record: dict, path: Path, run_dir: Path, problem: str | None = Non
         "agreement_reference": _get(record, "agreement", "reference"),
         "agreement_share_identical": _get(record, "agreement", "share_identical"),
         "hostname": env.get("hostname"), "cpu_model": env.get("cpu_model"),
+        "machine": hardware_label(env, None), "hardware": hardware_label(env, device),
         "gpu_model": (gpus[0].get("name") if gpus and isinstance(gpus[0], dict) else (gpus[0] if gpus else None)),
         "image": env.get("image"), "runner_version": env.get("runner_version"),
         "created_unix": record.get("created_unix"),

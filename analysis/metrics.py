@@ -116,6 +116,22 @@ def flag_different_output(ok: pd.DataFrame, spec: dict) -> pd.DataFrame:
     return t
 
 
+def flag_mixed_hardware(ok: pd.DataFrame) -> pd.DataFrame:
+    """``mixed_hardware``: why a model × configuration's repetitions are not one sample — they were measured on
+    more than one machine (a cluster run that split them, or runs of two hosts merged) — else None. Such rows stay
+    in the tables, flagged, and out of every test, saving and headline."""
+    t = ok.copy()
+    t["mixed_hardware"] = None
+    if t.empty or "hardware" not in t:
+        return t
+    for (model, config), g in t.groupby(["model", "config"]):
+        machines = sorted(set(g["hardware"].dropna()))
+        if len(machines) > 1:
+            t.loc[g.index, "mixed_hardware"] = (f"its {len(g)} trials were measured on {len(machines)} machines "
+                                                f"({' | '.join(machines)}): not tested as one sample")
+    return t
+
+
 def comparison_groups(ok: pd.DataFrame) -> pd.DataFrame:
     """``group``: what energy figures are compared within — a model, split by energy boundary where its
     configurations were measured on different ones (e.g. a CPU package against a GPU, or measured against
@@ -123,15 +139,21 @@ def comparison_groups(ok: pd.DataFrame) -> pd.DataFrame:
     ``size_scope`` does the same for size groups."""
     t = ok.copy()
     if t.empty:
-        return t.assign(group=pd.Series(dtype=object), size_scope=pd.Series(dtype=object))
+        return t.assign(group=pd.Series(dtype=object), size_scope=pd.Series(dtype=object),
+                        time_group=pd.Series(dtype=object), time_size_scope=pd.Series(dtype=object))
     boundary = t["energy_boundary"].fillna("no energy figure")
     if "work" in t and t["work"].nunique() > 1:
         boundary = boundary + " · " + t["work"].fillna("?")
-    for col, key in (("group", "model"), ("size_scope", "size_group")):
-        base = t[key].astype(str)
-        n = boundary.groupby(base).nunique()
-        split = base.isin(n[n > 1].index)
-        t[col] = base.where(~split, base + " ⟨" + boundary + "⟩")
+    # configurations measured on different machines are never compared, in energy or in time
+    machine = t["machine"].fillna("?") if "machine" in t else pd.Series("", index=t.index)
+    if machine.nunique() > 1:
+        boundary = boundary + " · " + machine
+    for cols, split_by in ((("group", "size_scope"), boundary), (("time_group", "time_size_scope"), machine)):
+        for col, key in zip(cols, ("model", "size_group")):
+            base = t[key].astype(str)
+            n = split_by.groupby(base).nunique()
+            split = base.isin(n[n > 1].index)
+            t[col] = base.where(~split, base + " ⟨" + split_by + "⟩")
     return t
 
 

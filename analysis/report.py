@@ -20,7 +20,7 @@ from analysis import plots
 from analysis.load import Tables, load_runs
 from analysis.quality import NONE_SOLVED, add_quality, load_evaluations, paired_vs_reference, quality_table
 from analysis.metrics import (SUMMARY_COLUMNS, add_metrics, agreement_spec, comparison_groups, flag_different_output,
-                              model_config_medians, pareto_front, with_agreement)
+                              flag_mixed_hardware, model_config_medians, pareto_front, with_agreement)
 from analysis.stats import (ALPHA, MIN_N_TEST, Comparison, fmt_p, p_words, run_statistics, savings_best_worst,
                             savings_matrix, savings_pair, savings_range)
 from analysis.study import (DEFAULT_STUDY_CSV, STUDY_ID, STUDY_PAIR, STUDY_SETUP, compare_with_study, headline,
@@ -64,6 +64,8 @@ class Analysis:
     # trials of configurations that did not do the reference's work (kept out of every comparison), and the rule
     different: pd.DataFrame = field(default_factory=pd.DataFrame)
     agreement: dict = field(default_factory=dict)
+    # trials of configurations whose repetitions came from more than one machine (kept out of every comparison)
+    mixed_hardware: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def sources(self) -> list[str]:
@@ -76,11 +78,12 @@ def analyse(run_dirs, *, study_csv: str | Path | None = DEFAULT_STUDY_CSV, pairs
     if tables.trials.empty:
         raise ValueError(f"no records (schema slm-matrix.record/1 or /2) under {', '.join(map(str, tables.run_dirs))}")
     spec = agreement_spec(tables.run_dirs)
-    every = flag_different_output(comparison_groups(with_agreement(add_metrics(tables.ok))), spec)
+    every = flag_mixed_hardware(flag_different_output(comparison_groups(with_agreement(add_metrics(tables.ok))), spec))
     # Different work is never compared as the same work: such configurations stay out of statistics, savings,
-    # winners, Pareto fronts and headlines (listed apart, with the reason)
+    # winners, Pareto fronts and headlines (listed apart, with the reason); nor are repetitions from several machines
     different = every[every["different_output"].notna()] if not every.empty else every
-    ok = every[every["different_output"].isna()] if not every.empty else every
+    mixed = every[every["different_output"].isna() & every["mixed_hardware"].notna()] if not every.empty else every
+    ok = every[every["different_output"].isna() & every["mixed_hardware"].isna()] if not every.empty else every
     medians = model_config_medians(ok) if not ok.empty else pd.DataFrame()
     metrics = ["energy_j", "duration_s"]
     if not ok.empty and ok["net_energy_j"].notna().any():
@@ -93,7 +96,7 @@ def analyse(run_dirs, *, study_csv: str | Path | None = DEFAULT_STUDY_CSV, pairs
                  else {},
                  savings_matrix=savings_matrix(medians, "energy_j", by="group") if not medians.empty
                  else pd.DataFrame(),
-                 min_n=min_n, different=different, agreement=spec)
+                 min_n=min_n, different=different, agreement=spec, mixed_hardware=mixed)
     if study_csv is not None and Path(study_csv).is_file():
         study = read_medians(study_csv)
         a.study = headline(study)
@@ -112,6 +115,11 @@ def analyse(run_dirs, *, study_csv: str | Path | None = DEFAULT_STUDY_CSV, pairs
 def _warnings(a: Analysis) -> list[str]:
     out = []
     ok = a.ok
+    if not a.mixed_hardware.empty:
+        for (model, config), g in a.mixed_hardware.groupby(["model", "config"]):
+            out.append(f"{model} · {config}: {g['mixed_hardware'].iloc[0]} — kept out of every test, saving and "
+                       "headline; run a model's repetitions on one machine (orchestrate.py submit keeps models whole "
+                       "per node).")
     if not a.tables.problems.empty:
         out.append(f"{len(a.tables.problems)} record(s) do not match the runner's schema (listed under Failures).")
     if ok.empty:

@@ -170,7 +170,10 @@ def run_statistics(ok: pd.DataFrame, metrics=("energy_j", "duration_s"), *, min_
     one energy boundary (``group`` / ``size_scope``, see metrics.comparison_groups): configurations measured on
     different boundaries are separate comparisons, never one sample. Time is comparable everywhere."""
     out = []
-    for scope, time_key, energy_key in (("model", "model", "group"), ("size group", "size_group", "size_scope")):
+    for scope, time_key, energy_key in (("model", "time_group", "group"),
+                                        ("size group", "time_size_scope", "size_scope")):
+        if time_key not in ok.columns:  # tables made without comparison_groups
+            time_key = "model" if scope == "model" else "size_group"
         for metric in metrics:
             if metric not in ok.columns:
                 continue

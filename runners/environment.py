@@ -61,7 +61,7 @@ def collect(trial: dict[str, Any] | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "cpu_model": cpu_model(),
         "cpu_count": len(os.sched_getaffinity(0)),
-        "gpus": [{"index": g.index, "name": g.name, "uuid": g.uuid} for g in gpus],
+        "gpus": [{"index": g.index, "name": g.name, "uuid": g.uuid, "serial": g.serial()} for g in gpus],
         **nvml.driver_info(),
         "cuda_runtime": None,
         "libraries": library_versions(),

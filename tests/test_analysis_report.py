@@ -237,3 +237,32 @@ def test_different_work_never_reaches_a_headline_or_a_comparison(tmp_path):
     rows = {(r["engine"], r["precision"]): r for r in attach(RunStore(tmp_path, "r"))}
     assert rows[("vllm", "fp32")]["different_output"] and rows[("onnx", "int8")]["different_output"] is None
     assert rows[("torch", "fp32")]["different_output"] is None
+
+
+def test_repetitions_from_several_machines_are_never_one_sample(tmp_path):
+    """Cluster runs: model m's ONNX repetitions split over two nodes (not one sample: kept out, said why); model n's
+    torch measured on node-a and its ONNX on node-b (each one sample, but never compared with each other — in
+    energy nor in time)."""
+    def on(node, rec):
+        rec["environment"]["hostname"] = node
+        return rec
+
+    recs = []
+    for r in range(5):
+        recs += [on("node-a", make_record(model="m", engine="torch", repetition=r, energy_j=100.0 + r)),
+                 on("node-a" if r < 3 else "node-b", make_record(model="m", engine="onnx", repetition=r,
+                                                                 energy_j=50.0 + r)),
+                 on("node-a", make_record(model="n", engine="torch", repetition=r, energy_j=100.0 + r)),
+                 on("node-b", make_record(model="n", engine="onnx", repetition=r, energy_j=80.0 + r))]
+    a = analyse([write_run(recs, tmp_path / "r")], study_csv=None)
+    assert set(zip(a.mixed_hardware["model"], a.mixed_hardware["config"])) == {("m", "ONNX-CPU")}
+    assert "measured on 2 machines" in a.mixed_hardware["mixed_hardware"].iloc[0]
+    assert ("m", "ONNX-CPU") not in set(zip(a.medians["model"], a.medians["config"]))
+    assert any("m · ONNX-CPU" in w and "2 machines" in w for w in a.warnings)
+    for c in a.comparisons:  # no test holds configurations of two machines, nor the mixed one
+        if not c.groups.empty and (c.name.startswith("n") or c.name.startswith("m")):
+            assert len(c.groups) == 1, (c.metric, c.name, list(c.groups["config"]))
+    assert {c.name for c in a.comparisons if c.metric == "duration_s" and c.scope == "model"} >= {
+        "n ⟨node-a: Synthetic CPU ×2⟩", "n ⟨node-b: Synthetic CPU ×2⟩"}
+    assert a.best_worst.empty or not (a.best_worst["best"] != a.best_worst["worst"]).any()  # no saving across
+    assert "less energy than" not in "\n".join(headlines(a))

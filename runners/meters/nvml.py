@@ -33,6 +33,17 @@ class NvmlGpu:
     def component(self) -> str:
         return f"gpu:{self.index}"
 
+    def serial(self) -> str | None:
+        """The board's serial number, where NVML gives it (data-centre boards); names one physical GPU."""
+        import pynvml
+
+        try:
+            value = pynvml.nvmlDeviceGetSerial(self.handle)
+        except (pynvml.NVMLError, AttributeError):
+            return None
+        value = value.decode() if isinstance(value, bytes) else value
+        return value or None
+
     def energy_mj(self) -> int:
         import pynvml
 
