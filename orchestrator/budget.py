@@ -5,7 +5,9 @@ A trial's cost comes from ok records of this host for the same runtime image, mo
 or the short calibration that ``orchestrate.py plan --calibrate`` runs through the same containers): its fixed part
 (idle baseline, cooldown, container start, imports, model load, warm-up: wall time minus the generate window) as
 recorded, its generate part scaled by the work asked (prompts × new tokens per prompt). A cell with no such record is
-*unknown* — listed, never guessed.
+*extrapolated* from records of the same image, engine, precision and work on another model, its generate time and
+energy per token scaled by parameters (batch-1 decode reads every weight once per token) — said so on every row and
+total, never mixed silently with what was recorded — or, when there is none either, *unknown*: listed, never guessed.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Sample:
     generate_j: float | None
     source: str | None  # measured | estimated
     run_id: str
+    params: float | None = None  # the model's parameters (the record's count), for extrapolating to another size
 
 
 def _energy(window: dict[str, Any] | None) -> tuple[float | None, str | None]:
@@ -63,7 +66,9 @@ def sample(record: dict[str, Any]) -> Sample | None:
                   generate_s=float(gen["duration_s"]), tokens=int((record.get("tokens") or {}).get("output") or 0),
                   prompts=int((record.get("tokens") or {}).get("prompts") or 0),
                   energy_j=energy, generate_j=gen_j, source=source,
-                  run_id=(record.get("trial") or {}).get("run_id") or "")
+                  run_id=(record.get("trial") or {}).get("run_id") or "",
+                  params=(record.get("model") or {}).get("parameters")
+                  or ((record.get("trial") or {}).get("model_params_b") or 0) * 1e9 or None)
 
 
 def host_samples(results: Path, hostname: str | None = None) -> list[Sample]:
@@ -93,6 +98,7 @@ class Estimate:
     outside_s: float | None = None  # wall time that is not a measured generate window
     source: str | None = None
     basis: str | None = None  # which records it comes from, or why it is unknown
+    extrapolated: bool = False  # from another model's records, scaled by parameters
 
     @property
     def known(self) -> bool:
@@ -132,15 +138,26 @@ def estimate(plan, trials: Iterable, samples: list[Sample], image_ids: dict[str,
                 generation.pop("max_length", None)
             key = (cell.runtime.spec.image, cell.model.name, cell.engine, cell.setting.precision,
                    work_label({"fixed_length": True, **generation}))
-            pool = by_key.get(key, [])
-            if image_ids and cell.runtime.spec.image in image_ids:  # the same image, not an older build of the tag
-                pool = [s for s in pool if s.image_id == image_ids[cell.runtime.spec.image]]
+            same_image = (lambda pool: [s for s in pool if s.image_id == image_ids[cell.runtime.spec.image]]
+                          if image_ids and cell.runtime.spec.image in image_ids else pool)  # not an older build
+            pool = same_image(by_key.get(key, []))
+            scale = 1.0
+            if not pool and cell.model.params_b:  # another model's records of the same cell kind, scaled by size
+                kin = same_image([s for k, ss in by_key.items() if (k[0], *k[2:]) == (key[0], *key[2:]) for s in ss
+                                  if s.params])
+                if kin:
+                    near = min({s.key[1] for s in kin}, key=lambda m: abs(
+                        next(s.params for s in kin if s.key[1] == m) - cell.model.params_b * 1e9))
+                    pool = [s for s in kin if s.key[1] == near]
+                    scale = cell.model.params_b * 1e9 / statistics.median(s.params for s in pool)
+                    e.extrapolated = True
+                    bases.add(f"scaled ×{scale:.3g} from {near} (parameters)")
             if not pool:
                 missing.append(f"{cell.engine} {cell.setting.precision}")
                 continue
             prompts, new = cell_work(plan.matrix, cell)
             fixed = statistics.median(s.wall_s - s.generate_s for s in pool)
-            per_token = statistics.median(s.generate_s / s.tokens for s in pool if s.tokens)
+            per_token = scale * statistics.median(s.generate_s / s.tokens for s in pool if s.tokens)
             # max_length bounds prompt + new tokens: the new tokens per prompt are the samples' (same workload)
             tokens = prompts * (new if new else statistics.median(s.tokens / s.prompts for s in pool if s.prompts))
             gen_s = per_token * tokens
@@ -149,7 +166,7 @@ def estimate(plan, trials: Iterable, samples: list[Sample], image_ids: dict[str,
             with_energy = [s for s in pool if s.energy_j is not None and s.generate_j is not None and s.tokens]
             if with_energy and e.energy_j is not None:
                 fixed_j = statistics.median(s.energy_j - s.generate_j for s in with_energy)
-                per_token_j = statistics.median(s.generate_j / s.tokens for s in with_energy)
+                per_token_j = scale * statistics.median(s.generate_j / s.tokens for s in with_energy)
                 e.energy_j += fixed_j + per_token_j * tokens
                 sources.update(s.source for s in with_energy)
             else:

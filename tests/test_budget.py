@@ -17,10 +17,10 @@ from orchestrator.plan import expand
 
 def _record(run_id, *, engine="torch", precision="fp32", wall=30.0, generate=10.0, prompts=2, tokens=8,
             image="slm-matrix/torch-cpu:latest", image_id="sha256:a", container_j=300.0, generate_j=100.0,
-            host=None, generation=None):
+            host=None, generation=None, model="tiny", parameters=None):
     return {"schema": "slm-matrix.record/2", "mode": "run", "status": "ok",
             "job": {"generation": generation or {"new_tokens": 4, "fixed_length": True}},
-            "trial": {"run_id": run_id}, "model": {"name": "tiny"},
+            "trial": {"run_id": run_id}, "model": {"name": model, "parameters": parameters},
             "engine": {"name": engine, "precision": precision, "device": "cpu"},
             "environment": {"hostname": host or socket.gethostname()},
             "tokens": {"prompts": prompts, "output": tokens},
@@ -52,6 +52,24 @@ def test_fixed_part_as_recorded_generate_part_scaled_by_the_work(tmp_path):
     assert e.wall_s == pytest.approx(3 * (fixed + per_token * 8)) and e.outside_s == pytest.approx(3 * fixed)
     assert e.energy_j == pytest.approx(3 * (220.0 + 100.0 / 16 * 8)) and e.source == "estimated"
     assert e.basis == "calibration-x"
+
+
+def test_another_models_records_are_scaled_by_parameters_and_said_to_be(tmp_path):
+    """A hub model that cannot be fetched here is priced from a 0.1 B model of the same image, engine, precision and
+    work: generate time and energy per token × 4 for 0.4 B parameters, the fixed part as recorded — and flagged."""
+    results = tmp_path / "results"
+    _write(results, "r", [_record("r", model="small", parameters=1e8, prompts=2, tokens=8)])
+    m = load(matrix_file(tmp_path, '[models.big]\nfixture = "llama"\nparams_b = 0.4\n'))
+    plan = expand(m)
+    (e,) = estimate(plan, plan.trials, host_samples(results))
+    assert e.known and e.extrapolated and "scaled ×4 from small (parameters)" in e.basis
+    assert e.wall_s == pytest.approx(20.0 + 4 * 10.0) and e.outside_s == pytest.approx(20.0)
+    assert e.energy_j == pytest.approx(200.0 + 4 * 100.0)
+    _write(results, "r2", [_record("r2", engine="onnx", model="small", parameters=1e8)])
+    onnx = load(matrix_file(tmp_path, '[models.big]\nfixture = "llama"\nparams_b = 0.4\n',
+                            extra='engines = ["torch-compile"]'))
+    p2 = expand(onnx)
+    assert not estimate(p2, p2.trials, host_samples(results))[0].known  # another engine's records price nothing
 
 
 def test_unknown_cells_are_said_and_other_builds_do_not_count(tmp_path):
