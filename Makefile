@@ -5,6 +5,10 @@
 #   make matrix                             the study (matrix.toml); on a host without a GPU: the CPU rows,
 #                                           and it says what it skipped. RUN=<id> names results/<id>/ (resumes).
 #   make humaneval                          HumanEval pass@1 + J per solved task, all 164 tasks (long)
+#   make archs                              today's architectures × every CPU runtime, fp32 (matrix-archs.toml,
+#                                           ~30 min): agreement with torch or the refusal -> images/README.md table
+#   make submit SUBMIT_ARGS="--shards 4 --partition gpu --time 2-00:00:00"
+#                                           the matrix as a Slurm job array (README: On a Slurm cluster)
 #   make status / report                    what is done, failed, left / the analysis report of results/$(RUN)
 #   make test                               the test suite (real Docker where it can be reached)
 #   make test-newest                        the runner's tests on the newest transformers (a second venv)
@@ -26,7 +30,7 @@ MATRIX ?= matrix.toml
 RUN ?= study-2412.15441
 ORCH = $(PYTHON) orchestrate.py
 
-.PHONY: humaneval test test-newest test-py312 gpu-acceptance smoke matrix images images-cpu images-gpu status report plan
+.PHONY: humaneval archs test test-newest test-py312 gpu-acceptance smoke matrix images images-cpu images-gpu submit status report plan
 
 test:
 	$(PYTHON) -m pytest -q tests
@@ -73,6 +77,13 @@ humaneval:
 	$(ORCH) evaluate --run-id humaneval-smollm2 --build
 	$(PYTHON) -m analysis report results/humaneval-smollm2 --out results/humaneval-smollm2/report
 
+# Today's architectures (Gemma 2/3, Qwen 2/3, Llama 3, Phi-3, StarCoder2, SmolLM3, Mistral: tiny fixtures) through every
+# CPU runtime at fp32; the table in images/README.md is written from the run's records (benchmarks/archs_table.py)
+ARCHS_RUN ?= archs
+archs:
+	$(ORCH) run --matrix matrix-archs.toml --run-id $(ARCHS_RUN) --build
+	$(PYTHON) -m benchmarks.archs_table results/$(ARCHS_RUN) --readme images/README.md
+
 plan:
 	$(ORCH) plan --matrix $(MATRIX)
 
@@ -84,6 +95,9 @@ images-cpu:
 
 images-gpu:
 	$(ORCH) build --all --device cuda
+
+submit:
+	$(ORCH) submit --slurm --matrix $(MATRIX) --run-id $(RUN) $(SUBMIT_ARGS)
 
 status:
 	$(ORCH) status --run-id $(RUN)

@@ -5,7 +5,11 @@
     orchestrate.py build   [--matrix F | --all] [--device cpu|cuda]   build the runtime images (layer-cached)
     orchestrate.py prepare [--matrix F] [--run-id ID]      models into the host cache + engine conversions
     orchestrate.py run     [--matrix F] [--run-id ID] [--build] [--launcher docker|process] [--retry-failed]
-    orchestrate.py status  [--run-id ID | --matrix F]      done / failed / left
+    orchestrate.py run     ... --shard i/N                 only shard i of N (whole models; a Slurm array task)
+    orchestrate.py submit  --slurm --shards N [--partition P] [--account A] [--time T] [--gpus-per-node G]
+                           [--sbatch-arg ARG] [--no-exclusive] [--dry-run]   the run as one Slurm job array; again:
+                                                           only the shards with trials left
+    orchestrate.py status  [--run-id ID | --matrix F]      done / failed / left (per shard, node and Slurm task)
     orchestrate.py evaluate --run-id ID [--build]          HumanEval pass/fail of every full-prompt trial, in the
                                                            locked-down sandbox, outside every measured window
 Filters (plan, prepare, run): --runtime R, --model M, --setting S (repeatable).
@@ -17,6 +21,8 @@ arguments, 3 the host cannot do it (no Docker engine, image not built), 130 inte
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import signal
 import sys
 import time
@@ -78,6 +84,22 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     r = sub.add_parser("run", parents=[common, filters, launch], help="run (or resume) the matrix")
     r.add_argument("--retry-failed", action="store_true", help="run failed trials again")
     r.add_argument("--strict", action="store_true", help="exit 1 when any selected trial is recorded as failed")
+    r.add_argument("--shard", metavar="i/N", help="only shard i of N: whole models, spread by orchestrate.py submit "
+                   "(the run's slurm/sharding.json) or, without one, by the same rule")
+    sb = sub.add_parser("submit", parents=[common, launch], help="submit the run to a cluster scheduler (Slurm)")
+    sb.add_argument("--slurm", action="store_true", required=True, help="as one Slurm job array (sbatch)")
+    sb.add_argument("--shards", type=int, help="array tasks = nodes the run is spread over (whole models each; "
+                    "default: the run's earlier sharding, else one shard per model)")
+    sb.add_argument("--partition")
+    sb.add_argument("--account")
+    sb.add_argument("--time", help="time limit per array task (Slurm syntax, e.g. 12:00:00); the orchestrator is "
+                    "told 2 min before it, stops the trial in flight, and a resubmission resumes")
+    sb.add_argument("--gpus-per-node", type=int)
+    sb.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                    help="one more #SBATCH line, verbatim (repeatable), e.g. --sbatch-arg=--constraint=h100")
+    sb.add_argument("--no-exclusive", action="store_true",
+                    help="share nodes with other jobs (default: node-exclusive, nothing else draws power)")
+    sb.add_argument("--dry-run", action="store_true", help="print the batch script, submit nothing")
     sub.add_parser("status", parents=[common], help="what is done, failed, left")
     ev = sub.add_parser("evaluate", parents=[common], help="run the completions' tests in the sandbox (resumable)")
     ev.add_argument("--build", action="store_true", help="build the sandbox image first (layer-cached)")
@@ -106,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     try:
-        return {"plan": cmd_plan, "build": cmd_build, "prepare": cmd_run, "run": cmd_run,
+        return {"plan": cmd_plan, "build": cmd_build, "prepare": cmd_run, "run": cmd_run, "submit": cmd_submit,
                 "status": cmd_status, "evaluate": cmd_evaluate}[args.command](args)
     except MatrixError as e:
         err_console.print(f"[red]error:[/] {escape(str(e))}")
@@ -172,7 +194,7 @@ def print_budget(plan, trials, results: Path, launcher_name: str = "docker") -> 
     rows = estimate(plan, trials, host_samples(Path(results)), image_ids)
     table = Table("runtime", "device", "model", "trials", "wall", "energy", "outside generate", "from")
     total = {"cpu": [0, 0.0, 0.0, 0.0], "cuda": [0, 0.0, 0.0, 0.0]}
-    unknown = 0
+    unknown = extrapolated = 0
     devices = {r.name: r.spec.device for r in plan.matrix.runtimes.values()}
     for e in sorted(rows, key=lambda e: (devices[e.runtime], e.runtime, e.model)):
         dev = devices[e.runtime]
@@ -185,14 +207,22 @@ def print_budget(plan, trials, results: Path, launcher_name: str = "docker") -> 
         tot[1] += e.wall_s
         tot[2] += e.outside_s
         tot[3] += e.energy_j or 0.0
-        table.add_row(e.runtime, dev, e.model, str(e.trials), clock(e.wall_s),
-                      "?" if e.energy_j is None else f"{e.energy_j / 3.6e6:.3f} kWh {e.source}",
-                      f"{100 * e.outside_s / e.wall_s:.0f} %", escape(e.basis or ""))
+        mark = "≈ " if e.extrapolated else ""
+        if e.extrapolated:
+            extrapolated += e.trials
+        table.add_row(e.runtime, dev, e.model, str(e.trials), mark + clock(e.wall_s),
+                      "?" if e.energy_j is None else f"{mark}{e.energy_j / 3.6e6:.3f} kWh {e.source}",
+                      f"{100 * e.outside_s / e.wall_s:.0f} %",
+                      f"[yellow]{escape(e.basis or '')}[/]" if e.extrapolated else escape(e.basis or ""))
     console.print(table)
     for dev, (n, wall, outside, joules) in total.items():
         if n:
             console.print(f"  {dev.upper()}: {n} trials, {clock(wall)} expected, {joules / 3.6e6:.2f} kWh, "
                           f"{100 * outside / wall:.0f} % of the time outside the measured generate windows")
+    if extrapolated:
+        console.print(f"  [yellow]≈ {extrapolated} trial(s) extrapolated[/] from another model of the same image, engine, "
+                      "precision and work, scaled by parameters — an estimate of the order of magnitude; "
+                      "`plan --calibrate` measures them")
     if unknown:
         console.print(f"  [yellow]{unknown} trial(s) of unknown cost[/]: no record of their cell on this host — "
                       "`orchestrate.py plan --calibrate` measures them (a few prompts each)")
@@ -267,13 +297,28 @@ def cmd_run(args) -> int:
     run_id = args.run_id or matrix.name
     store = RunStore(args.results, run_id)
     store.open(matrix, [t.id for t in plan.trials])
-    launcher = make_launcher(args.launcher, run_id)
+    shard = None
+    if getattr(args, "shard", None):
+        from orchestrator.shard import parse
+
+        index, count = parse(args.shard)
+        sharding = _sharding(store, plan, count)
+        trials = sharding.trials(trials, index)
+        shard = {"index": index, "count": count,
+                 "models": sorted(m for m, i in sharding.models.items() if i == index)}
+    # a sharded run's containers are its shard's: another shard's orchestrator on this node never removes them
+    launcher = make_launcher(args.launcher, run_id if shard is None else f"{run_id}@shard{shard['index']}of{shard['count']}")
     reporter = Reporter(console)
     # the process launcher's runner reads models as this user; containers as the images' user
     cache = ModelCache(Path(args.cache), reader=None if launcher.name == "process" else CONTAINER_USER)
     ex = Executor(plan, store, launcher, cache, reporter,
                   retry_failed=getattr(args, "retry_failed", False))
+    from orchestrator.slurm import env_facts
+
+    ex.node = {"shard": shard, "slurm": env_facts()}
     sel = ex.select(trials)
+    if shard is not None:
+        console.print(f"shard {shard['index']}/{shard['count']}: models {', '.join(shard['models'])}")
     console.print(f"run {run_id} ({store.root}): matrix {matrix.name} sha256 {matrix.hash[:12]}, seed {matrix.seed}; "
                   f"{len(trials)} trials selected: {len(sel.done)} already recorded, {len(sel.skipped)} skipped, "
                   f"{len(sel.todo)} to run [{launcher.name}]")
@@ -283,7 +328,7 @@ def cmd_run(args) -> int:
         reporter.expected_s = print_budget(plan, sel.todo, Path(args.results), launcher.name)
     entry = {"command": args.command, "started_unix": time.time(), "launcher": launcher.name,
              "selected": len(trials), "already_recorded": len(sel.done), "skipped": sel.skipped, "counts": None,
-             "interrupted": False}
+             "interrupted": False, **ex.node}
     try:
         stale = launcher.remove_stale()
         if stale:
@@ -327,6 +372,75 @@ def cmd_run(args) -> int:
         ex.close()
         entry["ended_unix"] = time.time()
         store.log_invocation(entry)
+
+
+def _sharding(store: RunStore, plan, count: int | None):
+    """The run's sharding: the one written when it was first submitted (every task and resubmission uses it), else
+    computed by the same rule (and written, so that later ones agree)."""
+    from orchestrator.matrix import MatrixError
+    from orchestrator.shard import assign, from_dict
+    from runners.record import write_json_atomic
+
+    path = store.slurm_dir / "sharding.json"
+    if path.is_file():
+        sharding = from_dict(json.loads(path.read_text()))
+        if count is not None and count != sharding.count:
+            raise MatrixError("--shards", str(count), f"run {store.run_id} is sharded {sharding.count} ways "
+                              f"({path})", f"use {sharding.count}, or start a new --run-id")
+        return sharding
+    if count is None:
+        count = len(plan.matrix.models)
+    sharding = assign(plan, count)
+    write_json_atomic(path, sharding.to_dict())
+    return sharding
+
+
+def cmd_submit(args) -> int:
+    from orchestrator import slurm
+
+    matrix, plan, trials = _plan(args)
+    run_id = args.run_id or matrix.name
+    options = slurm.SubmitOptions(partition=args.partition, account=args.account, time=args.time,
+                                  gpus_per_node=args.gpus_per_node, exclusive=not args.no_exclusive,
+                                  sbatch_args=list(args.sbatch_arg), launcher=args.launcher)
+    options.check()
+    store = RunStore(args.results, run_id)
+    if args.dry_run and not store.exists():  # nothing written: the sharding a submission would write
+        from orchestrator.shard import assign
+
+        sharding = assign(plan, args.shards or len(matrix.models))
+    else:
+        store.open(matrix, [t.id for t in plan.trials])
+        sharding = _sharding(store, plan, args.shards)
+    records = store.records() if store.exists() else {}
+    left = {i: [t for t in sharding.trials(plan.trials, i) if t.id not in records] for i in range(sharding.count)}
+    active = {i: t for i, t in (slurm.current_tasks(store.slurm_dir) if store.exists() else {}).items()
+              if t["state"] not in slurm.FINISHED and t["state"] != "UNKNOWN"}
+    indices = [i for i in range(sharding.count) if left[i] and i not in active]
+    table = Table("shard", "models", "trials", "left", "now")
+    for i in range(sharding.count):
+        models = sorted(m for m, k in sharding.models.items() if k == i)
+        now = (f"{active[i]['state']} (job {active[i]['job_id']})" if i in active else
+               "submit" if i in indices else "done")
+        table.add_row(str(i), ", ".join(models), str(len(sharding.trials(plan.trials, i))), str(len(left[i])), now)
+    console.print(f"run {run_id}: {len(plan.trials)} trials over {sharding.count} shard(s) (whole models per node)")
+    console.print(table)
+    if not indices:
+        console.print("nothing to submit: every shard is finished or already queued/running")
+        return 0
+    script = slurm.batch_script(run_id=run_id, results=Path(args.results), cache=Path(args.cache),
+                                shards=sharding.count, indices=indices, options=options)
+    if args.dry_run:
+        console.print(escape(script), markup=False)
+        return 0
+    path = store.slurm_dir / f"submit-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.sh"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(script)
+    job_id = slurm.sbatch(path)
+    slurm.record_submission(store.slurm_dir, job_id, indices, sharding.count, path, options)
+    console.print(f"submitted job array {job_id}: shard(s) {', '.join(map(str, indices))} of {sharding.count} "
+                  f"(script {path}); follow with `orchestrate.py status --run-id {run_id}`")
+    return 0
 
 
 def _print_agreement(store, spec) -> None:
@@ -415,12 +529,45 @@ def cmd_status(args) -> int:
                   f"seed {matrix.seed}, {len(plan.trials)} trials: {totals['ok']} ok, {totals['failed']} failed, "
                   f"{totals['left']} left")
     console.print(table)
+    if (store.slurm_dir / "sharding.json").is_file():
+        _print_shards(store, plan, records)
     for tid, err in failures:
         console.print(f"  [red]failed[/] {tid}: [{escape(str(err.get('type')))}] "
                       f"{escape(str(err.get('message', ''))[:160])}")
     for reason, n in Counter(skipped.values()).items():
         console.print(f"  [yellow]skipped last time ({n}):[/] {escape(reason)}")
     return 0
+
+
+def _print_shards(store: RunStore, plan, records: dict) -> None:
+    """Per shard: its models, the nodes its records came from, done / failed / running / left, its Slurm task."""
+    from orchestrator import slurm
+
+    sharding = _sharding(store, plan, None)
+    tasks = slurm.current_tasks(store.slurm_dir)
+    in_flight = {p.name for p in store.work_dir.iterdir()} if store.work_dir.is_dir() else set()
+    wall: dict[int, float] = {}  # per shard: the wall time of its invocations (its node's time on the run)
+    for e in store.read_run()["invocations"]:
+        if (e.get("shard") or {}).get("count") == sharding.count and e.get("ended_unix") and e.get("started_unix"):
+            wall[e["shard"]["index"]] = wall.get(e["shard"]["index"], 0.0) + e["ended_unix"] - e["started_unix"]
+    table = Table("shard", "models", "node", "ok", "failed", "running", "left", "wall", "Slurm task")
+    for i in range(sharding.count):
+        mine = sharding.trials(plan.trials, i)
+        recs = [records[t.id] for t in mine if t.id in records]
+        task = tasks.get(i)
+        live = task is not None and task["state"] == "RUNNING"
+        running = sum(1 for t in mine if t.id not in records and t.id in in_flight and live)
+        nodes = sorted({((r.get("host") or {}).get("node") or {}).get("hostname")
+                        or (r.get("environment") or {}).get("hostname") or "?" for r in recs})
+        if live and task["node"] and task["node"] not in nodes:
+            nodes.append(f"{task['node']} (now)")
+        table.add_row(str(i), ", ".join(sorted(m for m, k in sharding.models.items() if k == i)), ", ".join(nodes),
+                      str(sum(r["status"] == "ok" for r in recs)), str(sum(r["status"] == "failed" for r in recs)),
+                      str(running), str(len(mine) - len(recs) - running), clock(wall[i]) if i in wall else "",
+                      "not submitted" if task is None else
+                      f"{task['job_id']}_{i} {task['state']}" + (f" ({task['reason']})" if task["reason"] not in
+                                                                   ("", "None") else ""))
+    console.print(table)
 
 
 if __name__ == "__main__":

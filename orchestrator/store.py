@@ -2,7 +2,9 @@
 
     results/<run-id>/
       matrix.toml            the matrix as it was when the run started (its sha256 is in run.json and every record)
-      run.json               run id, matrix hash, seed, the full trial order, one entry per invocation
+      run.json               run id, matrix hash, seed, the full trial order (written once, when the run starts)
+      invocations/*.json     one file per orchestrator invocation (many may write at once: nodes of a cluster)
+      slurm/                 sharding.json (whole models per shard) and one file per submitted job array
       trials/<trial>.json    one record per finished trial (ok or failed); its presence means "done"
       prepare/<name>.json    model fetches and engine conversions, outside every measured window
       logs/<name>.log        the container's (or process's) output
@@ -15,6 +17,7 @@ trial in flight, and a resume finds every finished trial intact.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import time
@@ -37,6 +40,8 @@ class RunStore:
         self.logs_dir = self.root / "logs"
         self.work_dir = self.root / "work"
         self.evaluations_dir = self.root / "evaluations"  # orchestrate.py evaluate: one file per evaluated trial
+        self.invocations_dir = self.root / "invocations"
+        self.slurm_dir = self.root / "slurm"
 
     # --- the run ------------------------------------------------------------------------------------------------
     @property
@@ -47,7 +52,16 @@ class RunStore:
         return self.run_file.is_file()
 
     def read_run(self) -> dict[str, Any]:
-        return json.loads(self.run_file.read_text())
+        """run.json, its "invocations" merged from invocations/ (and from run.json itself, for older runs)."""
+        run = json.loads(self.run_file.read_text())
+        found = []
+        for p in sorted(self.invocations_dir.glob("*.json")) if self.invocations_dir.is_dir() else ():
+            try:
+                found.append(json.loads(p.read_text()))
+            except (OSError, ValueError):
+                continue
+        run["invocations"] = sorted([*run.get("invocations", []), *found], key=lambda e: e.get("started_unix") or 0)
+        return run
 
     def open(self, matrix, order: list[str]) -> dict[str, Any]:
         """Create the run, or check that an existing one was started with the same matrix (then it resumes)."""
@@ -70,9 +84,11 @@ class RunStore:
         return run
 
     def log_invocation(self, entry: dict[str, Any]) -> None:
-        run = self.read_run()
-        run["invocations"].append(entry)
-        write_json_atomic(self.run_file, run)
+        """One file per invocation: orchestrators on several nodes of a shared results folder never rewrite one
+        file (a read-modify-write of run.json by two of them would lose one's entry)."""
+        entry = {"hostname": socket.gethostname(), "pid": os.getpid(), **entry}
+        name = f"{entry.get('started_unix', time.time()):.6f}-{entry['hostname']}-{entry['pid']}.json"
+        write_json_atomic(self.invocations_dir / name, entry)
 
     # --- trials ---------------------------------------------------------------------------------------------------
     def trial_path(self, trial_id: str) -> Path:

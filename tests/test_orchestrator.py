@@ -20,6 +20,7 @@ from conftest import REPO, matrix_file, orchestrate
 from orchestrator.docker_launcher import LABEL_RUN, gpu_problem
 from orchestrator.matrix import load
 from orchestrator.plan import expand
+from orchestrator.store import RunStore
 from runners.record import SOURCES, validate_record
 
 SMOKE = REPO / "matrix-smoke.toml"
@@ -269,7 +270,7 @@ def test_ctrl_c_stops_the_trial_in_flight_and_loses_nothing_finished(tmp_path, t
     assert containers_of(docker_client, tmp_path.name) == []  # the trial in flight was stopped and removed
     assert records(run_dir) == finished and len(finished) == 1  # nothing finished lost, nothing half-written
     assert {p.name: p.stat().st_mtime_ns for p in (run_dir / "trials").iterdir()} == mtime
-    run = json.loads((run_dir / "run.json").read_text())
+    run = RunStore(run_dir.parent, run_dir.name).read_run()
     assert run["invocations"][-1]["interrupted"] is True
     resumed = orchestrate(*args[2:], timeout=900)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -303,7 +304,7 @@ def test_cuda_rows_without_a_usable_gpu_are_skipped_with_the_reason(tmp_path, do
     assert "skipped 720 trial(s): torch-cuda needs a GPU: " in proc.stdout and problem in proc.stdout
     run_dir = tmp_path / "results" / "study-2412.15441"
     assert records(run_dir) == {}  # skipped is not done: a GPU host runs them on resume
-    assert json.loads((run_dir / "run.json").read_text())["invocations"][-1]["skipped"]
+    assert RunStore(run_dir.parent, run_dir.name).read_run()["invocations"][-1]["skipped"]
     status = orchestrate("status", "--run-id", "study-2412.15441", "--results", str(tmp_path / "results"))
     assert "0 ok, 0 failed, 3120 left" in status.stdout and "torch-cuda needs a GPU" in status.stdout
 
@@ -389,6 +390,7 @@ trace_interval_s = 0.02""").replace("new_tokens = 4", "new_tokens = 48")
         gen["energy_total"]["measured_j"] / rec["tokens"]["output"])
     host_idle = {p["component"]: p for p in rec["host"]["idle"]["power"]}
     assert host_idle["cpu:package-0"]["watts"] == pytest.approx(20.0, rel=0.1)
+    assert rec["host"]["idle"]["baseline"]["reused"] is False  # every record names the baseline it was compared with
     from analysis.report import analyse
 
     row = analyse([tmp_path / "results" / tmp_path.name], study_csv=None).ok.iloc[0]
