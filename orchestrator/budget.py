@@ -28,7 +28,8 @@ CALIBRATION_PREFIX = "calibration-"
 @dataclass(frozen=True)
 class Sample:
     """One ok trial of this host, reduced to what an estimate needs."""
-    key: tuple[str, str, str, str, str]  # (image tag, model, engine, precision, work: same work N tokens / as served)
+    # (image tag, model, engine, precision, work: same work N tokens / as served, engine options as JSON)
+    key: tuple[str, str, str, str, str, str]
     image_id: str | None
     wall_s: float  # idle baseline start (or trial start) to the record
     generate_s: float
@@ -49,6 +50,12 @@ def _energy(window: dict[str, Any] | None) -> tuple[float | None, str | None]:
     return None, None
 
 
+def options_key(options: dict[str, Any] | None) -> str:
+    """Engine options as part of what a cell is: OpenVINO stateful and without KV cache share image, engine and
+    precision but not their cost."""
+    return json.dumps(options or {}, sort_keys=True)
+
+
 def sample(record: dict[str, Any]) -> Sample | None:
     if record.get("status") != "ok" or record.get("mode", "run") != "run":
         return None
@@ -60,8 +67,10 @@ def sample(record: dict[str, Any]) -> Sample | None:
     engine = record.get("engine") or {}
     energy, source = _energy(host.get("container"))
     gen_j, _ = _energy(gen)
+    job = record.get("job") or {}
     return Sample(key=(host.get("image") or "", (record.get("model") or {}).get("name") or "", engine.get("name") or "",
-                       engine.get("precision") or "", work_label((record.get("job") or {}).get("generation") or {})),
+                       engine.get("precision") or "", work_label(job.get("generation") or {}),
+                       options_key(job.get("engine_options"))),
                   image_id=host.get("image_id"), wall_s=float(host["recorded_unix"] - start),
                   generate_s=float(gen["duration_s"]), tokens=int((record.get("tokens") or {}).get("output") or 0),
                   prompts=int((record.get("tokens") or {}).get("prompts") or 0),
@@ -137,7 +146,7 @@ def estimate(plan, trials: Iterable, samples: list[Sample], image_ids: dict[str,
             if "new_tokens" in cell.setting.generation:
                 generation.pop("max_length", None)
             key = (cell.runtime.spec.image, cell.model.name, cell.engine, cell.setting.precision,
-                   work_label({"fixed_length": True, **generation}))
+                   work_label({"fixed_length": True, **generation}), options_key(cell.runtime.engine_options))
             same_image = (lambda pool: [s for s in pool if s.image_id == image_ids[cell.runtime.spec.image]]
                           if image_ids and cell.runtime.spec.image in image_ids else pool)  # not an older build
             pool = same_image(by_key.get(key, []))

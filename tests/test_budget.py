@@ -17,9 +17,9 @@ from orchestrator.plan import expand
 
 def _record(run_id, *, engine="torch", precision="fp32", wall=30.0, generate=10.0, prompts=2, tokens=8,
             image="slm-matrix/torch-cpu:latest", image_id="sha256:a", container_j=300.0, generate_j=100.0,
-            host=None, generation=None, model="tiny", parameters=None):
+            host=None, generation=None, model="tiny", parameters=None, options=None):
     return {"schema": "slm-matrix.record/2", "mode": "run", "status": "ok",
-            "job": {"generation": generation or {"new_tokens": 4, "fixed_length": True}},
+            "job": {"generation": generation or {"new_tokens": 4, "fixed_length": True}, "engine_options": options},
             "trial": {"run_id": run_id}, "model": {"name": model, "parameters": parameters},
             "engine": {"name": engine, "precision": precision, "device": "cpu"},
             "environment": {"hostname": host or socket.gethostname()},
@@ -70,6 +70,18 @@ def test_another_models_records_are_scaled_by_parameters_and_said_to_be(tmp_path
                             extra='engines = ["torch-compile"]'))
     p2 = expand(onnx)
     assert not estimate(p2, p2.trials, host_samples(results))[0].known  # another engine's records price nothing
+
+
+def test_engine_options_are_part_of_the_cell(tmp_path):
+    """OpenVINO without its KV cache shares image, engine and precision with the stateful row, not its cost."""
+    results = tmp_path / "results"
+    _write(results, "r", [_record("r", options={"compile_mode": "max-autotune"}, wall=300.0, generate=280.0)])
+    m = load(matrix_file(tmp_path, '[models.tiny]\nfixture = "llama"\n'))
+    plan = expand(m)
+    assert not estimate(plan, plan.trials, host_samples(results))[0].known  # default options: never recorded
+    _write(results, "r2", [_record("r2")])
+    (e,) = estimate(plan, plan.trials, host_samples(results))
+    assert e.known and e.wall_s == pytest.approx(30.0) and e.basis == "r2"
 
 
 def test_unknown_cells_are_said_and_other_builds_do_not_count(tmp_path):
