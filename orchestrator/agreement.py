@@ -31,5 +31,6 @@ def attach(store, spec: dict[str, Any] = DEFAULT_REFERENCE) -> list[dict[str, An
                      "share_identical": None if missing else min(shares), "no_reference": missing,
                      "different_output": None if worst is None else different_output(
                          worst["share_identical"], k[3], at_first_token(worst.get("first_divergence")), spec["precision"],
-                         spec.get("threshold", DEFAULT_THRESHOLD))})
+                         spec.get("threshold", DEFAULT_THRESHOLD),
+                         max(len(a.get("other_prompt_ids") or ()) for a in found))})
     return rows

@@ -22,15 +22,20 @@ def at_first_token(first_divergence: list[int | None] | None) -> bool:
 
 
 def different_output(share: float | None, precision: str, diverges_at_first_token: bool,
-                     reference_precision: str = "fp32", threshold: float = DEFAULT_THRESHOLD) -> str | None:
+                     reference_precision: str = "fp32", threshold: float = DEFAULT_THRESHOLD,
+                     other_prompt_ids: int = 0) -> str | None:
     """Why a configuration's output is not the reference's work (it must then stay out of every comparison), or None.
 
     In the reference's precision (fp32) greedy decoding should give the same tokens: below ``threshold`` of prompts
     identical, it did different work. A lower precision (fp16, bf16, int8, q8_0, q4_k_m) is expected to diverge
     after some tokens — rounding moves a near-tie — so it is judged by its own rule: different work only when it
     diverges at the very first token on every prompt (a different computation, not rounding); its quality is
-    judged by pass@1 instead. No reference: unknown, never "same".
+    judged by pass@1 instead. No reference: unknown, never "same". Prompts that this configuration's image tokenised to
+    other ids than the reference's (``other_prompt_ids``) were a different input: different work whatever the share.
     """
+    if other_prompt_ids:
+        return (f"{other_prompt_ids} prompt(s) tokenised to other ids than the reference's (its image's tokenizer "
+                "reads the model's tokenizer files differently): a different input")
     if share is None:
         return None
     if precision == reference_precision:
@@ -52,16 +57,23 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
 
 def token_agreement(record: dict[str, Any], reference: dict[str, Any], reference_name: str | None = None) -> dict:
     """Compare per-prompt output ids of two records, matched on (task, prompt length) so that only the same
-    prompts count."""
-    ref = {(p["task_id"], p["prompt_tokens"]): p["output_ids"] for p in reference.get("per_prompt", [])}
+    prompts count. Where both records carry the prompt ids, a prompt whose ids differ (each image tokenises with its
+    own transformers) counts as a different input: never identical, diverged at 0, and listed."""
+    ref = {(p["task_id"], p["prompt_tokens"]): p for p in reference.get("per_prompt", [])}
     divergences: list[int | None] = []
+    other_ids: list[int] = []
     skipped = 0
     for p in record.get("per_prompt", []):
         key = (p["task_id"], p["prompt_tokens"])
         if key not in ref:
             skipped += 1
             continue
-        divergences.append(first_divergence(p["output_ids"], ref[key]))
+        theirs = ref[key].get("prompt_ids")
+        if p.get("prompt_ids") is not None and theirs is not None and p["prompt_ids"] != theirs:
+            other_ids.append(p["index"])
+            divergences.append(0)
+            continue
+        divergences.append(first_divergence(p["output_ids"], ref[key]["output_ids"]))
     identical = sum(d is None for d in divergences)
     return {
         "status": "compared" if divergences else "no-reference",
@@ -74,6 +86,7 @@ def token_agreement(record: dict[str, Any], reference: dict[str, Any], reference
         "share_identical": identical / len(divergences) if divergences else None,
         "first_divergence": divergences,
         "unmatched_prompts": skipped,
+        "other_prompt_ids": other_ids,  # indices of prompts tokenised to other ids than the reference's
     }
 
 

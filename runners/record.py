@@ -17,8 +17,8 @@ Shape (``slm-matrix.record/1``)::
         component: "gpu:<i>" (NVML), "cpu:package-<i>" / "cpu:dram-<i>" (RAPL), "cpu" / "ram" / "gpu" (codecarbon)
     idle    null | {duration_s, power: [{component, watts|null, source, meter, reason}]}
     tokens  {prompts, batches, input, output}
-    per_prompt [{index, task_id, batch, prompt_tokens, generated_tokens, latency_s, ttft_s, tpot_s, output_ids[],
-                output_text, eos_at}]
+    per_prompt [{index, task_id, batch, prompt_tokens, prompt_ids[], generated_tokens, latency_s, ttft_s, tpot_s,
+                output_ids[], output_text, eos_at}]
       (generated_tokens: the count produced; the job's generation.new_tokens is the budget asked for)
     metrics {tokens_per_s, joules_per_token{measured, estimated}, latency_s{…}, ttft_s{…}, tpot_s{…}}
     co2     {intensity_g_per_kwh|null, country_iso_code, source, reason}
@@ -109,6 +109,9 @@ PROMPT_SCHEMA = {
         "ttft_s": _num_or_null,
         "tpot_s": _num_or_null,
         "output_ids": {"type": "array", "items": {"type": "integer"}},
+        # the prompt as the engine got it: each image tokenises with its own transformers, so the same text can become
+        # other ids (agreement then says so instead of scoring a different input); absent in older records
+        "prompt_ids": {"type": "array", "items": {"type": "integer"}},
         # decoded after the measured window, up to the first end-of-sequence token (what a user would see; HumanEval
         # evaluation cuts it further at the stop sequences); absent in records made before it existed
         "output_text": {"type": "string"},

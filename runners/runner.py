@@ -239,7 +239,8 @@ class TrialRun:
                     n = len(out)
                     tpot = ((t1 - steps[0]) / (n - 1)) if steps and n > 1 else None
                     per_prompt.append({"index": i, "task_id": self.prompts[i].task_id, "batch": b,
-                                       "prompt_tokens": len(encoded[i]), "generated_tokens": n,
+                                       "prompt_tokens": len(encoded[i]), "prompt_ids": list(encoded[i]),
+                                       "generated_tokens": n,
                                        "latency_s": t1 - t0, "ttft_s": ttft, "tpot_s": tpot,
                                        "decode_steps": len(steps),
                                        "output_ids": [int(t) for t in out]})

