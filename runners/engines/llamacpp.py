@@ -55,6 +55,32 @@ def _converter_reason(output: str) -> str:
     return (lines[-1] if lines else "no output")[:500]
 
 
+def sliding_window_dropped(model_dir: Path, gguf: Path, context: int) -> tuple[str | None, dict[str, Any]]:
+    """Why llama.cpp would compute something else than the HF model on work of ``context`` tokens (or None), and the
+    facts checked: the converter maps some sliding-window models onto an architecture without a window (Mistral ->
+    ``llama``; the GGUF then has no ``<arch>.attention.sliding_window``), and past the window llama.cpp attends to the
+    whole context."""
+    from gguf import GGUFReader
+
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    fields = GGUFReader(str(gguf)).fields
+    arch = str(fields["general.architecture"].contents()) if "general.architecture" in fields else "?"
+    window = config.get("sliding_window")
+    if config.get("use_sliding_window") is False:  # Qwen2/3 carry a window they do not use
+        window = None
+    kept = fields.get(f"{arch}.attention.sliding_window")
+    kept = int(kept.contents()) if kept is not None else None
+    facts = {"gguf_architecture": arch, "sliding_window": {"model": window, "gguf": kept}}
+    if window and kept is None and context > window:
+        return (f"llama.cpp's {arch!r} architecture has no sliding-window attention: convert_hf_to_gguf.py dropped "
+                f"{architecture(model_dir)}'s window of {int(window)} tokens, so past it llama.cpp attends to the "
+                f"whole context, another computation than the model's (this work reaches {context} tokens)"), facts
+    return None, facts
+
+
 def gguf_tensor_types(path: Path) -> dict[str, int]:
     """How many tensors of each ggml type the GGUF holds (shows the quantiser's fallbacks on small shapes)."""
     from gguf import GGUFReader
@@ -230,6 +256,11 @@ class LlamaCppEngine(Engine):
 
         if self.gguf is None:
             raise RuntimeError("prepare() must run before load()")
+        problem, facts = sliding_window_dropped(self.model_dir, self.gguf, shape.context)
+        if problem:  # a refusal with the reason, rather than a number for other work
+            raise JobError("model", problem, "keep prompt + new tokens within the window, or run this model on "
+                                             "another runtime")
+        self._facts["conversion_checks"] = facts
         opts = self.options
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
