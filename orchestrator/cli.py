@@ -21,7 +21,6 @@ arguments, 3 the host cannot do it (no Docker engine, image not built), 130 inte
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -40,6 +39,7 @@ from orchestrator.matrix import MatrixError, load
 from orchestrator.budget import CALIBRATION_PREFIX, CALIBRATION_PROMPTS
 from orchestrator.models import CONTAINER_USER, DEFAULT_CACHE, ModelCache, readability_problem
 from orchestrator.plan import expand
+from orchestrator.shard import run_sharding
 from orchestrator.store import RunConflict, RunStore
 from orchestrator.ui import Reporter, clock
 
@@ -302,7 +302,7 @@ def cmd_run(args) -> int:
         from orchestrator.shard import parse
 
         index, count = parse(args.shard)
-        sharding = _sharding(store, plan, count)
+        sharding = run_sharding(store, plan, count)
         trials = sharding.trials(trials, index)
         shard = {"index": index, "count": count,
                  "models": sorted(m for m, i in sharding.models.items() if i == index)}
@@ -311,11 +311,10 @@ def cmd_run(args) -> int:
     reporter = Reporter(console)
     # the process launcher's runner reads models as this user; containers as the images' user
     cache = ModelCache(Path(args.cache), reader=None if launcher.name == "process" else CONTAINER_USER)
-    ex = Executor(plan, store, launcher, cache, reporter,
-                  retry_failed=getattr(args, "retry_failed", False))
     from orchestrator.slurm import env_facts
 
-    ex.node = {"shard": shard, "slurm": env_facts()}
+    ex = Executor(plan, store, launcher, cache, reporter, retry_failed=getattr(args, "retry_failed", False),
+                  node={"shard": shard, "slurm": env_facts()})
     sel = ex.select(trials)
     if shard is not None:
         console.print(f"shard {shard['index']}/{shard['count']}: models {', '.join(shard['models'])}")
@@ -374,27 +373,6 @@ def cmd_run(args) -> int:
         store.log_invocation(entry)
 
 
-def _sharding(store: RunStore, plan, count: int | None):
-    """The run's sharding: the one written when it was first submitted (every task and resubmission uses it), else
-    computed by the same rule (and written, so that later ones agree)."""
-    from orchestrator.matrix import MatrixError
-    from orchestrator.shard import assign, from_dict
-    from runners.record import write_json_atomic
-
-    path = store.slurm_dir / "sharding.json"
-    if path.is_file():
-        sharding = from_dict(json.loads(path.read_text()))
-        if count is not None and count != sharding.count:
-            raise MatrixError("--shards", str(count), f"run {store.run_id} is sharded {sharding.count} ways "
-                              f"({path})", f"use {sharding.count}, or start a new --run-id")
-        return sharding
-    if count is None:
-        count = len(plan.matrix.models)
-    sharding = assign(plan, count)
-    write_json_atomic(path, sharding.to_dict())
-    return sharding
-
-
 def cmd_submit(args) -> int:
     from orchestrator import slurm
 
@@ -411,7 +389,7 @@ def cmd_submit(args) -> int:
         sharding = assign(plan, args.shards or len(matrix.models))
     else:
         store.open(matrix, [t.id for t in plan.trials])
-        sharding = _sharding(store, plan, args.shards)
+        sharding = run_sharding(store, plan, args.shards)
     records = store.records() if store.exists() else {}
     left = {i: [t for t in sharding.trials(plan.trials, i) if t.id not in records] for i in range(sharding.count)}
     active = {i: t for i, t in (slurm.current_tasks(store.slurm_dir) if store.exists() else {}).items()
@@ -543,7 +521,7 @@ def _print_shards(store: RunStore, plan, records: dict) -> None:
     """Per shard: its models, the nodes its records came from, done / failed / running / left, its Slurm task."""
     from orchestrator import slurm
 
-    sharding = _sharding(store, plan, None)
+    sharding = run_sharding(store, plan, None)
     tasks = slurm.current_tasks(store.slurm_dir)
     in_flight = {p.name for p in store.work_dir.iterdir()} if store.work_dir.is_dir() else set()
     wall: dict[int, float] = {}  # per shard: the wall time of its invocations (its node's time on the run)

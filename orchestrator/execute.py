@@ -43,7 +43,7 @@ def cell_job(plan: Plan, cell: Cell, cache: ModelCache) -> dict[str, Any]:
 
 class Executor:
     def __init__(self, plan: Plan, store: RunStore, launcher, cache: ModelCache, reporter, *,
-                 retry_failed: bool = False):
+                 retry_failed: bool = False, node: dict[str, Any] | None = None):
         self.plan = plan
         self.store = store
         self.launcher = launcher
@@ -54,7 +54,7 @@ class Executor:
         self.meters = None
         self.idle_temps: dict[int, float] = {}
         self.baseline = None  # orchestrator.idle.IdleBaseline, with the meters
-        self.node: dict[str, Any] = {}  # {shard, slurm}: where on a cluster this invocation runs (cli sets it)
+        self.node = node or {}  # {shard, slurm}: where on a cluster this invocation runs, for every record
 
     # --- what to do ---------------------------------------------------------------------------------------------
     def gpu_problem(self) -> str | None:

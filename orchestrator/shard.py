@@ -9,6 +9,7 @@ of the matrix and the shard count alone, so every array task computes the same o
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -67,3 +68,20 @@ def assign(plan: Plan, count: int) -> Sharding:
 
 def from_dict(data: dict) -> Sharding:
     return Sharding(int(data["count"]), {str(k): int(v) for k, v in data["models"].items()})
+
+
+def run_sharding(store, plan: Plan, count: int | None) -> Sharding:
+    """The run's sharding: the one written when it was first submitted (every task and resubmission uses it), else
+    computed by the same rule and written, so that later ones agree."""
+    from runners.record import write_json_atomic
+
+    path = store.slurm_dir / "sharding.json"
+    if path.is_file():
+        sharding = from_dict(json.loads(path.read_text()))
+        if count is not None and count != sharding.count:
+            raise MatrixError("--shards", str(count), f"run {store.run_id} is sharded {sharding.count} ways ({path})",
+                              f"use {sharding.count}, or start a new --run-id")
+        return sharding
+    sharding = assign(plan, len(plan.matrix.models) if count is None else count)
+    write_json_atomic(path, sharding.to_dict())
+    return sharding
