@@ -8,12 +8,12 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from runners.agreement import DEFAULT_REFERENCE, DEFAULT_THRESHOLD, at_first_token, attach_all, different_output
+from runners.agreement import DEFAULT_REFERENCE, attach_all, verdict
 
 
 def attach(store, spec: dict[str, Any] = DEFAULT_REFERENCE) -> list[dict[str, Any]]:
     """Write agreement into the run's ok records whose agreement changed; one summary row per configuration (the
-    worst trial's share), or the reason when its work has no reference."""
+    worst trial's share and runners.agreement.verdict), or the reason when its work has no reference."""
     records = store.records()
     for trial_id in attach_all(records, spec):
         store.write_trial(trial_id, records[trial_id])
@@ -26,11 +26,8 @@ def attach(store, spec: dict[str, Any] = DEFAULT_REFERENCE) -> list[dict[str, An
     for k, found in sorted(summary.items()):
         shares = [a["share_identical"] for a in found]
         missing = next((a["reason"] for a in found if a.get("status") != "compared"), None)
-        worst = None if missing else min(found, key=lambda a: a["share_identical"])
         rows.append({"model": k[0], "engine": k[1], "device": k[2], "precision": k[3], "trials": len(found),
                      "share_identical": None if missing else min(shares), "no_reference": missing,
-                     "different_output": None if worst is None else different_output(
-                         worst["share_identical"], k[3], at_first_token(worst.get("first_divergence")), spec["precision"],
-                         spec.get("threshold", DEFAULT_THRESHOLD),
-                         max(len(a.get("other_prompt_ids") or ()) for a in found))})
+                     # the one verdict (runners.agreement.verdict), as the report and the archs table call it
+                     "different_output": None if missing else verdict(found, k[3], spec)})
     return rows

@@ -9,11 +9,17 @@ so a 16-token run is never scored against an 8-token one. A record whose work ha
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Iterable
 
 DEFAULT_REFERENCE = {"engine": "torch", "precision": "fp32", "devices": ["cpu", "cuda"]}
 # A configuration in the reference's precision whose share of identical prompts is below this did different work.
 DEFAULT_THRESHOLD = 0.95
+
+
+def policy(spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The reference policy (engine, precision, devices, threshold) with the defaults filled in: every reader of a
+    verdict (orchestrator, report, pass@1 comparison, architectures table) takes its policy from here."""
+    return {**DEFAULT_REFERENCE, "threshold": DEFAULT_THRESHOLD, **(spec or {})}
 
 
 def at_first_token(first_divergence: list[int | None] | None) -> bool:
@@ -30,12 +36,13 @@ def different_output(share: float | None, precision: str, diverges_at_first_toke
     identical, it did different work. A lower precision (fp16, bf16, int8, q8_0, q4_k_m) is expected to diverge
     after some tokens — rounding moves a near-tie — so it is judged by its own rule: different work only when it
     diverges at the very first token on every prompt (a different computation, not rounding); its quality is
-    judged by pass@1 instead. No reference: unknown, never "same". Prompts that this configuration's image tokenised to
-    other ids than the reference's (``other_prompt_ids``) were a different input: different work whatever the share.
+    judged by pass@1 instead. No reference: unknown, never "same". Prompts that were another input than the
+    reference's (``other_prompt_ids``: other ids, another length, or no counterpart) make it different work whatever
+    the share.
     """
     if other_prompt_ids:
-        return (f"{other_prompt_ids} prompt(s) tokenised to other ids than the reference's (its image's tokenizer "
-                "reads the model's tokenizer files differently): a different input")
+        return (f"{other_prompt_ids} prompt(s) tokenised to other ids than the reference's (another length or other "
+                "ids — e.g. its image's tokenizer read the model's tokenizer files differently): a different input")
     if share is None:
         return None
     if precision == reference_precision:
@@ -47,6 +54,36 @@ def different_output(share: float | None, precision: str, diverges_at_first_toke
     return None
 
 
+def _facts(a: dict[str, Any]) -> dict[str, Any] | None:
+    """One trial's agreement as the verdict reads it — a record's ``agreement`` or the report's columns of it
+    (status, share_identical, at_first_token, other_inputs); None when it was not compared."""
+    status = a.get("status") or ("compared" if a.get("prompts") else None)
+    if status != "compared" or a.get("share_identical") is None:
+        return None
+    other = a.get("other_inputs")
+    if other is None:
+        other = len(a.get("other_prompt_ids") or ())
+    first = a.get("at_first_token")
+    if first is None:
+        first = at_first_token(a.get("first_divergence"))
+    return {"share": float(a["share_identical"]), "at_first_token": bool(first), "other": int(other)}
+
+
+def verdict(agreements: Iterable[dict[str, Any] | None], precision: str, spec: dict[str, Any] | None = None
+            ) -> str | None:
+    """THE verdict on one configuration (the agreements of its trials): why it did not do the reference's work, or
+    None (same work, or unknown for want of a reference). Its worst trial speaks: the lowest share, and any prompt
+    that was another input in any trial. The orchestrator's summary, the report, the pass@1 comparison and the
+    architectures table all call this, with the run's policy (``policy()``: one threshold default)."""
+    spec = policy(spec)
+    found = [f for f in map(_facts, (a for a in agreements if a)) if f is not None]
+    if not found:
+        return None
+    worst = min(found, key=lambda f: f["share"])
+    return different_output(worst["share"], precision, worst["at_first_token"], spec["precision"],
+                            float(spec["threshold"]), max(f["other"] for f in found))
+
+
 def first_divergence(a: list[int], b: list[int]) -> int | None:
     """Index of the first differing token; None when identical (a length difference counts as a divergence)."""
     for i, (x, y) in enumerate(zip(a, b)):
@@ -55,38 +92,59 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
+def _by_index(record: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Per-prompt entries keyed by their index in the workload (older records without an index: their position)."""
+    return {int(p.get("index", i)): p for i, p in enumerate(record.get("per_prompt") or [])}
+
+
+def other_input(mine: dict[str, Any], theirs: dict[str, Any]) -> str | None:
+    """Why two entries of the same workload index were not the same input, or None: another task, another length,
+    or other ids (when both records carry them — older ones carry only the length)."""
+    if mine.get("task_id") != theirs.get("task_id"):
+        return "task"
+    if mine.get("prompt_tokens") != theirs.get("prompt_tokens"):
+        return "length"
+    if mine.get("prompt_ids") is not None and theirs.get("prompt_ids") is not None \
+            and list(mine["prompt_ids"]) != list(theirs["prompt_ids"]):
+        return "ids"
+    return None
+
+
 def token_agreement(record: dict[str, Any], reference: dict[str, Any], reference_name: str | None = None) -> dict:
-    """Compare per-prompt output ids of two records, matched on (task, prompt length) so that only the same
-    prompts count. Where both records carry the prompt ids, a prompt whose ids differ (each image tokenises with its
-    own transformers) counts as a different input: never identical, diverged at 0, and listed."""
-    ref = {(p["task_id"], p["prompt_tokens"]): p for p in reference.get("per_prompt", [])}
+    """Compare per-prompt output ids of two records, prompt by prompt at the same index of the workload. A prompt
+    that was not the same input as the reference's (another task, another length or other ids: each image used to
+    tokenise with its own transformers), or that has no counterpart in the other record, is never skipped: it
+    counts as a different input — never identical, diverged at 0, listed in ``other_prompt_ids``."""
+    mine, ref = _by_index(record), _by_index(reference)
     divergences: list[int | None] = []
     other_ids: list[int] = []
-    skipped = 0
-    for p in record.get("per_prompt", []):
-        key = (p["task_id"], p["prompt_tokens"])
-        if key not in ref:
-            skipped += 1
-            continue
-        theirs = ref[key].get("prompt_ids")
-        if p.get("prompt_ids") is not None and theirs is not None and p["prompt_ids"] != theirs:
-            other_ids.append(p["index"])
+    why: dict[str, int] = {}
+    for index in sorted(set(mine) | set(ref)):
+        p, q = mine.get(index), ref.get(index)
+        reason = "unmatched" if p is None or q is None else other_input(p, q)
+        if reason is not None:
+            other_ids.append(index)
+            why[reason] = why.get(reason, 0) + 1
             divergences.append(0)
             continue
-        divergences.append(first_divergence(p["output_ids"], ref[key]["output_ids"]))
+        divergences.append(first_divergence(p["output_ids"], q["output_ids"]))
     identical = sum(d is None for d in divergences)
+    both_ids = bool(mine) and all(p.get("prompt_ids") is not None for p in [*mine.values(), *ref.values()])
     return {
         "status": "compared" if divergences else "no-reference",
-        "reason": None if divergences else "the reference has none of these prompts",
+        "reason": None if divergences else "neither record has any prompt",
         "reference": reference_name,
         "reference_engine": reference.get("engine"),
         "reference_job_hash": reference.get("job_hash"),
+        "matched_by": "workload index; input compared by " + ("prompt ids" if both_ids else "task and length "
+                                                               "(a record without prompt ids)"),
         "prompts": len(divergences),
         "identical": identical,
         "share_identical": identical / len(divergences) if divergences else None,
         "first_divergence": divergences,
-        "unmatched_prompts": skipped,
-        "other_prompt_ids": other_ids,  # indices of prompts tokenised to other ids than the reference's
+        "unmatched_prompts": why.get("unmatched", 0),  # in one record only (also listed in other_prompt_ids)
+        "other_prompt_ids": other_ids,  # indices of prompts that were another input than the reference's
+        "other_inputs_by": why,  # {"ids" | "length" | "task" | "unmatched": count}
     }
 
 
