@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from runners.meters import SUPERSEDES, figure, kind, resolution_flags
-from runners.record import boundary, totals
+from runners.meters import SUPERSEDES, figure, idle_power, kind, resolution_flags
 from runners.meters.trace import CounterTrace
-from runners.record import joules_per_token
+from runners.meters.validity import invalid_flags, invalidate, valid_totals
+from runners.record import boundary, joules_per_token
 
 Keep = Callable[[str], bool]
 
@@ -36,7 +36,9 @@ def restrict(window: dict[str, Any] | None, keep: Keep) -> dict[str, Any] | None
     if not window:
         return window
     figures = [f for f in window["energy"] if keep(f["component"])]
-    return {**window, "energy": figures, "energy_total": totals(figures), "boundary": boundary(figures)}
+    flags = [f for f in window.get("flags") or [] if not f.get("component") or keep(f["component"])]
+    return {**window, "energy": figures, "energy_total": valid_totals(figures), "boundary": boundary(figures),
+            "flags": flags}
 
 
 def restrict_idle(idle: dict[str, Any] | None, keep: Keep) -> dict[str, Any] | None:
@@ -50,55 +52,74 @@ def _meter(component: str) -> str:
     return ("nvml" if kind(component) == "gpu" else "rapl") + "-host-trace"
 
 
+def traced_figure(trace: CounterTrace, comp: str, start: float, end: float) -> tuple[dict[str, Any], list[dict]]:
+    """The host's figure of one component over [start, end] (monotonic s), and the flags of the reads it touched.
+    A traced counter that yields no figure, or one the trace cannot vouch for, gives an invalid figure with the
+    reason — never a silent gap that an estimate would fill."""
+    e = trace.energy(comp, start, end)
+    flags = []
+    if e.read_errors:
+        flags.append({"code": "read-error", "component": comp,
+                      "message": f"{len(e.read_errors)} host read(s) of the counter failed during this window (last: "
+                                 f"{e.read_errors[-1]})" + ("" if e.valid and e.joules is not None else
+                                                            ": the figure is not valid")})
+    if e.joules is None:
+        return invalidate(figure(comp, None, "unavailable", _meter(comp), e.reason), e.reason), flags
+    fig = figure(comp, e.joules, "measured", _meter(comp), None, boundary_error_j=e.boundary_error_j,
+                 trace_points=e.samples)
+    return (fig if e.valid else invalidate(fig, e.invalid_reason)), flags
+
+
 def meter_window(window: dict[str, Any], trace: CounterTrace, keep: Keep) -> None:
     """Add the host's measured figures to one runner window (in place), superseding the runner's estimates."""
     if "start_mono" not in window:
         window.setdefault("flags", []).append({"code": "host-trace", "component": None, "message":
                                                "the runner marked no monotonic boundaries: host counters not applied"})
         return
-    own = {f["component"] for f in window["energy"] if f["source"] == "measured"}
+    # the runner's own valid counter figures stand; one it could not read (invalid) yields to the host's
+    own = {f["component"] for f in window["energy"] if f["source"] == "measured" and f.get("valid") is not False}
     added, flags = [], []
     for comp in trace.components:
         if comp in own or not keep(comp):
             continue
-        e = trace.energy(comp, window["start_mono"], window["end_mono"])
-        if e.joules is None:
-            flags.append({"code": "host-trace", "component": comp, "message": e.reason})
-            continue
-        added.append(figure(comp, e.joules, "measured", _meter(comp), None, boundary_error_j=e.boundary_error_j,
-                            trace_points=e.samples))
+        fig, read_flags = traced_figure(trace, comp, window["start_mono"], window["end_mono"])
+        added.append(fig)
+        flags += read_flags
     if not added:
         window.setdefault("flags", []).extend(flags)
         return
-    replaced = {SUPERSEDES[kind(f["component"])] for f in added}
+    replaced = {SUPERSEDES[kind(f["component"])] for f in added} | {f["component"] for f in added}
     figures = [f for f in window["energy"] if f["component"] not in replaced] + added
     window["energy"] = figures
-    window["energy_total"] = totals(figures)
+    window["energy_total"] = valid_totals(figures)
     window["boundary"] = boundary(figures)
     window["host_metered"] = {"components": [f["component"] for f in added], "trace_interval_s": trace.interval_s,
-                              "boundary_error_j": sum(f["boundary_error_j"] for f in added),
-                              "replaced_estimates": sorted(replaced)}
-    periods = {f["component"]: trace.interval_s for f in added}
-    window["flags"] = [*window.get("flags", []), *flags,
-                       *resolution_flags(added, window["duration_s"], periods)]
+                              "boundary_error_j": sum(f.get("boundary_error_j") or 0.0 for f in added),
+                              "replaced_estimates": sorted(replaced - {f["component"] for f in added})}
+    measured = [f for f in added if f["joules"] is not None]
+    periods = {f["component"]: max(trace.interval_s, trace.periods_s.get(f["component"]) or 0.0) for f in measured}
+    kept = [f for f in window.get("flags", []) if not (f["code"] == "invalid-figure" and f["component"] in replaced)]
+    window["flags"] = [*kept, *flags, *resolution_flags(measured, window["duration_s"], periods),
+                       *invalid_flags(added)]
 
 
 def meter_idle(idle: dict[str, Any], trace: CounterTrace, keep: Keep) -> None:
     """The runner's own idle baseline (when it took one): host counters for the components it could not read."""
     if "start_mono" not in idle:
         return
-    own = {p["component"] for p in idle["power"] if p["source"] == "measured"}
+    own = {p["component"] for p in idle["power"] if p["source"] == "measured" and p["watts"] is not None}
     d = idle["end_mono"] - idle["start_mono"]
-    added = []
+    added, flags = [], []
     for comp in trace.components:
         if comp in own or not keep(comp) or d <= 0:
             continue
-        e = trace.energy(comp, idle["start_mono"], idle["end_mono"])
-        if e.joules is not None:
-            added.append({"component": comp, "watts": e.joules / d, "source": "measured", "meter": _meter(comp),
-                          "reason": None})
-    replaced = {SUPERSEDES[kind(p["component"])] for p in added}
+        fig, read_flags = traced_figure(trace, comp, idle["start_mono"], idle["end_mono"])
+        added.append({**idle_power(fig, d), "meter": _meter(comp)})
+        flags += read_flags + invalid_flags([fig])
+    replaced = {SUPERSEDES[kind(p["component"])] for p in added} | {p["component"] for p in added}
     idle["power"] = [p for p in idle["power"] if p["component"] not in replaced] + added
+    if flags:
+        idle["flags"] = [*idle.get("flags", []), *flags]
 
 
 def apply(record: dict[str, Any], trace: CounterTrace | None, keep: Keep) -> None:

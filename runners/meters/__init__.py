@@ -14,6 +14,7 @@ measured and estimated apart; they are never added together.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from runners.job import MeterSpec
@@ -21,6 +22,7 @@ from runners.record import WindowResult
 from runners.meters import nvml, rapl
 from runners.meters.sampler import Sampler
 from runners.meters.trace import CounterTrace, CounterTracer
+from runners.meters.validity import STEP_SLACK_S, invalid_flags, invalidate, rise_problem, valid_totals
 
 # An estimate stands in for a component only while no counter covers it: RAPL package -> "cpu", dram -> "ram",
 # an NVML GPU -> "gpu".
@@ -60,6 +62,31 @@ def resolution_flags(figures: list[dict], duration: float, periods: dict[str, fl
     return flags
 
 
+@dataclass
+class Edge:
+    """One edge of a window: every counter read, and the clocks taken around those reads (their midpoint is the
+    instant the figures belong to, so energy and time share their two instants)."""
+
+    mono: float
+    perf: float
+    unix: float
+    joules: dict[str, float]  # component -> cumulative J (the counters read without error)
+    errors: dict[str, str]  # component -> why its read failed
+
+    @classmethod
+    def read(cls, readers: dict[str, Any]) -> "Edge":
+        p0, m0 = time.perf_counter(), time.monotonic()
+        joules, errors = {}, {}
+        for component, read in readers.items():
+            try:
+                joules[component] = read()
+            except Exception as e:  # an NVMLError or a sysfs error: the figure is invalid, the run goes on
+                errors[component] = f"{type(e).__name__}: {e}"
+        m1, p1 = time.monotonic(), time.perf_counter()
+        unix = time.time() - (m1 - m0) / 2
+        return cls((m0 + m1) / 2, (p0 + p1) / 2, unix, joules, errors)
+
+
 class Window:
     def __init__(self, meters: "MeterSet", name: str, info: dict[str, Any] | None, trace: bool = False):
         self.meters = meters
@@ -68,61 +95,62 @@ class Window:
         self.result: dict[str, Any] | None = None
         self.intensity_g_per_kwh: float | None = None
         self.trace: CounterTrace | None = None  # with trace=True: every counter, finely, for windows marked inside
-        self._tracer = CounterTracer(meters.counter_readers(), meters.spec.trace_interval_s) if trace else None
+        self._tracer = CounterTracer(meters.counter_readers(), meters.spec.trace_interval_s, meters.power_limits(),
+                                     meters.update_periods()) if trace else None
 
     def __enter__(self) -> "Window":
         m = self.meters
+        # what is slow goes first (codecarbon's first task takes 128–200 ms): the counters and the clocks are read
+        # last, side by side, so the window's energy and its time start at the same instant
+        self._task = m.estimator.begin() if m.estimator else None
         if self._tracer is not None:
             self._tracer.__enter__()
-        self._rapl0 = {c.component: c.total_uj() for c in m.rapl}
-        self._gpu0 = {g.component: g.energy_mj() for g in m.gpus if g.has_energy_counter}
-        self._task = m.estimator.begin() if m.estimator else None
-        self._t0 = time.time()
-        self._m0 = time.monotonic()  # the kernel's clock, shared with the host: the host meters by it
-        self._p0 = time.perf_counter()
+        self._hold = m.sampler.hold(time.monotonic())
+        self._edge0 = Edge.read(m.counter_readers())
         return self
 
     def __exit__(self, *exc) -> None:
-        p1 = time.perf_counter()
-        m1 = time.monotonic()
-        t1 = time.time()
         m = self.meters
-        duration = p1 - self._p0
-        figures: list[dict] = []
-        for c in m.rapl:
-            figures.append(figure(c.component, (c.total_uj() - self._rapl0[c.component]) / 1e6, "measured", "rapl"))
-        samples = m.sampler.slice(self._t0, t1, m.spec.keep_series) if m.sampler else None
-        for g in m.gpus:
-            if g.has_energy_counter:
-                figures.append(figure(g.component, (g.energy_mj() - self._gpu0[g.component]) / 1e3, "measured",
-                                      "nvml"))
-            else:  # no (usable) energy counter on this board: integrate the sampled NVML power readings
-                joules = _integrate(samples, f"gpu{g.index}_power_w", duration)
-                figures.append(figure(g.component, joules, "measured" if joules is not None else "unavailable",
-                                      "nvml-power-samples", None if joules is not None else
-                                      "no energy counter and no power sample in this window"))
+        edge1 = Edge.read(m.counter_readers())  # first of all: the counters and the clocks, together
+        duration = edge1.perf - self._edge0.perf
         if self._tracer is not None:
             self._tracer.__exit__(*exc)
             self.trace = self._tracer.trace
+        samples = m.sampler.slice(self._edge0.mono, edge1.mono, m.spec.keep_series)
+        m.sampler.release(self._hold)
+        figures = m.counter_figures(self._edge0, edge1, duration)
+        figures += m.sampled_figures(samples, duration)
         if self._task is not None:
             est = m.estimator.end(self._task)
             self.intensity_g_per_kwh = est["intensity_g_per_kwh"]
-            kinds = {kind(c.component) for c in m.rapl}
-            if "package" not in kinds:
-                figures.append(figure("cpu", est["joules"]["cpu"], "estimated", "codecarbon",
-                                      f"no CPU energy counter here ({m.reasons.get('rapl')}); codecarbon model "
-                                      f"({m.estimator.describe()})"))
-            if "dram" not in kinds:
-                figures.append(figure("ram", est["joules"]["ram"], "estimated", "codecarbon",
-                                      "no DRAM energy counter; codecarbon models RAM power from its size"))
-        elif not m.rapl:
-            figures.append(figure("cpu", None, "unavailable", "rapl", m.reasons.get("rapl")))
-        if not m.gpus:
-            figures.append(figure("gpu", None, "unavailable", "nvml", m.reasons.get("nvml")))
-        self.result = WindowResult(
-            start_unix=self._t0, end_unix=t1, start_mono=self._m0, end_mono=m1, duration_s=duration, energy=figures,
-            flags=resolution_flags(figures, duration, m.update_periods()), samples=samples, info=self.info,
+            figures += m.estimated_figures(est)
+        else:
+            figures += m.unavailable_figures()
+        result = WindowResult(
+            start_unix=self._edge0.unix, end_unix=edge1.unix, start_mono=self._edge0.mono, end_mono=edge1.mono,
+            duration_s=duration, energy=figures, samples=samples, info=self.info,
+            flags=[*resolution_flags(figures, duration, m.update_periods()), *invalid_flags(figures),
+                   *_sampler_flags(samples)],
         ).as_dict()
+        result["energy_total"] = valid_totals(figures)
+        self.result = result
+
+
+def _sampler_flags(samples: dict | None) -> list[dict]:
+    errors = (samples or {}).get("read_errors")
+    if not errors:
+        return []
+    return [{"code": "sampler-read-error", "component": None,
+             "message": f"{errors['n']} sampler read(s) failed in this window (last: {errors['last']}): those "
+                        "samples lack the metric; counter figures are unaffected"}]
+
+
+def idle_power(fig: dict[str, Any], duration: float) -> dict[str, Any]:
+    """An idle figure as power; an invalid figure gives no power (a baseline from it would corrupt every net figure)."""
+    ok = fig["joules"] is not None and fig.get("valid") is not False and duration > 0
+    return {"component": fig["component"], "watts": fig["joules"] / duration if ok else None,
+            "source": fig["source"], "meter": fig["meter"],
+            "reason": fig["reason"] if fig.get("valid") is not False else fig["invalid_reason"]}
 
 
 def _integrate(samples: dict | None, key: str, duration: float) -> float | None:
@@ -150,6 +178,7 @@ class MeterSet:
             select = spec.gpus if spec.gpus is not None else (nvml.default_selection() if device == "cuda" else None)
             self.gpus, self.reasons["nvml"] = nvml.discover(select)
         self.validity = {g.component: g.probe_counter() for g in self.gpus if g.has_energy_counter}
+        self._gpu_limits = {g.component: g.power_limit_w() for g in self.gpus}
         self.estimator = None
         if spec.codecarbon:
             try:
@@ -180,6 +209,66 @@ class MeterSet:
     def update_periods(self) -> dict[str, float | None]:
         return {c: v.get("update_period_s") for c, v in self.validity.items()}
 
+    def power_limits(self) -> dict[str, float | None]:
+        """component -> the device's highest power limit (W), the bound a counter may not rise much faster than."""
+        limits: dict[str, float | None] = {c.component: c.limit_w for c in self.rapl}
+        limits.update(self._gpu_limits)
+        return limits
+
+    def counter_figures(self, edge0: Edge, edge1: Edge, duration: float) -> list[dict]:
+        """One measured figure per counter: the difference of its two edge readings, checked (validity.py)."""
+        periods, limits = self.update_periods(), self.power_limits()
+        figures = []
+        for component in self.counter_readers():
+            meter = "nvml" if kind(component) == "gpu" else "rapl"
+            failed = [f"{edge}: {e.errors[component]}" for edge, e in (("start", edge0), ("end", edge1))
+                      if component in e.errors]
+            if failed:
+                figures.append(invalidate(figure(component, None, "unavailable", meter,
+                                                 "the counter's read failed at the window's " + "; ".join(failed)),
+                                          "the counter could not be read at the window's " + "; ".join(failed)))
+                continue
+            joules = edge1.joules[component] - edge0.joules[component]
+            period = periods.get(component)
+            # each edge reads a counter that moved last up to one update period ago: that period's energy, per edge
+            error = 2 * period * joules / duration if period and duration > 0 else None
+            fig = figure(component, joules, "measured", meter, boundary_error_j=error)
+            problem = rise_problem(joules, duration, limits.get(component), period or STEP_SLACK_S)
+            figures.append(invalidate(fig, problem) if problem else fig)
+        return figures
+
+    def sampled_figures(self, samples: dict | None, duration: float) -> list[dict]:
+        """GPUs without a (usable) energy counter: their sampled NVML power readings, integrated."""
+        figures = []
+        for g in self.gpus:
+            if g.has_energy_counter:
+                continue
+            joules = _integrate(samples, f"gpu{g.index}_power_w", duration)
+            figures.append(figure(g.component, joules, "measured" if joules is not None else "unavailable",
+                                  "nvml-power-samples", None if joules is not None else
+                                  "no energy counter and no power sample in this window"))
+        return figures
+
+    def estimated_figures(self, est: dict[str, Any]) -> list[dict]:
+        """codecarbon's figures for the components no counter covers (and only those)."""
+        kinds, figures = {kind(c.component) for c in self.rapl}, []
+        if "package" not in kinds:
+            figures.append(figure("cpu", est["joules"]["cpu"], "estimated", "codecarbon",
+                                  f"no CPU energy counter here ({self.reasons.get('rapl')}); codecarbon model "
+                                  f"({self.estimator.describe()})"))
+        if "dram" not in kinds:
+            figures.append(figure("ram", est["joules"]["ram"], "estimated", "codecarbon",
+                                  "no DRAM energy counter; codecarbon models RAM power from its size"))
+        return figures + self.unavailable_figures(cpu=False)
+
+    def unavailable_figures(self, cpu: bool = True) -> list[dict]:
+        figures = []
+        if cpu and not self.rapl:
+            figures.append(figure("cpu", None, "unavailable", "rapl", self.reasons.get("rapl")))
+        if not self.gpus:
+            figures.append(figure("gpu", None, "unavailable", "nvml", self.reasons.get("nvml")))
+        return figures
+
     def idle(self, seconds: float) -> dict[str, Any]:
         """Mean power per component over ``seconds`` of doing nothing, for net = raw − idle × duration; and, per GPU
         with a counter, the counter's energy against its integrated power readings (flagged beyond 10 %)."""
@@ -187,13 +276,12 @@ class MeterSet:
             time.sleep(seconds)
         assert w.result is not None
         d = w.result["duration_s"]
-        power = [{"component": f["component"], "watts": (f["joules"] / d) if f["joules"] is not None else None,
-                  "source": f["source"], "meter": f["meter"], "reason": f["reason"]} for f in w.result["energy"]]
+        power = [idle_power(f, d) for f in w.result["energy"]]
         checks = []
         for f in w.result["energy"]:
             g = next((g for g in self.gpus if g.component == f["component"] and f["meter"] == "nvml"), None)
             integrated = _integrate(w.result["samples"], f"gpu{g.index}_power_w", d) if g else None
-            if g is None or integrated is None or not f["joules"]:
+            if g is None or integrated is None or not f["joules"] or f.get("valid") is False:
                 continue
             gap = abs(f["joules"] - integrated) / f["joules"]
             checks.append({"component": f["component"], "counter_j": f["joules"], "power_integrated_j": integrated,

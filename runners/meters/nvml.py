@@ -52,6 +52,21 @@ class NvmlGpu:
     def energy_j(self) -> float:
         return self.energy_mj() / 1e3
 
+    def power_limit_w(self) -> float | None:
+        """The highest power limit the board accepts (NVML's constraint maximum, else the enforced limit), in W: what
+        the energy counter can never rise much faster than. None when NVML does not say."""
+        import pynvml
+
+        for call in (lambda: pynvml.nvmlDeviceGetPowerManagementLimitConstraints(self.handle)[1],
+                     lambda: pynvml.nvmlDeviceGetEnforcedPowerLimit(self.handle)):
+            try:
+                mw = call()
+            except (pynvml.NVMLError, AttributeError, TypeError, IndexError):
+                continue
+            if mw:
+                return mw / 1000.0
+        return None
+
     def sample(self) -> dict[str, float]:
         import pynvml
 
@@ -72,7 +87,21 @@ class NvmlGpu:
 
     def probe_counter(self, max_s: float = 1.0, poll_s: float = 0.002) -> dict[str, Any]:
         """How often the energy counter moves, and whether it moves at all. A counter that reads zero or does not
-        change within ``max_s`` is rejected (``has_energy_counter`` becomes False: power is sampled instead)."""
+        change within ``max_s`` is rejected (``has_energy_counter`` becomes False: power is sampled instead), and so
+        is one whose reads fail (an NVMLError here must not stop the meters from starting)."""
+        import pynvml
+
+        try:
+            return self._probe(max_s, poll_s)
+        except pynvml.NVMLError as e:
+            self.has_energy_counter = False
+            self.validity = {"counter_mj": None, "changes": 0, "probe_s": max_s, "update_period_s": None,
+                             "zero": False, "frozen": False, "error": f"{type(e).__name__}: {e}",
+                             "rejected": f"reading the energy counter failed ({e}); power is sampled and integrated "
+                                         "instead"}
+            return self.validity
+
+    def _probe(self, max_s: float, poll_s: float) -> dict[str, Any]:
         first = self.energy_mj()
         changes: list[float] = []
         last, t_end = first, time.monotonic() + max_s
@@ -93,7 +122,6 @@ class NvmlGpu:
                 "; power is sampled and integrated instead"
         self.validity = v
         return v
-
 
     def memory_bandwidth(self) -> dict[str, Any]:
         """Peak memory bandwidth from NVML: max memory clock × bus width × 2 (NVML reports the clock of one edge; HBM

@@ -20,6 +20,7 @@ class RaplCounter:
     component: str  # "cpu:package-0", "cpu:dram-0"
     path: Path
     max_range_uj: int
+    limit_w: float | None = None  # the zone's highest power limit (constraint_*_max_power_uw / _power_limit_uw)
     _last_raw: int | None = None
     _total_uj: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -44,6 +45,19 @@ def wrap_delta(before: int, after: int, max_range: int) -> int:
     if after >= before:
         return after - before
     return max_range - before + after + 1 if max_range else after
+
+
+def zone_limit_w(zone: Path) -> float | None:
+    """The highest power the zone's constraints name (W), the bound its counter cannot rise much faster than; None
+    when the zone names none (DRAM zones often do not)."""
+    values = []
+    for f in [*zone.glob("constraint_*_max_power_uw"), *zone.glob("constraint_*_power_limit_uw")]:
+        try:
+            values.append(int(f.read_text().strip()))
+        except (OSError, ValueError):
+            continue
+    top = max(values, default=0)
+    return top / 1e6 if top > 0 else None
 
 
 def _in_container() -> bool:
@@ -76,7 +90,7 @@ def discover(root: str | Path = "/sys/class/powercap") -> tuple[list[RaplCounter
                 continue
             try:
                 max_range = int((domain / "max_energy_range_uj").read_text().strip())
-                counter = RaplCounter(f"cpu:{kind}-{package_index}", domain, max_range)
+                counter = RaplCounter(f"cpu:{kind}-{package_index}", domain, max_range, zone_limit_w(domain))
                 counter.total_uj()  # first read: proves readability, sets the baseline
             except PermissionError:
                 problems.append(f"{domain}/energy_uj exists but is not readable by this user: it is root-only since "
