@@ -1,6 +1,7 @@
 """HumanEval programs from completions: the task's prompt + the completion cut at the first stop sequence + the task's
 tests + ``check(entry_point)`` — the program the benchmark's own harness builds (its executor is disabled on purpose;
-ours is evaluation/executor.py, in a sandbox)."""
+ours is evaluation/executor.py, in a sandbox). The check is the program's last statement: the executor scores a
+program passed when it ran to its end, so "ran to its end" is "check(candidate) returned"."""
 
 from __future__ import annotations
 
@@ -34,4 +35,5 @@ def cut(completion: str) -> str:
 
 def program(task_id: str, completion: str) -> str:
     p = problems()[task_id]
+    # nothing after the check: the executor's pass is "the program returned" (evaluation/executor.py HARNESS)
     return f"{p['prompt']}{completion}\n\n{p['test']}\n\ncheck({p['entry_point']})\n"

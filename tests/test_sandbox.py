@@ -2,8 +2,9 @@
 164/164, empty bodies pass none, and hostile completions are contained — each followed by a canonical solution that
 must still pass, and a canary file on the host that must be untouched at the end.
 
-A hostile completion that gets what it wants exits 0, which the executor reports as "passed": so every hostile row
-below must come out as anything *but* passed."""
+Each hostile step is followed by the task's canonical solution, so a step that got what it wanted would go on to pass:
+every hostile row below must come out as anything *but* passed. The executor's own rule (passed only when
+check(candidate) returned, never by exit status) is tests/test_executor_hostile.py, without Docker."""
 
 from __future__ import annotations
 
@@ -73,26 +74,28 @@ def test_hostile_completions_are_contained_and_the_next_task_still_evaluates(san
     canary = tmp_path / "canary.txt"
     canary.write_text("the host's file\n")
     before = hashlib.sha256(canary.read_bytes()).hexdigest()
-    done = "\n    raise SystemExit(0)\n"  # reached only if the hostile step worked: reported as passed
     hostile = {
         "infinite loop": ("    while True:\n        pass\n", {"timeout"}),
         "fork bomb": ("    import os\n    while True:\n        os.fork()\n", {"timeout", "error"}),
         "memory bomb": ("    blocks = []\n    while True:\n        blocks.append(bytearray(2**26))\n", {"error"}),
-        "network": (f"    import socket\n    socket.create_connection(({gateway!r}, {port}), timeout=2)" + done,
+        "network": (f"    import socket\n    socket.create_connection(({gateway!r}, {port}), timeout=2)\n",
                     {"error"}),
-        "write /": ("    open('/pwned', 'w').write('x')" + done, {"error"}),
-        "write inputs": ("    open('/input/programs.jsonl', 'a').write('x')" + done, {"error"}),
-        "read host file": (f"    print(open({str(canary)!r}).read())" + done, {"error"}),
-        "write host file": (f"    open({str(canary)!r}, 'w').write('pwned')" + done, {"error"}),
+        "write /": ("    open('/pwned', 'w').write('x')\n", {"error"}),
+        "write inputs": ("    open('/input/programs.jsonl', 'a').write('x')\n", {"error"}),
+        "read host file": (f"    print(open({str(canary)!r}).read())\n", {"error"}),
+        "write host file": (f"    open({str(canary)!r}, 'w').write('pwned')\n", {"error"}),
         "kill pid 1": ("    import os, signal\n    for s in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):\n"
-                       "        os.kill(1, s)\n    import time\n    time.sleep(0.5)" + done, {"error", "timeout", "passed"}),
+                       "        os.kill(1, s)\n    import time\n    time.sleep(0.5)\n", {"error", "timeout", "passed"}),
+        "sys.exit(0)": ("    import sys\n    sys.exit(0)\n", {"error"}),
+        "os._exit(0)": ("    import os\n    os._exit(0)\n", {"error"}),
     }
     problems = he.problems()
     ids = list(problems)
     tasks = []
     for k, (name, (completion, _)) in enumerate(hostile.items()):
         hostile_id, next_id = ids[2 * k], ids[2 * k + 1]
-        tasks += [{"task_id": hostile_id, "program": he.program(hostile_id, completion), "timeout_s": 3.0,
+        then = problems[hostile_id]["canonical_solution"]  # reached only if the hostile step got what it wanted
+        tasks += [{"task_id": hostile_id, "program": he.program(hostile_id, completion + then), "timeout_s": 3.0,
                    "name": name},
                   {"task_id": next_id, "program": he.program(next_id, problems[next_id]["canonical_solution"]),
                    "timeout_s": 3.0, "name": f"after {name}"}]
@@ -110,6 +113,8 @@ def test_hostile_completions_are_contained_and_the_next_task_still_evaluates(san
     assert by_name["write /"]["error_type"] == "OSError"  # read-only file system
     assert by_name["write inputs"]["error_type"] in ("OSError", "PermissionError")  # read-only mount, root's file
     assert by_name["read host file"]["error_type"] == "FileNotFoundError"
+    assert by_name["sys.exit(0)"]["error_type"] == by_name["os._exit(0)"]["error_type"] == \
+        "exit before the tests finished (exit status 0)"
     assert not accepted  # no connection ever reached the host
     assert hashlib.sha256(canary.read_bytes()).hexdigest() == before
     # the container itself (its PID 1, the executor) survived every one: all outcomes came from one container run,
