@@ -12,7 +12,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from analysis.metrics import pareto_front  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -53,55 +52,60 @@ def box_plots(ok: pd.DataFrame, value: str, label: str, panel: str = "model") ->
     return fig
 
 
+def _front_panel(ax, part: pd.DataFrame, x: str, y: str, ys=None) -> None:
+    """The points of one panel, and its Pareto front (the rows marked ``front``) ringed and joined."""
+    front = part[part["front"]].sort_values(x)
+    fy = front[y] if ys is None else ys(front)
+    ax.plot(front[x], fy, "--", color="grey", lw=1, zorder=2)
+    ax.scatter(front[x], fy, s=180, facecolors="none", edgecolors="black", zorder=4)
+
+
+def _legend(fig: plt.Figure, pal: dict, front: bool) -> None:
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=k) for k, c in pal.items()]
+    if front:
+        handles.append(plt.Line2D([], [], marker="o", ls="--", color="grey", mfc="none", mec="black",
+                                  label="Pareto front"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False,
+               bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+
+
 def energy_time_scatter(medians: pd.DataFrame, energy: str = "energy_j", time: str = "duration_s",
                         energy_label: str = "energy (J)", panel: str = "model") -> plt.Figure:
-    """Median energy against median time per configuration, one panel per model; the Pareto front (nothing is
-    both cheaper and faster) is joined by a line and its points are ringed."""
+    """Median energy against median time per configuration, one panel per model (or comparison group); the rows
+    marked ``front`` (analysis/figures.py decides which) are ringed and joined."""
     models = sorted(medians[panel].unique())
     fig, axes = _grid(len(models))
     pal = _palette(medians["config"])
     for ax, model in zip(axes, models):
-        part = medians[medians[panel] == model].dropna(subset=[energy, time])
-        front = part[pareto_front(part, time, energy)].sort_values(time)
+        part = medians[medians[panel] == model]
         for r in part.itertuples(index=False):
             ax.scatter(getattr(r, time), getattr(r, energy), color=pal[r.config], s=60, label=r.config, zorder=3)
-        ax.plot(front[time], front[energy], "--", color="grey", lw=1, zorder=2)
-        ax.scatter(front[time], front[energy], s=180, facecolors="none", edgecolors="black", zorder=4)
+        _front_panel(ax, part, time, energy)
         ax.set_title(model, fontsize=11)
         ax.set_xlabel("time (s)")
         ax.set_ylabel(energy_label)
-    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=k) for k, c in pal.items()]
-    handles.append(plt.Line2D([], [], marker="o", ls="--", color="grey", mfc="none", mec="black",
-                              label="Pareto front"))
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False,
-               bbox_to_anchor=(0.5, -0.02))
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    _legend(fig, pal, medians["front"].any())
     return fig
 
 
 def quality_energy_scatter(q: pd.DataFrame) -> plt.Figure:
-    """pass@1 (with its interval) against J/token per configuration, one panel per model; the Pareto front (nothing
-    solves more tasks for fewer joules per token) ringed and joined."""
-    models = sorted(q["model"].unique())
-    fig, axes = _grid(len(models))
+    """pass@1 (with its interval) against net J/token per configuration, one panel per ``panel`` (a model within
+    one energy boundary); the rows marked ``front`` ringed and joined."""
+    panels = sorted(q["panel"].unique())
+    fig, axes = _grid(len(panels))
     pal = _palette(q["config"])
-    for ax, model in zip(axes, models):
-        part = q[q["model"] == model].dropna(subset=["j_per_token", "pass@1"]).assign(fail=lambda d: 1 - d["pass@1"])
-        front = part[pareto_front(part, "j_per_token", "fail")].sort_values("j_per_token")
+    for ax, name in zip(axes, panels):
+        part = q[q["panel"] == name]
         for _, r in part.iterrows():
             p = 100 * r["pass@1"]
             ax.errorbar(r["j_per_token"], p, yerr=[[p - 100 * r["ci_low"]], [100 * r["ci_high"] - p]], fmt="o",
                         color=pal[r["config"]], ms=7, capsize=3, zorder=3)
-        ax.plot(front["j_per_token"], 100 * front["pass@1"], "--", color="grey", lw=1, zorder=2)
-        ax.scatter(front["j_per_token"], 100 * front["pass@1"], s=180, facecolors="none", edgecolors="black",
-                   zorder=4)
-        ax.set_title(model, fontsize=11)
-        ax.set_xlabel("J/token (median)")
+        _front_panel(ax, part, "j_per_token", "pass@1", ys=lambda fr: 100 * fr["pass@1"])
+        ax.set_title(name, fontsize=11)
+        ax.set_xlabel("net J/token (median)")
         ax.set_ylabel("HumanEval pass@1 (%)")
-    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=k) for k, c in pal.items()]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False,
-               bbox_to_anchor=(0.5, -0.02))
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    _legend(fig, pal, q["front"].any())
     return fig
 
 

@@ -9,7 +9,9 @@ Reads results/<run>/evaluations/*.json (``orchestrate.py evaluate``). Definition
 - pass@k from n samples per task with c correct: the unbiased estimator 1 − C(n−c, k) / C(n, k) (Chen et al. 2021),
   for runs that draw several samples per task.
 - energy per solved task: the trial's net generate energy (idle subtracted, within its energy boundary) ÷ tasks
-  passed; "none solved" when nothing passed — never infinity.
+  passed; "none solved" when nothing passed — never infinity. J/token beside it is from the same net energy.
+- the pass@1 vs J/token Pareto front is drawn per model × energy boundary (the comparison group) over the
+  configurations every other comparison uses (analysis/figures.py).
 - paired comparison with the reference configuration of the same model (torch fp32 by default): per task, passed by
   one and not the other (a task counts as passed by a configuration when it passed in the majority of its trials);
   McNemar's exact test on the discordant tasks, Holm-corrected across the model's configurations.
@@ -25,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 NONE_SOLVED = "none solved"
+NO_NET = "no net energy (no idle baseline of every component)"
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -56,7 +59,8 @@ def load_evaluations(run_dirs: Iterable[str | Path]) -> tuple[pd.DataFrame, pd.D
 
 
 def add_quality(ok: pd.DataFrame, evaluations: pd.DataFrame) -> pd.DataFrame:
-    """The ok trials that were evaluated, with pass@1 and J per solved task (net generate energy ÷ passed)."""
+    """The ok trials that were evaluated, with pass@1 and J per solved task from the net generate energy — the
+    energy of ``j_per_token_net`` (analysis/metrics.py), so the two sit side by side on one footing."""
     if evaluations.empty or ok.empty:
         return pd.DataFrame()
     t = ok.merge(evaluations, on="trial_id", how="inner")
@@ -66,24 +70,42 @@ def add_quality(ok: pd.DataFrame, evaluations: pd.DataFrame) -> pd.DataFrame:
     return t
 
 
+def _excluded(g: pd.DataFrame) -> str | None:
+    """Why a configuration is kept out of every comparison (different work, repetitions from several machines)."""
+    for col in ("different_output", "mixed_hardware"):
+        if col in g and g[col].notna().any():
+            return str(g[col].dropna().iloc[0])
+    return None
+
+
+def _solved_note(g: pd.DataFrame) -> str | None:
+    solved = g["tasks_passed"]
+    if (solved == 0).all():
+        return NONE_SOLVED
+    if g["j_per_token_net"].isna().any():
+        return NO_NET
+    return None if (solved > 0).all() else "some trials solved none"
+
+
 def quality_table(q: pd.DataFrame) -> pd.DataFrame:
-    """Per model × configuration (× energy boundary): pass@1 [Wilson 95 %], J/token, J per solved task."""
+    """Per model × configuration × mode: pass@1 [Wilson 95 %], net J/token and net J per solved task, the comparison
+    group (model within one energy boundary) and why it is excluded from comparisons, if it is."""
     if q.empty:
         return pd.DataFrame()
     rows = []
     for (model, config, mode), g in q.groupby(["model", "config", "eval_mode"], sort=True):
-        n = int(g["tasks_total"].iloc[0])
+        n = int(g["tasks_total"].iloc[0])  # greedy: repetitions repeat the same answers, not extra samples
         p = float(g["pass_at_1"].mean())
         lo, hi = wilson(p * n, n)
-        solved = g["tasks_passed"]
-        j_solved = g["j_per_solved"].median() if (solved > 0).all() else np.nan
+        note = _solved_note(g)
         rows.append({"model": model, "config": config, "mode": mode, "trials": len(g), "tasks": n,
                      "pass@1": p, "ci_low": lo, "ci_high": hi,
-                     "j_per_token": float(g["j_per_token"].median()) if g["j_per_token"].notna().any() else np.nan,
-                     "j_per_solved": j_solved,
-                     "j_per_solved_note": None if (solved > 0).all() else NONE_SOLVED if (solved == 0).all()
-                     else "some trials solved none",
-                     "energy_boundary": "; ".join(sorted(set(g["energy_boundary"].dropna())))})
+                     "j_per_token": g["j_per_token_net"].median() if g["j_per_token_net"].notna().all() else np.nan,
+                     "j_per_solved": g["j_per_solved"].median() if note is None else np.nan,
+                     "j_per_solved_note": note,
+                     "group": str(g["group"].iloc[0]) if "group" in g else model,
+                     "energy_boundary": "; ".join(sorted(set(g["energy_boundary"].dropna()))),
+                     "excluded": _excluded(g)})
     return pd.DataFrame(rows)
 
 
@@ -97,12 +119,24 @@ def _solved_by_config(q: pd.DataFrame, tasks: pd.DataFrame) -> dict[tuple[str, s
     return out
 
 
-def paired_vs_reference(q: pd.DataFrame, tasks: pd.DataFrame, reference: dict) -> pd.DataFrame:
-    """Per model × configuration: tasks gained and lost against the reference configuration, McNemar exact p,
-    Holm-adjusted within the model."""
+def _verdict_of(g: pd.DataFrame, config: str) -> str | None:
+    """The one verdict on a configuration (runners.agreement.verdict, set by analysis.metrics.flag_different_output)."""
+    if "different_output" not in g:
+        return None
+    found = g.loc[g["config"] == config, "different_output"].dropna()
+    return str(found.iloc[0]) if len(found) else None
+
+
+def paired_vs_reference(q: pd.DataFrame, tasks: pd.DataFrame, reference: dict | None = None) -> pd.DataFrame:
+    """Per model × configuration: tasks gained and lost against the reference configuration of the run's
+    [agreement] policy (``reference``; runners.agreement.policy fills the defaults), McNemar exact p, Holm-adjusted
+    within the model; ``different_output`` carries runners.agreement.verdict (as analysis/metrics.py set it)."""
     from statsmodels.stats.contingency_tables import mcnemar
     from statsmodels.stats.multitest import multipletests
 
+    from runners.agreement import policy
+
+    reference = policy(reference)
     if q.empty or tasks.empty:
         return pd.DataFrame()
     solved = _solved_by_config(q, tasks)
@@ -128,7 +162,7 @@ def paired_vs_reference(q: pd.DataFrame, tasks: pd.DataFrame, reference: dict) -
             part.append({"model": model, "mode": mode, "reference": ref_cfg, "config": cfg, "tasks": len(common),
                          "gained": gained, "lost": lost, "lost_tasks": ", ".join(sorted(
                              (t for t in common if b[t] and not o[t]), key=lambda t: int(t.split("/")[-1]))),
-                         "mcnemar_p": p})
+                         "mcnemar_p": p, "different_output": _verdict_of(g, cfg)})
         if part:
             adjusted = multipletests([r["mcnemar_p"] for r in part], method="holm")[1]
             for r, adj in zip(part, adjusted):

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import plots
+from analysis.figures import Figures, front_sentences, make_figures
 from analysis.load import Tables, load_runs
 from analysis.quality import NONE_SOLVED, add_quality, load_evaluations, paired_vs_reference, quality_table
 from analysis.metrics import (SUMMARY_COLUMNS, add_metrics, agreement_spec, comparison_groups, flag_different_output,
-                              flag_mixed_hardware, model_config_medians, pareto_front, with_agreement)
+                              flag_mixed_hardware, model_config_medians, with_agreement)
 from analysis.stats import (ALPHA, MIN_N_TEST, Comparison, fmt_p, p_words, run_statistics, savings_best_worst,
                             savings_matrix, savings_pair, savings_range)
 from analysis.study import (DEFAULT_STUDY_CSV, STUDY_ID, STUDY_PAIR, STUDY_SETUP, compare_with_study, headline,
@@ -39,6 +39,7 @@ GLOSSARY = ("Energy of the generate window, within its energy boundary (the comp
             "study defines it: J/prompt × mean per-prompt latency (J·s; a batch's latency for each of its prompts). "
             "EDP/B and Wh/B = per billion parameters. agreement = share of prompts whose tokens equal the reference "
             "configuration's (NaN with 'no reference' when there was none).")
+NO_ENERGY_WORDS = "absent: no hardware counter (RAPL, NVML) was readable and nothing estimated it (codecarbon off)"
 ESTIMATED_NOTE = ("ESTIMATED, not measured: no hardware energy counter (RAPL, NVML) was available, so energy comes "
                   "from codecarbon's model (CPU load × a per-thread power figure, plus a modelled RAM power). Use it "
                   "to rank configurations on this machine with care; it is not a measurement of joules.")
@@ -103,11 +104,9 @@ def analyse(run_dirs, *, study_csv: str | Path | None = DEFAULT_STUDY_CSV, pairs
         a.study_comparison = compare_with_study(our_medians(ok), study) if not ok.empty else None
     evaluations, eval_tasks = load_evaluations(tables.run_dirs)
     if not evaluations.empty:
-        from runners.agreement import DEFAULT_REFERENCE
-
         a.quality = add_quality(every, evaluations)  # whether answers work is shown for every configuration
         a.quality_table = quality_table(a.quality)
-        a.quality_pairs = paired_vs_reference(a.quality, eval_tasks, DEFAULT_REFERENCE)
+        a.quality_pairs = paired_vs_reference(a.quality, eval_tasks, spec)  # the run's [agreement] policy
     a.warnings = _warnings(a)
     return a
 
@@ -140,7 +139,11 @@ def _warnings(a: Analysis) -> list[str]:
     if len(flagged):
         out.append(f"{len(flagged)} trial(s) carry meter-validity flags (short windows, counters the meters could "
                    "not trust, host trace problems): listed under Meter validity.")
-    missing_net = ok[ok["net_energy_j"].isna()]
+    none = ok[ok["energy_j"].isna()].groupby(["model", "config"]).size()
+    if len(none):
+        out.append(f"{int(none.sum())} trial(s) have no energy figure ({'; '.join(f'{m} · {c}' for m, c in none.index)}"
+                   "): left out of every energy table, plot, saving and test; their time and output are shown.")
+    missing_net = ok[ok["net_energy_j"].isna() & ok["energy_j"].notna()]
     if len(missing_net):
         out.append(f"{len(missing_net)} trial(s) have no idle baseline for every component of their energy source:"
                    " their net energy is missing (raw kept).")
@@ -194,11 +197,11 @@ def _range_words(r: dict, a: str, b: str, digits: int = 1) -> str:
 
 def _source_words(a: Analysis) -> str:
     s = a.sources
-    if s == ["estimated"]:
-        return "estimated"
-    if s == ["measured"]:
-        return "measured"
-    return "measured for some configurations, estimated for others (see the source column)"
+    words = {(): NO_ENERGY_WORDS, ("estimated",): "estimated", ("measured",): "measured"}.get(
+        tuple(s), "measured for some configurations, estimated for others (see the source column)")
+    if s and a.ok["energy_j"].isna().any():
+        words += "; some trials have none (left out of every energy figure, saving and test)"
+    return words
 
 
 def split_models(a: Analysis) -> dict[str, dict[str, list[str]]]:
@@ -307,12 +310,7 @@ def headlines(a: Analysis) -> list[str]:
         elif cmp is not None:
             sentence += f"; {cmp.note}"
         out.append(sentence + ".")
-    if not a.medians.empty:
-        fronts = []
-        for model, part in a.medians.groupby("group"):
-            front = part[pareto_front(part, "duration_s", "energy_j")]
-            fronts.append(f"{model}: {', '.join(sorted(front['config']))}")
-        out.append("Pareto-optimal in energy and time (nothing both cheaper and faster): " + "; ".join(fronts) + ".")
+    out += front_sentences(a.medians, a.quality_table)
     diff = different_table(a)
     if not diff.empty:
         out.append("NOT THE SAME OUTPUT — kept out of every comparison above and below (statistics, savings, "
@@ -361,8 +359,11 @@ def summary_tables(a: Analysis) -> dict[str, pd.DataFrame]:
     perf_cols = ["duration_s", "tokens_per_s", "ttft_s_median", "tpot_s_median", "agreement"]
     res_cols = [c for c in a.ok.columns if c.startswith("sampled_") and (
         ("util" in c and c.endswith("_mean")) or (("mem" in c or "rss" in c) and c.endswith("_max")))]
+    none = m[m["energy_j"].isna()]
+    left = "; ".join(f"{r.model} · {r.config}" for r in none.itertuples())
     out = {
-        "Energy (medians over repetitions)": m[keys + energy_cols].rename(
+        "Energy (medians over repetitions" + (f"; left out, no energy figure: {left})" if left else ")"):
+            m[m["energy_j"].notna()][keys + energy_cols].rename(
             columns={**labels, "energy_boundary": "energy boundary (source)", "size_group": "size"}),
         "Time and output (medians over repetitions)": m[keys[:4] + perf_cols].rename(
             columns={**labels, "size_group": "size"}),
@@ -461,56 +462,6 @@ nav a{margin-right:1em} details{margin:.5em 0} summary{cursor:pointer;font-weigh
 """
 
 
-@dataclass
-class Figures:
-    png: dict[str, bytes] = field(default_factory=dict)  # name -> PNG
-    captions: dict[str, str] = field(default_factory=dict)
-
-
-def make_figures(a: Analysis) -> Figures:
-    f = Figures()
-    ok = a.ok
-    if ok.empty:
-        return f
-    src = _source_words(a) if len(a.sources) == 1 else "mixed sources"
-    f.png["box_energy"] = plots.to_png(plots.box_plots(ok, "energy_j", f"energy, {src} (J)", panel="group"))
-    f.captions["box_energy"] = f"Energy of the generate window per trial ({src}), per model × configuration."
-    f.png["box_time"] = plots.to_png(plots.box_plots(ok, "duration_s", "time (s)"))
-    f.captions["box_time"] = "Duration of the generate window per trial, per model × configuration."
-    f.png["pareto"] = plots.to_png(plots.energy_time_scatter(a.medians, energy_label=f"median energy, {src} (J)",
-                                                             panel="group"))
-    f.captions["pareto"] = ("Median energy against median time per configuration; ringed points joined by the dashed "
-                            "line are the Pareto front.")
-    if not a.savings_matrix.empty and a.savings_matrix.shape[1] > 1:
-        f.png["savings"] = plots.to_png(plots.savings_heatmap(
-            a.savings_matrix, f"% of energy ({src}) saved against the worst configuration of each model "
-                              "(and energy boundary)"))
-        f.captions["savings"] = "Savings heatmap: (worst − configuration) / worst × 100, per model, median energy."
-    if not a.quality_table.empty:
-        f.png["quality"] = plots.to_png(plots.quality_energy_scatter(a.quality_table))
-        f.captions["quality"] = ("HumanEval pass@1 (Wilson 95 % interval) against median J/token per configuration; "
-                                 "ringed points joined by the dashed line are the Pareto front (no configuration "
-                                 "solves more for less energy per token).")
-    traces = []
-    with_series = ok[ok["trial_id"].isin(list(a.tables.series))]
-    if not with_series.empty:
-        model = sorted(with_series["model"].unique())[0]
-        for cfg, part in with_series[with_series["model"] == model].groupby("config"):
-            # The trial whose energy is closest to its configuration's median: a typical one, not an outlier.
-            r = part.loc[(part["energy_j"] - part["energy_j"].median()).abs().idxmin()]
-            rep = "?" if pd.isna(r["repetition"]) else int(r["repetition"])
-            traces.append((f"{model} · {cfg} · rep {rep}", a.tables.series[r["trial_id"]]))
-    fig = plots.power_over_time(traces[:6])
-    if fig is not None:
-        f.png["power"] = plots.to_png(fig)
-        has_power = any(plots.series_keys(s)[1].startswith("power") for _, s in traces)
-        f.captions["power"] = (
-            ("Sampled power" if has_power else "No power series was sampled (no RAPL or NVML counter): CPU "
-             "utilisation instead,") + " over the generate window of a typical trial of each configuration (the one "
-            "closest to its configuration's median energy).")
-    return f
-
-
 def _banner(a: Analysis) -> tuple[str, str]:
     """The sources, and the boundary of every comparison: what each compared energy figure covers."""
     s = a.sources
@@ -518,6 +469,8 @@ def _banner(a: Analysis) -> tuple[str, str]:
         lambda x: ", ".join(sorted(set(x))))
     words = " Energy boundaries compared (a comparison never crosses one): " + "; ".join(
         f"[{b}] {cfgs}" for b, cfgs in bounds.items()) + "."
+    if not s:
+        return "mixed", f"NO ENERGY FIGURE: energy is {NO_ENERGY_WORDS}; only time and output are compared." + words
     if s == ["estimated"]:
         return "estimated", "All energy figures in this report are " + ESTIMATED_NOTE + words
     if s == ["measured"]:
@@ -626,8 +579,9 @@ def _statistics_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> 
 QUALITY_NOTE = ("HumanEval, full prompts, greedy; each completion cut at the first stop sequence (\\ndef, \\nclass, "
                 "\\nif, \\nprint, \\n#) and run against its task's tests in a locked-down sandbox container, "
                 "outside every measured window. pass@1 = tasks passed ÷ tasks, mean over trials, Wilson 95 % "
-                "interval for n = tasks. J per solved task = net generate energy ÷ tasks passed (median over trials; "
-                f"'{NONE_SOLVED}' when nothing passed). Gained/lost: tasks one configuration passes and the "
+                "interval for n = tasks. Net J/token and net J per solved task = net generate energy (idle subtracted) ÷ new "
+                f"tokens and ÷ tasks passed (medians over trials; '{NONE_SOLVED}' when nothing passed). The Pareto "
+                "front is per model and energy boundary, over the rows every comparison uses. Gained/lost: tasks one configuration passes and the "
                 "reference (torch fp32) does not, and the reverse; McNemar's exact test, Holm-corrected per model. "
                 "same-work: every configuration generated the same number of tokens (EOS ignored), so energies "
                 "compare; as-served: each stopped where it stopped.")
@@ -641,10 +595,10 @@ def quality_display(a: Analysis) -> pd.DataFrame:
         "model": q["model"], "configuration": q["config"], "mode": q["mode"], "trials": q["trials"],
         "tasks": q["tasks"], "pass@1": [f"{100 * p:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]"
                                         for p, lo, hi in zip(q["pass@1"], q["ci_low"], q["ci_high"])],
-        "J/token": [fmt(x) for x in q["j_per_token"]],
-        "J per solved task": [note if isinstance(note, str) else fmt(x)
-                              for x, note in zip(q["j_per_solved"], q["j_per_solved_note"])],
-        "energy boundary": q["energy_boundary"]})
+        "net J/token": [fmt(x) for x in q["j_per_token"]],
+        "net J per solved task": [note if isinstance(note, str) else fmt(x)
+                                  for x, note in zip(q["j_per_solved"], q["j_per_solved_note"])],
+        "energy boundary": q["energy_boundary"], "kept out of comparisons": q["excluded"]})
     return out
 
 
@@ -748,8 +702,9 @@ def _plots_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None:
         h.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{b64}'>"
                  f"<figcaption class='muted'>{cap}</figcaption></figure>")
         md += [f"![{figs.captions.get(name, name)}](plots/{name}.png)", ""]
-    if "power" not in figs.png:
-        h.append("<p class='muted'>No sampled power or utilisation series in these records.</p>")
+    for name, why in figs.absent.items():  # a figure with nothing finite to draw: said, not drawn
+        h.append(f"<p class='muted'>{html.escape(why)}</p>")
+        md += [f"_{why}_", ""]
 
 
 
@@ -769,7 +724,7 @@ def _failures_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> No
 def write_report(a: Analysis, out_dir: str | Path, *, title: str | None = None) -> dict[str, Path]:
     out = Path(out_dir)
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    figs = make_figures(a)
+    figs = make_figures(a, _source_words(a) if len(a.sources) == 1 else "mixed sources")
     for name, png in figs.png.items():
         (out / "plots" / f"{name}.png").write_bytes(png)
     runs = ", ".join(sorted(a.tables.trials["run_id"].astype(str).unique()))

@@ -19,11 +19,15 @@ from runners.record import WindowResult, new_record  # the one author of a recor
 ESTIMATED_COMPONENTS = {"cpu": 0.8, "ram": 0.2}  # codecarbon fallback, share of the energy
 MEASURED_CPU = {"cpu:package-0": 0.85, "cpu:dram-0": 0.15}  # RAPL
 MEASURED_CUDA = {"gpu:0": 0.7, "cpu:package-0": 0.3}  # NVML + RAPL
+# source="unavailable": a CPU host without RAPL and with codecarbon off — every figure without a number
+NO_ENERGY_REASON = "no RAPL counter readable and codecarbon off ([meters] codecarbon = false)"
 
 
 def _window(start: float, duration: float, energy: dict[str, float], source: str, *, meter: str,
             series: dict[str, list[float]] | None = None, interval: float = 0.1) -> dict[str, Any]:
     figures = [{"component": c, "joules": float(j), "source": source, "meter": meter, "reason": None}
+               if source != "unavailable" else
+               {"component": c, "joules": None, "source": "unavailable", "meter": meter, "reason": NO_ENERGY_REASON}
                for c, j in energy.items()]
     if not any(c.startswith("gpu") for c in energy):
         # as runners/meters write it on a host without NVML: a figure with no number and the reason
@@ -57,12 +61,12 @@ def make_record(*, model: str = "tiny-a", hub_id: str | None = None, params_b: f
     """One schema-valid record. ``energy_j`` is the generate window's total, split over ``components`` (shares);
     ``idle_w`` goes to the runner's idle baseline, ``host_idle_w`` to the orchestrator's; ``diverge`` lists prompt
     indices whose output differs from the reference tokens (for agreement), from token ``diverge_from`` on (default:
-    half way)."""
+    half way). ``source="unavailable"`` writes a trial without any energy figure (``energy_j`` is ignored)."""
     runtime = runtime or f"{engine}-{device}"
     if components is None:
         components = ESTIMATED_COMPONENTS if source == "estimated" else (
             MEASURED_CUDA if device == "cuda" else MEASURED_CPU)
-    meter = "codecarbon" if source == "estimated" else "rapl+nvml"
+    meter = {"estimated": "codecarbon", "unavailable": "rapl"}.get(source, "rapl+nvml")
     energy = {c: energy_j * share for c, share in components.items()}
     trial_id = f"{run_id}-{model}-{runtime}-{precision}-r{repetition}"
     t0 = 1_800_000_000.0 + 1000 * order_index
@@ -123,6 +127,8 @@ def make_record(*, model: str = "tiny-a", hub_id: str | None = None, params_b: f
         sampled = {"t_s": t.round(4).tolist(), key: power.round(3).tolist(),
                    "cpu_util_pct": np.clip(60 + 30 * np.sin(t), 0, 100).round(2).tolist(),
                    "proc_rss_mb": (500 + 10 * t).round(1).tolist()}  # key names as runners/meters write them
+        if source == "unavailable":
+            del sampled[key]  # no counter, no power series: utilisation only
         if device == "cuda":
             sampled["gpu0_util_pct"] = np.clip(80 + 10 * np.cos(t), 0, 100).round(2).tolist()
             sampled["gpu0_mem_used_mb"] = (2000 + 0 * t).round(1).tolist()
@@ -195,6 +201,18 @@ def synthetic_run(*, run_id: str = "synthetic", models=DEMO_MODELS, configs=DEMO
             error={"phase": "load", "type": "MemoryError", "message": "synthetic: out of memory while loading"}
             if is_failed else None))
     return records
+
+
+def as_schema_1(record: dict[str, Any]) -> dict[str, Any]:
+    """The record as the runner wrote it before windows carried monotonic marks, a boundary and flags
+    (``slm-matrix.record/1``): what an older run directory holds."""
+    old = json.loads(json.dumps(record))
+    old["schema"] = "slm-matrix.record/1"
+    for window in [*(old.get("phases") or {}).values(), (old.get("host") or {}).get("container")]:
+        for key in ("start_mono", "end_mono", "boundary", "flags", "host_metered"):
+            if isinstance(window, dict):
+                window.pop(key, None)
+    return old
 
 
 def write_run(records: list[dict[str, Any]], run_dir: str | Path, *, agreement: bool = True) -> Path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from analysis.quality import NONE_SOLVED, add_quality, paired_vs_reference, pass_at_k, quality_table, wilson
+from analysis.quality import NO_NET, NONE_SOLVED, add_quality, paired_vs_reference, pass_at_k, quality_table, wilson
 from runners.agreement import DEFAULT_REFERENCE
 
 TASKS = [f"HumanEval/{i}" for i in range(20)]
@@ -41,9 +41,9 @@ def _tasks(trial_id, passed):
 def test_energy_per_solved_task_and_none_solved():
     ok = _trials([
         {"trial_id": "ref", "model": "m", "config": "TORCH-CPU", "engine": "torch", "precision": "fp32",
-         "net_energy_j": 100.0, "j_per_token": 0.5},
+         "net_energy_j": 100.0, "j_per_token_net": 0.5},
         {"trial_id": "q4", "model": "m", "config": "LLAMACPP-CPU-q4_k_m", "engine": "llamacpp", "precision": "q4_k_m",
-         "net_energy_j": 40.0, "j_per_token": 0.2},
+         "net_energy_j": 40.0, "j_per_token_net": 0.2},
     ]).drop(columns=["eval_mode", "tasks_total"])
     evaluations = pd.DataFrame([{"trial_id": "ref", "eval_mode": "same-work", "tasks_passed": 8, "tasks_total": 20},
                                 {"trial_id": "q4", "eval_mode": "same-work", "tasks_passed": 0, "tasks_total": 20}])
@@ -79,3 +79,44 @@ def test_tasks_gained_and_lost_with_mcnemar_exact_and_holm():
     # Holm over the two: the smaller p times 2, the larger kept at least as large
     assert int8["p_holm"] == pytest.approx(min(1.0, 2 * 14 / 64))
     assert pairs.loc["OV-CPU", "p_holm"] == 1.0
+
+
+def test_wilson_counts_tasks_not_repetitions():
+    """Two greedy repetitions of 20 tasks (10 and 12 passed) are 20 samples at the mean pass@1 (0.55), not 40:
+    repeating greedy decoding repeats the same answers."""
+    ok = _trials([{"trial_id": f"t{r}", "model": "m", "config": "TORCH-CPU", "engine": "torch", "precision": "fp32",
+                   "net_energy_j": 50.0 + r, "j_per_token_net": 0.1 * (r + 1), "group": "m"} for r in range(2)])
+    evaluations = pd.DataFrame([{"trial_id": "t0", "eval_mode": "same-work", "tasks_passed": 10, "tasks_total": 20},
+                                {"trial_id": "t1", "eval_mode": "same-work", "tasks_passed": 12, "tasks_total": 20}])
+    row = quality_table(add_quality(ok.drop(columns=["eval_mode", "tasks_total"]), evaluations)).iloc[0]
+    assert (row["trials"], row["tasks"], row["pass@1"]) == (2, 20, pytest.approx(0.55))
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(wilson(11, 20))
+    assert (row["ci_low"], row["ci_high"]) != pytest.approx(wilson(22, 40))
+    # J/token and J per solved task from the same net energy: medians of 0.1, 0.2 and of 50/10, 51/12
+    assert row["j_per_token"] == pytest.approx(0.15)
+    assert row["j_per_solved"] == pytest.approx((50 / 10 + 51 / 12) / 2)
+
+
+def test_no_net_energy_gives_no_energy_per_solved_task():
+    ok = _trials([{"trial_id": "t", "model": "m", "config": "TORCH-CPU", "engine": "torch", "precision": "fp32",
+                   "net_energy_j": None, "j_per_token_net": None, "group": "m"}])
+    evaluations = pd.DataFrame([{"trial_id": "t", "eval_mode": "same-work", "tasks_passed": 5, "tasks_total": 20}])
+    row = quality_table(add_quality(ok.drop(columns=["eval_mode", "tasks_total"]), evaluations)).iloc[0]
+    assert pd.isna(row["j_per_token"]) and pd.isna(row["j_per_solved"]) and row["j_per_solved_note"] == NO_NET
+
+
+def test_holm_not_bonferroni_over_three_configurations():
+    """Three configurations against the reference, with discordant counts chosen so that Holm and Bonferroni
+    differ: Holm multiplies the k-th smallest of m p-values by (m − k + 1) and keeps them monotone, Bonferroni
+    multiplies every one by m."""
+    ref_pass = set(range(12))
+    answers = {"A-CPU": set(range(4)),  # loses 8, gains 0: p = 2 × ½⁸
+               "B-CPU": set(range(7)),  # loses 5, gains 0: p = 2 × ½⁵
+               "C-CPU": set(range(6)) | {12}}  # loses 6, gains 1: p = 2 × P(X ≤ 1 | 7, ½) = 2 × 8/128
+    rows = [{"trial_id": "ref", "model": "m", "config": "TORCH-CPU", "engine": "torch", "precision": "fp32"}]
+    rows += [{"trial_id": c, "model": "m", "config": c, "engine": c[0].lower(), "precision": "fp32"} for c in answers]
+    tasks = _tasks("ref", ref_pass) + [t for c, passed in answers.items() for t in _tasks(c, passed)]
+    pairs = paired_vs_reference(_trials(rows), pd.DataFrame(tasks), DEFAULT_REFERENCE).set_index("config")
+    assert pairs["mcnemar_p"].to_dict() == pytest.approx({"A-CPU": 2 / 256, "B-CPU": 2 / 32, "C-CPU": 16 / 128})
+    assert pairs["p_holm"].to_dict() == pytest.approx({"A-CPU": 3 * 2 / 256, "B-CPU": 2 * 2 / 32,
+                                                       "C-CPU": max(2 * 2 / 32, 16 / 128)})
