@@ -14,6 +14,8 @@ import time
 import types
 from dataclasses import dataclass
 
+from _known_rate import KnownRate
+
 
 class NVMLError(Exception):
     pass
@@ -32,17 +34,27 @@ class FakeGpu:
     temp_c: float = 40.0
     mem_clock_mhz: int | None = 3201  # NVML's max memory clock (an H200's); None: the query is not supported
     bus_width_bits: int | None = 6144
+    power_limit_w: float | None = 700.0  # the power-limit constraint's maximum; None: the query is not supported
+    fail: bool = False  # every energy read raises NVMLError while set (e.g. "GPU is lost", "Unknown Error")
+    offset_mj: int = 0  # added to the counter: a negative jump is a reset (e.g. a driver reload)
 
     def __post_init__(self):
         self.t0 = time.monotonic()
+        self.rate = KnownRate(self.watts, self.t0)  # the board's power, changeable with set_watts
+
+    def set_watts(self, watts: float) -> float:
+        """A power step now (the counter's increments follow; the power readings too); returns its instant."""
+        self.watts = watts
+        return self.rate.set(watts)
 
     def energy_mj(self) -> int:
-        if not self.has_counter:
-            raise NVMLError("Not Supported")
+        if not self.has_counter or self.fail:
+            raise NVMLError("Not Supported" if not self.has_counter else "Unknown Error")
         if self.frozen:
             return self.start_mj
-        steps = int((time.monotonic() - self.t0) / self.period_s)  # the counter moves once per period
-        return self.start_mj + int(steps * self.period_s * self.watts * 1000)
+        # the counter moves once per period, to the energy at that update
+        updated = self.t0 + int((time.monotonic() - self.t0) / self.period_s) * self.period_s
+        return self.start_mj + self.offset_mj + int(self.rate.joules(updated) * 1000)
 
 
 def _supported(value):
@@ -68,6 +80,8 @@ def module(gpus: list[FakeGpu]) -> types.ModuleType:
     m.NVML_CLOCK_MEM = 2
     m.nvmlDeviceGetMaxClockInfo = lambda h, kind: _supported(h.mem_clock_mhz if kind == m.NVML_CLOCK_MEM else None)
     m.nvmlDeviceGetMemoryBusWidth = lambda h: _supported(h.bus_width_bits)
+    m.nvmlDeviceGetPowerManagementLimitConstraints = lambda h: (100_000, int(_supported(h.power_limit_w) * 1000))
+    m.nvmlDeviceGetEnforcedPowerLimit = lambda h: int(_supported(h.power_limit_w) * 1000)
     m.nvmlSystemGetDriverVersion = lambda: "590.00"
     m.nvmlSystemGetCudaDriverVersion_v2 = lambda: 13000
     return m

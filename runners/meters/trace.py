@@ -91,8 +91,9 @@ class CounterTrace:
                     f"{self.interval_s:g} s: reads failed there)"
                     for edge, g in (("start", gap0), ("end", gap1)) if g > MAX_GAP_INTERVALS * self.interval_s]
         problems += self._implausible(component, t, series, max(lo - 1, 0), min(hi + 1, len(t)), period)
+        # a failed read after the last good one before the window touches it too: it widened the start's bracket
         return WindowEnergy(joules, error, hi - lo, None, not problems, "; ".join(problems) or None,
-                            self._errors(component, start, end))
+                            self._errors(component, t[max(lo - 1, 0)], end))
 
     def _implausible(self, component: str, t: array, series: array, i: int, j: int, period: float) -> list[str]:
         """The first bracket in [i, j) whose counter went backwards or rose faster than the device can draw."""
@@ -104,9 +105,7 @@ class CounterTrace:
         return []
 
     def _errors(self, component: str, start: float, end: float) -> list[str]:
-        # a failed read just before the window also touches it: it widened the bracket of the start
-        margin = MAX_GAP_INTERVALS * self.interval_s
-        return [f"{m} (at {at:.3f} s)" for at, c, m in self.errors if c == component and start - margin <= at <= end]
+        return [f"{m} (at {at:.3f} s)" for at, c, m in self.errors if c == component and start <= at <= end]
 
 
 def _at(t: array, series: array, at: float) -> tuple[float, float, float]:
