@@ -308,6 +308,8 @@ def trial_row(record: dict, path: Path, run_dir: Path, problem: str | None = Non
     row["agreement_status"] = agreement.get("status") or ("compared" if agreement.get("prompts") else None)
     row["agreement_note"] = agreement.get("reason")
     row["agreement_at_first_token"] = at_first_token(agreement.get("first_divergence"))
+    # prompts that were another input than the reference's (other ids, another length): read by the one verdict
+    row["agreement_other_inputs"] = len(agreement.get("other_prompt_ids") or ())
     pp = record.get("per_prompt") or []
     # Latency and TTFT belong to a batch (every prompt of it shares them): count each batch once, as the runner does.
     first_of_batch = list({p.get("batch"): p for p in pp}.values())
@@ -368,11 +370,28 @@ def _disambiguate_configs(trials: pd.DataFrame) -> pd.DataFrame:
     return trials
 
 
+def _agreement_as_now(found: list[tuple[Path, Path, dict]]) -> None:
+    """Every run's agreement as the orchestrator's pass computes it today (runners.agreement.attach_all with the
+    run's [agreement] policy), in memory: records written before a fix of that computation (e.g. prompts of another
+    length skipped as unmatched) are judged as the orchestrator judges them, never by what they stored."""
+    from analysis.metrics import agreement_spec
+    from runners.agreement import attach_all
+
+    runs: dict[Path, dict[str, dict]] = {}
+    for run_dir, path, rec in found:  # keyed as the orchestrator keys them (a trial's id), so "reference" reads alike
+        records = runs.setdefault(run_dir, {})
+        key = (rec.get("trial") or {}).get("trial_id") or path.stem
+        records[key if key not in records else str(path)] = rec
+    for run_dir, records in runs.items():
+        attach_all(records, agreement_spec([run_dir]))
+
+
 def load_runs(paths: Iterable[str | Path] | str | Path, *, validate: bool = True) -> Tables:
     if isinstance(paths, (str, Path)):
         paths = [paths]
     paths = [Path(p) for p in paths]
     found, unreadable = read_records(paths)
+    _agreement_as_now(found)
     check = _validator() if validate else None
     trials, prompts, energy, problems, series = [], [], [], [], {}
     for run_dir, path, rec in found:

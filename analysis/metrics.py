@@ -82,35 +82,32 @@ def agreement_spec(run_dirs) -> dict:
     import tomllib
     from pathlib import Path
 
-    from runners.agreement import DEFAULT_REFERENCE, DEFAULT_THRESHOLD
+    from runners.agreement import policy
 
-    spec = {**DEFAULT_REFERENCE, "threshold": DEFAULT_THRESHOLD}
     for d in run_dirs:
         f = Path(d) / "matrix.toml"
         if f.is_file():
-            spec.update(tomllib.loads(f.read_text()).get("agreement", {}))
-            break
-    return spec
+            return policy(tomllib.loads(f.read_text()).get("agreement", {}))
+    return policy()
 
 
 def flag_different_output(ok: pd.DataFrame, spec: dict) -> pd.DataFrame:
-    """``different_output``: why a model × configuration did not do the reference's work (its worst trial judged by
-    runners.agreement.different_output: the threshold in the reference's precision, first-token divergence on every
-    prompt in a lower one), else None. Such rows stay in the tables, flagged, and out of every comparison."""
-    from runners.agreement import different_output
+    """``different_output``: why a model × configuration did not do the reference's work — runners.agreement.verdict
+    over its trials (the one verdict the orchestrator's summary gives: the worst trial's share against the threshold
+    in the reference's precision, first-token divergence on every prompt in a lower one, any prompt that was another
+    input), else None. Such rows stay in the tables, flagged, and out of every comparison."""
+    from runners.agreement import verdict
 
     t = ok.copy()
     t["different_output"] = None
     if t.empty or "agreement" not in t:
         return t
+    cols = {"agreement_status": "status", "agreement": "share_identical", "agreement_at_first_token": "at_first_token",
+            "agreement_other_inputs": "other_inputs"}
     for (model, config), g in t.groupby(["model", "config"]):
-        compared = g.dropna(subset=["agreement"])
-        if compared.empty:
-            continue
-        worst = compared.loc[compared["agreement"].idxmin()]
-        why = different_output(float(worst["agreement"]), str(worst["precision"]),
-                               bool(worst.get("agreement_at_first_token", False)), spec["precision"],
-                               float(spec["threshold"]))
+        trials = g.reindex(columns=list(cols)).rename(columns=cols)
+        found = [{k: (None if pd.isna(v) else v) for k, v in row.items()} for row in trials.to_dict("records")]
+        why = verdict(found, str(g["precision"].iloc[0]), spec)
         if why:
             t.loc[g.index, "different_output"] = why
     return t

@@ -37,13 +37,13 @@ def _store(run_dir: Path):
 def _snapshot(store) -> tuple[dict[str, Any], list[str], list[str]]:
     """The run's [agreement] spec, and its models and "runtime/engine" columns in the matrix's order."""
     from orchestrator.matrix import load
-    from runners.agreement import DEFAULT_REFERENCE, DEFAULT_THRESHOLD
+    from runners.agreement import policy
 
     try:
         m = load(store.root / "matrix.toml")
     except Exception:  # noqa: BLE001 — a snapshot this checkout cannot load: the defaults, the records' order
-        return {**DEFAULT_REFERENCE, "threshold": DEFAULT_THRESHOLD}, [], []
-    return m.agreement, list(m.models), [f"{r}/{e}" for r, entry in m.runtimes.items() for e in entry.engines]
+        return policy(), [], []
+    return policy(m.agreement), list(m.models), [f"{r}/{e}" for r, entry in m.runtimes.items() for e in entry.engines]
 
 
 def _reason(error: dict[str, Any]) -> str:
@@ -55,7 +55,7 @@ def _reason(error: dict[str, Any]) -> str:
 
 def cells(run_dir: Path) -> tuple[list[str], list[str], dict[tuple[str, str], dict[str, Any]], dict[str, Any]]:
     """(models, columns "runtime/engine", {(model, column): cell}, facts) from the run's records."""
-    from runners.agreement import at_first_token, attach_all, different_output
+    from runners.agreement import attach_all, verdict
 
     store = _store(run_dir)
     spec, model_order, column_order = _snapshot(store)
@@ -66,6 +66,7 @@ def cells(run_dir: Path) -> tuple[list[str], list[str], dict[tuple[str, str], di
     models: list[str] = []
     columns: list[str] = []
     out: dict[tuple[str, str], dict[str, Any]] = {}
+    compared: dict[tuple[str, str], list[dict[str, Any]]] = {}  # every repetition's agreement, for the verdict
     for tid in order + sorted(set(records) - set(order)):
         rec = records.get(tid)
         if rec is None:
@@ -89,16 +90,18 @@ def cells(run_dir: Path) -> tuple[list[str], list[str], dict[tuple[str, str], di
             if a.get("status") != "compared":
                 cell = {"kind": "no-reference", "reason": a.get("reason") or "no agreement"}
             else:
-                verdict = different_output(a["share_identical"], engine.get("precision", "fp32"),
-                                           at_first_token(a.get("first_divergence")), spec["precision"],
-                                           spec.get("threshold", 0.95), len(a.get("other_prompt_ids") or ()))
-                cell = {"kind": "different" if verdict else "same", "share": a["share_identical"],
+                compared.setdefault((model, column), []).append(a)
+                # the orchestrator's verdict over every repetition of the cell (runners.agreement.verdict)
+                why = verdict(compared[(model, column)], engine.get("precision", "fp32"), spec)
+                cell = {"kind": "different" if why else "same", "share": a["share_identical"],
                         "identical": a["identical"], "prompts": a["prompts"],
-                        "first_divergence": a.get("first_divergence"), "verdict": verdict}
+                        "first_divergence": a.get("first_divergence"), "verdict": why}
         held = out.get((model, column))
         # repetitions: the worst one speaks for the cell
         if held is None or held.get("share", 2) > cell.get("share", 2) or cell["kind"] in ("refused", "failed"):
             out[(model, column)] = cell
+        elif cell.get("verdict") and held["kind"] in ("same", "different"):  # a later repetition changed the verdict
+            held.update(kind="different", verdict=cell["verdict"])
     models.sort(key=lambda m: model_order.index(m) if m in model_order else len(model_order))
     columns.sort(key=lambda c: column_order.index(c) if c in column_order else len(column_order))
     spent = [i["ended_unix"] - i["started_unix"] for i in run.get("invocations", [])
@@ -133,7 +136,7 @@ def markdown(run_dir: Path) -> str:
     lines = [f"fp32, {facts['records']} trials of run `{facts['run_id']}` ({facts['created']}; "
              f"{'%d min' % round(facts['run_seconds'] / 60) if facts['run_seconds'] else 'wall time unknown'}): "
              f"share of prompts token-identical to {spec['engine']} {spec['precision']} eager; below "
-             f"{100 * spec.get('threshold', 0.95):.0f} % the runtime did different work.",
+             f"{100 * spec['threshold']:.0f} % the runtime did different work.",
              "",
              "| architecture | " + " | ".join(columns) + " |",
              "|---|" + "---|" * len(columns)]

@@ -333,8 +333,9 @@ def cmd_run(args) -> int:
         if stale:
             console.print(f"  removed {len(stale)} container(s) left by an earlier, killed orchestrator")
         if sel.todo:
-            launcher.ensure_ready({t.cell.runtime.spec for t in sel.todo}, args.build,
-                                  lambda line: console.print(escape(line)))
+            ref = ex.reference_runtime()  # its image tokenises the same-work prompts of every model (prepare)
+            launcher.ensure_ready({t.cell.runtime.spec for t in sel.todo} | ({ref.spec} if ref else set()),
+                                  args.build, lambda line: console.print(escape(line)))
         unavailable, broken = ex.prepare(sel.todo) if sel.todo else ({}, {})
         if unavailable:  # like CUDA rows without a GPU: skipped, not failed — a host with the model runs them
             runnable = []

@@ -9,6 +9,7 @@ container is removed) and loses nothing finished.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import socket
@@ -32,12 +33,24 @@ class Selection:
     skipped: dict[str, str] = field(default_factory=dict)  # trial id -> why it cannot run on this host
 
 
+def inputs_path(plan: Plan, model: str, workload: dict[str, Any]) -> str:
+    """Where a model's inputs file (its workload's prompt ids, runners/workload.py) lives, relative to the engine
+    cache: one per model × workload × reference, so every cell of a model reads the same ids."""
+    from runners.agreement import policy
+
+    ref = policy(plan.matrix.agreement)
+    key = json.dumps([model, workload, ref["engine"], ref["devices"]], sort_keys=True)
+    return f"inputs/{model}/{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
 def cell_job(plan: Plan, cell: Cell, cache: ModelCache) -> dict[str, Any]:
     from orchestrator.matrix import job_body
 
     job = job_body(plan.matrix, cell.runtime, cell.engine, cell.model, cell.setting, cache.job_model(cell.model))
     job["cache_dir"] = str(cache.engines)
     job["seed"] = plan.matrix.seed
+    if job["generation"].get("fixed_length", True):  # same work: the ids the reference's image made (prepare)
+        job["inputs"] = inputs_path(plan, cell.model.name, job["workload"])
     return job
 
 
@@ -152,8 +165,12 @@ class Executor:
             except ModelUnavailable as e:
                 write_json_atomic(path, {"status": "failed", "model": name, "error": str(e)})
                 unavailable[name] = str(e)
+                continue
+            problem = self._inputs([c for c in cells.values() if c.model.name == name], Path(info["path"]))
+            if problem:  # no shared ids: the model's same-work cells cannot run the same input
+                broken.update({c.id: problem for c in cells.values() if c.model.name == name})
         for cid, cell in cells.items():
-            if cell.model.name in unavailable:
+            if cell.model.name in unavailable or cid in broken:
                 continue
             path = self.store.prepare_path(cid)
             prev = _read(path)
@@ -175,6 +192,81 @@ class Executor:
                 dur = (rec.get("phases", {}).get("prepare") or {}).get("duration_s")
                 self.ui.note(f"prepared {cell.label}" + (f" in {dur:.1f} s" if dur is not None else ""))
         return unavailable, broken
+
+    def reference_runtime(self):
+        """The matrix runtime whose image tokenises same-work prompts: the [agreement] reference's (its engine and
+        precision, its devices in order of preference; a CUDA one only where a GPU is usable), else None."""
+        from runners.agreement import policy
+
+        ref = policy(self.plan.matrix.agreement)
+        for device in ref["devices"]:
+            for rt in self.plan.matrix.runtimes.values():
+                if rt.spec.device == device and ref["engine"] in rt.engines \
+                        and ref["precision"] in rt.spec.engine_precisions(ref["engine"]) \
+                        and not (rt.spec.gpu and self.gpu_problem()):
+                    return rt
+        return None
+
+    def _inputs(self, cells: list[Cell], model_dir: Path) -> str | None:
+        """A model's same-work prompt ids, made once by the reference's image (``runners tokenize`` in its own
+        container) into the model cache and reused while the model's tokenizer files are the same; None when ready,
+        else why its cells cannot run. As-served cells tokenise in their own image and need none."""
+        from runners.workload import tokenizer_files
+
+        jobs = [(c, cell_job(self.plan, c, self.cache)) for c in cells]
+        same = [(c, j) for c, j in jobs if j.get("inputs")]
+        if not same:
+            return None
+        cell, job = same[0]
+        dest = self.cache.engines / job["inputs"]
+        facts = self.store.prepare_path(f"inputs__{cell.model.name}")
+        held = _read(dest)
+        if held and held.get("status") == "ok" and held["tokenizer"]["sha256"] == tokenizer_files(model_dir)["sha256"]:
+            write_json_atomic(facts, {"status": "ok", "cached": True, "path": str(dest), **_inputs_facts(held)})
+            return None
+        doc, reason = self._tokenize(cell, job)
+        if doc is None:
+            write_json_atomic(facts, {"status": "failed", "path": str(dest), "error": reason})
+            self.ui.note(f"[red]prompt ids of {cell.model.name} could not be made:[/] {reason}")
+            return f"no shared prompt ids: {reason}"
+        write_json_atomic(dest, doc)
+        write_json_atomic(facts, {"status": "ok", "cached": False, "path": str(dest), **_inputs_facts(doc)})
+        t = doc["tokenizer"]
+        self.ui.note(f"prompt ids of {cell.model.name}: {len(doc['prompts'])} prompts tokenised once in "
+                     f"{doc['made_in'].get('runtime') or 'this Python'} ({t['class']}, transformers "
+                     f"{t['transformers']}), given to every same-work cell")
+        return None
+
+    def _tokenize(self, cell: Cell, job: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+        """One ``tokenize`` invocation in the reference's image (or the model's first runtime's, said so in the
+        file, when the matrix has no reference runtime): the inputs file, or why not."""
+        from runners.agreement import policy
+
+        rt = self.reference_runtime()
+        job = {k: v for k, v in job.items() if k != "inputs"}
+        ref = policy(self.plan.matrix.agreement)
+        note = None
+        if rt is None:
+            rt, note = cell.runtime, (f"no runtime of the [agreement] reference ({ref['engine']}) in the matrix: "
+                                      f"tokenised in {cell.runtime.name}'s image")
+        else:
+            job.update(engine=ref["engine"], device=rt.spec.device, precision=ref["precision"],
+                       engine_options=dict(rt.engine_options))
+        job["trial"] = {"run_id": self.store.run_id, "runtime": rt.name, "image": self.launcher.image_of(rt.spec)}
+        name = f"tokenize__{cell.model.name}"
+        limits = self.plan.matrix.container_for(rt, cell.model)
+        spec = LaunchSpec(name=name, runtime=rt.spec, mode="tokenize", job=job, work=self.store.work(name),
+                          log_path=self.store.log_path(name), timeout_s=limits["timeout_s"],
+                          mem_limit=limits["mem_limit"], cpus=limits["cpus"], shm_size=limits["shm_size"])
+        outcome = self.launcher.run(spec, self._meters())
+        shutil.rmtree(spec.work, ignore_errors=True)
+        doc = outcome.record
+        if doc is None or doc.get("status") != "ok" or outcome.exit_code != 0:
+            why = ((doc or {}).get("error") or {}).get("message") or outcome.launch_error or \
+                f"the tokenizer exited with {outcome.exit_code} ({'timed out' if outcome.timed_out else 'no file'})"
+            return None, f"{rt.name}: {why}"
+        doc["made_in"].update(image_id=outcome.facts.get("image_id"), note=note)
+        return doc, None
 
     def _prepare_cell(self, cell: Cell) -> dict[str, Any]:
         job, gpus = self._job(cell)
@@ -302,6 +394,10 @@ class Executor:
                 return {"waited_s": waited, "reached": not hot, "temps_c": temps, "idle_temps_c": self.idle_temps,
                         "margin_c": m["cooldown_margin_c"], "max_s": m["cooldown_max_s"]}
             time.sleep(1.0)
+
+
+def _inputs_facts(doc: dict[str, Any]) -> dict[str, Any]:
+    return {"prompts": len(doc["prompts"]), "tokenizer": doc["tokenizer"], "made_in": doc.get("made_in")}
 
 
 def _converts(engine: str) -> bool:

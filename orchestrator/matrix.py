@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.images import ImageError, Runtime, discover
+from runners.agreement import policy as agreement_policy
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SIZE_RE = re.compile(r"^[0-9]+[bkmgBKMG]?$")  # Docker's memory sizes
@@ -60,7 +61,7 @@ HOST_KEYS = {
 HOST_GPUS_WHAT = "the host GPU indices a CUDA trial runs on and is metered on, e.g. [0]"
 HOST_RAPL_WHAT = "the host's powercap tree (RAPL), e.g. \"/sys/class/powercap\""
 # [agreement]: which configuration is the token-agreement reference of every model × workload × generation
-AGREEMENT_DEFAULT = {"engine": "torch", "precision": "fp32", "devices": ["cpu", "cuda"], "threshold": 0.95}
+AGREEMENT_DEFAULT = agreement_policy()  # the one default (runners/agreement.py)
 MODEL_KEYS = ("hub_id", "path", "fixture", "revision", "params_b", "group", "size", "tokenizer", "seed")
 
 

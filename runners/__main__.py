@@ -2,6 +2,8 @@
 
     python -m runners run JOB.json --out RECORD.json      measured trial      exit 0 ok, 1 failed, 2 bad job
     python -m runners prepare JOB.json --out RECORD.json  conversion only (into job.cache_dir), same exit codes
+    python -m runners tokenize JOB.json --out INPUTS.json the workload's prompt ids by this image's tokenizer (the
+                                                          inputs file of same-work mode), same exit codes
     python -m runners validate JOB.json                   check a job, print the one-line error if any
     python -m runners idle --seconds 10 [--out FILE]      idle power per component
     python -m runners env                                 the environment block of a record
@@ -48,11 +50,35 @@ def _trial(args, mode: str) -> int:
     return 0
 
 
+def _tokenize(args) -> int:
+    """The inputs file (runners/workload.py), or a failed one with the reason: the orchestrator reads either."""
+    import time
+    import traceback
+
+    from runners.record import write_json_atomic
+    from runners.runner import make_inputs
+
+    try:
+        doc, code = make_inputs(load_job(args.job)), 0
+    except Exception as e:  # noqa: BLE001 — every failure is written down for the orchestrator
+        code = 2 if isinstance(e, JobError) else 1
+        doc = {"schema": "slm-matrix.inputs/1", "status": "failed", "created_unix": time.time(),
+               "error": {"phase": "tokenize", "type": type(e).__name__,
+                         "message": str(e) if isinstance(e, JobError) else f"{type(e).__name__}: {e}",
+                         "traceback": None if isinstance(e, JobError) else traceback.format_exc(limit=8)}}
+        print(f"error: {doc['error']['message']}", file=sys.stderr)
+    write_json_atomic(args.out, doc)
+    if code == 0:
+        print(f"tokenize ok: {len(doc['prompts'])} prompts, {doc['tokenizer']['class']} "
+              f"(transformers {doc['tokenizer']['transformers']})")
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runners", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "prepare"):
+    for name in ("run", "prepare", "tokenize"):
         p = sub.add_parser(name)
         p.add_argument("job")
         p.add_argument("--out", required=True)
@@ -66,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command in ("run", "prepare"):
         return _trial(args, args.command)
+    if args.command == "tokenize":
+        return _tokenize(args)
     if args.command == "validate":
         try:
             job = load_job(args.job)

@@ -13,7 +13,7 @@ Example (all keys but engine/device/model optional)::
      "warmup": {"batches": 1},
      "meters": {"sample_interval_s": 0.1, "idle_seconds": 0, "codecarbon": true},
      "engine_options": {"threads": 2},
-     "cache_dir": "/cache", "seed": 0,
+     "cache_dir": "/cache", "inputs": "inputs/tiny-llama/3f2a….json", "seed": 0,
      "trial": {"run_id": "smoke", "trial_id": "…", "repetition": 0}}
 """
 
@@ -103,6 +103,9 @@ class Job:
     engine_options: dict[str, Any] = field(default_factory=dict)
     cache_dir: str | None = None  # prepared (converted) models live here, keyed by engine/model/precision
     reference: str | None = None  # a record of the torch fp32 reference, for token agreement
+    # same-work mode: the workload's prompt ids, made once per model by the reference's image (an inputs file,
+    # runners/workload.py; relative to cache_dir unless absolute). None: this image tokenises (as served, or by hand)
+    inputs: str | None = None
     seed: int = 0
     trial: dict[str, Any] = field(default_factory=dict)  # passed through to the record (run id, repetition, image)
     schema: str = JOB_SCHEMA
@@ -113,7 +116,7 @@ class Job:
     @property
     def hash(self) -> str:
         """Identity of the work: everything but the trial bookkeeping."""
-        body = {k: v for k, v in self.to_dict().items() if k != "trial"}
+        body = {k: v for k, v in self.to_dict().items() if k != "trial" and not (k == "inputs" and v is None)}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -269,11 +272,15 @@ def parse_job(data: Any) -> Job:
         generation=generation, warmup=warmup, meters=meters, engine_options=engine_options,
         cache_dir=r.get("cache_dir", str, None, nullable=True),
         reference=r.get("reference", str, None, nullable=True),
+        inputs=r.get("inputs", str, None, nullable=True),
         seed=r.get("seed", int, 0),
         trial=r.get("trial", dict, {}),
     )
     r.done(["schema", "engine", "device", "precision", "model", "workload", "generation", "warmup", "meters",
-            "engine_options", "cache_dir", "reference", "seed", "trial"])
+            "engine_options", "cache_dir", "reference", "inputs", "seed", "trial"])
+    if job.inputs and not Path(job.inputs).is_absolute() and not job.cache_dir:
+        raise JobError("inputs", f"is a relative path ({job.inputs}) but the job has no cache_dir",
+                       "give cache_dir (the inputs file lives in the model cache) or an absolute inputs path")
     return job
 
 

@@ -25,7 +25,7 @@ from runners.job import Job, JobError, ModelSpec
 from runners.meters import MeterSet
 from runners.record import joules_per_token, new_record, write_json_atomic
 from runners.stopping import StopRule, check
-from runners.workload import load_prompts
+from runners.workload import encode, inputs_document, load_prompts, read_inputs, tokenizer_identity
 
 
 def resolve_model(spec: ModelSpec) -> Path:
@@ -174,15 +174,33 @@ class TrialRun:
         self.tokenizer = load_tokenizer(self.model_dir)
         self._model_facts(self.model_dir)
         self.enter("workload")
-        self.prompts = load_prompts(job.workload, self.tokenizer)
-        self.encoded = [self.tokenizer(p.text)["input_ids"] for p in self.prompts]
+        self.prompts, input_ids = self._inputs()
+        self.encoded = [list(p.ids or ()) for p in self.prompts]
         self.batches = _batches(list(range(len(self.prompts))), job.generation.batch_size)
         self.shape = work_shape(job, self.encoded)
         self.record["workload"] = {
             "dataset": job.workload.dataset, "style": job.workload.style, "seed": job.workload.seed,
             "selection": job.workload.selection, "prompts": len(self.prompts),
             "task_ids": [p.task_id for p in self.prompts], "texts": [p.text for p in self.prompts],
-            "methods": [p.method for p in self.prompts], "shape": asdict(self.shape)}
+            "methods": [p.method for p in self.prompts], "shape": asdict(self.shape), "input_ids": input_ids}
+
+    def _inputs(self) -> tuple[list, dict[str, Any]]:
+        """The prompts with the ids every engine gets, and how they were made (for the record): the job's inputs
+        file (same work: tokenised once per model by the reference's image), else this image's own tokenizer."""
+        job = self.job
+        own = tokenizer_identity(self.tokenizer, self.model_dir)
+        if not job.inputs:
+            prompts = encode(load_prompts(job.workload, self.tokenizer), self.tokenizer)
+            return prompts, {"source": "this image's tokenizer", "tokenizer": own,
+                             "why": "as served (each runtime reads the prompt itself)" if not
+                             job.generation.fixed_length else "the job names no inputs file"}
+        path = Path(job.inputs) if Path(job.inputs).is_absolute() else Path(job.cache_dir or ".") / job.inputs
+        prompts, facts = read_inputs(path, job.workload, self.model_dir)
+        # what this image's tokenizer would have made of the same texts: the difference the shared ids remove
+        mine = encode(prompts, self.tokenizer)
+        differ = [p.index for p, q in zip(prompts, mine) if p.ids != q.ids]
+        return prompts, {"source": "inputs file", "path": job.inputs, **facts, "this_image_tokenizer": own,
+                         "this_image_would_differ": differ}
 
     def _engine(self) -> None:
         job = self.job
@@ -330,6 +348,16 @@ class TrialRun:
 
     def write(self, out: Path) -> None:
         write_json_atomic(out, self.record)
+
+
+def make_inputs(job: Job) -> dict[str, Any]:
+    """``python -m runners tokenize``: the workload tokenised by this image — the inputs file of same-work mode."""
+    model_dir = resolve_model(job.model)
+    tokenizer = load_tokenizer(model_dir)
+    prompts = encode(load_prompts(job.workload, tokenizer), tokenizer)
+    made_in = {k: job.trial.get(k) for k in ("runtime", "image", "image_id", "run_id") if job.trial.get(k)}
+    made_in.update(engine=job.engine, device=job.device, created_unix=time.time())
+    return inputs_document(job.workload, prompts, tokenizer_identity(tokenizer, model_dir), made_in)
 
 
 def count_parameters(model_dir: Path) -> int | None:

@@ -7,16 +7,31 @@ Two prompt styles:
   selected, and the same seed gives the same fragments every time.
 - ``full`` — the whole task prompt.
 Selection: the first ``count`` tasks, or a seeded sample of ``count`` tasks (kept in task order).
+
+The input ids. Images carry different transformers versions, which can read one model's tokenizer files into other
+ids (or pick other fragments, whose length is counted in tokens). In same-work mode the prompts are therefore
+tokenised once per model — by the reference's image, in the orchestrator's prepare step (``python -m runners
+tokenize``) — into an *inputs* file (``inputs_document``) in the model cache, which names the tokenizer that made
+it (class, transformers and tokenizers versions, sha256 of the tokenizer files); every runner reads its texts and ids
+from there (``read_inputs``) and every engine gets exactly those ids.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from runners.errors import JobError
 from runners.job import WorkloadSpec
+
+INPUTS_SCHEMA = "slm-matrix.inputs/1"
+# the files a Hugging Face tokenizer is read from (those a model folder has are hashed: the tokenizer's identity)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "vocab.txt", "chat_template.jinja")
 
 # Line picks tried per task before falling back to a span across lines (a task whose every line is too short).
 _ATTEMPTS = 2000
@@ -28,6 +43,7 @@ class Prompt:
     task_id: str
     text: str
     method: str  # "line", "span" (fragment fallback) or "full"
+    ids: tuple[int, ...] | None = None  # the input ids every engine gets (set once the workload is tokenised)
 
 
 def humaneval_tasks() -> list[dict[str, Any]]:
@@ -83,3 +99,62 @@ def load_prompts(spec: WorkloadSpec, tokenizer: Any) -> list[Prompt]:
         text, method = fragment(task["prompt"], n_tokens, rng, spec.min_tokens, spec.max_tokens)
         prompts.append(Prompt(i, task["task_id"], text, method))
     return prompts
+
+
+# --- the input ids ----------------------------------------------------------------------------------------------
+
+
+def encode(prompts: list[Prompt], tokenizer: Any) -> list[Prompt]:
+    """The prompts with their input ids, as the tokenizer makes them (special tokens, e.g. BOS, included)."""
+    return [Prompt(p.index, p.task_id, p.text, p.method, tuple(int(i) for i in tokenizer(p.text)["input_ids"]))
+            for p in prompts]
+
+
+def tokenizer_files(model_dir: Path) -> dict[str, Any]:
+    """sha256 of each tokenizer file the model folder has, and of them together: what a tokenizer is read from."""
+    files = {name: hashlib.sha256((Path(model_dir) / name).read_bytes()).hexdigest()
+             for name in TOKENIZER_FILES if (Path(model_dir) / name).is_file()}
+    return {"files": files, "sha256": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()}
+
+
+def tokenizer_identity(tokenizer: Any, model_dir: Path) -> dict[str, Any]:
+    """Which tokenizer: its class, the libraries that read the files, and the files themselves."""
+    from importlib import metadata
+
+    versions = {}
+    for dist in ("transformers", "tokenizers", "sentencepiece"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {"class": type(tokenizer).__name__, **versions, **tokenizer_files(model_dir)}
+
+
+def inputs_document(spec: WorkloadSpec, prompts: list[Prompt], tokenizer: dict[str, Any],
+                    made_in: dict[str, Any]) -> dict[str, Any]:
+    """The inputs file: the workload's texts and ids, and who tokenised them."""
+    return {"schema": INPUTS_SCHEMA, "status": "ok", "workload": asdict(spec), "tokenizer": tokenizer,
+            "made_in": made_in, "prompts": [{"index": p.index, "task_id": p.task_id, "text": p.text,
+                                             "method": p.method, "ids": list(p.ids or ())} for p in prompts]}
+
+
+def read_inputs(path: Path, spec: WorkloadSpec, model_dir: Path) -> tuple[list[Prompt], dict[str, Any]]:
+    """The prompts of an inputs file, checked against the job's workload and the model's tokenizer files; and the
+    file's facts for the record. A stale or foreign file is a JobError naming the fix, never used silently."""
+    fix = "run `orchestrate.py prepare` again: it tokenises the workload once per model in the reference's image"
+    try:
+        raw = Path(path).read_bytes()
+        doc = json.loads(raw)
+    except (OSError, ValueError) as e:
+        raise JobError("inputs", f"no readable prompt ids at {path} ({type(e).__name__})", fix) from e
+    if not isinstance(doc, dict) or doc.get("schema") != INPUTS_SCHEMA or doc.get("status") != "ok":
+        raise JobError("inputs", f"{path} is not an ok {INPUTS_SCHEMA} file", fix)
+    if doc.get("workload") != asdict(spec):
+        raise JobError("inputs", f"{path} was made for another workload ({doc.get('workload')})", fix)
+    files = tokenizer_files(model_dir)
+    if (doc.get("tokenizer") or {}).get("sha256") != files["sha256"]:
+        raise JobError("inputs", f"{path} was made from other tokenizer files than {model_dir}'s", fix)
+    prompts = [Prompt(int(p["index"]), p["task_id"], p["text"], p["method"], tuple(int(i) for i in p["ids"]))
+               for p in doc["prompts"]]
+    return prompts, {"tokenizer": doc["tokenizer"], "made_in": doc.get("made_in"),
+                     "sha256": hashlib.sha256(raw).hexdigest()}

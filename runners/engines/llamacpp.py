@@ -3,7 +3,7 @@
 prepare: HF folder -> GGUF with llama.cpp's own ``convert_hf_to_gguf.py`` (f32, f16), quantised from the f32 GGUF
 with ``llama_model_quantize`` (q8_0, q4_K_M); cached under ``<cache>/llamacpp/<model-key>/<precision>/``. It also
 checks that the GGUF's tokenizer turns the workload's prompts into the same ids as the HF tokenizer (the ids fed to
-the model are always the HF ones, as for every runtime).
+the model are always the workload's ids — the inputs file's in same-work mode — as for every runtime).
 
 generate: one llama_context; the prompts of a batch are *parallel sequences* of that context (one llama_decode per
 step for the whole batch, sequence ids 0..B-1), or one after the other (``batching="sequential"``). Greedy = argmax
@@ -217,7 +217,8 @@ class LlamaCppEngine(Engine):
                 "fallbacks": fallbacks[:20], "fallback_count": len(fallbacks)}
 
     def _tokenizer_check(self, gguf: Path, prompts: list) -> dict[str, Any]:
-        """Tokenise the workload's prompts with the GGUF's own tokenizer and compare with the HF ids."""
+        """Tokenise the workload's prompts with the GGUF's own tokenizer and compare with the ids generation uses
+        (the workload's: the inputs file's in same-work mode, else this image's HF tokenizer's)."""
         try:
             import llama_cpp
 
@@ -232,7 +233,7 @@ class LlamaCppEngine(Engine):
                 vocab = llama_cpp.llama_model_get_vocab(model)
                 mismatches, identical = [], 0
                 for p in prompts:
-                    hf = list(self.tokenizer(p.text)["input_ids"])
+                    hf = list(p.ids) if p.ids is not None else list(self.tokenizer(p.text)["input_ids"])
                     ours = _tokenize(llama_cpp, vocab, p.text)
                     if hf == ours:
                         identical += 1
@@ -243,8 +244,8 @@ class LlamaCppEngine(Engine):
                         "gguf_vocab": llama_cpp.llama_vocab_n_tokens(vocab), "hf_vocab": len(self.tokenizer),
                         "gguf_adds_bos": bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
                         "mismatches": mismatches,
-                        "note": "generation always uses the HF token ids; this only says whether llama.cpp's own "
-                                "tokenizer would have produced the same ids"}
+                        "note": "generation always uses the workload's token ids; this only says whether "
+                                "llama.cpp's own tokenizer would have produced the same ids"}
             finally:
                 llama_cpp.llama_model_free(model)
         except Exception as e:  # noqa: BLE001 — a failed check is recorded, it does not stop the trial

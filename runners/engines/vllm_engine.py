@@ -3,7 +3,7 @@
 load: imports vLLM and fixes the environment it reads at start-up (CPU KV-cache size, OpenMP thread binding).
 compile: the engine's own start-up, ``LLM(...)`` — weights loaded, memory profiled, KV cache allocated, torch.compile
   and CUDA-graph capture (unless enforce_eager) — in its own window, because vLLM does all of it in one constructor.
-generate: the batch's prompts as token ids (the HF tokenizer's, never re-tokenised), greedy (temperature 0), exactly
+generate: the batch's prompts as token ids (the workload's, never re-tokenised by vLLM), greedy (temperature 0), exactly
   max_tokens new tokens when EOS is ignored; all of the batch enqueued at once (max_num_seqs = batch size) and the
   engine stepped here, so every engine step calls ``on_step`` (one step = one scheduler iteration: the first one
   prefills and samples each prompt's first token, every later one decodes one token per running sequence).
