@@ -71,3 +71,23 @@ def test_prompts_tokenised_to_other_ids_are_a_different_input_not_identical(tiny
     assert a["first_divergence"][0] == 0
     assert "tokenised to other ids" in rows["vllm"]["different_output"]
     assert rows["torch"]["different_output"] is None and rows["torch"]["share_identical"] == 1.0
+
+
+def _entry(index, ids, out=(1, 2, 3)):
+    return {"index": index, "task_id": f"HumanEval/{index}", "prompt_tokens": len(ids), "prompt_ids": list(ids),
+            "output_ids": list(out)}
+
+
+def test_prompts_are_matched_by_workload_index_and_another_length_is_another_input():
+    """A prompt another image tokenised to another length used to be dropped as "unmatched" (matched on task and
+    length): it is now a different input — counted, never identical, listed with why."""
+    ref = {"per_prompt": [_entry(0, [5, 6]), _entry(1, [7, 8]), _entry(2, [9, 10]), _entry(3, [11])]}
+    rec = {"per_prompt": [_entry(0, [5, 6]), _entry(1, [7, 8, 8]), _entry(2, [9, 99])]}  # 3: missing
+    a = token_agreement(rec, ref, "r")
+    assert a["prompts"] == 4 and a["identical"] == 1 and a["share_identical"] == 0.25
+    assert a["other_prompt_ids"] == [1, 2, 3] and a["first_divergence"] == [None, 0, 0, 0]
+    assert a["other_inputs_by"] == {"length": 1, "ids": 1, "unmatched": 1} and a["unmatched_prompts"] == 1
+    # records without prompt ids (older ones) are compared by task and length
+    old = {"per_prompt": [{k: v for k, v in p.items() if k != "prompt_ids"} for p in ref["per_prompt"]]}
+    b = token_agreement(old, ref, "r")
+    assert b["share_identical"] == 1.0 and "task and length" in b["matched_by"]

@@ -43,6 +43,8 @@ def job(**changes):
     (job(engine_options={"threds": 2}), "engine_options.threds", "options of 'torch': "),
     (job(engine_options={"threads": "2"}), "engine_options.threads", "int"),
     (job(schema="slm-matrix.job/0"), "schema", "slm-matrix.job/1"),
+    (job(inputs="inputs/m/x.json"), "inputs", "give cache_dir"),
+    (job(inputs=3), "inputs", "str"),
 ])
 def test_bad_job_names_field_and_fix(data, field, words):
     with pytest.raises(JobError) as err:
@@ -61,6 +63,12 @@ def test_good_job_defaults_and_hash_ignore_trial_bookkeeping():
     b = parse_job({**GOOD, "trial": {"repetition": 3}})
     assert a.hash == b.hash
     assert a.hash != parse_job({**GOOD, "precision": "bf16"}).hash
+    # a job without an inputs file hashes as before the field existed; one with it is other work
+    import hashlib
+    body = {k: v for k, v in a.to_dict().items() if k not in ("trial", "inputs")}
+    assert a.hash == hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    with_inputs = parse_job({**GOOD, "cache_dir": "/cache", "inputs": "inputs/x/1.json"})
+    assert with_inputs.inputs == "inputs/x/1.json" and with_inputs.hash != parse_job({**GOOD, "cache_dir": "/cache"}).hash
 
 
 def test_study_max_length_budget():

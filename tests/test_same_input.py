@@ -196,3 +196,21 @@ def test_the_orchestrator_tokenises_once_per_model_and_every_cell_reads_it(tmp_p
         [p["ids"] for p in json.loads(Path(facts["path"]).read_text())["prompts"]]
     assert served["workload"]["input_ids"]["source"] == "this image's tokenizer"
     assert "as served" in served["workload"]["input_ids"]["why"]
+
+
+def test_the_pass_at_1_comparison_takes_the_runs_reference_and_verdict():
+    """paired_vs_reference pairs against the matrix's [agreement] reference (here CUDA first), not the default, and
+    carries the one verdict of each configuration."""
+    from analysis.quality import paired_vs_reference
+
+    configs = (("TORCH-CPU", "torch", "cpu", None), ("TORCH-CUDA", "torch", "cuda", None),
+               ("VLLM-CUDA", "vllm", "cuda", "1 prompt(s) tokenised to other ids than the reference's"))
+    q = pd.DataFrame([{"trial_id": c, "model": "m", "config": c, "engine": e, "device": d, "precision": "fp32",
+                       "eval_mode": "full", "different_output": why} for c, e, d, why in configs])
+    tasks = pd.DataFrame([{"trial_id": c, "task_id": f"HumanEval/{t}", "outcome": "passed" if t < 5 else "failed"}
+                          for c, *_ in configs for t in range(10)])
+    pairs = paired_vs_reference(q, tasks, {"devices": ["cuda", "cpu"]}).set_index("config")
+    assert set(pairs.index) == {"TORCH-CPU", "VLLM-CUDA"} and set(pairs["reference"]) == {"TORCH-CUDA"}
+    assert pairs.loc["VLLM-CUDA", "different_output"] == configs[2][3]
+    assert pd.isna(pairs.loc["TORCH-CPU", "different_output"])
+    assert set(paired_vs_reference(q, tasks).set_index("config").index) == {"TORCH-CUDA", "VLLM-CUDA"}

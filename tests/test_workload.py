@@ -7,7 +7,7 @@ import pytest
 
 from runners.job import WorkloadSpec
 from runners.runner import load_tokenizer
-from runners.workload import humaneval_tasks, load_prompts
+from runners.workload import encode, humaneval_tasks, load_prompts, tokenizer_files, tokenizer_identity
 
 
 def test_humaneval_has_164_tasks_in_order():
@@ -61,3 +61,21 @@ def test_fragments_under_the_real_smollm2_tokenizer(smollm2_dir):
     tok = load_tokenizer(smollm2_dir)
     prompts = load_prompts(WorkloadSpec(seed=2412), tok)
     assert len(prompts) == 164 and all(10 <= n_tokens(tok, p.text) <= 15 for p in prompts)
+
+
+def test_encode_gives_every_prompt_its_ids(tokenizer):
+    prompts = encode(load_prompts(WorkloadSpec(count=3), tokenizer), tokenizer)
+    assert [list(p.ids) for p in prompts] == [tokenizer(p.text)["input_ids"] for p in prompts]
+
+
+def test_the_tokenizer_is_identified_by_its_files_and_libraries(tokenizer, tiny_model_dir, tmp_path):
+    import shutil
+
+    ident = tokenizer_identity(tokenizer, tiny_model_dir)
+    assert ident["class"] == type(tokenizer).__name__ and ident["transformers"]
+    assert "tokenizer.json" in ident["files"] and "config.json" not in ident["files"]
+    copy = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, copy)
+    assert tokenizer_files(copy)["sha256"] == ident["sha256"]  # the files, not where they are
+    (copy / "tokenizer.json").write_text((copy / "tokenizer.json").read_text() + " ")  # one byte more
+    assert tokenizer_files(copy)["sha256"] != ident["sha256"]
