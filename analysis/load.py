@@ -174,6 +174,9 @@ def window_energy(window: dict, idle: dict[str, dict[str, Any]]) -> dict[str, An
     has an idle figure of the same source kind (a partial subtraction would mix baselines)."""
     duration = float(window.get("duration_s") or 0.0)
     out: dict[str, Any] = {"duration_s": duration}
+    # a figure the meters marked invalid (read error, trace gap, reset, impossible rise) makes the window no figure
+    invalid = [f for f in window.get("energy") or [] if f.get("valid") is False]
+    out["invalid"] = "; ".join(f"{f.get('component')}: {f.get('invalid_reason')}" for f in invalid) or None
     for source in SOURCES:
         figs = [f for f in window.get("energy") or [] if f.get("source") == source and f.get("joules") is not None]
         raw = _get(window, "energy_total", f"{source}_j")
@@ -184,8 +187,8 @@ def window_energy(window: dict, idle: dict[str, dict[str, Any]]) -> dict[str, An
             idles = [idle.get(f["component"]) for f in figs]
             if all(i is not None and i["source"] == source for i in idles):
                 net = float(raw) - sum(i["watts"] for i in idles) * duration
-        out[f"{source}_j"] = None if raw is None else float(raw)
-        out[f"net_{source}_j"] = net
+        out[f"{source}_j"] = None if raw is None or invalid else float(raw)
+        out[f"net_{source}_j"] = None if invalid else net
         out[f"{source}_components"] = "+".join(sorted(f["component"] for f in figs)) or None
     return out
 
@@ -299,9 +302,15 @@ def trial_row(record: dict, path: Path, run_dir: Path, problem: str | None = Non
     # The figure's boundary: what it covers and how. Only rows of one boundary are ever compared.
     row["energy_boundary"] = f"{row['energy_components']} ({source})" if source else None
     gen = wins.get("generate") or {}
-    row["boundary_error_j"] = _get(gen, "host_metered", "boundary_error_j")
+    errors = [f["boundary_error_j"] for f in gen.get("energy") or []
+              if f.get("source") == "measured" and f.get("boundary_error_j") is not None]
+    row["boundary_error_j"] = sum(errors) if errors else _get(gen, "host_metered", "boundary_error_j")
+    invalid = window_energy(gen, idle).get("invalid") if gen else None
+    row["energy_invalid"] = invalid  # the headline is then no figure (NaN): kept out of statistics and comparisons
     flags = [*(gen.get("flags") or []), *(_get(record, "idle", "flags") or []),
              *(_get(record, "host", "idle", "flags") or [])]
+    if invalid and not any(f.get("code") == "invalid-figure" for f in flags):
+        flags.append({"code": "invalid-figure", "component": None, "message": invalid})
     row["meter_flags"] = "; ".join(f"{f.get('component') or 'all'} {f.get('code')}: {f.get('message')}"
                                    for f in flags) or None
     agreement = record.get("agreement") or {}
@@ -345,10 +354,12 @@ def energy_rows(record: dict, trial: dict[str, Any]) -> list[dict[str, Any]]:
         duration = float(w.get("duration_s") or 0.0)
         for f in w.get("energy") or []:
             i = idle.get(f.get("component"))
-            same = i is not None and i["source"] == f.get("source") and f.get("joules") is not None
+            valid = f.get("valid") is not False
+            same = i is not None and i["source"] == f.get("source") and f.get("joules") is not None and valid
             rows.append({**base, "phase": phase, "component": f.get("component"), "source": f.get("source"),
                          "meter": f.get("meter"), "reason": f.get("reason"), "duration_s": duration,
-                         "joules": f.get("joules"), "idle_w": i["watts"] if same else None,
+                         "joules": f.get("joules") if valid else None, "invalid_reason": f.get("invalid_reason"),
+                         "idle_w": i["watts"] if same else None,
                          "idle_origin": i["origin"] if same else None,
                          "net_joules": f["joules"] - i["watts"] * duration if same else None})
     return rows

@@ -359,3 +359,48 @@ def test_a_traced_window_at_a_power_step_follows_the_counter(tmp_path):
 def test_the_method_text_says_what_the_counter_does_not_see():
     for words in ("NVML", "25 %", "update period", "PSU", "fans", "wall meter", "invalid", "RAPL"):
         assert words in METHOD_TEXT
+
+
+# --- analysis: an invalid figure is no figure, and is listed -----------------------------------------------------------
+
+
+def test_analysis_counts_an_invalid_figure_as_none_and_lists_it(tmp_path):
+    """Three repetitions of a CUDA configuration; in one, the GPU counter was reset mid-window (the meters marked it
+    invalid, keeping its impossible number): that trial has no energy figure, statistics use the other two, and the
+    meter-validity table lists it with the reason."""
+    from analysis.load import load_runs
+    from analysis.report import validity_table
+    from analysis.synthetic import make_record, write_run
+    from runners.meters.validity import invalid_flags, invalidate, valid_totals
+    from runners.record import validate_record
+
+    records = [make_record(model="m", engine="torch", device="cuda", source="measured", energy_j=100.0 + r,
+                           components={"gpu:0": 1.0}, idle_w={"gpu:0": 2.0}, repetition=r, order_index=r)
+               for r in range(3)]
+    gen = records[1]["phases"]["generate"]
+    gen["energy"][0]["joules"] = 999_999.0
+    invalidate(gen["energy"][0], "the counter rose 999999.0 J in 10.000 s, faster than the device can draw")
+    gen["energy_total"] = valid_totals(gen["energy"])
+    gen["flags"] = invalid_flags(gen["energy"])
+    for rec in records:
+        validate_record(rec)
+    tables = load_runs(write_run(records, tmp_path / "run"))
+    ok = tables.ok.set_index("repetition")
+    assert pd_isna(ok.loc[1, "energy_j"]) and pd_isna(ok.loc[1, "net_energy_j"])
+    assert pd_isna(ok.loc[1, "energy_measured_j"]) and pd_isna(ok.loc[1, "net_energy_measured_j"])
+    assert "faster than the device can draw" in ok.loc[1, "energy_invalid"]
+    assert ok["energy_j"].median() == pytest.approx(101.0)  # the median of 100 and 102: the invalid one is out
+    assert ok.loc[0, "energy_j"] == pytest.approx(100.0) and ok.loc[2, "energy_j"] == pytest.approx(102.0)
+
+    class _A:  # what validity_table reads from an analysis
+        pass
+    a = _A()
+    a.ok = tables.ok
+    vt = validity_table(a)
+    assert len(vt) == 1 and "invalid-figure" in vt.iloc[0]["flags"] and "faster" in vt.iloc[0]["flags"]
+
+
+def pd_isna(value) -> bool:
+    import pandas as pd
+
+    return bool(pd.isna(value))
