@@ -28,11 +28,9 @@ def finite(df: pd.DataFrame, cols: list[str], panel: str, what: str) -> tuple[pd
         return df, ""
     vals = df[cols].apply(pd.to_numeric, errors="coerce").to_numpy(float)
     keep = np.isfinite(vals).all(axis=1)
-    left = []
-    for (p, cfg), g in df.assign(_keep=keep).groupby([panel, "config"], sort=True):
-        missing = int((~g["_keep"]).sum())
-        if missing:
-            left.append(f"{p} · {cfg}" + ("" if missing == len(g) else f" ({missing} of {len(g)} rows)"))
+    counts = pd.Series(~keep, index=df.index).groupby([df[panel], df["config"]], sort=True).agg(["sum", "size"])
+    left = [f"{p} · {cfg}" + ("" if missing == n else f" ({missing} of {n} rows)")
+            for (p, cfg), missing, n in zip(counts.index, counts["sum"], counts["size"]) if missing]
     note = f" Left out ({what}): {'; '.join(left)}." if left else ""
     return df[keep], note
 

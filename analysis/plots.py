@@ -66,7 +66,7 @@ def _legend(fig: plt.Figure, pal: dict, front: bool) -> None:
         handles.append(plt.Line2D([], [], marker="o", ls="--", color="grey", mfc="none", mec="black",
                                   label="Pareto front"))
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False,
-               bbox_to_anchor=(0.5, -0.02))
+               bbox_to_anchor=(0.5, 0.0))
     fig.tight_layout(rect=(0, 0.06, 1, 1))
 
 
@@ -153,6 +153,6 @@ def power_over_time(traces: list[tuple[str, dict]]) -> plt.Figure | None:
 
 def to_png(fig: plt.Figure, dpi: int = 110) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     return buf.getvalue()

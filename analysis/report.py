@@ -141,8 +141,9 @@ def _warnings(a: Analysis) -> list[str]:
                    "not trust, host trace problems): listed under Meter validity.")
     none = ok[ok["energy_j"].isna()].groupby(["model", "config"]).size()
     if len(none):
-        out.append(f"{int(none.sum())} trial(s) have no energy figure ({'; '.join(f'{m} · {c}' for m, c in none.index)}"
-                   "): left out of every energy table, plot, saving and test; their time and output are shown.")
+        which = "; ".join(f"{m} · {c}" for m, c in none.index)
+        out.append(f"{int(none.sum())} trial(s) have no energy figure ({which}): left out of every energy table, plot, "
+                   "saving and test; their time and output are shown.")
     missing_net = ok[ok["net_energy_j"].isna() & ok["energy_j"].notna()]
     if len(missing_net):
         out.append(f"{len(missing_net)} trial(s) have no idle baseline for every component of their energy source:"
@@ -209,7 +210,7 @@ def split_models(a: Analysis) -> dict[str, dict[str, list[str]]]:
     boundary (their energy is compared within each boundary only)."""
     out = {}
     for model, part in a.medians.groupby("model") if not a.medians.empty else []:
-        bounds = part.groupby(part["energy_boundary"].fillna("no energy figure"))["config"].agg(sorted)
+        bounds = part.groupby(part["energy_boundary"].astype(object).fillna("no energy figure"))["config"].agg(sorted)
         if len(bounds) > 1:
             out[model] = {b: list(c) for b, c in bounds.items()}
     return out
@@ -221,7 +222,8 @@ def no_reference(a: Analysis) -> pd.DataFrame:
     if ok.empty or "agreement_status" not in ok:
         return pd.DataFrame(columns=["model", "config", "agreement_note"])
     miss = ok[ok["agreement_status"] != "compared"]
-    miss = miss.assign(agreement_note=miss["agreement_note"].fillna("no agreement recorded for these trials"))
+    note = miss["agreement_note"].astype(object)  # all-None is read as a float column
+    miss = miss.assign(agreement_note=note.fillna("no agreement recorded for these trials"))
     return miss.groupby(["model", "config"], as_index=False)["agreement_note"].first()
 
 
@@ -465,7 +467,7 @@ nav a{margin-right:1em} details{margin:.5em 0} summary{cursor:pointer;font-weigh
 def _banner(a: Analysis) -> tuple[str, str]:
     """The sources, and the boundary of every comparison: what each compared energy figure covers."""
     s = a.sources
-    bounds = a.ok.groupby(a.ok["energy_boundary"].fillna("no energy figure"))["config"].agg(
+    bounds = a.ok.groupby(a.ok["energy_boundary"].astype(object).fillna("no energy figure"))["config"].agg(
         lambda x: ", ".join(sorted(set(x))))
     words = " Energy boundaries compared (a comparison never crosses one): " + "; ".join(
         f"[{b}] {cfgs}" for b, cfgs in bounds.items()) + "."

@@ -199,8 +199,8 @@ def savings_best_worst(medians: pd.DataFrame, value: str, *, by: str = "model",
     for name, part in medians.dropna(subset=[value]).groupby(by, sort=True):
         if len(part) < 2:
             continue
-        best = part.loc[part[value].idxmin()]
-        worst = part.loc[part[value].idxmax()]
+        ordered = part.sort_values(value, kind="stable")  # on a tie, best and worst are still two configurations
+        best, worst = ordered.iloc[0], ordered.iloc[-1]
         rows.append({by: name, "best": best[config], "best_value": best[value], "worst": worst[config],
                      "worst_value": worst[value], "n_configs": len(part),
                      "savings_pct": (worst[value] - best[value]) / worst[value] * 100.0})

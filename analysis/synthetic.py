@@ -215,6 +215,30 @@ def as_schema_1(record: dict[str, Any]) -> dict[str, Any]:
     return old
 
 
+def write_evaluations(records: list[dict[str, Any]], run_dir: str | Path, passed=None) -> Path:
+    """Evaluation files as ``orchestrate.py evaluate`` writes them (evaluation.evaluate.evaluation_of), one per ok
+    trial; ``passed(record, index) -> bool`` says which tasks pass (default: a fixed hash of model, engine,
+    precision and task — repetitions of greedy decoding pass the same tasks)."""
+    from evaluation.evaluate import evaluation_of
+
+    def by_hash(rec, i):
+        key = f"{rec['model']['name']}/{rec['engine']['name']}/{rec['engine']['precision']}/{i}"
+        return int(hashlib.sha256(key.encode()).hexdigest()[:4], 16) % 3 != 0
+
+    passed = passed or by_hash
+    out = Path(run_dir) / "evaluations"
+    out.mkdir(parents=True, exist_ok=True)
+    for rec in records:
+        if rec["status"] != "ok":
+            continue
+        rec = {**rec, "per_prompt": [{**p, "output_text": "    return 0\n"} for p in rec["per_prompt"]]}
+        outcomes = [{"task_id": p["task_id"], "outcome": "passed" if passed(rec, p["index"]) else "failed",
+                     "error_type": None, "seconds": 0.01} for p in rec["per_prompt"]]
+        ev = evaluation_of(rec["trial"]["trial_id"], rec, outcomes, {"network": "none", "synthetic": True}, 0.0)
+        (out / f"{ev['trial_id']}.json").write_text(json.dumps(ev, indent=1))
+    return Path(run_dir)
+
+
 def write_run(records: list[dict[str, Any]], run_dir: str | Path, *, agreement: bool = True) -> Path:
     """Write records the way the orchestrator lays them out: ``<run_dir>/trials/<trial_id>.json``, after the same
     token-agreement pass it runs (runners/agreement.py; ``agreement=False`` keeps the records' own)."""

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from analysis.quality import NO_NET, NONE_SOLVED, add_quality, paired_vs_reference, pass_at_k, quality_table, wilson
+from analysis.quality import (NO_NET, NONE_SOLVED, add_quality, paired_vs_reference, pass_at_k, quality_table,
+                              wilson)
 from runners.agreement import DEFAULT_REFERENCE
 
 TASKS = [f"HumanEval/{i}" for i in range(20)]
