@@ -4,7 +4,7 @@ wrote the run's token after ``check(candidate)`` returned — never by exit stat
 
 Every hostile completion below is a way out of the interpreter *followed by HumanEval's canonical solution*: if the
 way out were not caught, the body would go on to return the right answer and pass — so not-passed here means the
-exit itself was refused, not that the answer was wrong. Docker-free (the container's lock-down is tests/test_sandbox.py).
+exit itself was refused, not that the answer was wrong. Docker-free (the container's lock-down: tests/test_sandbox.py).
 """
 
 from __future__ import annotations
