@@ -86,10 +86,9 @@ def analyse(run_dirs, *, study_csv: str | Path | None = DEFAULT_STUDY_CSV, pairs
     mixed = every[every["different_output"].isna() & every["mixed_hardware"].notna()] if not every.empty else every
     ok = every[every["different_output"].isna() & every["mixed_hardware"].isna()] if not every.empty else every
     medians = model_config_medians(ok) if not ok.empty else pd.DataFrame()
-    metrics = ["energy_j", "duration_s"]
-    if not ok.empty and ok["net_energy_j"].notna().any():
-        metrics.insert(1, "net_energy_j")
-    comparisons = run_statistics(ok, metrics, min_n=min_n, seed=seed) if not ok.empty else []
+    metrics = [m for m in ("energy_j", "net_energy_j", "duration_s") if not ok.empty and ok[m].notna().any()]
+    # a group with no finite figure (no energy counter) is no comparison, not "one configuration"
+    comparisons = [c for c in run_statistics(ok, metrics, min_n=min_n, seed=seed) if not c.groups.empty]
     a = Analysis(tables=tables, ok=ok, medians=medians, comparisons=comparisons,
                  best_worst=savings_best_worst(medians, "energy_j", by="group") if not medians.empty
                  else pd.DataFrame(),

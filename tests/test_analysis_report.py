@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 
 from analysis.__main__ import main
+from analysis.figures import quality_rows
 from analysis.report import analyse, build_report, headlines
-from analysis.synthetic import make_record, synthetic_run, write_run
+from analysis.synthetic import make_record, synthetic_run, write_evaluations, write_run
 
 MODELS = (("tiny-135m", None, 0.135), ("mid-1.1b", None, 1.1))
 CONFIGS = (("torch", "cpu", "fp32", 1.0, 1.0), ("onnx", "cpu", "fp32", 0.7, 0.8), ("openvino", "cpu", "fp32", 0.5, 0.6))
@@ -266,3 +267,71 @@ def test_repetitions_from_several_machines_are_never_one_sample(tmp_path):
         "n ⟨node-a: Synthetic CPU ×2⟩", "n ⟨node-b: Synthetic CPU ×2⟩"}
     assert a.best_worst.empty or not (a.best_worst["best"] != a.best_worst["worst"]).any()  # no saving across
     assert "less energy than" not in "\n".join(headlines(a))
+
+
+def test_a_run_without_any_energy_figure_renders(tmp_path):
+    """Five CPU runtimes on a host without RAPL, codecarbon off (issue 22): no trial has an energy figure. The report
+    used to crash in seaborn's box plot ('boxprops'), the Pareto scatter and the typical-trial trace; it renders,
+    says there is no energy, compares time only and names what each energy figure leaves out."""
+    recs = [make_record(model="m", engine=e, precision=p, source="unavailable", repetition=r, order_index=5 * r + i,
+                        duration_s=5.0 + i + r / 10)
+            for r in range(5) for i, (e, p) in enumerate((("torch", "fp32"), ("onnx", "fp32"), ("openvino", "fp32"),
+                                                          ("onnx", "int8"), ("llamacpp", "q4_k_m")))]
+    paths = build_report([write_run(recs, tmp_path / "r")], tmp_path / "out", study_csv=None)
+    md, page = paths["markdown"].read_text(), paths["html"].read_text()
+    assert "NO ENERGY FIGURE" in md.split("## Headline")[0] and "class='banner mixed'>NO ENERGY FIGURE" in page
+    heads = md.split("## Headline")[1].split("## Tables")[0]
+    assert "less energy" not in heads and "Pareto-optimal" not in heads and "Energy figures are absent" in heads
+    assert "25 trial(s) have no energy figure" in heads
+    assert "left out, no energy figure: m · LLAMACPP-CPU-q4_k_m; m · ONNX-CPU" in md  # the energy table's caption
+    plots = md.split("## Plots")[1]
+    assert "Not drawn: no trial has a finite figure. Left out (no energy figure): m · LLAMACPP-CPU-q4_k_m" in plots
+    assert "Not drawn: no configuration has both figures" in plots
+    assert {p.name for p in (tmp_path / "out" / "plots").iterdir()} == {"box_time.png", "power.png"}
+    assert "CPU utilisation instead" in plots  # no power series without a counter
+    stats = md.split("## Statistics")[1].split("## ")[0]
+    assert "duration_s" in stats and "energy_j" not in stats  # time is tested; energy is not pretended
+
+
+def test_the_quality_front_stays_within_one_boundary_over_comparable_rows(tmp_path):
+    """Model m: TORCH-CPU and ONNX-CPU estimated (cpu + ram), TORCH-CUDA measured on its GPU, VLLM-CPU cheaper and
+    solving everything but diverging at the first token (different work). The pass@1 vs J/token front holds only the
+    two CPU rows; the GPU row is alone in its boundary (no front of one), vLLM is kept out; J/token and J per solved
+    task are both net: (E − 1.5 W × 10 s) over 32 tokens and over the tasks passed."""
+    cells = (("torch", "cpu", 100.0, {}), ("onnx", "cpu", 80.0, {}), ("vllm", "cpu", 10.0, {"diverge": range(4),
+                                                                                            "diverge_from": 0}),
+             ("torch", "cuda", 20.0, {"source": "measured", "components": {"gpu:0": 1.0}, "idle_w": {"gpu:0": 1.0}}))
+    recs = [make_record(model="m", engine=e, device=d, repetition=r, energy_j=j, duration_s=10.0,
+                        **{"idle_w": {"cpu": 1.0, "ram": 0.5}, **kw}) for r in range(2) for e, d, j, kw in cells]
+    solved = {"torch": {0, 1}, "onnx": {0}, "vllm": {0, 1, 2, 3}}
+    run = write_run(recs, tmp_path / "r")
+    write_evaluations(recs, run, passed=lambda rec, i: i in solved.get(rec["engine"]["name"], {0, 1, 2, 3})
+                      if rec["engine"]["device"] == "cpu" else True)
+    a = analyse([run], study_csv=None)
+    q = quality_rows(a.quality_table).set_index("config")
+    assert q.loc["TORCH-CPU", "j_per_token"] == pytest.approx(85.0 / 32)
+    assert q.loc["TORCH-CPU", "j_per_solved"] == pytest.approx(85.0 / 2)
+    assert q.loc["ONNX-CPU", "j_per_token"] == pytest.approx(65.0 / 32) and q.loc["ONNX-CPU", "j_per_solved"] == 65.0
+    assert q.loc["TORCH-CUDA", "j_per_token"] == pytest.approx(10.0 / 32)
+    assert "0 % of prompts identical" in q.loc["VLLM-CPU", "excluded"]
+    assert set(q.index[q["front"]]) == {"TORCH-CPU", "ONNX-CPU"}
+    heads = [h for h in headlines(a) if h.startswith("Pareto-optimal in pass@1")]
+    assert heads == ["Pareto-optimal in pass@1 and net J/token (nothing solves more for less), within each model and "
+                     "energy boundary: m ⟨cpu+ram (estimated)⟩: ONNX-CPU, TORCH-CPU."]
+    md = build_report([run], tmp_path / "out", study_csv=None)["markdown"].read_text()
+    quality = md.split("## Does it work?")[1].split("## ")[0]
+    assert "| net J/token | net J per solved task |" in quality and "kept out of comparisons" in quality
+    caption = next(line for line in md.splitlines() if "HumanEval pass@1 (Wilson" in line)
+    assert "Left out (kept out of every comparison): m ⟨cpu+ram (estimated)⟩ · VLLM-CPU" in caption
+
+
+def test_meter_flags_reach_the_report(tmp_path):
+    """A window the meters flagged (here: shorter than the counter can resolve) is listed under Meter validity with
+    its message, and the headline warns of it."""
+    recs = [make_record(model="m", engine=e, repetition=0) for e in ("torch", "onnx")]
+    recs[1]["phases"]["generate"]["flags"] = [{"code": "short-window", "component": "cpu", "message":
+                                               "0.4 s window: under the 5 s the rule asks for"}]
+    md = build_report([write_run(recs, tmp_path / "r")], tmp_path / "out", study_csv=None)["markdown"].read_text()
+    validity = md.split("## Meter validity (1 flagged trial(s))")[1].split("## ")[0]
+    assert "ONNX-CPU" in validity and "cpu short-window: 0.4 s window: under the 5 s the rule asks for" in validity
+    assert "1 trial(s) carry meter-validity flags" in md
