@@ -167,8 +167,9 @@ class Executor:
                 unavailable[name] = str(e)
                 continue
             problem = self._inputs([c for c in cells.values() if c.model.name == name], Path(info["path"]))
-            if problem:  # no shared ids: the model's same-work cells cannot run the same input
-                broken.update({c.id: problem for c in cells.values() if c.model.name == name})
+            if problem:  # no shared ids: the model's same-work cells cannot run the same input (as served can)
+                broken.update({c.id: problem for c in cells.values() if c.model.name == name
+                               and cell_job(self.plan, c, self.cache).get("inputs")})
         for cid, cell in cells.items():
             if cell.model.name in unavailable or cid in broken:
                 continue
