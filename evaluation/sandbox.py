@@ -23,6 +23,7 @@ from orchestrator import REPO_ROOT
 from orchestrator.images import build_dockerfile, image_name, prepare_build
 
 DOCKERFILE = REPO_ROOT / "images" / "_sandbox" / "Dockerfile"
+PASSED_WHEN = "check(candidate) returned: the task's token came after the program, never the exit status alone"
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,9 @@ class Sandbox:
         return [results[i] for i in range(len(tasks))]
 
     def describe(self) -> dict[str, Any]:
+        # passed_when: evaluations written before this rule lack it (exit status 0 was a pass then)
         return {"limits": asdict(self.limits), "network": "none", "read_only_root": True, "user": "1000:1000",
-                "cap_drop": "ALL", "no_new_privileges": True}
+                "cap_drop": "ALL", "no_new_privileges": True, "passed_when": PASSED_WHEN}
 
 
 def wait_gone(client, label: str = "io.slm-matrix.role=sandbox", timeout_s: float = 10.0) -> None:

@@ -149,3 +149,12 @@ def test_every_program_ends_with_its_check_so_running_to_the_end_means_check_ret
         last = ast.parse(he.program(task_id, p["canonical_solution"])).body[-1]
         assert isinstance(last, ast.Expr) and isinstance(last.value, ast.Call), task_id
         assert ast.unparse(last.value) == f"check({p['entry_point']})", task_id
+
+
+def test_each_evaluation_says_which_rule_scored_it():
+    """Evaluations are resumable: one written under the old rule (exit status 0 passed) stays; the facts tell them
+    apart."""
+    from evaluation.sandbox import PASSED_WHEN, Sandbox
+
+    assert Sandbox(client=None).describe()["passed_when"] == PASSED_WHEN
+    assert "check(candidate) returned" in PASSED_WHEN and "never the exit status" in PASSED_WHEN
