@@ -57,11 +57,12 @@ def make_record(*, model: str = "tiny-a", hub_id: str | None = None, params_b: f
                 batch: int = 1, intensity_g_per_kwh: float | None = 400.0, diverge: Iterable[int] = (),
                 status: str = "ok", error: dict[str, str] | None = None, series: bool = True,
                 load_s: float = 2.0, seed: int = 0, agreement: dict[str, Any] | None = None,
-                diverge_from: int | None = None) -> dict[str, Any]:
+                diverge_from: int | None = None, fixed_length: bool = True) -> dict[str, Any]:
     """One schema-valid record. ``energy_j`` is the generate window's total, split over ``components`` (shares);
     ``idle_w`` goes to the runner's idle baseline, ``host_idle_w`` to the orchestrator's; ``diverge`` lists prompt
     indices whose output differs from the reference tokens (for agreement), from token ``diverge_from`` on (default:
-    half way). ``source="unavailable"`` writes a trial without any energy figure (``energy_j`` is ignored)."""
+    half way). ``source="unavailable"`` writes a trial without any energy figure (``energy_j`` is ignored);
+    ``fixed_length=False`` one asked for work as served (its own stopping), another comparison boundary."""
     runtime = runtime or f"{engine}-{device}"
     if components is None:
         components = ESTIMATED_COMPONENTS if source == "estimated" else (
@@ -78,7 +79,7 @@ def make_record(*, model: str = "tiny-a", hub_id: str | None = None, params_b: f
     job = {"schema": "slm-matrix.job/1", "engine": engine, "device": device, "precision": precision,
            "model": {"name": model, "path": f"/models/{model}"},
            "workload": {"style": "fragment", "count": prompts, "selection": "first", "seed": 2412},
-           "generation": {"batch_size": batch, "new_tokens": new_tokens, "fixed_length": True},
+           "generation": {"batch_size": batch, "new_tokens": new_tokens, "fixed_length": fixed_length},
            "trial": trial}
     record = new_record(job, job_hash=hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest(),
                         created_unix=t0 + 900)
