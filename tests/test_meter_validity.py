@@ -404,3 +404,20 @@ def pd_isna(value) -> bool:
     import pandas as pd
 
     return bool(pd.isna(value))
+
+
+def test_an_nvml_error_while_listing_the_gpus_is_a_reason_not_a_crash(fake_nvml, tmp_path):
+    """The GPU acceptance kit and the host's meters both start with nvml.discover: a lost GPU there says why."""
+    import _fake_nvml
+    from _fake_nvml import FakeGpu
+
+    fake_nvml(FakeGpu("GPU-a"))
+
+    def lost(h):
+        raise _fake_nvml.NVMLError("GPU is lost")
+    sys.modules["pynvml"].nvmlDeviceGetName = lost
+    gpus, reason = nvml.discover()
+    assert gpus == [] and "GPU is lost" in reason
+    meters = MeterSet.create(MeterSpec(rapl_root=str(tmp_path / "none"), codecarbon=False), "cuda")
+    meters.close()
+    assert "GPU is lost" in meters.reasons["nvml"]

@@ -190,6 +190,13 @@ def discover(select: dict[str, int] | None = None) -> tuple[list[NvmlGpu], str |
         pynvml.nvmlInit()
     except pynvml.NVMLError as e:
         return [], f"NVML not available ({e}): no NVIDIA driver or GPU visible"
+    try:
+        return _list(pynvml, select)
+    except pynvml.NVMLError as e:  # a GPU lost, a driver/library mismatch: no GPU meters, and why — never a crash
+        return [], f"NVML failed while listing the GPUs ({type(e).__name__}: {e})"
+
+
+def _list(pynvml, select: dict[str, int] | None) -> tuple[list[NvmlGpu], str | None]:
     gpus, seen = [], set()
     for i in range(pynvml.nvmlDeviceGetCount()):
         h = pynvml.nvmlDeviceGetHandleByIndex(i)
