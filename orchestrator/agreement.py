@@ -20,13 +20,17 @@ def attach(store, spec: dict[str, Any] = DEFAULT_REFERENCE) -> list[dict[str, An
     summary: dict[tuple, list[dict]] = defaultdict(list)
     for rec in records.values():
         if rec.get("status") == "ok" and rec.get("agreement"):
-            e = rec["engine"]
-            summary[(rec["model"]["name"], e["name"], e["device"], e["precision"])].append(rec["agreement"])
+            e, t = rec["engine"], rec.get("trial") or {}
+            # one row per configuration as the report splits them: two runtimes or two settings (e.g. same work and
+            # as served) of one engine × device × precision are judged apart
+            summary[(rec["model"]["name"], e["name"], e["device"], e["precision"], t.get("runtime") or "",
+                     t.get("setting") or "")].append(rec["agreement"])
     rows = []
     for k, found in sorted(summary.items()):
         shares = [a["share_identical"] for a in found]
         missing = next((a["reason"] for a in found if a.get("status") != "compared"), None)
-        rows.append({"model": k[0], "engine": k[1], "device": k[2], "precision": k[3], "trials": len(found),
+        rows.append({"model": k[0], "engine": k[1], "device": k[2], "precision": k[3], "runtime": k[4] or None,
+                     "setting": k[5] or None, "trials": len(found),
                      "share_identical": None if missing else min(shares), "no_reference": missing,
                      # the one verdict (runners.agreement.verdict), as the report and the archs table call it
                      "different_output": None if missing else verdict(found, k[3], spec)})

@@ -430,13 +430,14 @@ def _print_agreement(store, spec) -> None:
     if not rows:
         return
     table = Table(title=f"token agreement with {describe(spec)} (share of prompts identical, worst trial)")
-    for col in ("model", "engine", "device", "precision", "trials", "identical", "same work?"):
+    for col in ("model", "engine", "device", "precision", "setting", "trials", "identical", "same work?"):
         table.add_column(col)
     for r in rows:
         share = ("[red]no reference[/]" if r["no_reference"] else f"{100 * r['share_identical']:.0f} %")
         verdict = ("unknown" if r["no_reference"] else
                    f"[red]NOT THE SAME OUTPUT[/]: {escape(r['different_output'])}" if r["different_output"] else "yes")
-        table.add_row(r["model"], r["engine"], r["device"], r["precision"], str(r["trials"]), share, verdict)
+        table.add_row(r["model"], r["engine"], r["device"], r["precision"], r.get("setting") or "", str(r["trials"]),
+                      share, verdict)
     console.print(table)
 
 

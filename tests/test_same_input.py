@@ -214,3 +214,24 @@ def test_the_pass_at_1_comparison_takes_the_runs_reference_and_verdict():
     assert pairs.loc["VLLM-CUDA", "different_output"] == configs[2][3]
     assert pd.isna(pairs.loc["TORCH-CPU", "different_output"])
     assert set(paired_vs_reference(q, tasks).set_index("config").index) == {"TORCH-CUDA", "VLLM-CUDA"}
+
+
+def test_two_settings_of_one_configuration_are_judged_apart_by_both(tmp_path):
+    """vLLM as served (its own tokenizer: other ids) and with the same work (the shared ids): the orchestrator's
+    summary and the report judge the two settings apart and alike — one verdict each, not one for both."""
+    records = []
+    for setting, fixed in (("fixed", True), ("served", False)):
+        for engine in ("torch", "vllm"):
+            rec = _tokenised(make_record(engine=engine, prompts=PROMPTS, order_index=len(records), source="measured"),
+                             other_ids={0, 1} if (engine, setting) == ("vllm", "served") else set())
+            rec["trial"].update(setting=setting, trial_id=f"{engine}-{setting}")
+            rec["job"]["generation"]["fixed_length"] = fixed
+            records.append(rec)
+    run_dir = write_run(records, tmp_path / "two")
+    report = analyse(run_dir, study_csv=None)
+    judged = pd.concat([report.ok, report.different]).drop_duplicates("config")
+    by_report = dict(zip(judged["config"], judged["different_output"].where(judged["different_output"].notna(), None)))
+    rows = {(r["engine"], r["setting"]): r["different_output"] for r in attach(RunStore(tmp_path, "two"))}
+    assert rows[("vllm", "fixed")] is None and "2 prompt(s)" in rows[("vllm", "served")]
+    assert by_report == {"TORCH-CPU[fixed]": None, "TORCH-CPU[served]": None, "VLLM-CPU[fixed]": None,
+                         "VLLM-CPU[served]": rows[("vllm", "served")]}
