@@ -82,9 +82,18 @@ def _solved_note(g: pd.DataFrame) -> str | None:
     solved = g["tasks_passed"]
     if (solved == 0).all():
         return NONE_SOLVED
-    if g["j_per_token_net"].isna().any():
+    if g["j_per_token_net"].isna().all():
         return NO_NET
     return None if (solved > 0).all() else "some trials solved none"
+
+
+def _energy_group(g: pd.DataFrame, model: str) -> str:
+    """The comparison group of the configuration's trials that have a net figure (a trial whose figure the meters
+    marked invalid sits in the 'no energy figure' group)."""
+    if "group" not in g:
+        return model
+    groups = g.loc[g["j_per_token_net"].notna(), "group"]
+    return str((groups if len(groups) else g["group"]).mode().iloc[0])
 
 
 def quality_table(q: pd.DataFrame) -> pd.DataFrame:
@@ -100,10 +109,10 @@ def quality_table(q: pd.DataFrame) -> pd.DataFrame:
         note = _solved_note(g)
         rows.append({"model": model, "config": config, "mode": mode, "trials": len(g), "tasks": n,
                      "pass@1": p, "ci_low": lo, "ci_high": hi,
-                     "j_per_token": g["j_per_token_net"].median() if g["j_per_token_net"].notna().all() else np.nan,
+                     # medians over the trials with a net figure, both from the same trials' energy
+                     "j_per_token": g["j_per_token_net"].median(),
                      "j_per_solved": g["j_per_solved"].median() if note is None else np.nan,
-                     "j_per_solved_note": note,
-                     "group": str(g["group"].iloc[0]) if "group" in g else model,
+                     "j_per_solved_note": note, "group": _energy_group(g, model),
                      "energy_boundary": "; ".join(sorted(set(g["energy_boundary"].dropna()))),
                      "excluded": _excluded(g)})
     return pd.DataFrame(rows)

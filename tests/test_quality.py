@@ -121,3 +121,17 @@ def test_holm_not_bonferroni_over_three_configurations():
     assert pairs["mcnemar_p"].to_dict() == pytest.approx({"A-CPU": 2 / 256, "B-CPU": 2 / 32, "C-CPU": 16 / 128})
     assert pairs["p_holm"].to_dict() == pytest.approx({"A-CPU": 3 * 2 / 256, "B-CPU": 2 * 2 / 32,
                                                        "C-CPU": max(2 * 2 / 32, 16 / 128)})
+
+
+def test_a_trial_without_a_net_figure_leaves_the_others_to_speak():
+    """One of three repetitions lost its figure (the meters marked it invalid, so it sits in the 'no energy figure'
+    group): J/token and J per solved task come from the other two, and the configuration keeps its energy group."""
+    ok = _trials([{"trial_id": f"t{r}", "model": "m", "config": "TORCH-CPU", "engine": "torch", "precision": "fp32",
+                   "net_energy_j": [40.0, None, 60.0][r], "j_per_token_net": [0.4, None, 0.6][r],
+                   "group": ["m ⟨cpu (measured)⟩", "m ⟨no energy figure⟩", "m ⟨cpu (measured)⟩"][r]}
+                  for r in range(3)])
+    evaluations = pd.DataFrame([{"trial_id": f"t{r}", "eval_mode": "same-work", "tasks_passed": 10,
+                                 "tasks_total": 20} for r in range(3)])
+    row = quality_table(add_quality(ok.drop(columns=["eval_mode", "tasks_total"]), evaluations)).iloc[0]
+    assert row["j_per_token"] == pytest.approx(0.5) and row["j_per_solved"] == pytest.approx(5.0)
+    assert row["j_per_solved_note"] is None and row["group"] == "m ⟨cpu (measured)⟩"

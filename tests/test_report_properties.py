@@ -4,7 +4,7 @@ Record sets are drawn through the synthetic builder (analysis/synthetic.py, the 
 configurations with no energy figure at all (a CPU host without RAPL, codecarbon off), one repetition, one
 configuration, every trial failed, several energy boundaries in one model, records of schema /1 beside /2, no
 agreement pass, evaluations present or missing, a configuration that did different work, repetitions from two hosts,
-work as served beside the same work.
+work as served beside the same work, one repetition of a configuration without a figure.
 For each: ``build_report`` writes its files, no energy comparison, saving, winner or Pareto front crosses an energy
 boundary or includes a row kept out of comparisons, and nothing is claimed for fewer than two configurations."""
 
@@ -31,7 +31,7 @@ cells = st.fixed_dictionaries({
     "source": st.sampled_from(("estimated", "measured", "unavailable")), "reps": st.integers(1, 3),
     "failed": st.integers(0, 3), "idle": st.booleans(), "schema1": st.booleans(),
     "energy": st.floats(5.0, 500.0), "duration": st.floats(1.0, 60.0), "diverge": st.booleans(),
-    "two_hosts": st.booleans(), "served": st.booleans()})
+    "two_hosts": st.booleans(), "served": st.booleans(), "lost_one": st.booleans()})
 record_sets = st.fixed_dictionaries({
     "models": st.lists(st.dictionaries(st.integers(0, len(CONFIGS) - 1), cells, min_size=1, max_size=3),
                        min_size=1, max_size=2),
@@ -40,7 +40,8 @@ record_sets = st.fixed_dictionaries({
 
 def _cell(**kw):
     return {"source": "estimated", "reps": 2, "failed": 0, "idle": True, "schema1": False, "energy": 100.0,
-            "duration": 10.0, "diverge": False, "two_hosts": False, "served": False, **kw}
+            "duration": 10.0, "diverge": False, "two_hosts": False, "served": False,
+            "lost_one": False, **kw}
 
 
 def _records(drawn: dict) -> list[dict]:
@@ -52,11 +53,13 @@ def _records(drawn: dict) -> list[dict]:
             comps = {"estimated": ESTIMATED_COMPONENTS, "unavailable": {}}.get(
                 source, MEASURED_CUDA if device == "cuda" else MEASURED_CPU)
             for r in range(cell["reps"]):
+                lost = cell["lost_one"] and r == 1  # one repetition without a figure (e.g. marked invalid)
                 rec = make_record(
-                    model=f"m{m}", engine=engine, device=device, precision=precision, source=source, repetition=r,
+                    model=f"m{m}", engine=engine, device=device, precision=precision,
+                    source="unavailable" if lost else source, repetition=r,
                     order_index=order, energy_j=cell["energy"] * (1 + 0.03 * r),
                     duration_s=cell["duration"] * (1 + 0.02 * r),
-                    idle_w={k: 0.5 for k in comps} if cell["idle"] and comps else None,
+                    idle_w={k: 0.5 for k in comps} if cell["idle"] and comps and not lost else None,
                     status="failed" if r < cell["failed"] else "ok",
                     diverge=range(4) if cell["diverge"] else (), diverge_from=0 if cell["diverge"] else None,
                     fixed_length=not cell["served"])
@@ -120,11 +123,11 @@ def _assert_claims_hold(a, heads: list[str]) -> None:
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(record_sets)
 # the named cases, always run: no energy anywhere (the crash of issue 22); one group without energy beside others
-# on several boundaries, schema /1 beside /2, evaluated; one configuration, one repetition; every trial failed;
-# no agreement pass and evaluations missing; different work and two hosts
+# on several boundaries, one repetition without a figure, schema /1 beside /2, evaluated; one configuration, one
+# repetition; every trial failed; no agreement pass and evaluations missing; different work, two hosts, as served
 @example({"models": [{0: _cell(source="unavailable", idle=False), 1: _cell(source="unavailable", idle=False)}],
           "agreement": True, "evaluated": False})
-@example({"models": [{0: _cell(), 1: _cell(schema1=True), 2: _cell(source="unavailable"),
+@example({"models": [{0: _cell(reps=3, lost_one=True), 1: _cell(schema1=True), 2: _cell(source="unavailable"),
                       3: _cell(source="measured")}], "agreement": True, "evaluated": True})
 @example({"models": [{0: _cell(reps=1)}], "agreement": True, "evaluated": True})
 @example({"models": [{0: _cell(failed=3), 1: _cell(failed=3)}], "agreement": True, "evaluated": False})
