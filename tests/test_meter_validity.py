@@ -314,15 +314,18 @@ def test_the_tracer_survives_nvml_errors_in_any_read_including_the_last(fake_nvm
 
 
 def test_a_traced_rapl_counter_is_unwrapped_across_its_range(tmp_path):
-    """A package at 30 W whose energy_uj wraps every 0.5 s (range 15 J): a traced 1.2-s window spans two wraps and
-    is still 30 W × its duration, valid (a trace of the raw counter would be off by whole ranges, or negative)."""
-    meters = _rapl_meters(tmp_path, max_range=15_000_000, trace_interval_s=0.02)
+    """A package at 30 W whose energy_uj wraps every second (range 30 J): a traced 2.2-s window spans two wraps and
+    is still 30 W × its duration, valid (a trace of the raw counter would be off by whole ranges, or negative). The
+    zone states a 20 W limit, so a wrap takes at least 30 J / 40 W = 0.75 s: the 20-ms trace sees every one."""
+    (tmp_path / "rapl" / "intel-rapl:0").mkdir(parents=True)
+    (tmp_path / "rapl" / "intel-rapl:0" / "constraint_0_power_limit_uw").write_text("20000000\n")
+    meters = _rapl_meters(tmp_path, max_range=30_000_000, trace_interval_s=0.02)
     try:
         rate = install_rapl(meters, {"cpu:package-0": 30.0})["cpu:package-0"]
         with meters.window("container", trace=True) as w:
             time.sleep(0.1)
             t0 = time.monotonic()
-            time.sleep(1.2)
+            time.sleep(2.2)
             t1 = time.monotonic()
             time.sleep(0.1)
     finally:
@@ -421,3 +424,36 @@ def test_an_nvml_error_while_listing_the_gpus_is_a_reason_not_a_crash(fake_nvml,
     meters = MeterSet.create(MeterSpec(rapl_root=str(tmp_path / "none"), codecarbon=False), "cuda")
     meters.close()
     assert "GPU is lost" in meters.reasons["nvml"]
+
+
+def test_a_rapl_counter_left_unread_longer_than_a_wrap_is_invalid(tmp_path):
+    """A package whose range wraps in 1 s at the fastest believable power (range 2000 J, 1000 W limit × 2), read at
+    the window's edges only (the sampler stopped): a whole wrap could hide between the reads, so the figure is
+    invalid; read often enough, the same counter gives a valid figure."""
+    root = make_rapl_tree(tmp_path / "rapl", 0, 0, max_range=2_000_000_000)
+    (root / "intel-rapl:0" / "constraint_0_power_limit_uw").write_text("1000000000\n")
+    meters = MeterSet.create(MeterSpec(rapl_root=str(root), codecarbon=False, sample_interval_s=0.02))
+    try:
+        install_rapl(meters, {"cpu:package-0": 50.0})
+        pkg = next(c for c in meters.rapl if c.component == "cpu:package-0")
+        assert pkg.wrap_s == pytest.approx(1.0)
+        with meters.window("generate") as read_often:
+            time.sleep(0.3)
+        meters.sampler.stop()
+        with meters.window("generate") as blind:
+            time.sleep(1.3)
+    finally:
+        meters.close()
+    often = next(f for f in read_often.result["energy"] if f["component"] == "cpu:package-0")
+    assert often.get("valid", True) is True
+    fig = next(f for f in blind.result["energy"] if f["component"] == "cpu:package-0")
+    assert fig["valid"] is False and "a wrap may be missing" in fig["invalid_reason"]
+
+
+def test_a_traced_counter_unread_longer_than_a_wrap_is_invalid():
+    tr = CounterTrace(0.1, wrap_s={"cpu:package-0": 0.5})
+    for t in (100.0, 100.1, 100.2, 100.9, 101.0, 101.1):  # 0.7 s without a read inside the window
+        tr.add(t, {"cpu:package-0": 10.0 * (t - 100.0)})
+    e = tr.energy("cpu:package-0", 100.05, 101.05)
+    assert e.valid is False and "a wrap may be missing" in e.invalid_reason
+    assert tr.energy("cpu:package-0", 100.95, 101.05).valid

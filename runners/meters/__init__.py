@@ -96,7 +96,8 @@ class Window:
         self.intensity_g_per_kwh: float | None = None
         self.trace: CounterTrace | None = None  # with trace=True: every counter, finely, for windows marked inside
         self._tracer = CounterTracer(meters.counter_readers(), meters.spec.trace_interval_s, meters.power_limits(),
-                                     meters.update_periods()) if trace else None
+                                     meters.update_periods(), {c.component: c.wrap_s for c in meters.rapl}
+                                     ) if trace else None
 
     def __enter__(self) -> "Window":
         m = self.meters
@@ -233,9 +234,19 @@ class MeterSet:
             # each edge reads a counter that moved last up to one update period ago: that period's energy, per edge
             error = 2 * period * joules / duration if period and duration > 0 else None
             fig = figure(component, joules, "measured", meter, boundary_error_j=error)
-            problem = rise_problem(joules, duration, limits.get(component), period or STEP_SLACK_S)
+            problem = rise_problem(joules, duration, limits.get(component), period or STEP_SLACK_S) or \
+                self._blind(component, edge0.mono, edge1.mono)
             figures.append(invalidate(fig, problem) if problem else fig)
         return figures
+
+    def _blind(self, component: str, start: float, end: float) -> str | None:
+        """Why a RAPL figure could have missed a wrap: its reads were once further apart than a wrap takes."""
+        c = next((c for c in self.rapl if c.component == component), None)
+        gaps = c.blind_between(start, end) if c else []
+        if not gaps:
+            return None
+        return (f"the counter went unread for {max(g for _, g in gaps):.0f} s, longer than it takes to wrap "
+                f"({c.wrap_s:.0f} s at the fastest believable power): a wrap may be missing")
 
     def sampled_figures(self, samples: dict | None, duration: float) -> list[dict]:
         """GPUs without a (usable) energy counter: their sampled NVML power readings, integrated."""

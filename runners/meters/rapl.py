@@ -8,6 +8,7 @@ previous read to a running total, so a window sees every wrap as long as reads c
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,19 @@ class RaplCounter:
     _last_raw: int | None = None
     _total_uj: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _last_t: float | None = None
+    blind: list = field(default_factory=list)  # (monotonic t, gap s) of reads further apart than ``wrap_s``
+
+    @property
+    def wrap_s(self) -> float:
+        """The shortest time the counter can take to wrap (its range at the fastest believable power): reads
+        further apart than this could miss a whole wrap, and undercount by a range."""
+        from runners.meters.validity import max_power_w
+
+        return self.max_range_uj / 1e6 / max_power_w(self.limit_w) if self.max_range_uj else float("inf")
+
+    def blind_between(self, start: float, end: float) -> list[tuple[float, float]]:
+        return [(t, gap) for t, gap in self.blind if start < t <= end + gap]
 
     def read_raw(self) -> int:
         return int((self.path / "energy_uj").read_text().strip())
@@ -34,9 +48,12 @@ class RaplCounter:
         a wrap and adds a whole counter range."""
         with self._lock:
             raw = self.read_raw()
+            now = time.monotonic()
             if self._last_raw is not None:
                 self._total_uj += wrap_delta(self._last_raw, raw, self.max_range_uj)
-            self._last_raw = raw
+                if self._last_t is not None and now - self._last_t > self.wrap_s:
+                    self.blind.append((now, now - self._last_t))
+            self._last_raw, self._last_t = raw, now
             return self._total_uj
 
 

@@ -49,6 +49,8 @@ class CounterTrace:
     # per component: its maximum power limit (W, None: unknown) and its counter's update period (s, None: unknown)
     limits_w: dict[str, float | None] = field(default_factory=dict)
     periods_s: dict[str, float | None] = field(default_factory=dict)
+    # per component: the shortest time its counter takes to wrap (RAPL); a longer bracket could hide a wrap
+    wrap_s: dict[str, float] = field(default_factory=dict)
     # compact arrays: a 4-hour trial at 20 ms is 720 000 points per component
     times: dict[str, array] = field(default_factory=dict)
     joules: dict[str, array] = field(default_factory=dict)
@@ -98,7 +100,11 @@ class CounterTrace:
     def _implausible(self, component: str, t: array, series: array, i: int, j: int, period: float) -> list[str]:
         """The first bracket in [i, j) whose counter went backwards or rose faster than the device can draw."""
         limit, slack = self.limits_w.get(component), max(period, STEP_SLACK_S)
+        wrap = self.wrap_s.get(component, float("inf"))
         for k in range(i + 1, j):
+            if t[k] - t[k - 1] > wrap:
+                return [f"the counter went unread for {t[k] - t[k - 1]:.1f} s, longer than it takes to wrap "
+                        f"({wrap:.1f} s): a wrap may be missing, at {t[k]:.3f} s"]
             problem = rise_problem(series[k] - series[k - 1], t[k] - t[k - 1], limit, slack)
             if problem:
                 return [f"{problem}, at {t[k]:.3f} s"]
@@ -124,9 +130,9 @@ class CounterTracer:
     the trace covers the last instant. No failed read ends it."""
 
     def __init__(self, readers: dict[str, Reader], interval_s: float, limits_w: dict[str, float | None] | None = None,
-                 periods_s: dict[str, float | None] | None = None):
+                 periods_s: dict[str, float | None] | None = None, wrap_s: dict[str, float] | None = None):
         self.readers = readers
-        self.trace = CounterTrace(interval_s, dict(limits_w or {}), dict(periods_s or {}))
+        self.trace = CounterTrace(interval_s, dict(limits_w or {}), dict(periods_s or {}), dict(wrap_s or {}))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="counter-trace", daemon=True)
 
