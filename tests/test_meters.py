@@ -11,8 +11,9 @@ from runners.job import MeterSpec
 from runners.meters import MeterSet, rapl
 
 
-def make_rapl_tree(root: Path, package_uj: int, dram_uj: int, max_range: int = 1_000_000) -> Path:
-    """A powercap tree shaped like the kernel's: intel-rapl:0 (package-0) with core and dram sub-zones."""
+def make_rapl_tree(root: Path, package_uj: int, dram_uj: int, max_range: int = 262_143_328_850) -> Path:
+    """A powercap tree shaped like the kernel's: intel-rapl:0 (package-0) with core and dram sub-zones; the range is a
+    real package's (262 kJ) unless a test wraps it on purpose."""
     zones = {
         "intel-rapl:0": ("package-0", package_uj),
         "intel-rapl:0/intel-rapl:0:0": ("core", 5),
