@@ -150,6 +150,13 @@ def test_five_repetitions_are_enough_four_are_not_and_the_note_names_them():
     assert compare_configs(_frame({"A": five, "B": five}), "energy_j", skip="why not").note == "why not"
 
 
+def test_no_number_at_all_gives_an_empty_table_with_its_columns():
+    cmp = compare_configs(_frame({"A": ["x", None]}), "energy_j")
+    assert cmp.groups.empty and list(cmp.groups.columns) == ["config", "n", "median", "ci_low", "ci_high", "shapiro_w",
+                                                             "shapiro_p", "normal", "shapiro_note"]
+    assert not cmp.tested and cmp.name == "" and cmp.scope == "model" and cmp.metric == "energy_j"
+
+
 def test_identical_values_note_keeps_the_too_few_note():
     cmp = compare_configs(_frame({"A": [2.0] * 5, "B": [2.0] * 5, "C": [1.0]}), "energy_j")
     assert not cmp.tested and cmp.pairs.empty
@@ -199,7 +206,7 @@ def test_energy_within_each_boundary_time_across_all():
 def test_tables_without_boundary_groups_compare_per_model_and_size_group_and_refuse_mixed_sources():
     t = _table().drop(columns=["group", "size_scope", "time_group", "time_size_scope"])
     t.loc[t["config"] == "D", "energy_source"] = "estimated"
-    out = run_statistics(t, metrics=("energy_j", "duration_s", "not_a_column"))
+    out = run_statistics(t, metrics=("not_a_column", "energy_j", "duration_s"))
     by = {(c.scope, c.metric): c for c in out}
     assert set(by) == {("model", "energy_j"), ("model", "duration_s"), ("size group", "energy_j"),
                        ("size group", "duration_s")}
@@ -211,34 +218,47 @@ def test_tables_without_boundary_groups_compare_per_model_and_size_group_and_ref
         assert by[(scope, "duration_s")].tested  # time is comparable whatever the energy source
 
 
-def test_min_n_and_seed_reach_every_comparison():
-    t = _table()
-    few = run_statistics(t, min_n=6)
+def test_min_n_reaches_every_comparison():
+    few = run_statistics(_table(), min_n=6)
     assert not any(c.tested for c in few) and all("(n < 6)" in c.note for c in few)
-    seeded = run_statistics(t, seed=9)
-    vals = t.loc[t["config"] == "A", "energy_j"]
-    assert seeded[0].groups.iloc[0]["ci_low"] == pytest.approx(median_ci(vals, seed=9)["ci_low"])
-    assert seeded[0].groups.iloc[0]["ci_high"] == pytest.approx(median_ci(vals, seed=9)["ci_high"])
+
+
+# Eight values whose 95 % upper bound depends on the bootstrap's seed: 32.58 with seed 0, 35.59 with seed 9 (a median's
+# bootstrap distribution is discrete, so most samples give the same interval whatever the seed)
+SEEDED = [22.077, 15.466, 16.338, 5.926, 49.395, 35.591, 17.069, 29.574]
+
+
+def test_the_seed_reaches_every_interval_and_defaults_to_0():
+    assert median_ci(SEEDED)["ci_high"] == pytest.approx(32.5825) == _scipy_ci(SEEDED, "BCa", seed=0)[1]
+    assert median_ci(SEEDED, seed=9)["ci_high"] == pytest.approx(35.591)
+    df = _frame({"A": SEEDED, "B": [v + 10 for v in SEEDED]})
+    for kwargs, high in (({}, 32.5825), ({"seed": 9}, 35.591)):
+        assert compare_configs(df, "energy_j", **kwargs).groups["ci_high"].iloc[0] == pytest.approx(high)
+        t = df.assign(model="m", size_group="s", energy_source="measured")
+        assert all(c.groups["ci_high"].iloc[0] == pytest.approx(high)
+                   for c in run_statistics(t, ("energy_j",), min_n=8, **kwargs))
 
 
 # --- savings, the headline figures ---------------------------------------------------------------------------------
 
 def _medians() -> pd.DataFrame:
-    return pd.DataFrame({"model": ["m", "m", "m", "n", "n", "o", "p", "p"],
-                         "config": ["A", "B", "C", "A", "B", "A", "A", "B"],
-                         "energy_j": [50.0, 100.0, 80.0, 30.0, 20.0, 7.0, 4.0, np.nan]})
+    """Models l and o have one configuration, p one with a figure; a missing figure in another column counts not."""
+    return pd.DataFrame({"model": ["l", "m", "m", "m", "n", "n", "o", "p", "p"],
+                         "config": ["A", "A", "B", "C", "A", "B", "A", "A", "B"],
+                         "energy_j": [5.0, 50.0, 100.0, 80.0, 30.0, 20.0, 7.0, 4.0, np.nan],
+                         "duration_s": [1.0, 1.0, np.nan, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]})
 
 
 def test_best_worst_rows_in_full():
     bw = savings_best_worst(_medians(), "energy_j")
     assert list(bw.columns) == ["model", "best", "best_value", "worst", "worst_value", "n_configs", "savings_pct"]
-    # o and p have one configuration with a figure (p's B has none): nothing to save against
+    # l, o and p have one configuration with a figure (p's B has none): nothing to save against
     assert bw.values.tolist() == [["m", "A", 50.0, "B", 100.0, 3, 50.0], ["n", "B", 20.0, "A", 30.0, 2,
                                                                             pytest.approx(100 / 3)]]
     named = savings_best_worst(_medians().rename(columns={"model": "mm", "config": "cc"}), "energy_j", by="mm",
                                config="cc")
     assert named["mm"].tolist() == ["m", "n"] and named["best"].tolist() == ["A", "B"]
-    empty = savings_best_worst(_medians().iloc[5:], "energy_j")
+    empty = savings_best_worst(_medians().iloc[6:], "energy_j")
     assert empty.empty and list(empty.columns) == list(bw.columns)
 
 
@@ -262,7 +282,7 @@ def test_matrix_and_range_in_full():
     named = savings_matrix(_medians().rename(columns={"model": "mm", "config": "cc"}), "energy_j", by="mm",
                            config="cc")
     assert named.loc["m", "A"] == pytest.approx(50.0)
-    s = pd.DataFrame({"mm": ["m", "n", "o"], "savings_pct": [12.5, np.nan, -3.0]})
+    s = pd.DataFrame({"mm": ["m", "n", "o"], "savings_pct": [12.5, np.nan, -3.0], "note": [None, None, "x"]})
     assert savings_range(s, by="mm") == {"low": -3.0, "low_model": "o", "high": 12.5, "high_model": "m",
                                          "n_models": 2}
     assert savings_range(s.iloc[1:2], by="mm") is None
