@@ -187,19 +187,19 @@ def _table() -> pd.DataFrame:
                                         ("C", "gpu", "measured", 30.0), ("D", "gpu", "measured", 40.0)):
         for r in range(5):
             rows.append({"config": cfg, "model": "m", "size_group": "small", "energy_source": source,
-                         "group": f"m ⟨{boundary}⟩", "size_scope": f"small ⟨{boundary}⟩", "time_group": "m",
-                         "time_size_scope": "small", "energy_j": base + r, "duration_s": base / 10 + r / 100})
+                         "group": f"m ⟨{boundary}⟩", "size_scope": f"small ⟨{boundary}⟩", "time_group": "m ⟨h1⟩",
+                         "time_size_scope": "small ⟨h1⟩", "energy_j": base + r, "duration_s": base / 10 + r / 100})
     return pd.DataFrame(rows)
 
 
 def test_energy_within_each_boundary_time_across_all():
-    out = run_statistics(_table())
-    got = {(c.scope, c.metric, c.name): sorted(c.groups["config"]) for c in out}
-    assert got == {("model", "energy_j", "m ⟨cpu⟩"): ["A", "B"], ("model", "energy_j", "m ⟨gpu⟩"): ["C", "D"],
-                   ("model", "duration_s", "m"): ["A", "B", "C", "D"],
-                   ("size group", "energy_j", "small ⟨cpu⟩"): ["A", "B"],
-                   ("size group", "energy_j", "small ⟨gpu⟩"): ["C", "D"],
-                   ("size group", "duration_s", "small"): ["A", "B", "C", "D"]}
+    out = run_statistics(_table().iloc[::-1])  # rows in any order: comparisons come sorted by name
+    got = [(c.scope, c.metric, c.name, sorted(c.groups["config"])) for c in out]
+    assert got == [("model", "energy_j", "m ⟨cpu⟩", ["A", "B"]), ("model", "energy_j", "m ⟨gpu⟩", ["C", "D"]),
+                   ("model", "duration_s", "m ⟨h1⟩", ["A", "B", "C", "D"]),
+                   ("size group", "energy_j", "small ⟨cpu⟩", ["A", "B"]),
+                   ("size group", "energy_j", "small ⟨gpu⟩", ["C", "D"]),
+                   ("size group", "duration_s", "small ⟨h1⟩", ["A", "B", "C", "D"])]
     assert all(c.tested for c in out)
 
 
@@ -250,7 +250,7 @@ def _medians() -> pd.DataFrame:
 
 
 def test_best_worst_rows_in_full():
-    bw = savings_best_worst(_medians(), "energy_j")
+    bw = savings_best_worst(_medians().iloc[::-1], "energy_j")  # rows come sorted by model
     assert list(bw.columns) == ["model", "best", "best_value", "worst", "worst_value", "n_configs", "savings_pct"]
     # l, o and p have one configuration with a figure (p's B has none): nothing to save against
     assert bw.values.tolist() == [["m", "A", 50.0, "B", 100.0, 3, 50.0], ["n", "B", 20.0, "A", 30.0, 2,
