@@ -23,6 +23,7 @@ from analysis.metrics import (SUMMARY_COLUMNS, add_metrics, agreement_spec, comp
                               flag_mixed_hardware, model_config_medians, with_agreement)
 from analysis.stats import (ALPHA, MIN_N_TEST, Comparison, fmt_p, p_words, run_statistics, savings_best_worst,
                             savings_matrix, savings_pair, savings_range)
+from runners.meters.validity import METHOD_TEXT
 from analysis.study import (DEFAULT_STUDY_CSV, STUDY_ID, STUDY_PAIR, STUDY_SETUP, compare_with_study, headline,
                             our_medians, read_medians)
 
@@ -627,13 +628,15 @@ def _validity_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> No
     md += [f"## Meter validity ({len(vt)} flagged trial(s))", ""]
     h.append(html_table(vt))
     md += [md_table(vt)]
+    # what the counters see and do not see, so a reader knows what an external meter would add
+    h.append(f"<h3>What the counters measure</h3><p class='muted'>{html.escape(METHOD_TEXT)}</p>")
+    md += ["### What the counters measure", "", METHOD_TEXT, ""]
     nr = no_reference(a)
     if not nr.empty:
         words = ("NO REFERENCE: token agreement could not be checked for these configurations — it is unknown, "
                  "not identical.")
         h.append(f"<div class='banner mixed'>{html.escape(words)}</div>{html_table(nr)}")
         md += [f"> **{words}**", "", md_table(nr)]
-
 
 
 def _savings_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None:

@@ -335,3 +335,6 @@ def test_meter_flags_reach_the_report(tmp_path):
     validity = md.split("## Meter validity (1 flagged trial(s))")[1].split("## ")[0]
     assert "ONNX-CPU" in validity and "cpu short-window: 0.4 s window: under the 5 s the rule asks for" in validity
     assert "1 trial(s) carry meter-validity flags" in md
+    # the method text says what NVML's counter does not see, so a reader knows what an external meter would add
+    method = md.split("### What the counters measure")[1]
+    assert "wall meter would add" in method and "about 25 %" in method
