@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO
 
 from orchestrator.matrix import load
-from runners.agreement import DEFAULT_THRESHOLD, different_output
+from runners.agreement import DEFAULT_THRESHOLD, different_output, policy, verdict
 
 
 def test_the_default_is_the_documented_one():
@@ -39,3 +39,11 @@ def test_a_lower_precision_is_not_judged_by_the_share():
     # fp16 at 90 %: rounding moves near-ties; only a first-token divergence on every prompt is different work
     assert different_output(0.9, "fp16", diverges_at_first_token=False) is None
     assert different_output(0.0, "fp16", diverges_at_first_token=True) is not None
+
+
+def test_the_verdict_every_reader_calls_uses_the_default_policy():
+    assert policy()["threshold"] == DEFAULT_THRESHOLD
+    ninety = {"status": "compared", "prompts": 10, "share_identical": 0.9, "first_divergence": [None] * 9 + [3]}
+    assert "90 % of prompts identical" in verdict([ninety], "fp32")
+    assert verdict([{**ninety, "share_identical": 0.95}], "fp32") is None
+    assert verdict([ninety], "fp32", {"threshold": 0.9}) is None  # a matrix may ask for a lower one, said in run.json
