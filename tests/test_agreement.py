@@ -91,3 +91,34 @@ def test_prompts_are_matched_by_workload_index_and_another_length_is_another_inp
     old = {"per_prompt": [{k: v for k, v in p.items() if k != "prompt_ids"} for p in ref["per_prompt"]]}
     b = token_agreement(old, ref, "r")
     assert b["share_identical"] == 1.0 and "task and length" in b["matched_by"]
+
+
+def test_the_verdict_reads_a_records_agreement_and_the_reports_columns_alike():
+    """verdict() reads one trial's agreement either as the record stores it (status, first_divergence,
+    other_prompt_ids) or as the report's columns carry it (no status but a prompt count, at_first_token,
+    other_inputs): the same facts give the same verdict, and what was not compared is never judged."""
+    from runners.agreement import verdict
+
+    record_style = {"status": "compared", "prompts": 4, "share_identical": 0.5, "first_divergence": [None, 3, None, 7],
+                    "other_prompt_ids": []}
+    column_style = {"prompts": 4, "share_identical": 0.5, "at_first_token": False, "other_inputs": 0}
+    assert verdict([record_style], "fp32") == verdict([column_style], "fp32") is not None
+    assert "50 % of prompts identical" in verdict([column_style], "fp32")
+    # a row without status and without prompts was not compared: no verdict (unknown, never "different")
+    assert verdict([{"share_identical": 0.1}], "fp32") is None
+    assert verdict([{"status": "no-reference", "prompts": 4, "share_identical": 0.1}], "fp32") is None
+    # compared but no share: nothing to judge
+    assert verdict([{"status": "compared", "prompts": 4, "share_identical": None}], "fp32") is None
+    # another input counted from the record's list or given as the report's count: the same verdict
+    listed = {**record_style, "share_identical": 1.0, "first_divergence": [None] * 4, "other_prompt_ids": [2]}
+    counted = {**column_style, "share_identical": 1.0, "other_inputs": 1}
+    assert verdict([listed], "fp32") == verdict([counted], "fp32") is not None
+    assert "1 prompt(s)" in verdict([counted], "fp32")
+    # at_first_token given or computed from first_divergence: a lower precision diverging at token 0 everywhere
+    zero = {"status": "compared", "prompts": 2, "share_identical": 0.0, "first_divergence": [0, 0]}
+    assert verdict([zero], "int8") == verdict([{"prompts": 2, "share_identical": 0.0, "at_first_token": True}],
+                                              "int8") is not None
+    assert verdict([{"prompts": 2, "share_identical": 0.0, "at_first_token": False}], "int8") is None
+    # the worst trial speaks, and another input in any trial counts
+    assert verdict([{**column_style, "share_identical": 1.0}, column_style], "fp32") is not None
+    assert verdict([{**column_style, "share_identical": 1.0}, {**counted, "share_identical": 1.0}], "fp32") is not None
