@@ -255,7 +255,7 @@ class Executor:
                        engine_options=dict(rt.engine_options))
         job["trial"] = {"run_id": self.store.run_id, "runtime": rt.name, "image": self.launcher.image_of(rt.spec)}
         name = f"tokenize__{cell.model.name}"
-        limits = self.plan.matrix.container_for(rt, cell.model)
+        limits = self.plan.matrix.runtime_container(rt)
         spec = LaunchSpec(name=name, runtime=rt.spec, mode="tokenize", job=job, work=self.store.work(name),
                           log_path=self.store.log_path(name), timeout_s=limits["timeout_s"],
                           mem_limit=limits["mem_limit"], cpus=limits["cpus"], shm_size=limits["shm_size"])

@@ -125,7 +125,12 @@ class Matrix:
     def container_for(self, runtime: RuntimeEntry, model: ModelEntry) -> dict[str, Any]:
         """Container limits of one cell: [container] < the image's labels < runtime entry < model entry (a big model
         needs more time and memory)."""
-        return {**self.container, **dict(runtime.spec.container), **runtime.container, **model.container}
+        return {**self.runtime_container(runtime), **model.container}
+
+    def runtime_container(self, runtime: RuntimeEntry) -> dict[str, Any]:
+        """Container limits of a runtime's steps that are not a model's trial (e.g. tokenising the shared prompts):
+        a model entry's limits bound its load and generation, not the tokenizer."""
+        return {**self.container, **dict(runtime.spec.container), **runtime.container}
 
 
 def size_group(params_b: float) -> str:

@@ -187,7 +187,8 @@ def test_a_run_as_a_slurm_job_array_cancelled_resubmitted_and_complete(tmp_path,
             return None
         i = running[0]
         in_flight = [p for p in store.work_dir.glob("*") if p.name not in store.records()] if store.work_dir.is_dir() else []
-        mine = [p for p in in_flight if p.name.split("__")[2] in
+        # trial folders only (runtime__engine__model__…): a model's tokenize__<model> step has its own folder
+        mine = [p for p in in_flight if p.name.count("__") >= 2 and p.name.split("__")[2] in
                 [m for m, k in sharding["models"].items() if k == i]]
         return (i,) if len(shard_records(i)) >= 1 and mine else None
 
