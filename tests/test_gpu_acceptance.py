@@ -187,3 +187,26 @@ def test_a_changed_humaneval_file_is_refused(monkeypatch, tmp_path):
     monkeypatch.setattr(workload, "SHIPPED_HUMANEVAL", bad)
     with pytest.raises(JobError, match="sha256"):
         workload.humaneval_tasks()
+
+
+def test_the_shipped_smollm2_tokenizer_serves_a_host_without_network(tmp_path):
+    """Where SmolLM2's GGUF cannot be fetched, the kit unpacks the tokenizer it ships: the same ids as the one built
+    from the GGUF (the cached fixture of this host)."""
+    code = ("import argparse, json, sys\n"
+            "from benchmarks.gpu_acceptance import floor_tokenizer\n"
+            "from orchestrator import fixtures\n"
+            "from runners.workload import humaneval_tasks\n"
+            "print(floor_tokenizer(argparse.Namespace(floor_tokenizer=None)))\n"
+            "tok, _ = fixtures._load_tokenizer('smollm2', None)\n"
+            "print(json.dumps([tok(t['prompt'])['input_ids'] for t in humaneval_tasks()[:20]]))")
+    env = {**os.environ, "SLM_FIXTURES_DIR": str(tmp_path / "fixtures"), "SLM_SMOLLM2_WHEEL": "/nonexistent.whl"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, ids = proc.stdout.splitlines()[-2:]
+    assert first == "('smollm2', None)"
+    assert (tmp_path / "fixtures" / "_tokenizers" / "smollm2" / "tokenizer.json").is_file()
+    from runners.workload import humaneval_tasks
+
+    built = fixtures.smollm2_tokenizer()  # this host's, from the GGUF
+    assert json.loads(ids) == [built(t["prompt"])["input_ids"] for t in humaneval_tasks()[:20]]
