@@ -107,3 +107,14 @@ timeout_s = 600
 {extra}
 {models}""")
     return p
+
+
+@pytest.fixture
+def fake_nvml(monkeypatch):
+    """Install the fake pynvml (tests/_fake_nvml.py) with the given GPUs: the meters run against NVML's interface."""
+    import _fake_nvml
+
+    def install(*gpus):
+        monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml.module(list(gpus)))
+        return gpus
+    return install

@@ -31,15 +31,6 @@ def _slowed(fn, seconds=SLOW_S):
     return slow
 
 
-@pytest.fixture
-def fake_nvml(monkeypatch):
-    import _fake_nvml
-
-    def install(*gpus):
-        monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml.module(list(gpus)))
-        return gpus
-    return install
-
 
 def _rapl_meters(tmp_path, codecarbon=False, max_range=262_143_328_850, **spec):
     root = make_rapl_tree(tmp_path / "rapl", 0, 0, max_range=max_range)

@@ -286,17 +286,6 @@ class RaplWriter:
 # --- NVML, against the library's interface with replayed counter traces ------------------------------------------------
 
 
-@pytest.fixture
-def fake_nvml(monkeypatch):
-    import sys
-
-    import _fake_nvml
-
-    def install(*gpus):
-        monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml.module(list(gpus)))
-        return gpus
-    return install
-
 
 def _cuda_meters(tmp_path, **spec):
     return MeterSet.create(MeterSpec(rapl_root=str(tmp_path / "none"), codecarbon=False, sample_interval_s=0.02,
