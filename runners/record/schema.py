@@ -1,43 +1,9 @@
-"""The trial record: what the runner writes for one job. Versioned; validated against RECORD_SCHEMA.
-
-Shape (``slm-matrix.record/1``)::
-
-    schema, mode ("run" | "prepare"), status ("ok" | "failed"), error (null | {phase, type, message}),
-    created_unix
-    job (the job as run), job_hash, trial (bookkeeping passed through from the job)
-    engine  {name, device, precision, details{…what actually ran: provider, threads, batching, versions…}}
-    model   {name, source ("path"|"hub"), path, hub_id, model_type, architecture, parameters}
-    workload {dataset, style, seed, selection, prompts, task_ids[]}
-    phases  {load|prepare|compile|warmup|generate: Window}   (only the phases that ran)
-      Window = {start_unix, end_unix, start_mono, end_mono, duration_s, energy: [Figure],
-                energy_total{measured_j, estimated_j}, boundary ("cpu:package-0 measured + gpu:0 measured"),
-                flags: [{code, component, message}], host_metered?{components, trace_interval_s, boundary_error_j},
-                samples{n, interval_s, summary{metric: {mean,min,max}}, series{t_s[], metric[]…} | null}, info{}}
-      Figure = {component, joules|null, source ("measured"|"estimated"|"unavailable"), meter, reason|null}
-        component: "gpu:<i>" (NVML), "cpu:package-<i>" / "cpu:dram-<i>" (RAPL), "cpu" / "ram" / "gpu" (codecarbon)
-    idle    null | {duration_s, power: [{component, watts|null, source, meter, reason}]}
-    tokens  {prompts, batches, input, output}
-    per_prompt [{index, task_id, batch, prompt_tokens, prompt_ids[], generated_tokens, latency_s, ttft_s, tpot_s,
-                output_ids[], output_text, eos_at}]
-      (generated_tokens: the count produced; the job's generation.new_tokens is the budget asked for)
-    metrics {tokens_per_s, joules_per_token{measured, estimated}, latency_s{…}, ttft_s{…}, tpot_s{…}}
-    co2     {intensity_g_per_kwh|null, country_iso_code, source, reason}
-    agreement null | {reference, prompts, identical, share_identical, first_divergence[]}
-    environment {hostname, platform, python, cpu_model, cpu_count, gpus[], driver, cuda, libraries{}, image_id,
-                 image, runner_version}
-    host    (added by the orchestrator: its own windows around the container, idle baseline, container facts)
-
-Measured and estimated joules are never added together: ``energy_total`` and ``joules_per_token`` keep them apart.
-"""
+"""The record's JSON schema (``slm-matrix.record/2``) and its one validator; the shape is described in
+runners/record/__init__.py."""
 
 from __future__ import annotations
 
 import functools
-import json
-from dataclasses import dataclass, field
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 RECORD_SCHEMA_ID = "slm-matrix.record/2"
@@ -183,73 +149,6 @@ RECORD_SCHEMA: dict[str, Any] = {
 }
 
 
-def totals(figures: list[dict]) -> dict[str, float | None]:
-    """Measured and estimated joules, each summed on its own — never together."""
-    out: dict[str, float | None] = {"measured_j": None, "estimated_j": None}
-    for f in figures:
-        if f["source"] in ("measured", "estimated") and f["joules"] is not None:
-            key = f"{f['source']}_j"
-            out[key] = (out[key] or 0.0) + f["joules"]
-    return out
-
-
-def boundary(figures: list[dict]) -> str:
-    """What a window's energy covers and how, e.g. 'cpu:dram-0 measured + cpu:package-0 measured + gpu:0 measured'."""
-    return " + ".join(sorted(f"{f['component']} {f['source']}" for f in figures
-                             if f["source"] != "unavailable" and f["joules"] is not None)) or "none"
-
-
-@dataclass
-class WindowResult:
-    """One measured window, as the record stores it (WINDOW_SCHEMA): its two instants on both clocks, its figures,
-    and what is derived from them — the totals per source and the boundary — computed here, once."""
-
-    start_unix: float
-    end_unix: float
-    start_mono: float
-    end_mono: float
-    duration_s: float
-    energy: list[dict]  # Figures: {component, joules, source, meter, reason, …}
-    samples: dict | None = None
-    info: dict = field(default_factory=dict)
-    flags: list[dict] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"start_unix": self.start_unix, "end_unix": self.end_unix, "start_mono": self.start_mono,
-                "end_mono": self.end_mono, "duration_s": self.duration_s, "energy": self.energy,
-                "energy_total": totals(self.energy), "boundary": boundary(self.energy), "flags": self.flags,
-                "samples": self.samples, "info": self.info}
-
-
-def new_record(job: dict[str, Any] | None, *, mode: str = "run", job_hash: str | None = None,
-               created_unix: float | None = None) -> dict[str, Any]:
-    """The one author of a record's shape: every key of RECORD_SCHEMA, filled from the job (a dict in the job
-    contract's form, or None when even that could not be read), status "failed" until the runner says otherwise.
-    The runner, the orchestrator's records of runners that wrote none, and the synthetic records all start here."""
-    import time
-
-    job = job if isinstance(job, dict) else None
-    model = (job or {}).get("model") or {}
-    return {
-        "schema": RECORD_SCHEMA_ID, "mode": mode, "status": "failed", "error": None,
-        "created_unix": time.time() if created_unix is None else created_unix,
-        "job": job, "job_hash": job_hash, "trial": dict((job or {}).get("trial") or {}),
-        # from a job that failed validation, only the values that are what they should be
-        "engine": {**{k: job[f] for k, f in (("name", "engine"), ("device", "device"), ("precision", "precision"))
-                      if isinstance(job.get(f), str)}, "details": {}} if job else {},
-        "model": {"name": model.get("name"), "path": model.get("path"), "hub_id": model.get("hub_id"),
-                  "source": "path" if model.get("path") else "hub"} if job else {},
-        "workload": None, "phases": {}, "idle": None, "tokens": None, "per_prompt": [], "metrics": None,
-        "co2": None, "agreement": None, "environment": {}, "host": None,
-    }
-
-
-def joules_per_token(energy_total: dict[str, float | None], out_tokens: int) -> dict[str, float | None]:
-    """J/token of a window, per source kind (measured and estimated apart)."""
-    return {k: (energy_total[f"{k}_j"] / out_tokens if energy_total[f"{k}_j"] is not None and out_tokens else None)
-            for k in ("measured", "estimated")}
-
-
 @functools.cache
 def record_validator():
     """One validator for the process: checking the schema itself costs ~0.4 s, far more than a record."""
@@ -267,22 +166,3 @@ def validate_record(record: dict[str, Any]) -> None:
     error = jsonschema.exceptions.best_match(record_validator().iter_errors(record))
     if error is not None:
         raise error
-
-
-def write_json_atomic(path: str | Path, data: Any) -> Path:
-    """Write JSON so that a reader never sees half a file: temp file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; records are read by other users (host vs container uid)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
