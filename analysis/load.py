@@ -16,7 +16,6 @@ Measured and estimated joules are never added together: every energy column name
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -25,39 +24,14 @@ import numpy as np
 import pandas as pd
 
 from runners.agreement import at_first_token
-from runners.job import work_label
+from runners.record import (ENERGY_SOURCES, HOST_WINDOW, RECORD_SCHEMA_ID, RECORD_SCHEMAS, SIZE_GROUPS,  # noqa: F401
+                            Record, config_label, size_group)
+from runners.record import PHASES as _PHASES
 
-RECORD_SCHEMA_ID = "slm-matrix.record/2"
-# /1 records (no monotonic window marks, no boundary field) still load: their boundary is derived from the figures
-RECORD_SCHEMAS = ("slm-matrix.record/1", RECORD_SCHEMA_ID)
-PHASES = ("prepare", "load", "compile", "warmup", "generate")
-SOURCES = ("measured", "estimated")
-SIZE_GROUPS = ("<1B", "1B–2B", "≥2B")  # the study's groups, spelt as orchestrator/matrix.py spells them
+PHASES = (*_PHASES, HOST_WINDOW)
+SOURCES = ENERGY_SOURCES
 NUMERIC_SUFFIXES = ("_j", "_s", "_b", "_kwh", "_median", "_mean", "_max", "_identical")
 SKIP_DIRS = {"work"}  # results/<run>/work/<trial>/: the trial in flight, not yet judged by the orchestrator
-# Engine names as the study labels them (it says OV for OpenVINO).
-ENGINE_ALIASES = {"openvino": "ov", "pytorch": "torch", "onnxruntime": "onnx", "ort": "onnx", "torchscript": "jit"}
-
-
-def config_label(engine: str, device: str, precision: str | None = "fp32") -> str:
-    """The configuration label: engine × device × precision, e.g. ``TORCH-CUDA`` (fp32, as the study writes it) or
-    ``ONNX-CPU-int8``."""
-    e = ENGINE_ALIASES.get(str(engine).lower(), str(engine).lower()).upper()
-    label = f"{e}-{str(device).upper()}"
-    if precision and str(precision).lower() != "fp32":
-        label += f"-{precision}"
-    return label
-
-
-def size_group(params_b: float | None) -> str | None:
-    """The study's size groups: <1B, 1B–2B, ≥2B (parameters in billions)."""
-    if params_b is None or (isinstance(params_b, float) and math.isnan(params_b)):
-        return None
-    if params_b < 1.0:
-        return SIZE_GROUPS[0]
-    if params_b < 2.0:
-        return SIZE_GROUPS[1]
-    return SIZE_GROUPS[2]
 
 
 @dataclass
@@ -112,8 +86,8 @@ def _validator():
     return validate_record
 
 
-def read_records(paths: Iterable[str | Path]) -> tuple[list[tuple[Path, Path, dict]], list[dict]]:
-    """(run_dir, file, record) for every record under the given run folders, and a row per unreadable file."""
+def read_records(paths: Iterable[str | Path]) -> tuple[list[tuple[Path, Record]], list[dict]]:
+    """(run_dir, record) for every record under the given run folders, and a row per unreadable file."""
     found, unreadable = [], []
     for run_dir in map(Path, paths):
         if not run_dir.exists():
@@ -129,240 +103,102 @@ def read_records(paths: Iterable[str | Path]) -> tuple[list[tuple[Path, Path, di
                                    "error_message": str(e)})
                 continue
             if isinstance(data, dict) and data.get("schema") in RECORD_SCHEMAS:
-                found.append((run_dir if run_dir.is_dir() else f.parent, f, data))
+                found.append((run_dir if run_dir.is_dir() else f.parent, Record(data, f)))
     return found, unreadable
 
 
 # --- one record -> rows ------------------------------------------------------------------------------------------
 
 
-def _get(d: Any, *keys, default=None):
-    for k in keys:
-        if not isinstance(d, dict) or k not in d or d[k] is None:
-            return default
-        d = d[k]
-    return d
-
-
-def hardware_label(env: dict, device: str | None) -> str:
-    """The machine a trial was measured on: node and CPU, and for a CUDA trial (device "cuda") its GPUs by serial
-    (else UUID). Two machines of one model still differ (chip to chip, cooling): repetitions are one sample only from
-    one machine, and configurations are compared only on one machine."""
-    label = f"{env.get('hostname') or '?'}: {env.get('cpu_model') or '?'} ×{env.get('cpu_count') or '?'}"
-    if device == "cuda":
-        gpus = [g for g in env.get("gpus") or [] if isinstance(g, dict)]
-        label += "; " + (", ".join(f"{g.get('name')} #{g.get('serial') or g.get('uuid') or g.get('index')}"
-                                   for g in gpus) or "GPU ?")
-    return label
-
-
-def idle_power(record: dict) -> dict[str, dict[str, Any]]:
-    """component -> {watts, source, origin}: the runner's own idle baseline first, the host's for the rest."""
-    out: dict[str, dict[str, Any]] = {}
-    for origin, idle in (("runner", record.get("idle")), ("host", _get(record, "host", "idle"))):
-        for p in (idle or {}).get("power") or []:
-            if p.get("watts") is None or p.get("component") in out:
-                continue
-            out[p["component"]] = {"watts": float(p["watts"]), "source": p.get("source"), "origin": origin}
-    return out
-
-
-def window_energy(window: dict, idle: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Raw and idle-subtracted energy of one window, per source kind.
-
-    net = raw − Σ idle_W × duration over the window's components of that source; it is None unless every component
-    has an idle figure of the same source kind (a partial subtraction would mix baselines)."""
-    duration = float(window.get("duration_s") or 0.0)
-    out: dict[str, Any] = {"duration_s": duration}
-    # a figure the meters marked invalid (read error, trace gap, reset, impossible rise) makes the window no figure
-    invalid = [f for f in window.get("energy") or [] if f.get("valid") is False]
-    out["invalid"] = "; ".join(f"{f.get('component')}: {f.get('invalid_reason')}" for f in invalid) or None
-    for source in SOURCES:
-        figs = [f for f in window.get("energy") or [] if f.get("source") == source and f.get("joules") is not None]
-        raw = _get(window, "energy_total", f"{source}_j")
-        if raw is None and figs:
-            raw = float(sum(f["joules"] for f in figs))
-        net = None
-        if raw is not None and figs:
-            idles = [idle.get(f["component"]) for f in figs]
-            if all(i is not None and i["source"] == source for i in idles):
-                net = float(raw) - sum(i["watts"] for i in idles) * duration
-        out[f"{source}_j"] = None if raw is None or invalid else float(raw)
-        out[f"net_{source}_j"] = None if invalid else net
-        out[f"{source}_components"] = "+".join(sorted(f["component"] for f in figs)) or None
-    return out
-
-
-def _windows(record: dict) -> dict[str, dict]:
-    wins = {p: w for p, w in (record.get("phases") or {}).items() if isinstance(w, dict)}
-    host_container = _get(record, "host", "container")
-    if isinstance(host_container, dict) and "duration_s" in host_container:
-        wins["host_container"] = host_container  # the orchestrator's window around the whole container
-    if _get(record, "engine", "device") == "cpu":
-        # A CPU trial never counts a GPU (older records summed the idle GPUs of the host into its "measured" energy)
-        wins = {p: _without_gpus(w) for p, w in wins.items()}
-    return wins
-
-
-def _without_gpus(window: dict) -> dict:
-    figures = [f for f in window.get("energy") or [] if not str(f.get("component", "")).startswith("gpu")]
-    if len(figures) == len(window.get("energy") or []):
-        return window
-    return {**window, "energy": figures, "energy_total": None}  # totals re-summed from the figures that remain
-
-
-def _summary_columns(window: dict | None) -> dict[str, float]:
-    """Sampler summary of the generate window (utilisation, memory, power, temperature), flattened."""
-    out = {}
-    for metric, s in (_get(window, "samples", "summary") or {}).items():
-        if not isinstance(s, dict):
-            continue
-        for stat in ("mean", "max"):
-            if isinstance(s.get(stat), (int, float)):
-                out[f"sampled_{metric}_{stat}"] = float(s[stat])
-    return out
-
-
-def trial_row(record: dict, path: Path, run_dir: Path, problem: str | None = None) -> dict[str, Any]:
-    trial = record.get("trial") or {}
-    engine = record.get("engine") or {}
-    model = record.get("model") or {}
-    job = record.get("job") or {}
-    env = record.get("environment") or {}
-    err = record.get("error") or {}
-    params_b = trial.get("model_params_b")
-    if params_b is None and model.get("parameters"):
-        params_b = model["parameters"] / 1e9
-    precision = engine.get("precision") or job.get("precision") or "fp32"
-    device = engine.get("device") or job.get("device") or "?"
-    engine_name = engine.get("name") or job.get("engine") or trial.get("engine") or "?"
-    gpus = env.get("gpus") or []
-    row: dict[str, Any] = {
-        "run_id": trial.get("run_id") or run_dir.name,
-        "trial_id": trial.get("trial_id") or path.stem,
-        "cell_id": trial.get("cell_id"),
-        "record": str(path),
-        "mode": record.get("mode"),
-        "status": record.get("status"),
+def _identity(r: Record, run_dir: Path, problem: str | None) -> dict[str, Any]:
+    """What the trial was: its run, configuration, model, work, machine and bookkeeping."""
+    t, err = r.trial, r.error or {}
+    return {
+        "run_id": r.run_id or run_dir.name, "trial_id": r.trial_id, "cell_id": t.get("cell_id"),
+        "record": str(r.path), "mode": r.data.get("mode"), "status": r.status,
         "error_phase": err.get("phase"), "error_type": err.get("type"), "error_message": err.get("message"),
         "schema_problem": problem,
-        "model": model.get("name") or _get(job, "model", "name") or trial.get("model"),
-        "hf_id": model.get("hub_id"),
-        "architecture": model.get("architecture"),
-        "model_params_b": None if params_b is None else float(params_b),
-        "size_group": trial.get("size_group") or size_group(params_b),  # the matrix may set the group
-        "engine": engine_name, "device": device, "precision": precision,
-        "runtime": trial.get("runtime") or f"{engine_name}-{device}",
-        "provider": _get(engine, "details", "provider") or device,
-        "config": config_label(engine_name, device, precision),
-        "setting": trial.get("setting"),
-        "batch": _get(job, "generation", "batch_size"),
-        "new_tokens_budget": _get(job, "generation", "new_tokens"),
-        "work": work_label(job.get("generation") or {}),
-        "repetition": trial.get("repetition"), "order_index": trial.get("order_index"),
-        "matrix_name": trial.get("matrix_name"),
-        "seed": trial.get("seed"), "matrix_hash": trial.get("matrix_hash"),
-        "dataset": _get(record, "workload", "dataset"), "workload_seed": _get(record, "workload", "seed"),
-        "prompts": _get(record, "tokens", "prompts"), "batches": _get(record, "tokens", "batches"),
-        "tokens_input": _get(record, "tokens", "input"), "tokens_output": _get(record, "tokens", "output"),
-        "co2_intensity_g_per_kwh": _get(record, "co2", "intensity_g_per_kwh"),
-        "co2_source": _get(record, "co2", "source"),
-        "agreement_reference": _get(record, "agreement", "reference"),
-        "agreement_share_identical": _get(record, "agreement", "share_identical"),
-        "hostname": env.get("hostname"), "cpu_model": env.get("cpu_model"),
-        "machine": hardware_label(env, None), "hardware": hardware_label(env, device),
-        "gpu_model": (gpus[0].get("name") if gpus and isinstance(gpus[0], dict) else (gpus[0] if gpus else None)),
-        "image": env.get("image"), "runner_version": env.get("runner_version"),
-        "created_unix": record.get("created_unix"),
+        "model": r.model_name, "hf_id": r.hub_id, "architecture": r.architecture, "model_params_b": r.params_b,
+        "size_group": r.size_group,
+        "engine": r.engine_name or "?", "device": r.device or "?", "precision": r.precision,
+        "runtime": r.runtime, "provider": r.provider, "config": r.config, "setting": r.setting,
+        "batch": r.generation.get("batch_size"), "new_tokens_budget": r.generation.get("new_tokens"),
+        "work": r.work, "repetition": r.repetition, "order_index": t.get("order_index"),
+        "matrix_name": t.get("matrix_name"), "seed": t.get("seed"), "matrix_hash": t.get("matrix_hash"),
+        "dataset": r.loaded_workload.get("dataset"), "workload_seed": r.loaded_workload.get("seed"),
+        "prompts": r.tokens.get("prompts"), "batches": r.tokens.get("batches"),
+        "tokens_input": r.tokens.get("input"), "tokens_output": r.tokens.get("output"),
+        "co2_intensity_g_per_kwh": r.co2.get("intensity_g_per_kwh"), "co2_source": r.co2.get("source"),
+        "agreement_reference": r.agreement.get("reference"),
+        "agreement_share_identical": r.agreement.get("share_identical"),
+        "hostname": r.environment.get("hostname"), "cpu_model": r.environment.get("cpu_model"),
+        "machine": r.machine(), "hardware": r.hardware(), "gpu_model": r.gpu_model,
+        "image": r.environment.get("image"), "runner_version": r.environment.get("runner_version"),
+        "created_unix": r.data.get("created_unix"),
     }
-    idle = idle_power(record)
-    row["idle_origin"] = "+".join(sorted({i["origin"] for i in idle.values()})) or None
-    wins = _windows(record)
-    for phase in (*PHASES, "host_container"):
+
+
+def _energy_columns(r: Record) -> dict[str, Any]:
+    """Per window: its duration and, per source, raw and net joules; the generate window's headline and boundary."""
+    row: dict[str, Any] = {"idle_origin": "+".join(sorted({i.origin for i in r.idle_power().values()})) or None}
+    for phase in PHASES:
         prefix = "" if phase == "generate" else f"{phase}_"
-        w = wins.get(phase)
-        e = window_energy(w, idle) if w else {}
-        row[f"{phase}_duration_s"] = e.get("duration_s")
+        e = r.energy(phase)
+        row[f"{phase}_duration_s"] = e.duration_s if e else None
         for source in SOURCES:
-            row[f"{prefix}energy_{source}_j"] = e.get(f"{source}_j")
-            row[f"{prefix}net_energy_{source}_j"] = e.get(f"net_{source}_j")
+            row[f"{prefix}energy_{source}_j"] = getattr(e, f"{source}_j") if e else None
+            row[f"{prefix}net_energy_{source}_j"] = getattr(e, f"net_{source}_j") if e else None
             if phase == "generate":
-                row[f"energy_{source}_components"] = e.get(f"{source}_components")
-    prep_info = _get(wins.get("prepare"), "info") or {}
-    row["prepare_cached"] = prep_info.get("cached")  # True: the conversion existed already (its cost was paid before)
-    # what made the artifact: llama.cpp names its step ("conversion"); the optimum exporters name their tool
-    row["prepare_conversion"] = prep_info.get("conversion") or _get(prep_info.get("exporter"), "tool")
+                row[f"energy_{source}_components"] = getattr(e, f"{source}_components") if e else None
+    gen = r.energy("generate")
     row["duration_s"] = row["generate_duration_s"]
-    # The headline figure: measured where the record has it, otherwise estimated — never their sum.
-    source = next((s for s in SOURCES if row[f"energy_{s}_j"] is not None), None)
-    row["energy_source"] = source
-    row["energy_j"] = row[f"energy_{source}_j"] if source else None
-    row["net_energy_j"] = row[f"net_energy_{source}_j"] if source else None
-    row["energy_components"] = row[f"energy_{source}_components"] if source else None
-    # The figure's boundary: what it covers and how. Only rows of one boundary are ever compared.
-    row["energy_boundary"] = f"{row['energy_components']} ({source})" if source else None
-    gen = wins.get("generate") or {}
-    errors = [f["boundary_error_j"] for f in gen.get("energy") or []
-              if f.get("source") == "measured" and f.get("boundary_error_j") is not None]
-    row["boundary_error_j"] = sum(errors) if errors else _get(gen, "host_metered", "boundary_error_j")
-    invalid = window_energy(gen, idle).get("invalid") if gen else None
-    row["energy_invalid"] = invalid  # the headline is then no figure (NaN): kept out of statistics and comparisons
-    flags = [*(gen.get("flags") or []), *(_get(record, "idle", "flags") or []),
-             *(_get(record, "host", "idle", "flags") or [])]
-    if invalid and not any(f.get("code") == "invalid-figure" for f in flags):
-        flags.append({"code": "invalid-figure", "component": None, "message": invalid})
-    row["meter_flags"] = "; ".join(f"{f.get('component') or 'all'} {f.get('code')}: {f.get('message')}"
-                                   for f in flags) or None
-    agreement = record.get("agreement") or {}
-    row["agreement_status"] = agreement.get("status") or ("compared" if agreement.get("prompts") else None)
-    row["agreement_note"] = agreement.get("reason")
-    row["agreement_at_first_token"] = at_first_token(agreement.get("first_divergence"))
-    # prompts that were another input than the reference's (other ids, another length): read by the one verdict
-    row["agreement_other_inputs"] = len(agreement.get("other_prompt_ids") or ())
-    pp = record.get("per_prompt") or []
-    # Latency and TTFT belong to a batch (every prompt of it shares them): count each batch once, as the runner does.
-    first_of_batch = list({p.get("batch"): p for p in pp}.values())
-    for key, rows in (("latency_s", first_of_batch), ("ttft_s", first_of_batch), ("tpot_s", pp)):
-        vals = [p[key] for p in rows if p.get(key) is not None]
-        row[f"{key}_median"] = float(np.median(vals)) if vals else None
-    # per inference: each prompt's latency (its batch's), for the per-inference EDP
-    lat = [p["latency_s"] for p in pp if p.get("latency_s") is not None]
-    row["latency_s_mean"] = float(np.mean(lat)) if lat else None
-    row.update(_summary_columns(wins.get("generate")))
+    # The headline figure (Energy: measured where the record has it, otherwise estimated — never their sum) and its
+    # boundary: what it covers and how. Only rows of one boundary are ever compared.
+    row.update(energy_source=gen.source if gen else None, energy_j=gen.joules if gen else None,
+               net_energy_j=gen.net_joules if gen else None, energy_components=gen.components if gen else None,
+               energy_boundary=gen.boundary if gen else None, boundary_error_j=gen.boundary_error_j if gen else None,
+               # an invalid figure makes the headline no figure (NaN): kept out of statistics and comparisons
+               energy_invalid=gen.invalid if gen else None)
+    prep = r.preparation()
+    row["prepare_cached"] = prep.cached
+    row["prepare_conversion"] = prep.conversion
     return row
 
 
-def prompt_rows(record: dict, trial: dict[str, Any]) -> list[dict[str, Any]]:
+def trial_row(r: Record, run_dir: Path, problem: str | None = None) -> dict[str, Any]:
+    row = _identity(r, run_dir, problem)
+    row.update(_energy_columns(r))
+    row["meter_flags"] = "; ".join(f"{f.get('component') or 'all'} {f.get('code')}: {f.get('message')}"
+                                   for f in r.meter_flags()) or None
+    a = r.agreement
+    row["agreement_status"] = a.get("status") or ("compared" if a.get("prompts") else None)
+    row["agreement_note"] = a.get("reason")
+    row["agreement_at_first_token"] = at_first_token(a.get("first_divergence"))
+    # prompts that were another input than the reference's (other ids, another length): read by the one verdict
+    row["agreement_other_inputs"] = len(a.get("other_prompt_ids") or ())
+    m = r.metrics()
+    for key in ("latency_s", "ttft_s", "tpot_s"):
+        row[f"{key}_median"] = (getattr(m, key) or {}).get("p50")
+    row["latency_s_mean"] = m.latency_per_prompt_mean_s
+    for metric, s in r.samples_summary("generate").items():
+        for stat in ("mean", "max"):
+            if isinstance(s.get(stat), (int, float)):
+                row[f"sampled_{metric}_{stat}"] = float(s[stat])
+    return row
+
+
+def prompt_rows(r: Record, trial: dict[str, Any]) -> list[dict[str, Any]]:
     keys = ("run_id", "trial_id", "model", "config", "runtime", "precision", "batch", "repetition")
     base = {k: trial[k] for k in keys}
-    rows = []
-    for p in record.get("per_prompt") or []:
-        ids = [int(i) for i in p.get("output_ids") or []]
-        rows.append({**base, "index": p.get("index"), "task_id": p.get("task_id"), "batch_index": p.get("batch"),
-                     "prompt_tokens": p.get("prompt_tokens"),
-                     "generated_tokens": p.get("generated_tokens", p.get("new_tokens")),  # /1 records: new_tokens
-                     "latency_s": p.get("latency_s"), "ttft_s": p.get("ttft_s"), "tpot_s": p.get("tpot_s"),
-                     "output_ids": ids})
-    return rows
+    return [{**base, "index": p.get("index"), "task_id": p.get("task_id"), "batch_index": p.get("batch"),
+             "prompt_tokens": p.get("prompt_tokens"), "generated_tokens": p.get("generated_tokens"),
+             "latency_s": p.get("latency_s"), "ttft_s": p.get("ttft_s"), "tpot_s": p.get("tpot_s"),
+             "output_ids": [int(i) for i in p.get("output_ids") or []]} for p in r.per_prompt]
 
 
-def energy_rows(record: dict, trial: dict[str, Any]) -> list[dict[str, Any]]:
-    idle = idle_power(record)
+def energy_rows(r: Record, trial: dict[str, Any]) -> list[dict[str, Any]]:
     base = {k: trial[k] for k in ("run_id", "trial_id", "model", "config", "repetition", "status")}
-    rows = []
-    for phase, w in _windows(record).items():
-        duration = float(w.get("duration_s") or 0.0)
-        for f in w.get("energy") or []:
-            i = idle.get(f.get("component"))
-            valid = f.get("valid") is not False
-            same = i is not None and i["source"] == f.get("source") and f.get("joules") is not None and valid
-            rows.append({**base, "phase": phase, "component": f.get("component"), "source": f.get("source"),
-                         "meter": f.get("meter"), "reason": f.get("reason"), "duration_s": duration,
-                         "joules": f.get("joules") if valid else None, "invalid_reason": f.get("invalid_reason"),
-                         "idle_w": i["watts"] if same else None,
-                         "idle_origin": i["origin"] if same else None,
-                         "net_joules": f["joules"] - i["watts"] * duration if same else None})
-    return rows
+    return [{**base, **f} for f in r.figures()]
 
 
 # --- tables ------------------------------------------------------------------------------------------------------
@@ -381,7 +217,7 @@ def _disambiguate_configs(trials: pd.DataFrame) -> pd.DataFrame:
     return trials
 
 
-def _agreement_as_now(found: list[tuple[Path, Path, dict]]) -> None:
+def _agreement_as_now(found: list[tuple[Path, Record]]) -> None:
     """Every run's agreement as the orchestrator's pass computes it today (runners.agreement.attach_all with the
     run's [agreement] policy), in memory: records written before a fix of that computation (e.g. prompts of another
     length skipped as unmatched) are judged as the orchestrator judges them, never by what they stored."""
@@ -389,10 +225,9 @@ def _agreement_as_now(found: list[tuple[Path, Path, dict]]) -> None:
     from runners.agreement import attach_all
 
     runs: dict[Path, dict[str, dict]] = {}
-    for run_dir, path, rec in found:  # keyed as the orchestrator keys them (a trial's id), so "reference" reads alike
+    for run_dir, r in found:  # keyed as the orchestrator keys them (a trial's id), so "reference" reads alike
         records = runs.setdefault(run_dir, {})
-        key = (rec.get("trial") or {}).get("trial_id") or path.stem
-        records[key if key not in records else str(path)] = rec
+        records[r.trial_id if r.trial_id not in records else str(r.path)] = r.data
     for run_dir, records in runs.items():
         attach_all(records, agreement_spec([run_dir]))
 
@@ -405,22 +240,21 @@ def load_runs(paths: Iterable[str | Path] | str | Path, *, validate: bool = True
     _agreement_as_now(found)
     check = _validator() if validate else None
     trials, prompts, energy, problems, series = [], [], [], [], {}
-    for run_dir, path, rec in found:
+    for run_dir, r in found:
         problem = None
-        if check is not None and rec.get("schema") == RECORD_SCHEMA_ID:  # older records: the schema of their day
+        if check is not None and r.schema == RECORD_SCHEMA_ID:  # older records: the schema of their day
             try:
-                check(rec)
+                check(r.data)
             except Exception as e:  # jsonschema.ValidationError: keep the record, flag it
                 problem = str(getattr(e, "message", e))[:300]
-                problems.append({"record": str(path), "problem": problem})
-        row = trial_row(rec, path, run_dir, problem)
+                problems.append({"record": str(r.path), "problem": problem})
+        row = trial_row(r, run_dir, problem)
         trials.append(row)
-        energy += energy_rows(rec, row)
-        if row["status"] == "ok":
-            prompts += prompt_rows(rec, row)
-            sampled = _get(rec, "phases", "generate", "samples", "series")
-            if isinstance(sampled, dict) and sampled.get("t_s"):
-                series[row["trial_id"]] = sampled
+        energy += energy_rows(r, row)
+        if r.is_ok:
+            prompts += prompt_rows(r, row)
+            if r.series("generate"):
+                series[row["trial_id"]] = r.series("generate")
     tdf = pd.DataFrame(trials)
     for col in tdf.columns:  # a figure missing in every record is still a number column (NaN), not an object one
         if col.endswith(NUMERIC_SUFFIXES):

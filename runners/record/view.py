@@ -346,6 +346,11 @@ class Record:
         return _dict(self.job.get("workload"))
 
     @property
+    def loaded_workload(self) -> dict:
+        """What the runner loaded: dataset, style, seed, selection, prompts, task ids."""
+        return _dict(self.data.get("workload"))
+
+    @property
     def work(self) -> str:
         return work_label(self.generation)
 
