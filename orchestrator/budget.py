@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from runners.job import work_label
+from runners.record import HOST_WINDOW, Record, work_label
 
 CALIBRATION_PROMPTS = 4  # per cell: enough for a per-prompt generate time, few enough to be quick
 CALIBRATION_PREFIX = "calibration-"
@@ -42,42 +42,24 @@ class Sample:
     params: float | None = None  # the model's parameters (the record's count), for extrapolating to another size
 
 
-def _energy(window: dict[str, Any] | None) -> tuple[float | None, str | None]:
-    tot = (window or {}).get("energy_total") or {}
-    for source in ("measured", "estimated"):
-        if tot.get(f"{source}_j") is not None:
-            return float(tot[f"{source}_j"]), source
-    return None, None
-
-
 def options_key(options: dict[str, Any] | None) -> str:
     """Engine options as part of what a cell is: OpenVINO stateful and without KV cache share image, engine and
     precision but not their cost."""
     return json.dumps(options or {}, sort_keys=True)
 
 
-def sample(record: dict[str, Any]) -> Sample | None:
-    if record.get("status") != "ok" or record.get("mode", "run") != "run":
+def sample(record: dict[str, Any] | Record) -> Sample | None:
+    r = record if isinstance(record, Record) else Record(record)
+    wall, gen_s = r.wall_s(), r.duration("generate")
+    if not r.is_ok_run or not (wall and gen_s):
         return None
-    host = record.get("host") or {}
-    gen = (record.get("phases") or {}).get("generate") or {}
-    start = host.get("trial_start_unix") or (host.get("idle") or {}).get("start_unix") or host.get("begin_unix")
-    if not (start and host.get("recorded_unix") and gen.get("duration_s")):
-        return None
-    engine = record.get("engine") or {}
-    energy, source = _energy(host.get("container"))
-    gen_j, _ = _energy(gen)
-    job = record.get("job") or {}
-    return Sample(key=(host.get("image") or "", (record.get("model") or {}).get("name") or "", engine.get("name") or "",
-                       engine.get("precision") or "", work_label(job.get("generation") or {}),
-                       options_key(job.get("engine_options"))),
-                  image_id=host.get("image_id"), wall_s=float(host["recorded_unix"] - start),
-                  generate_s=float(gen["duration_s"]), tokens=int((record.get("tokens") or {}).get("output") or 0),
-                  prompts=int((record.get("tokens") or {}).get("prompts") or 0),
-                  energy_j=energy, generate_j=gen_j, source=source,
-                  run_id=(record.get("trial") or {}).get("run_id") or "",
-                  params=(record.get("model") or {}).get("parameters")
-                  or ((record.get("trial") or {}).get("model_params_b") or 0) * 1e9 or None)
+    container, gen = r.energy(HOST_WINDOW), r.energy("generate")
+    return Sample(key=(r.host.get("image") or "", r.model_name or "", r.engine_name or "", r.precision, r.work,
+                       options_key(r.engine_options)),
+                  image_id=r.host.get("image_id"), wall_s=wall, generate_s=gen_s, tokens=r.output_tokens,
+                  prompts=r.prompt_count, energy_j=container.joules if container else None,
+                  generate_j=gen.joules if gen else None, source=container.source if container else None,
+                  run_id=r.run_id or "", params=r.params_b * 1e9 if r.params_b else None)
 
 
 def host_samples(results: Path, hostname: str | None = None) -> list[Sample]:
@@ -85,11 +67,8 @@ def host_samples(results: Path, hostname: str | None = None) -> list[Sample]:
     hostname = hostname or socket.gethostname()
     out = []
     for f in sorted(Path(results).glob("*/trials/*.json")):
-        try:
-            rec = json.loads(f.read_text())
-        except (OSError, ValueError):
-            continue
-        if (rec.get("environment") or {}).get("hostname") not in (hostname, None):
+        rec = Record.read(f)
+        if rec is None or rec.environment.get("hostname") not in (hostname, None):
             continue
         s = sample(rec)
         if s is not None:

@@ -28,7 +28,7 @@ def _record(run_id, *, engine="torch", precision="fp32", wall=30.0, generate=10.
                                                                               "estimated_j": generate_j}}},
             "host": {"image": image, "image_id": image_id, "begin_unix": 1000.0, "recorded_unix": 1000.0 + wall,
                      "idle": {"start_unix": 1000.0},
-                     "container": {"energy_total": {"measured_j": None, "estimated_j": container_j}}}}
+                     "container": {"duration_s": wall, "energy_total": {"measured_j": None, "estimated_j": container_j}}}}
 
 
 def _write(results, run_id, records):
