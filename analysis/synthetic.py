@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from runners.record import WindowResult, new_record  # the one author of a record's shape
+from runners.record import WindowResult, metrics_of, new_record  # the one author of a record's shape
 
 # Component names as the runner's meters write them (see runners/record.py).
 ESTIMATED_COMPONENTS = {"cpu": 0.8, "ram": 0.2}  # codecarbon fallback, share of the energy
@@ -34,7 +34,7 @@ def _window(start: float, duration: float, energy: dict[str, float], source: str
         figures.append({"component": "gpu", "joules": None, "source": "unavailable", "meter": "nvml",
                         "reason": "NVML not available: no NVIDIA driver or GPU visible"})
     summary = {k: {"mean": float(np.mean(v)), "min": float(np.min(v)), "max": float(np.max(v))}
-               for k, v in (series or {}).items() if k != "t_s"}
+               for k, v in series.items() if k != "t_s"} if series else {}
     mono = start - 1.7e9  # any monotonic origin: only differences matter
     return WindowResult(start_unix=start, end_unix=start + duration, start_mono=mono, end_mono=mono + duration,
                         duration_s=duration, energy=figures,
@@ -46,6 +46,70 @@ def _reference_ids(model: str, task: int, n: int) -> list[int]:
     """Deterministic 'greedy output' of a model for a task: the same for every runtime unless perturbed."""
     h = int(hashlib.sha256(f"{model}/{task}".encode()).hexdigest()[:8], 16)
     return [(h + 7919 * i) % 49152 for i in range(n)]
+
+
+def _host_block(t0: float, load_s: float, duration_s: float, energy_j: float, components: dict[str, float],
+                source: str, meter: str, host_idle_w: dict[str, float]) -> dict[str, Any]:
+    """As orchestrator/execute.py writes it: the host's own window around the runner, and its idle baseline."""
+    span = load_s + 1.0 + duration_s + 5.0
+    return {"launcher": "process", "exit_code": 0, "oom_killed": False, "timed_out": False,
+            "container": _window(t0 - 3.0, span, {c: energy_j * share * span / duration_s
+                                                  for c, share in components.items()}, source, meter=meter),
+            "idle": {"duration_s": 10.0, "start_unix": t0 - 14.0, "power": [
+                {"component": c, "watts": w, "source": source, "meter": meter, "reason": None}
+                for c, w in host_idle_w.items()]}}
+
+
+def _series(duration_s: float, energy_j: float, device: str, source: str) -> dict[str, list[float]]:
+    """A sampled generate window: a slight ramp and ripple around the mean power, so the plot has a shape (the energy
+    is fixed by the figures); key names as runners/meters write them."""
+    n = max(2, min(200, int(duration_s / 0.1)))
+    t = np.linspace(0.0, duration_s, n)
+    mean_w = energy_j / duration_s
+    power = mean_w * (1 + 0.05 * np.sin(t / 2.0) + 0.05 * (t / max(duration_s, 1e-9) - 0.5))
+    key = "gpu0_power_w" if device == "cuda" else "cpu_power_w"
+    sampled = {"t_s": t.round(4).tolist(), key: power.round(3).tolist(),
+               "cpu_util_pct": np.clip(60 + 30 * np.sin(t), 0, 100).round(2).tolist(),
+               "proc_rss_mb": (500 + 10 * t).round(1).tolist()}
+    if source == "unavailable":
+        del sampled[key]  # no counter, no power series: utilisation only
+    if device == "cuda":
+        sampled["gpu0_util_pct"] = np.clip(80 + 10 * np.cos(t), 0, 100).round(2).tolist()
+        sampled["gpu0_mem_used_mb"] = (2000 + 0 * t).round(1).tolist()
+    return sampled
+
+
+def _per_prompt(model: str, prompts: int, batch: int, new_tokens: int, duration_s: float, diverge: set[int],
+                diverge_from: int | None) -> list[dict[str, Any]]:
+    """Outputs: the model's reference tokens, perturbed from ``diverge_from`` (default half way) for ``diverge``."""
+    rows = []
+    batches = -(-prompts // batch)
+    for i in range(prompts):
+        latency = duration_s / batches
+        ttft = latency * 0.2
+        ids = _reference_ids(model, i, new_tokens)
+        if i in diverge:
+            cut = new_tokens // 2 if diverge_from is None else diverge_from
+            ids = ids[:cut] + [(t + 1) % 49152 for t in ids[cut:]]
+        rows.append({"index": i, "task_id": f"HumanEval/{i}", "batch": i // batch, "prompt_tokens": 12,
+                     "generated_tokens": new_tokens, "latency_s": latency, "ttft_s": ttft,
+                     "tpot_s": (latency - ttft) / max(new_tokens - 1, 1), "output_ids": ids})
+    return rows
+
+
+def _job(model: str, runtime: str, engine: str, device: str, precision: str, run_id: str, repetition: int,
+         order_index: int, seed: int, params_b: float, prompts: int, batch: int, new_tokens: int,
+         fixed_length: bool) -> dict[str, Any]:
+    """The job, with the bookkeeping the orchestrator passes through (orchestrator/execute.py, _bookkeeping)."""
+    trial = {"run_id": run_id, "trial_id": f"{run_id}-{model}-{runtime}-{precision}-r{repetition}",
+             "cell_id": f"{model}/{runtime}/{precision}/b{batch}", "runtime": runtime, "engine": engine,
+             "model": model, "setting": precision, "repetition": repetition, "order_index": order_index,
+             "seed": seed, "matrix_hash": "synthetic", "matrix_name": "synthetic", "model_params_b": params_b}
+    return {"schema": "slm-matrix.job/1", "engine": engine, "device": device, "precision": precision,
+            "model": {"name": model, "path": f"/models/{model}"},
+            "workload": {"style": "fragment", "count": prompts, "selection": "first", "seed": 2412},
+            "generation": {"batch_size": batch, "new_tokens": new_tokens, "fixed_length": fixed_length},
+            "trial": trial}
 
 
 def make_record(*, model: str = "tiny-a", hub_id: str | None = None, params_b: float = 0.5,
@@ -69,18 +133,9 @@ def make_record(*, model: str = "tiny-a", hub_id: str | None = None, params_b: f
             MEASURED_CUDA if device == "cuda" else MEASURED_CPU)
     meter = {"estimated": "codecarbon", "unavailable": "rapl"}.get(source, "rapl+nvml")
     energy = {c: energy_j * share for c, share in components.items()}
-    trial_id = f"{run_id}-{model}-{runtime}-{precision}-r{repetition}"
     t0 = 1_800_000_000.0 + 1000 * order_index
-    # The bookkeeping the orchestrator passes through (orchestrator/execute.py, _bookkeeping).
-    trial = {"run_id": run_id, "trial_id": trial_id, "cell_id": f"{model}/{runtime}/{precision}/b{batch}",
-             "runtime": runtime, "engine": engine, "model": model, "setting": precision, "repetition": repetition,
-             "order_index": order_index, "seed": seed, "matrix_hash": "synthetic", "matrix_name": "synthetic",
-             "model_params_b": params_b}
-    job = {"schema": "slm-matrix.job/1", "engine": engine, "device": device, "precision": precision,
-           "model": {"name": model, "path": f"/models/{model}"},
-           "workload": {"style": "fragment", "count": prompts, "selection": "first", "seed": 2412},
-           "generation": {"batch_size": batch, "new_tokens": new_tokens, "fixed_length": fixed_length},
-           "trial": trial}
+    job = _job(model, runtime, engine, device, precision, run_id, repetition, order_index, seed, params_b, prompts,
+               batch, new_tokens, fixed_length)
     record = new_record(job, job_hash=hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest(),
                         created_unix=t0 + 900)
     record["status"] = status
@@ -95,71 +150,24 @@ def make_record(*, model: str = "tiny-a", hub_id: str | None = None, params_b: f
                              "gpus": [{"name": "Synthetic GPU"}] if device == "cuda" else [], "driver": None,
                              "cuda": None, "libraries": {}, "image_id": None, "image": runtime,
                              "runner_version": "0.1.0"}
-    if idle_w is not None:
-        record["idle"] = {"duration_s": 5.0, "power": [
-            {"component": c, "watts": w, "source": source, "meter": meter, "reason": None} for c, w in idle_w.items()]}
-    else:
-        record["idle"] = None
+    record["idle"] = None if idle_w is None else {"duration_s": 5.0, "power": [
+        {"component": c, "watts": w, "source": source, "meter": meter, "reason": None} for c, w in idle_w.items()]}
     if host_idle_w is not None:
-        # as orchestrator/execute.py writes it: the host's own window around the runner, and its idle baseline
-        span = load_s + 1.0 + duration_s + 5.0
-        record["host"] = {"launcher": "process", "exit_code": 0, "oom_killed": False, "timed_out": False,
-                          "container": _window(t0 - 3.0, span, {c: energy_j * share * span / duration_s
-                                                                for c, share in components.items()},
-                                               source, meter=meter),
-                          "idle": {"duration_s": 10.0, "start_unix": t0 - 14.0, "power": [
-                              {"component": c, "watts": w, "source": source, "meter": meter, "reason": None}
-                              for c, w in host_idle_w.items()]}}
+        record["host"] = _host_block(t0, load_s, duration_s, energy_j, components, source, meter, host_idle_w)
     if status == "failed":
         record["error"] = error or {"phase": "load", "type": "RuntimeError", "message": "synthetic failure"}
         record["phases"]["load"] = _window(t0, load_s, {c: 1.0 for c in components}, source, meter=meter)
         return record
-
-    load_share = 0.1
-    record["phases"]["load"] = _window(t0, load_s, {c: j * load_share for c, j in energy.items()}, source, meter=meter)
-    sampled = None
-    if series:
-        n = max(2, min(200, int(duration_s / 0.1)))
-        t = np.linspace(0.0, duration_s, n)
-        mean_w = energy_j / duration_s
-        # A slight ramp and ripple around the mean power, so the plot has a shape; the energy is fixed above.
-        power = mean_w * (1 + 0.05 * np.sin(t / 2.0) + 0.05 * (t / max(duration_s, 1e-9) - 0.5))
-        key = "gpu0_power_w" if device == "cuda" else "cpu_power_w"
-        sampled = {"t_s": t.round(4).tolist(), key: power.round(3).tolist(),
-                   "cpu_util_pct": np.clip(60 + 30 * np.sin(t), 0, 100).round(2).tolist(),
-                   "proc_rss_mb": (500 + 10 * t).round(1).tolist()}  # key names as runners/meters write them
-        if source == "unavailable":
-            del sampled[key]  # no counter, no power series: utilisation only
-        if device == "cuda":
-            sampled["gpu0_util_pct"] = np.clip(80 + 10 * np.cos(t), 0, 100).round(2).tolist()
-            sampled["gpu0_mem_used_mb"] = (2000 + 0 * t).round(1).tolist()
-    record["phases"]["warmup"] = _window(t0 + load_s, 1.0, {c: j / max(prompts, 1) for c, j in energy.items()},
-                                         source, meter=meter)
-    record["phases"]["generate"] = _window(t0 + load_s + 1.0, duration_s, energy, source, meter=meter,
-                                           series=sampled)
-    per_prompt = []
-    diverge = set(diverge)
-    batches = -(-prompts // batch)
-    for i in range(prompts):
-        latency = duration_s / batches
-        ttft = latency * 0.2
-        ids = _reference_ids(model, i, new_tokens)
-        if i in diverge:
-            cut = new_tokens // 2 if diverge_from is None else diverge_from
-            ids = ids[:cut] + [(t + 1) % 49152 for t in ids[cut:]]
-        per_prompt.append({"index": i, "task_id": f"HumanEval/{i}", "batch": i // batch, "prompt_tokens": 12,
-                           "generated_tokens": new_tokens, "latency_s": latency, "ttft_s": ttft,
-                           "tpot_s": (latency - ttft) / max(new_tokens - 1, 1), "output_ids": ids})
-    output = prompts * new_tokens
-    record["tokens"] = {"prompts": prompts, "batches": batches, "input": 12 * prompts, "output": output}
-    record["per_prompt"] = per_prompt
-    lat = [p["latency_s"] for p in per_prompt]
-    jpt = energy_j / output
-    record["metrics"] = {"tokens_per_s": output / duration_s,
-                         "joules_per_token": {"measured": jpt if source == "measured" else None,
-                                              "estimated": jpt if source == "estimated" else None},
-                         "latency_s": {"mean": float(np.mean(lat)), "median": float(np.median(lat))},
-                         "ttft_s": None, "tpot_s": None}
+    phases = record["phases"]
+    phases["load"] = _window(t0, load_s, {c: j * 0.1 for c, j in energy.items()}, source, meter=meter)
+    phases["warmup"] = _window(t0 + load_s, 1.0, {c: j / max(prompts, 1) for c, j in energy.items()}, source,
+                               meter=meter)
+    phases["generate"] = _window(t0 + load_s + 1.0, duration_s, energy, source, meter=meter,
+                                 series=_series(duration_s, energy_j, device, source) if series else None)
+    record["per_prompt"] = _per_prompt(model, prompts, batch, new_tokens, duration_s, set(diverge), diverge_from)
+    record["tokens"] = {"prompts": prompts, "batches": -(-prompts // batch), "input": 12 * prompts,
+                        "output": prompts * new_tokens}
+    record["metrics"] = metrics_of(phases["generate"], record["per_prompt"]).as_dict()  # as the runner computes them
     record["co2"] = {"intensity_g_per_kwh": intensity_g_per_kwh, "country_iso_code": "USA",
                      "source": "codecarbon" if intensity_g_per_kwh is not None else "unavailable",
                      "reason": None if intensity_g_per_kwh is not None else "codecarbon not installed"}
@@ -209,7 +217,7 @@ def as_schema_1(record: dict[str, Any]) -> dict[str, Any]:
     (``slm-matrix.record/1``): what an older run directory holds."""
     old = json.loads(json.dumps(record))
     old["schema"] = "slm-matrix.record/1"
-    for window in [*(old.get("phases") or {}).values(), (old.get("host") or {}).get("container")]:
+    for window in [*old["phases"].values(), *([old["host"].get("container")] if old["host"] else [])]:
         for key in ("start_mono", "end_mono", "boundary", "flags", "host_metered"):
             if isinstance(window, dict):
                 window.pop(key, None)
