@@ -1,4 +1,4 @@
-"""The job contract: what the orchestrator hands the runner.
+"""The job contract: what the orchestrator hands the runner, validated into the plain types of runners/job_spec.py.
 
 A job is a JSON file. Every field is validated here, once, and every problem is reported as one line that names the
 field and the fix (``JobError``), so that a bad cell of the matrix fails with a reason a person can act on.
@@ -19,105 +19,16 @@ Example (all keys but engine/device/model optional)::
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from runners import engines
 from runners.errors import JobError  # noqa: F401  (raised here, imported from here by callers)
-
-JOB_SCHEMA = "slm-matrix.job/1"
-
-DEVICES = ("cpu", "cuda")
-PROMPT_STYLES = ("fragment", "full")
-SELECTIONS = ("first", "sample")
-DATASETS = ("humaneval",)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    path: str | None = None  # a local directory in Hugging Face layout
-    hub_id: str | None = None  # resolved from a mounted HF cache, never downloaded here
-    revision: str | None = None
-    hf_cache: str | None = None  # HF_HUB_CACHE-style folder holding hub_id (read-only mount)
-
-
-@dataclass(frozen=True)
-class WorkloadSpec:
-    dataset: str = "humaneval"
-    style: str = "fragment"
-    count: int | None = None  # None: every task (164)
-    selection: str = "first"
-    seed: int = 2412
-    min_tokens: int = 10  # the study's fragment length window, in tokens of the model's tokenizer
-    max_tokens: int = 15
-
-
-@dataclass(frozen=True)
-class GenerationSpec:
-    batch_size: int = 1
-    new_tokens: int | None = 128  # exactly this many when fixed_length
-    max_length: int | None = None  # the study's `max_length` (prompt + new); exclusive with new_tokens
-    fixed_length: bool = True  # ignore EOS and produce the whole budget
-    # as served (fixed_length false): also stop after the token that completes one of these (runners/stopping.py)
-    stop_sequences: tuple[str, ...] = ()
-
-    def budget(self, padded_prompt_len: int) -> int:
-        """New-token budget of one batch whose (left-padded) prompt length is given."""
-        if self.max_length is not None:
-            return max(1, self.max_length - padded_prompt_len)
-        assert self.new_tokens is not None
-        return self.new_tokens
-
-
-@dataclass(frozen=True)
-class WarmupSpec:
-    batches: int = 1  # warm-up batches run before the measured window, on prompts outside the measured set order
-
-
-@dataclass(frozen=True)
-class MeterSpec:
-    sample_interval_s: float = 0.1
-    idle_seconds: float = 0.0  # measured inside the runner before loading, when > 0
-    codecarbon: bool = True  # CO2 intensity, and the *estimated* fallback where no counter exists
-    country_iso_code: str = "USA"  # codecarbon offline mode: grid intensity of this country
-    keep_series: bool = True  # keep the sampled time series of the generate window in the record
-    rapl_root: str = "/sys/class/powercap"
-    # The GPUs this trial's energy boundary holds, {NVML UUID or index: the host's index}; None: the one cuda:0 is
-    gpus: dict[str, int] | None = None
-    trace_interval_s: float = 0.02  # the host's counter trace, for windows marked inside containers
-
-
-@dataclass(frozen=True)
-class Job:
-    engine: str
-    device: str
-    model: ModelSpec
-    precision: str = "fp32"
-    workload: WorkloadSpec = field(default_factory=WorkloadSpec)
-    generation: GenerationSpec = field(default_factory=GenerationSpec)
-    warmup: WarmupSpec = field(default_factory=WarmupSpec)
-    meters: MeterSpec = field(default_factory=MeterSpec)
-    engine_options: dict[str, Any] = field(default_factory=dict)
-    cache_dir: str | None = None  # prepared (converted) models live here, keyed by engine/model/precision
-    reference: str | None = None  # a record of the torch fp32 reference, for token agreement
-    # same-work mode: the workload's prompt ids, made once per model by the reference's image (an inputs file,
-    # runners/workload.py; relative to cache_dir unless absolute). None: this image tokenises (as served, or by hand)
-    inputs: str | None = None
-    seed: int = 0
-    trial: dict[str, Any] = field(default_factory=dict)  # passed through to the record (run id, repetition, image)
-    schema: str = JOB_SCHEMA
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def hash(self) -> str:
-        """Identity of the work: everything but the trial bookkeeping."""
-        body = {k: v for k, v in self.to_dict().items() if k != "trial" and not (k == "inputs" and v is None)}
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+# the contract's types, importable from here as they always were
+from runners.job_spec import (DATASETS, DEVICES, JOB_SCHEMA, PROMPT_STYLES, SELECTIONS,  # noqa: F401
+                              GenerationSpec, Job, MeterSpec, ModelSpec, WarmupSpec, WorkloadSpec, work_label)
 
 
 # --- parsing -----------------------------------------------------------------------------------------------------
@@ -172,25 +83,23 @@ class _Reader:
             raise JobError(self._p(key), "unknown key", f"remove it; allowed keys here: {', '.join(allowed)}")
 
 
-def parse_job(data: Any) -> Job:
-    """Validate a job given as a JSON-like dict; raise JobError naming the first bad field."""
-    from runners.engines import ENGINE_NAMES, engine_class  # the registry knows which engines exist
-
-    r = _Reader(data, "")
-    schema = r.get("schema", str, JOB_SCHEMA)
-    if schema != JOB_SCHEMA:
-        raise JobError("schema", f"unsupported job schema {schema!r}", f"write jobs for {JOB_SCHEMA!r}")
-    engine = r.get("engine", str, choices=ENGINE_NAMES)
+def _engine(r: _Reader) -> tuple[str, str, str]:
+    """(engine, device, precision), checked against what the engine registry says each engine supports."""
+    engine = r.get("engine", str, choices=engines.ENGINE_NAMES)
     device = r.get("device", str, choices=DEVICES)
     precision = r.get("precision", str, "fp32")
-    supported = engine_class(engine).precisions.get(device, ())
+    precisions = engines.engine_class(engine).precisions
+    supported = precisions.get(device, ())
     if not supported:
         raise JobError("device", f"engine {engine!r} does not run on {device!r}",
-                       f"use device {' or '.join(engine_class(engine).precisions)} with this engine")
+                       f"use device {' or '.join(precisions)} with this engine")
     if precision not in supported:
         raise JobError("precision", f"engine {engine!r} on {device} has no precision {precision!r}",
                        f"use one of: {', '.join(supported)}")
+    return engine, device, precision
 
+
+def _model(r: _Reader) -> ModelSpec:
     m = r.sub("model")
     model = ModelSpec(
         name=m.get("name", str, None, nullable=True) or "",
@@ -206,7 +115,10 @@ def parse_job(data: Any) -> Job:
         raise JobError("model", "gives both path and hub_id", "keep one of model.path or model.hub_id")
     if not model.name:
         model = ModelSpec(**{**asdict(model), "name": model.hub_id or Path(model.path or "").name})
+    return model
 
+
+def _workload(r: _Reader) -> WorkloadSpec:
     w = r.sub("workload")
     workload = WorkloadSpec(
         dataset=w.get("dataset", str, "humaneval", choices=DATASETS),
@@ -220,7 +132,10 @@ def parse_job(data: Any) -> Job:
     w.done(["dataset", "style", "count", "selection", "seed", "min_tokens", "max_tokens"])
     if workload.max_tokens < workload.min_tokens:
         raise JobError("workload.max_tokens", "is below min_tokens", "make max_tokens ≥ min_tokens")
+    return workload
 
+
+def _generation(r: _Reader) -> GenerationSpec:
     g = r.sub("generation")
     has_max_length = "max_length" in g.data and g.data["max_length"] is not None
     generation = GenerationSpec(
@@ -242,11 +157,10 @@ def parse_job(data: Any) -> Job:
         raise JobError("generation", "gives both new_tokens and max_length", "keep one of them")
     if generation.new_tokens is None and generation.max_length is None:
         raise JobError("generation.new_tokens", "is missing", "give new_tokens (or the study's max_length)")
+    return generation
 
-    wu = r.sub("warmup")
-    warmup = WarmupSpec(batches=wu.get("batches", int, 1, minimum=0))
-    wu.done(["batches"])
 
+def _meters(r: _Reader) -> MeterSpec:
     mt = r.sub("meters")
     meters = MeterSpec(
         sample_interval_s=mt.get("sample_interval_s", float, 0.1, minimum=0.005),
@@ -264,9 +178,23 @@ def parse_job(data: Any) -> Job:
         if not isinstance(index, int) or isinstance(index, bool) or index < 0:
             raise JobError(f"meters.gpus.{key}", f"must map a GPU UUID or index to the host's GPU index, got {index!r}",
                            'write it as {"GPU-…": 0}')
+    return meters
 
+
+def parse_job(data: Any) -> Job:
+    """Validate a job given as a JSON-like dict; raise JobError naming the first bad field."""
+    r = _Reader(data, "")
+    schema = r.get("schema", str, JOB_SCHEMA)
+    if schema != JOB_SCHEMA:
+        raise JobError("schema", f"unsupported job schema {schema!r}", f"write jobs for {JOB_SCHEMA!r}")
+    engine, device, precision = _engine(r)
+    model, workload, generation = _model(r), _workload(r), _generation(r)
+    wu = r.sub("warmup")
+    warmup = WarmupSpec(batches=wu.get("batches", int, 1, minimum=0))
+    wu.done(["batches"])
+    meters = _meters(r)
     engine_options = r.get("engine_options", dict, {})
-    engine_class(engine).check_options(engine_options)
+    engines.engine_class(engine).check_options(engine_options)
     job = Job(
         engine=engine, device=device, precision=precision, model=model, workload=workload,
         generation=generation, warmup=warmup, meters=meters, engine_options=engine_options,
@@ -293,14 +221,3 @@ def load_job(path: str | Path) -> Job:
     except json.JSONDecodeError as e:
         raise JobError("(file)", f"{p} is not valid JSON ({e.msg} at line {e.lineno})", "fix the JSON syntax") from e
     return parse_job(data)
-
-
-def work_label(generation: dict) -> str:
-    """What a trial was asked to generate, as a comparison boundary: the same work (a fixed token count everywhere)
-    or as served (each engine stops at EOS / a stop sequence)."""
-    budget = (f"{generation['new_tokens']} new tokens" if generation.get("new_tokens") is not None
-              else f"max_length {generation.get('max_length')}")
-    if generation.get("fixed_length", True):
-        return f"same work: {budget}"
-    stops = len(generation.get("stop_sequences") or [])
-    return f"as served: ≤ {budget}" + (f", {stops} stop sequence(s)" if stops else "")

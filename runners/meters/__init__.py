@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from runners.job import MeterSpec
+from runners.job_spec import MeterSpec
 from runners.record import WindowResult
 from runners.meters import nvml, rapl
 from runners.meters.sampler import Sampler
