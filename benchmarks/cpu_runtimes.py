@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from orchestrator.tomlw import table as toml_table  # noqa: E402
+from runners.record import Record  # noqa: E402
 
 MODEL = "gpt2-bench100m"
 
@@ -64,8 +65,8 @@ def run_matrix(path: Path, results: Path, cache: Path) -> None:
         raise SystemExit(f"orchestrate.py exited {proc.returncode}")
 
 
-def records(run_dir: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((run_dir / "trials").glob("*.json"))]
+def records(run_dir: Path) -> list[Record]:
+    return [Record.load(p) for p in sorted((run_dir / "trials").glob("*.json"))]
 
 
 def conversion_seconds(run_dir: Path) -> dict[tuple[str, str], float]:
@@ -73,49 +74,47 @@ def conversion_seconds(run_dir: Path) -> dict[tuple[str, str], float]:
     when the artifact was already cached). A trial's own prepare window only looks the artifact up."""
     out = {}
     for p in (run_dir / "prepare").glob("*.json"):
-        rec = json.loads(p.read_text())
-        seconds = ((rec.get("phases") or {}).get("prepare", {}).get("info") or {}).get("seconds")
+        rec = Record.load(p)
+        seconds = rec.preparation().seconds
         if seconds is not None:
-            out[(rec["trial"]["run_id"], rec["trial"]["cell_id"])] = seconds  # one cell id may be in both runs
+            out[(rec.run_id, rec.trial.get("cell_id"))] = seconds  # one cell id may be in both runs
     return out
 
 
-def label(rec: dict) -> str:
-    eng = rec["engine"]
-    details = eng.get("details") or {}
+def label(rec: Record) -> str:
+    details = rec.data["engine"].get("details") or {}
     kv = details.get("kv_cache_mode") or ("kv" if details.get("kv_cache") else "no-kv")
-    return f"{rec['trial'].get('runtime')}/{eng['name']} {eng['precision']} {kv}"
+    return f"{rec.runtime}/{rec.engine_name} {rec.precision} {kv}"
 
 
-def summarise(recs: list[dict], conversions: dict[tuple[str, str], float]) -> list[dict]:
+def summarise(recs: list[Record], conversions: dict[tuple[str, str], float]) -> list[dict]:
     from runners.agreement import token_agreement
 
-    groups: dict[str, list[dict]] = {}
+    groups: dict[str, list[Record]] = {}
     for r in recs:
-        key = label(r) if r["status"] == "ok" else \
-            f"{r['trial'].get('runtime')}/{r['job']['engine']} {r['job']['precision']} FAILED"
+        key = label(r) if r.is_ok else f"{r.runtime}/{r.engine_name} {r.precision} FAILED"
         groups.setdefault(key, []).append(r)
     reference = next((g[0] for k, g in groups.items() if k.startswith("torch-cpu/torch fp32")), None)
     rows = []
     for key, g in sorted(groups.items()):
-        ok = [r for r in g if r["status"] == "ok"]
+        ok = [r for r in g if r.is_ok]
         if not ok:
-            rows.append({"cell": key, "error": g[0]["error"]["message"][:300]})
+            rows.append({"cell": key, "error": (g[0].error_message or "")[:300]})
             continue
-        first = min(ok, key=lambda r: r["trial"].get("repetition", 0))
-        phases = first["phases"]
+        first = min(ok, key=lambda r: r.repetition or 0)
+        metrics = [r.metrics() for r in ok]
         row = {
             "cell": key, "reps": len(ok),
-            "tokens_per_s": statistics.median(r["metrics"]["tokens_per_s"] for r in ok),
-            "tpot_ms": 1e3 * statistics.median(r["metrics"]["tpot_s"]["p50"] for r in ok),
-            "ttft_ms": 1e3 * statistics.median(r["metrics"]["ttft_s"]["p50"] for r in ok),
-            "output_tokens": first["tokens"]["output"],
-            "conversion_s": conversions.get((first["trial"].get("run_id"), first["trial"].get("cell_id"))),
-            "load_s": phases.get("load", {}).get("duration_s"),
-            "compile_s": phases.get("compile", {}).get("duration_s"),
+            "tokens_per_s": statistics.median(m.tokens_per_s for m in metrics),
+            "tpot_ms": 1e3 * statistics.median(m.tpot_s["p50"] for m in metrics),
+            "ttft_ms": 1e3 * statistics.median(m.ttft_s["p50"] for m in metrics),
+            "output_tokens": first.output_tokens,
+            "conversion_s": conversions.get((first.run_id, first.trial.get("cell_id"))),
+            "load_s": first.duration("load"),
+            "compile_s": first.duration("compile"),
         }
         if reference is not None:
-            a = token_agreement(first, reference)
+            a = token_agreement(first.data, reference.data)
             row["agreement"] = f"{a['identical']}/{a['prompts']}"
         rows.append(row)
     return rows

@@ -20,7 +20,6 @@ Per trial, from its record (host.*; host.recorded_unix is the instant it was sto
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -29,13 +28,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from runners.record import HOST_WINDOW, Record  # noqa: E402
 
 
 def trial_rows(run_dir: Path) -> list[dict[str, float | str]]:
     rows = []
     for p in sorted((run_dir / "trials").glob("*.json")):
-        rec = json.loads(p.read_text())
-        h = rec.get("host") or {}
+        rec = Record.load(p)
+        h = rec.host
         if not (h.get("begin_unix") and h.get("started_unix") and h.get("exited_unix")):
             continue  # recorded without a launch (e.g. a failed prepare)
         stored = h.get("recorded_unix") or p.stat().st_mtime  # the file may be rewritten later (agreement)
@@ -44,7 +46,7 @@ def trial_rows(run_dir: Path) -> list[dict[str, float | str]]:
         teardown = stored - h["exited_unix"]
         inside = (o.get("runner_startup_s") or 0.0) + (o.get("runner_exit_s") or 0.0)
         trial = stored - h["begin_unix"]
-        rows.append({"trial": p.stem, "status": rec["status"], "launcher": h.get("launcher"),
+        rows.append({"trial": p.stem, "status": rec.status, "launcher": h.get("launcher"),
                      "create": o.get("create_s", 0.0), "start": o.get("start_s", 0.0),
                      "meters": o.get("meters_open_s", 0.0), "setup": setup,
                      "teardown": teardown, "orchestration": setup + teardown, "in_container": inside,
@@ -74,13 +76,13 @@ def breakdown_rows(run_dir: Path) -> list[dict[str, float | str]]:
     """Per trial, seconds per part of its wall time (trial start → record stored), from its record and log."""
     rows = []
     for p in sorted((run_dir / "trials").glob("*.json")):
-        rec = json.loads(p.read_text())
-        h = rec.get("host") or {}
-        phases = rec.get("phases") or {}
-        if rec.get("status") != "ok" or not (h.get("begin_unix") and h.get("started_unix")) or "generate" not in phases:
+        rec = Record.load(p)
+        h = rec.host
+        phases = {name: w for name, w in rec.windows().items() if name != HOST_WINDOW}
+        if not rec.is_ok or not (h.get("begin_unix") and h.get("started_unix")) or "generate" not in phases:
             continue
         stored = h.get("recorded_unix") or p.stat().st_mtime
-        cooldown = float((h.get("cooldown") or {}).get("waited_s") or 0.0)
+        cooldown = float(h["cooldown"].get("waited_s") or 0.0) if h.get("cooldown") else 0.0
         idle = h.get("idle") or {}
         baseline = idle.get("baseline") or {}
         start = h.get("trial_start_unix") or (idle.get("start_unix") or h["begin_unix"]) - cooldown
@@ -88,7 +90,7 @@ def breakdown_rows(run_dir: Path) -> list[dict[str, float | str]]:
         idle_s = max(h["begin_unix"] - start - cooldown, 0.0)
         first = min(w["start_unix"] for w in phases.values() if isinstance(w, dict) and "start_unix" in w)
         marks = _progress(run_dir / h["log"]) if h.get("log") else {}
-        created = float(rec.get("created_unix") or first)
+        created = float(rec.data.get("created_unix") or first)
         row: dict[str, float | str] = {"trial": p.stem, "cooldown": cooldown, "idle": idle_s,
                                        "baseline": "re-used" if baseline.get("reused") else "measured" if idle else "none",
                                        "setup": h["started_unix"] - h["begin_unix"]}
@@ -102,7 +104,7 @@ def breakdown_rows(run_dir: Path) -> list[dict[str, float | str]]:
             t = max(end, t)
         row["workload"] = float(row["workload"]) + max(first - t, 0.0)  # engine construction: announced as "host"
         for name in ("prepare", "load", "compile", "warmup", "generate"):
-            row[name] = float((phases.get(name) or {}).get("duration_s") or 0.0)
+            row[name] = rec.duration(name) or 0.0
         last = max(w["end_unix"] for w in phases.values() if isinstance(w, dict) and "end_unix" in w)
         row["exit"] = stored - last
         row["total"] = stored - start
