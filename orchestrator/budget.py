@@ -37,6 +37,7 @@ class Sample:
     prompts: int
     energy_j: float | None  # the host's container window (what the trial cost), gross
     generate_j: float | None
+    generate_j_per_token: float | None  # the record's J/token (its metrics), in the generate window's source
     source: str | None  # measured | estimated
     run_id: str
     params: float | None = None  # the model's parameters (the record's count), for extrapolating to another size
@@ -58,7 +59,9 @@ def sample(record: dict[str, Any] | Record) -> Sample | None:
                        options_key(r.engine_options)),
                   image_id=r.host.get("image_id"), wall_s=wall, generate_s=gen_s, tokens=r.output_tokens,
                   prompts=r.prompt_count, energy_j=container.joules if container else None,
-                  generate_j=gen.joules if gen else None, source=container.source if container else None,
+                  generate_j=gen.joules if gen else None,
+                  generate_j_per_token=r.metrics().j_per_token.get(gen.source) if gen and gen.source else None,
+                  source=container.source if container else None,
                   run_id=r.run_id or "", params=r.params_b * 1e9 if r.params_b else None)
 
 
@@ -151,10 +154,10 @@ def estimate(plan, trials: Iterable, samples: list[Sample], image_ids: dict[str,
             gen_s = per_token * tokens
             e.wall_s += fixed + gen_s
             e.outside_s += fixed
-            with_energy = [s for s in pool if s.energy_j is not None and s.generate_j is not None and s.tokens]
+            with_energy = [s for s in pool if s.energy_j is not None and s.generate_j_per_token is not None]
             if with_energy and e.energy_j is not None:
                 fixed_j = statistics.median(s.energy_j - s.generate_j for s in with_energy)
-                per_token_j = scale * statistics.median(s.generate_j / s.tokens for s in with_energy)
+                per_token_j = scale * statistics.median(s.generate_j_per_token for s in with_energy)
                 e.energy_j += fixed_j + per_token_j * tokens
                 sources.update(s.source for s in with_energy)
             else:

@@ -24,6 +24,7 @@ def _record(run_id, *, engine="torch", precision="fp32", wall=30.0, generate=10.
             "engine": {"name": engine, "precision": precision, "device": "cpu"},
             "environment": {"hostname": host or socket.gethostname()},
             "tokens": {"prompts": prompts, "output": tokens},
+            "per_prompt": [{"batch": i, "generated_tokens": tokens // prompts} for i in range(prompts)],
             "phases": {"generate": {"duration_s": generate, "energy_total": {"measured_j": None,
                                                                               "estimated_j": generate_j}}},
             "host": {"image": image, "image_id": image_id, "begin_unix": 1000.0, "recorded_unix": 1000.0 + wall,
