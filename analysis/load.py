@@ -159,6 +159,7 @@ def _energy_columns(r: Record) -> dict[str, Any]:
                energy_boundary=gen.boundary if gen else None, boundary_error_j=gen.boundary_error_j if gen else None,
                # an invalid figure makes the headline no figure (NaN): kept out of statistics and comparisons
                energy_invalid=gen.invalid if gen else None)
+    row["j_per_token"], row["j_per_token_net"] = r.headline_per_token()
     prep = r.preparation()
     row["prepare_cached"] = prep.cached
     row["prepare_conversion"] = prep.conversion

@@ -156,3 +156,10 @@ def test_preparation_names_the_tool_and_whether_it_was_cached():
                                                                   "exporter": {"tool": "optimum-cli"}}}
     p = Record(rec).preparation()
     assert (p.cached, p.conversion, p.seconds) == (False, "optimum-cli", 12.5)
+
+
+def test_the_headline_per_token_is_the_headlines_source_gross_and_net():
+    rec = make_record(source="measured", energy_j=64.0, duration_s=4.0, prompts=4, new_tokens=8,
+                      idle_w={"cpu:package-0": 2.0, "cpu:dram-0": 2.0})
+    gross, net = Record(rec).headline_per_token()
+    assert gross == pytest.approx(64.0 / 32) and net == pytest.approx((64.0 - 4.0 * 4.0) / 32)

@@ -34,8 +34,8 @@ budget, status, evaluation and the benchmarks alike — so every derived fact (t
 J/token, latencies, the work key) has one implementation. Standard library only: the images carry it.
 """
 
-from runners.record.build import (WindowResult, boundary, joules_per_token, new_record, totals,  # noqa: F401
-                                  write_json_atomic)
+from runners.record.build import (WindowResult, boundary, joules_per_token, new_record, per_token,  # noqa: F401
+                                  totals, write_json_atomic)
 from runners.record.schema import (FIGURE_SCHEMA, PHASES, PROMPT_SCHEMA, RECORD_SCHEMA, RECORD_SCHEMA_ID,  # noqa: F401
                                    SOURCES, WINDOW_SCHEMA, record_validator, validate_record)
 from runners.record.view import (ENERGY_SOURCES, HOST_WINDOW, RECORD_SCHEMAS, SIZE_GROUPS, Energy,  # noqa: F401

@@ -73,10 +73,14 @@ def new_record(job: dict[str, Any] | None, *, mode: str = "run", job_hash: str |
     }
 
 
+def per_token(joules: float | None, out_tokens: int | None) -> float | None:
+    """The one J/token: joules over the tokens generated; None without a figure or without tokens."""
+    return joules / out_tokens if joules is not None and out_tokens else None
+
+
 def joules_per_token(energy_total: dict[str, float | None], out_tokens: int) -> dict[str, float | None]:
     """J/token of a window, per source kind (measured and estimated apart)."""
-    return {k: (energy_total[f"{k}_j"] / out_tokens if energy_total[f"{k}_j"] is not None and out_tokens else None)
-            for k in ("measured", "estimated")}
+    return {k: per_token(energy_total[f"{k}_j"], out_tokens) for k in ("measured", "estimated")}
 
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:

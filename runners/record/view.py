@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runners.record.build import boundary, joules_per_token, totals
+from runners.record.build import boundary, joules_per_token, per_token, totals
 from runners.record.schema import PHASES, RECORD_SCHEMA_ID
 
 RECORD_SCHEMAS = ("slm-matrix.record/1", RECORD_SCHEMA_ID)
@@ -567,6 +567,12 @@ class Record:
 
     def metrics(self) -> Metrics:
         return metrics_of(self.window("generate"), self.per_prompt)
+
+    def headline_per_token(self) -> tuple[float | None, float | None]:
+        """The generate window's headline J/token, gross and net of idle (one source: the headline's)."""
+        e = self.energy("generate")
+        tokens = sum(int(p.get("generated_tokens") or 0) for p in self.per_prompt)
+        return (per_token(e.joules, tokens), per_token(e.net_joules, tokens)) if e else (None, None)
 
     def preparation(self) -> Preparation:
         w = self.window("prepare")
