@@ -11,39 +11,19 @@ import io
 import json
 import socket
 import tarfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
-import requests
 
+from orchestrator.docker_layer import Container, connect, connected, gpu_problem, limits, local_image
 from orchestrator.images import Runtime, build, image_info
 from orchestrator.launch import HostProblem, LaunchSpec, Outcome, read_record, write_job
 
 LABEL_RUN = "io.slm-matrix.run"
 LABEL_NAME = "io.slm-matrix.trial"
-
-
-def connect() -> docker.DockerClient:
-    return docker.from_env(timeout=120)
-
-
-def gpu_problem(client: docker.DockerClient) -> str | None:
-    """Why CUDA containers cannot run here, or None. Checked before creating one: a GPU DeviceRequest without the
-    NVIDIA runtime fails only at start (APIError 500) and leaves a Created container behind."""
-    runtimes = sorted((client.info().get("Runtimes") or {}))
-    if "nvidia" not in runtimes:
-        return (f"Docker has no NVIDIA runtime (runtimes: {', '.join(runtimes)}) — install nvidia-container-toolkit "
-                "and restart dockerd on a host with an NVIDIA GPU")
-    from runners.meters import nvml
-
-    gpus, reason = nvml.discover()
-    if not gpus:
-        return f"no NVIDIA GPU visible on this host ({reason})"
-    return None
 
 
 class DockerLauncher:
@@ -56,13 +36,7 @@ class DockerLauncher:
     @classmethod
     def connected(cls, run_id: str) -> "DockerLauncher":
         """A launcher on a Docker engine that answers, or HostProblem with the fix."""
-        try:
-            client = connect()
-            client.ping()
-        except Exception as e:
-            raise HostProblem(f"cannot reach the Docker engine ({type(e).__name__}: {e}) — start dockerd (or set "
-                              "DOCKER_HOST), or run with --launcher process") from e
-        return cls(client, run_id)
+        return cls(connected(), run_id)
 
     def gpu_problem(self) -> str | None:
         return gpu_problem(self.client)
@@ -110,96 +84,74 @@ class DockerLauncher:
             job["reference"] = f"/reference/{ref.name}"
         return job, volumes
 
+    def _options(self, spec: LaunchSpec, volumes: dict[str, dict[str, str]]) -> dict[str, Any]:
+        options: dict[str, Any] = dict(
+            volumes=volumes, network_disabled=True, shm_size=spec.shm_size,
+            labels={LABEL_RUN: self.run_id, LABEL_NAME: spec.name, **spec.labels},
+            # the record's environment.hostname names the machine, not a throw-away container id (kept in host.*)
+            hostname=socket.gethostname(), **limits(spec.mem_limit, spec.cpus))
+        if spec.runtime.gpu:  # exactly the trial's GPUs (by UUID), never every GPU of the host
+            options["device_requests"] = [docker.types.DeviceRequest(device_ids=list(spec.gpus) or ["0"],
+                                                                     capabilities=[["gpu"]])]
+        return options
+
     def run(self, spec: LaunchSpec, meters) -> Outcome:
         rt: Runtime = spec.runtime
-        timings: dict[str, float] = {}
-        try:
-            image = self.client.images.get(rt.image)  # never let a missing image turn into a pull
-        except docker.errors.ImageNotFound:
+        image = local_image(self.client, rt.image)
+        if image is None:
             return Outcome(None, None, launch_error=f"image {rt.image} is not built — run `orchestrate.py build` "
                                                     f"(or `make images`)", facts={"launcher": self.name})
         job, volumes = self._mounts(spec)
         write_job(spec, job)
         volumes[str((spec.work / "job").resolve())] = {"bind": "/job", "mode": "ro"}
         volumes[str((spec.work / "out").resolve())] = {"bind": "/out", "mode": "rw"}
-        kwargs: dict[str, Any] = dict(
-            command=[spec.mode, "/job/job.json", "--out", "/out/record.json"], volumes=volumes, detach=True,
-            network_disabled=True, labels={LABEL_RUN: self.run_id, LABEL_NAME: spec.name, **spec.labels},
-            shm_size=spec.shm_size,
-            # the record's environment.hostname names the machine, not a throw-away container id (kept in host.*)
-            hostname=socket.gethostname())
-        if spec.mem_limit:
-            kwargs["mem_limit"] = spec.mem_limit
-            kwargs["memswap_limit"] = spec.mem_limit  # no swap either: over the limit means OOM-killed
-        if spec.cpus:
-            kwargs["nano_cpus"] = int(spec.cpus * 1e9)
-        if rt.gpu:  # exactly the trial's GPUs (by UUID), never every GPU of the host
-            kwargs["device_requests"] = [docker.types.DeviceRequest(device_ids=list(spec.gpus) or ["0"],
-                                                                    capabilities=[["gpu"]])]
         facts: dict[str, Any] = {"launcher": self.name, "image": rt.image, "image_id": image.id,
                                  "limits": {"mem_limit": spec.mem_limit, "cpus": spec.cpus, "shm_size": spec.shm_size,
                                             "timeout_s": spec.timeout_s, "network": "none", "gpu": rt.gpu,
                                             "gpus": sorted(spec.gpus.values()) if rt.gpu else []}}
-        container = None
-        log_thread = None
-        exit_code, timed_out, window = None, False, None
+        timings: dict[str, float] = {}
+        t0 = time.monotonic()
         try:
-            t0 = time.monotonic()
-            try:
-                container = self.client.containers.create(image.id, **kwargs)
-            except docker.errors.APIError as e:  # refused for this trial only: record it, the matrix goes on
-                return Outcome(None, None, launch_error=f"container create refused: {e.explanation or e}",
-                               facts=facts, timings=timings)
-            facts["container_id"] = container.id
-            timings["create_s"] = time.monotonic() - t0
-            t1 = time.monotonic()
-            with meters.window("container", trace=True) as w:
-                timings["meters_open_s"] = time.monotonic() - t1  # the host meters' start (codecarbon's first task)
-                t1 = time.monotonic()
-                try:
-                    container.start()
-                except docker.errors.APIError as e:
-                    return Outcome(None, None, launch_error=f"container start refused: {e.explanation or e}",
-                                   facts=facts, timings=timings)
-                timings["start_s"] = time.monotonic() - t1
-                facts["started_unix"] = time.time()
-                log_thread = threading.Thread(target=_stream_log, args=(container, spec.log_path), daemon=True)
-                log_thread.start()
-                t2 = time.monotonic()
-                try:
-                    exit_code = container.wait(timeout=spec.timeout_s)["StatusCode"]
-                except (requests.exceptions.ConnectionError, requests.exceptions.ReadTimeout):
-                    # the SDK's way of saying the timeout passed — or that the engine went away
-                    if time.monotonic() - t2 < spec.timeout_s - 1:
-                        raise
-                    timed_out = True
-                    try:
-                        container.kill()
-                    except docker.errors.APIError:
-                        pass  # it exited between the timeout and the kill
-                    exit_code = container.wait(timeout=60)["StatusCode"]
-                timings["run_s"] = time.monotonic() - t2
-                facts["exited_unix"] = time.time()
-            window = w.result
-            t3 = time.monotonic()
-            container.reload()
-            state = container.attrs["State"]
-            oom = bool(state.get("OOMKilled"))
-            log_thread.join(timeout=10)
-            record = self._collect(container, spec)
-            timings["collect_s"] = time.monotonic() - t3
-            return Outcome(record, exit_code, oom_killed=oom, timed_out=timed_out, window=window, facts=facts,
-                           timings=timings, trace=w.trace)
-        finally:
-            if container is not None:  # also on Ctrl-C: stop the trial in flight, leave nothing behind
-                t4 = time.monotonic()
-                try:
-                    container.remove(force=True)
-                except docker.errors.NotFound:
-                    pass
-                timings["remove_s"] = time.monotonic() - t4
+            container = Container(self.client, image.id, [spec.mode, "/job/job.json", "--out", "/out/record.json"],
+                                  **self._options(spec, volumes))
+        except docker.errors.APIError as e:  # refused for this trial only: record it, the matrix goes on
+            return Outcome(None, None, launch_error=f"container create refused: {e.explanation or e}",
+                           facts=facts, timings=timings)
+        facts["container_id"] = container.id
+        timings["create_s"] = time.monotonic() - t0
+        with container:  # also on Ctrl-C: stop the trial in flight, leave nothing behind
+            outcome = self._run_created(container, spec, meters, facts, timings)
+        timings["remove_s"] = container.remove_s
+        return outcome
 
-    def _collect(self, container, spec: LaunchSpec) -> dict[str, Any] | None:
+    def _run_created(self, container: Container, spec: LaunchSpec, meters, facts: dict[str, Any],
+                     timings: dict[str, float]) -> Outcome:
+        """Start, wait (killed at the timeout) and collect, inside the host meters' "container" window."""
+        t1 = time.monotonic()
+        with meters.window("container", trace=True) as w:
+            timings["meters_open_s"] = time.monotonic() - t1  # the host meters' start (codecarbon's first task)
+            t1 = time.monotonic()
+            try:
+                container.start()
+            except docker.errors.APIError as e:
+                return Outcome(None, None, launch_error=f"container start refused: {e.explanation or e}",
+                               facts=facts, timings=timings)
+            timings["start_s"] = time.monotonic() - t1
+            facts["started_unix"] = time.time()
+            container.stream_log(spec.log_path)
+            t2 = time.monotonic()
+            exit_code, timed_out = container.wait(spec.timeout_s)
+            timings["run_s"] = time.monotonic() - t2
+            facts["exited_unix"] = time.time()
+        t3 = time.monotonic()
+        oom = container.oom_killed()
+        container.log_written()
+        record = self._collect(container, spec)
+        timings["collect_s"] = time.monotonic() - t3
+        return Outcome(record, exit_code, oom_killed=oom, timed_out=timed_out, window=w.result, facts=facts,
+                       timings=timings, trace=w.trace)
+
+    def _collect(self, container: Container, spec: LaunchSpec) -> dict[str, Any] | None:
         path = spec.work / "out" / "record.json"
         try:
             return read_record(path)
@@ -213,13 +165,3 @@ class DockerLauncher:
                 member = tar.extractfile("record.json")
                 return json.loads(member.read()) if member else None
 
-
-def _stream_log(container, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        try:
-            for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
-                f.write(chunk)
-                f.flush()
-        except Exception as e:  # the container went away mid-stream (Ctrl-C): keep what we have
-            f.write(f"\n[orchestrator] log stream ended: {e}\n".encode())

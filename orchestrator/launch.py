@@ -71,16 +71,10 @@ class Launcher(Protocol):
 
 
 def make_launcher(name: str, run_id: str) -> Launcher:
-    """--launcher docker|process."""
-    if name == "docker":
-        from orchestrator.docker_launcher import DockerLauncher
+    """Moved to orchestrator/launchers.py; kept here only until orchestrator/session.py imports it from there."""
+    from orchestrator.launchers import make_launcher as factory
 
-        return DockerLauncher.connected(run_id)
-    if name == "process":
-        from orchestrator.process_launcher import ProcessLauncher
-
-        return ProcessLauncher()
-    raise ValueError(f"unknown launcher {name!r}")
+    return factory(name, run_id)
 
 
 def write_job(spec: LaunchSpec, job: dict[str, Any]) -> Path:

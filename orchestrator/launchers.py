@@ -1,0 +1,19 @@
+"""The launcher factory: --launcher docker|process. Its own module, so that the launchers import only the contract
+they implement (orchestrator/launch.py), never the module that chooses between them."""
+
+from __future__ import annotations
+
+from orchestrator.launch import Launcher
+
+
+def make_launcher(name: str, run_id: str) -> Launcher:
+    """--launcher docker|process."""
+    if name == "docker":
+        from orchestrator.docker_launcher import DockerLauncher
+
+        return DockerLauncher.connected(run_id)
+    if name == "process":
+        from orchestrator.process_launcher import ProcessLauncher
+
+        return ProcessLauncher()
+    raise ValueError(f"unknown launcher {name!r}")
