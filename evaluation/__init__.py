@@ -4,6 +4,7 @@ every measured window (``orchestrate.py evaluate``), and the outcomes kept besid
 - ``humaneval``  the programs: prompt + completion (cut at the standard stop sequences) + test + check(entry_point)
 - ``executor``   runs inside the sandbox (standard library only): each program in its own process, with a timeout and
                  resource limits, one JSON line per outcome
-- ``sandbox``    the host side: the sandbox image, the container's lock-down, resuming after a container death
+- ``sandbox``    batches of programs through a locked-down container it is given (the orchestrator's Docker layer runs
+                 it: orchestrator/docker_sandbox.py), outcomes read back, resuming after a container death
 - ``evaluate``   every ok trial of a run with full HumanEval prompts -> results/<run>/evaluations/<trial>.json
 """

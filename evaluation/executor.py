@@ -1,7 +1,7 @@
 """The sandbox's executor: runs HumanEval programs, one process each, and prints one JSON line per outcome.
 
 Runs inside the sandbox container (network none, read-only root, tmpfs /tmp, non-root, no capabilities, a pids limit,
-memory and CPU limits: evaluation/sandbox.py) as its PID 1, so a completion cannot signal it (the kernel ignores
+memory and CPU limits: orchestrator/docker_sandbox.py) as its PID 1, so a completion cannot signal it (the kernel ignores
 signals to a namespace's init that it has no handler for). Standard library only.
 
     python executor.py PROGRAMS.jsonl      # lines: {"task_id", "program", "timeout_s"}

@@ -1,9 +1,6 @@
-"""The sandbox container, host side: build its image, run a batch of programs in it locked down, read the outcomes.
-
-Lock-down (each a Docker option, all on every run): no network; read-only root filesystem with a small tmpfs at /tmp
-(noexec is not set: Python writes nothing executable there, and the tests import nothing from it); uid 1000, all
-capabilities dropped, ``no-new-privileges``; a pids limit (fork bombs), a memory limit with no swap beyond it, one
-CPU; the programs mounted read-only. Inside, the executor gives every program its own process, timeout and rlimits.
+"""The sandbox, evaluation side: a batch of programs through the executor in a locked-down container, its outcome
+lines read back, in order. The container is passed in (``Sandbox(container)``: orchestrator/docker_sandbox.py runs it
+through the orchestrator's one Docker layer, with its lock-down); nothing here starts one or knows Docker.
 
 A container that dies before the last program (the executor killed, the memory limit hit by the executor itself) is
 not the end: the programs without an outcome go to a fresh container, and a program that killed two containers in a
@@ -13,92 +10,32 @@ row is recorded as an ``error`` ("sandbox died") — one hostile completion neve
 from __future__ import annotations
 
 import json
-import tempfile
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Protocol
 
-from orchestrator import REPO_ROOT
-from orchestrator.images import build_dockerfile, image_name, prepare_build
-
-DOCKERFILE = REPO_ROOT / "images" / "_sandbox" / "Dockerfile"
 PASSED_WHEN = "check(candidate) returned: the task's token came after the program, never the exit status alone"
 
 
-@dataclass(frozen=True)
-class Limits:
-    mem_limit: str = "1g"  # the container; each program is held to 512 MiB of address space inside it
-    cpus: float = 1.0
-    pids_limit: int = 64
-    tmpfs_size: str = "64m"
+class Container(Protocol):
+    """What runs the executor (evaluation/executor.py) locked down: orchestrator.docker_sandbox.DockerSandbox."""
 
+    def run(self, programs: str, timeout_s: float) -> tuple[str, str | None]:
+        """The executor over these programs (JSON lines) in a fresh container, killed after timeout_s: (what it
+        printed, why the container ended abnormally, or None)."""
 
-def image() -> str:
-    return image_name("_sandbox")
+    def describe(self) -> dict[str, Any]:
+        """The container's lock-down, as facts kept in every evaluation."""
 
 
 class Sandbox:
-    def __init__(self, client, limits: Limits = Limits()):
-        self.client = client
-        self.limits = limits
+    def __init__(self, container: Container):
+        self.container = container
 
-    def ensure_image(self, build: bool, log: Callable[[str], None] = print) -> dict[str, Any]:
-        import docker.errors
-
-        if build:
-            prepare_build(self.client, log)  # the base image (BASE_IMAGE, the stock one, or the local Debian base)
-            build_dockerfile(self.client, DOCKERFILE, image(), log)
-        try:
-            img = self.client.images.get(image())
-        except docker.errors.ImageNotFound:
-            from orchestrator.launch import HostProblem
-
-            raise HostProblem(f"the sandbox image {image()} is not built: run with --build (or orchestrate.py build "
-                              "--all), which builds images/_sandbox/Dockerfile") from None
-        return {"image": image(), "image_id": img.id}
-
-    def run_options(self, input_dir: Path) -> dict[str, Any]:
-        lim = self.limits
-        return {
-            "network_mode": "none",
-            "read_only": True,
-            "tmpfs": {"/tmp": f"size={lim.tmpfs_size},mode=1777"},
-            "user": "1000:1000",
-            "cap_drop": ["ALL"],
-            "security_opt": ["no-new-privileges"],
-            "pids_limit": lim.pids_limit,
-            "mem_limit": lim.mem_limit,
-            "memswap_limit": lim.mem_limit,
-            "nano_cpus": int(lim.cpus * 1e9),
-            "volumes": {str(input_dir): {"bind": "/input", "mode": "ro"}},
-            "labels": {"io.slm-matrix.role": "sandbox"},
-        }
-
-    def _container(self, tasks: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
+    def _batch(self, tasks: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
         """One container over these tasks: (outcomes in order, why it stopped early or None)."""
-        with tempfile.TemporaryDirectory(prefix="sandbox-") as tmp:
-            d = Path(tmp)
-            (d / "programs.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
-            d.chmod(0o755)
-            (d / "programs.jsonl").chmod(0o644)
-            budget = 30 + sum(float(t.get("timeout_s", 3.0)) + 2.0 for t in tasks)
-            c = self.client.containers.run(image(), ["/input/programs.jsonl"], detach=True, **self.run_options(d))
-            try:
-                try:
-                    status = c.wait(timeout=budget)
-                    why = None if status.get("StatusCode") == 0 else f"exit status {status.get('StatusCode')}"
-                except Exception:  # the requests timeout: the executor hangs (it should not); stop it
-                    c.kill()
-                    why = f"no answer within {budget:.0f} s"
-                c.reload()
-                if c.attrs.get("State", {}).get("OOMKilled"):
-                    why = "the container hit its memory limit"
-                lines = c.logs(stdout=True, stderr=False).decode(errors="replace").splitlines()
-            finally:
-                c.remove(force=True)
+        budget = 30 + sum(float(t.get("timeout_s", 3.0)) + 2.0 for t in tasks)
+        printed, why = self.container.run("".join(json.dumps(t) + "\n" for t in tasks), budget)
         out, done = [], False
-        for line in lines:
+        for line in printed.splitlines():
             try:
                 item = json.loads(line)
             except json.JSONDecodeError:
@@ -115,7 +52,7 @@ class Sandbox:
         pending = list(range(len(tasks)))
         strikes: dict[int, int] = {}
         while pending:
-            got, why = self._container([tasks[i] for i in pending])
+            got, why = self._batch([tasks[i] for i in pending])
             for i, item in zip(pending, got):
                 results[i] = item
             pending = pending[len(got):]
@@ -130,14 +67,4 @@ class Sandbox:
 
     def describe(self) -> dict[str, Any]:
         # passed_when: evaluations written before this rule lack it (exit status 0 was a pass then)
-        return {"limits": asdict(self.limits), "network": "none", "read_only_root": True, "user": "1000:1000",
-                "cap_drop": "ALL", "no_new_privileges": True, "passed_when": PASSED_WHEN}
-
-
-def wait_gone(client, label: str = "io.slm-matrix.role=sandbox", timeout_s: float = 10.0) -> None:
-    """Sandbox containers left by a killed evaluation, removed."""
-    t_end = time.monotonic() + timeout_s
-    for c in client.containers.list(all=True, filters={"label": label}):
-        c.remove(force=True)
-        if time.monotonic() > t_end:
-            break
+        return {**self.container.describe(), "passed_when": PASSED_WHEN}

@@ -155,6 +155,37 @@ def test_each_evaluation_says_which_rule_scored_it():
     """Evaluations are resumable: one written under the old rule (exit status 0 passed) stays; the facts tell them
     apart."""
     from evaluation.sandbox import PASSED_WHEN, Sandbox
+    from orchestrator.docker_sandbox import DockerSandbox
 
-    assert Sandbox(client=None).describe()["passed_when"] == PASSED_WHEN
+    facts = Sandbox(DockerSandbox(client=None)).describe()
+    assert facts["passed_when"] == PASSED_WHEN and facts["network"] == "none" and facts["cap_drop"] == "ALL"
     assert "check(candidate) returned" in PASSED_WHEN and "never the exit status" in PASSED_WHEN
+
+
+def test_a_container_that_dies_costs_only_the_task_that_killed_it():
+    """The sandbox's resume rule over a stand-in container (no Docker): the programs after a container death go to a
+    fresh one, and a program that killed two containers in a row is an error ("sandbox died")."""
+    from evaluation.sandbox import Sandbox
+
+    class DiesAtTheBomb:
+        def __init__(self):
+            self.runs: list[list[str]] = []
+
+        def run(self, programs: str, timeout_s: float) -> tuple[str, str | None]:
+            ids = [json.loads(line)["task_id"] for line in programs.splitlines()]
+            self.runs.append(ids)
+            printed = ""
+            for task_id in ids:
+                if task_id == "bomb":
+                    return printed, "exit status 137"
+                printed += json.dumps({"task_id": task_id, "outcome": "passed"}) + "\n"
+            return printed + json.dumps({"done": True}) + "\n", None
+
+        def describe(self) -> dict:
+            return {}
+
+    container = DiesAtTheBomb()
+    got = Sandbox(container).evaluate([{"task_id": t, "program": "", "timeout_s": 3.0} for t in ("a", "bomb", "b")])
+    assert [r["outcome"] for r in got] == ["passed", "error", "passed"]
+    assert got[1]["error_type"] == "sandbox died" and got[1]["stderr_tail"] == "exit status 137"
+    assert container.runs == [["a", "bomb", "b"], ["bomb", "b"], ["b"]]

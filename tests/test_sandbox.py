@@ -21,12 +21,20 @@ pytestmark = pytest.mark.usefixtures("docker_client")
 
 
 @pytest.fixture(scope="module")
-def sandbox(docker_client):
+def container(docker_client):
+    """The sandbox's container through the orchestrator's Docker layer, its image built as the runtimes' are."""
+    from orchestrator.docker_sandbox import DockerSandbox
+
+    c = DockerSandbox(docker_client)
+    c.ensure_image(build=True, log=lambda line: None)
+    return c
+
+
+@pytest.fixture(scope="module")
+def sandbox(container):
     from evaluation.sandbox import Sandbox
 
-    sb = Sandbox(docker_client)
-    sb.ensure_image(build=True, log=lambda line: None)
-    return sb
+    return Sandbox(container)
 
 
 def _tasks(completions: dict[str, str]) -> list[dict]:
@@ -122,14 +130,14 @@ def test_hostile_completions_are_contained_and_the_next_task_still_evaluates(san
     assert not [r for r in results if r["error_type"] == "sandbox died"]
 
 
-def test_the_container_is_locked_down(sandbox, tmp_path, docker_client):
-    opts = sandbox.run_options(tmp_path)
+def test_the_container_is_locked_down(container, tmp_path, docker_client):
+    opts = container.run_options(tmp_path)
     assert opts["network_mode"] == "none" and opts["read_only"] and opts["user"] == "1000:1000"
     assert opts["cap_drop"] == ["ALL"] and "no-new-privileges" in opts["security_opt"]
     assert opts["pids_limit"] and opts["mem_limit"] == opts["memswap_limit"]
     assert opts["volumes"][str(tmp_path)]["mode"] == "ro"
     # what the engine applied, not only what we asked: inspect a live container
-    from evaluation.sandbox import image
+    from orchestrator.docker_sandbox import image
 
     c = docker_client.containers.run(image(), ["/input/none.jsonl"], detach=True, **opts)
     try:
