@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from evaluation import humaneval as he
-from runners.record import write_json_atomic
+from runners.record import Record, write_json_atomic
 
 SCHEMA = "slm-matrix.evaluation/1"
 OUTCOMES = ("passed", "failed", "error", "timeout")
@@ -22,48 +22,46 @@ OUTCOMES = ("passed", "failed", "error", "timeout")
 
 def not_evaluable(record: dict[str, Any]) -> str | None:
     """Why a record cannot be evaluated, or None."""
-    if record.get("status") != "ok" or record.get("mode", "run") != "run":
+    r = Record(record)
+    if not r.is_ok_run:
         return "not an ok run trial"
-    workload = (record.get("job") or {}).get("workload") or {}
-    if workload.get("dataset", "humaneval") != "humaneval" or workload.get("style") != "full":
+    if r.workload.get("dataset", "humaneval") != "humaneval" or r.workload.get("style") != "full":
         return "its workload is not HumanEval's full prompts (fragments are not programs)"
-    if any("output_text" not in p for p in record.get("per_prompt") or []):
+    if any("output_text" not in p for p in r.per_prompt):
         return "its record has no output_text (made by a runner before evaluation existed): run the trial again"
     return None
 
 
 def mode(record: dict[str, Any]) -> str:
-    return "same-work" if ((record.get("job") or {}).get("generation") or {}).get("fixed_length", True) \
-        else "as-served"
+    return "same-work" if Record(record).fixed_length else "as-served"
 
 
 def tasks(record: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"task_id": p["task_id"], "program": he.program(p["task_id"], he.cut(p["output_text"])),
-             "timeout_s": he.TIMEOUT_S} for p in record["per_prompt"]]
+             "timeout_s": he.TIMEOUT_S} for p in Record(record).per_prompt]
 
 
 def evaluation_of(trial_id: str, record: dict[str, Any], outcomes: list[dict[str, Any]],
                   sandbox_facts: dict[str, Any], seconds: float) -> dict[str, Any]:
-    engine = record.get("engine") or {}
-    trial = record.get("trial") or {}
-    cuts = [he.split(p["output_text"]) for p in record["per_prompt"]]
+    r = Record(record)
+    cuts = [he.split(p["output_text"]) for p in r.per_prompt]
     rows = [{"task_id": o["task_id"], "outcome": o["outcome"], "error_type": o.get("error_type"),
              "seconds": o.get("seconds"), "stop": stop, "completion_chars": len(text)}
             for o, (text, stop) in zip(outcomes, cuts)]
     return {
-        "schema": SCHEMA, "trial_id": trial_id, "run_id": trial.get("run_id"), "model": (record.get("model") or {})
-        .get("name"), "engine": engine.get("name"), "device": engine.get("device"),
-        "precision": engine.get("precision"), "mode": mode(record),
-        "new_tokens": ((record.get("job") or {}).get("generation") or {}).get("new_tokens"),
+        "schema": SCHEMA, "trial_id": trial_id, "run_id": r.run_id, "model": r.model_name,
+        "engine": r.engine_name, "device": r.device, "precision": r.precision, "mode": mode(record),
+        "new_tokens": r.generation.get("new_tokens"),
         "stop_sequences": list(he.STOP_SEQUENCES), "timeout_s": he.TIMEOUT_S,
-        "tasks": rows, "total": len(rows), "passed": sum(r["outcome"] == "passed" for r in rows),
+        "tasks": rows, "total": len(rows), "passed": sum(row["outcome"] == "passed" for row in rows),
         "sandbox": sandbox_facts, "seconds": round(seconds, 2), "evaluated_unix": time.time(),
     }
 
 
 def evaluate_run(store, sandbox, sandbox_facts: dict[str, Any], log: Callable[[str], None] = print
                  ) -> dict[str, int]:
-    """Evaluate what is not yet evaluated; {"evaluated", "already", "not_evaluable"}."""
+    """Evaluate what is not yet evaluated; {"evaluated", "already", "not_evaluable"}. ``sandbox``: an
+    evaluation.sandbox.Sandbox over the container the orchestrator gives it (orchestrator/docker_sandbox.py)."""
     counts = {"evaluated": 0, "already": 0, "not_evaluable": 0}
     for trial_id, record in store.records().items():
         if not_evaluable(record):
