@@ -15,7 +15,7 @@ from typing import Any, Callable
 from runners.meters import SUPERSEDES, figure, idle_power, kind, resolution_flags
 from runners.meters.trace import CounterTrace
 from runners.meters.validity import invalid_flags, invalidate, valid_totals
-from runners.record import boundary, joules_per_token
+from runners.record import Record, boundary, metrics_of
 
 Keep = Callable[[str], bool]
 
@@ -70,12 +70,13 @@ def traced_figure(trace: CounterTrace, comp: str, start: float, end: float) -> t
     return (fig if e.valid else invalidate(fig, e.invalid_reason)), flags
 
 
-def meter_window(window: dict[str, Any], trace: CounterTrace, keep: Keep) -> None:
-    """Add the host's measured figures to one runner window (in place), superseding the runner's estimates."""
+def meter_window(window: dict[str, Any], trace: CounterTrace, keep: Keep) -> dict[str, Any]:
+    """The window with the host's measured figures, superseding the runner's estimates (a new dict: the runner's
+    window is left as it was)."""
     if "start_mono" not in window:
-        window.setdefault("flags", []).append({"code": "host-trace", "component": None, "message":
-                                               "the runner marked no monotonic boundaries: host counters not applied"})
-        return
+        return {**window, "flags": [*window.get("flags", []), {
+            "code": "host-trace", "component": None,
+            "message": "the runner marked no monotonic boundaries: host counters not applied"}]}
     # the runner's own valid counter figures stand; one it could not read (invalid) yields to the host's
     own = {f["component"] for f in window["energy"] if f["source"] == "measured" and f.get("valid") is not False}
     added, flags = [], []
@@ -86,27 +87,25 @@ def meter_window(window: dict[str, Any], trace: CounterTrace, keep: Keep) -> Non
         added.append(fig)
         flags += read_flags
     if not added:
-        window.setdefault("flags", []).extend(flags)
-        return
+        return {**window, "flags": [*window.get("flags", []), *flags]}
     replaced = {SUPERSEDES[kind(f["component"])] for f in added} | {f["component"] for f in added}
     figures = [f for f in window["energy"] if f["component"] not in replaced] + added
-    window["energy"] = figures
-    window["energy_total"] = valid_totals(figures)
-    window["boundary"] = boundary(figures)
-    window["host_metered"] = {"components": [f["component"] for f in added], "trace_interval_s": trace.interval_s,
-                              "boundary_error_j": sum(f.get("boundary_error_j") or 0.0 for f in added),
-                              "replaced_estimates": sorted(replaced - {f["component"] for f in added})}
     measured = [f for f in added if f["joules"] is not None]
     periods = {f["component"]: max(trace.interval_s, trace.periods_s.get(f["component"]) or 0.0) for f in measured}
     kept = [f for f in window.get("flags", []) if not (f["code"] == "invalid-figure" and f["component"] in replaced)]
-    window["flags"] = [*kept, *flags, *resolution_flags(measured, window["duration_s"], periods),
-                       *invalid_flags(added)]
+    return {**window, "energy": figures, "energy_total": valid_totals(figures), "boundary": boundary(figures),
+            "host_metered": {"components": [f["component"] for f in added], "trace_interval_s": trace.interval_s,
+                             "boundary_error_j": sum(f.get("boundary_error_j") or 0.0 for f in added),
+                             "replaced_estimates": sorted(replaced - {f["component"] for f in added})},
+            "flags": [*kept, *flags, *resolution_flags(measured, window["duration_s"], periods),
+                      *invalid_flags(added)]}
 
 
-def meter_idle(idle: dict[str, Any], trace: CounterTrace, keep: Keep) -> None:
-    """The runner's own idle baseline (when it took one): host counters for the components it could not read."""
+def meter_idle(idle: dict[str, Any], trace: CounterTrace, keep: Keep) -> dict[str, Any]:
+    """The runner's own idle baseline (when it took one) with host counters for the components it could not read
+    (a new dict, or the runner's own when it marked no monotonic boundaries)."""
     if "start_mono" not in idle:
-        return
+        return idle
     own = {p["component"] for p in idle["power"] if p["source"] == "measured" and p["watts"] is not None}
     d = idle["end_mono"] - idle["start_mono"]
     added, flags = [], []
@@ -117,19 +116,23 @@ def meter_idle(idle: dict[str, Any], trace: CounterTrace, keep: Keep) -> None:
         added.append({**idle_power(fig, d), "meter": _meter(comp)})
         flags += read_flags + invalid_flags([fig])
     replaced = {SUPERSEDES[kind(p["component"])] for p in added} | {p["component"] for p in added}
-    idle["power"] = [p for p in idle["power"] if p["component"] not in replaced] + added
+    metered = {**idle, "power": [p for p in idle["power"] if p["component"] not in replaced] + added}
     if flags:
-        idle["flags"] = [*idle.get("flags", []), *flags]
+        metered["flags"] = [*idle.get("flags", []), *flags]
+    return metered
 
 
-def apply(record: dict[str, Any], trace: CounterTrace | None, keep: Keep) -> None:
-    """Meter every window of the record from the host's trace, and refresh the figures derived from them."""
+def apply(record: dict[str, Any], trace: CounterTrace | None, keep: Keep) -> dict[str, Any]:
+    """The record's windows metered from the host's trace, and the metrics derived from them: the parts of the record
+    that change ({phases, idle, metrics}; empty without a trace), to be merged into it once. The record is left as it
+    was."""
     if trace is None or not trace.components:
-        return
-    for window in (record.get("phases") or {}).values():
-        meter_window(window, trace, keep)
+        return {}
+    phases = {name: meter_window(w, trace, keep) for name, w in (record.get("phases") or {}).items()}
+    metered: dict[str, Any] = {"phases": phases}
     if record.get("idle"):
-        meter_idle(record["idle"], trace, keep)
-    gen = (record.get("phases") or {}).get("generate")
-    if gen and record.get("metrics") and record.get("tokens"):
-        record["metrics"]["joules_per_token"] = joules_per_token(gen["energy_total"], record["tokens"]["output"])
+        metered["idle"] = meter_idle(record["idle"], trace, keep)
+    if phases.get("generate") and record.get("metrics") and record.get("tokens"):  # J/token as the runner derives it
+        j_per_token = metrics_of(phases["generate"], Record(record).per_prompt).j_per_token
+        metered["metrics"] = {**record["metrics"], "joules_per_token": j_per_token}
+    return metered

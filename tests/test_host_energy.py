@@ -78,7 +78,7 @@ def test_host_figures_replace_the_runners_estimates_and_keep_its_own_counter():
     the host replaces the estimates by RAPL from its trace, keeps the runner's GPU figure, never adds gpu:0."""
     runner_gpu = figure("gpu:1", 1999.0, "measured", "nvml", boundary_error_j=0.5)
     w = _window(1002.05, 1012.05, [runner_gpu, *_estimates()])
-    host_energy.meter_window(w, _trace(), host_energy.trial_boundary("cuda", [1]))
+    w = host_energy.meter_window(w, _trace(), host_energy.trial_boundary("cuda", [1]))
     figs = _by_component(w)
     assert sorted(figs) == ["cpu:dram-0", "cpu:package-0", "gpu:1"]
     assert figs["gpu:1"]["joules"] == 1999.0 and figs["gpu:1"]["meter"] == "nvml"
@@ -98,7 +98,7 @@ def test_host_figures_replace_the_runners_estimates_and_keep_its_own_counter():
 
 def test_a_short_window_metered_by_the_host_is_flagged():
     w = _window(1002.05, 1005.05, _estimates())
-    host_energy.meter_window(w, _trace(), host_energy.trial_boundary("cpu", []))
+    w = host_energy.meter_window(w, _trace(), host_energy.trial_boundary("cpu", []))
     assert {(f["code"], f["component"]) for f in w["flags"]} == {("short-window", "cpu:package-0"),
                                                                   ("short-window", "cpu:dram-0")}
 
@@ -107,13 +107,13 @@ def test_a_window_without_monotonic_marks_is_flagged_not_metered():
     w = _window(1002.0, 1012.0, _estimates())
     del w["start_mono"]
     before = copy.deepcopy(w["energy"])
-    host_energy.meter_window(w, _trace(), host_energy.trial_boundary("cpu", []))
+    w = host_energy.meter_window(w, _trace(), host_energy.trial_boundary("cpu", []))
     assert w["energy"] == before and [f["code"] for f in w["flags"]] == ["host-trace"]
 
 
 def test_a_trace_gap_at_an_edge_gives_an_invalid_figure_and_no_total():
     w = _window(1002.05, 1012.05, _estimates())
-    host_energy.meter_window(w, _trace(skip=(1011.5, 1013.0)), host_energy.trial_boundary("cuda", [1]))
+    w = host_energy.meter_window(w, _trace(skip=(1011.5, 1013.0)), host_energy.trial_boundary("cuda", [1]))
     gpu = _by_component(w)["gpu:1"]
     assert gpu["valid"] is False and "gap at the window's end" in gpu["invalid_reason"]
     assert w["energy_total"]["measured_j"] is None
@@ -121,7 +121,7 @@ def test_a_trace_gap_at_an_edge_gives_an_invalid_figure_and_no_total():
     assert ("invalid-figure", "gpu:1") in codes and ("read-error", "gpu:1") in codes
     # the same reads failing inside a window, with good reads at both edges: a flag, a valid figure
     w = _window(1002.05, 1012.05, _estimates())
-    host_energy.meter_window(w, _trace(skip=(1005.0, 1006.0)), host_energy.trial_boundary("cuda", [1]))
+    w = host_energy.meter_window(w, _trace(skip=(1005.0, 1006.0)), host_energy.trial_boundary("cuda", [1]))
     gpu = _by_component(w)["gpu:1"]
     assert gpu.get("valid", True) and gpu["joules"] == pytest.approx(2000.0)
     assert [f["code"] for f in w["flags"]] == ["read-error"]
@@ -129,7 +129,7 @@ def test_a_trace_gap_at_an_edge_gives_an_invalid_figure_and_no_total():
 
 def test_a_traced_component_that_yields_no_figure_is_invalid_not_left_to_the_estimate():
     w = _window(1015.05, 1025.05, _estimates())  # ends after the trace: the host's last reads failed
-    host_energy.meter_window(w, _trace(), host_energy.trial_boundary("cpu", []))
+    w = host_energy.meter_window(w, _trace(), host_energy.trial_boundary("cpu", []))
     pkg = _by_component(w)["cpu:package-0"]
     assert pkg["source"] == "unavailable" and pkg["valid"] is False and "outside" in pkg["invalid_reason"]
     assert "cpu" not in _by_component(w)  # the estimate does not silently stand in for the counter
@@ -142,7 +142,7 @@ def test_a_runner_figure_it_could_not_read_yields_to_the_hosts():
     failed = invalidate(figure("gpu:1", None, "unavailable", "nvml", "read failed"), "read failed at the start")
     w = _window(1002.05, 1012.05, [failed, *_estimates()])
     w["flags"] = [{"code": "invalid-figure", "component": "gpu:1", "message": "read failed"}]
-    host_energy.meter_window(w, _trace(), host_energy.trial_boundary("cuda", [1]))
+    w = host_energy.meter_window(w, _trace(), host_energy.trial_boundary("cuda", [1]))
     gpu = [f for f in w["energy"] if f["component"] == "gpu:1"]
     assert len(gpu) == 1 and gpu[0]["meter"] == "nvml-host-trace" and gpu[0]["joules"] == pytest.approx(2000.0)
     assert w["energy_total"]["measured_j"] == pytest.approx(2240.0) and w["flags"] == []
@@ -153,20 +153,19 @@ def test_meter_idle_gives_the_hosts_power_for_what_the_runner_could_not_read():
             "power": [{"component": "cpu", "watts": 9.0, "source": "estimated", "meter": "codecarbon",
                        "reason": "model"},
                       {"component": "gpu:1", "watts": 199.0, "source": "measured", "meter": "nvml", "reason": None}]}
-    host_energy.meter_idle(idle, _trace(), host_energy.trial_boundary("cuda", [1]))
+    idle = host_energy.meter_idle(idle, _trace(), host_energy.trial_boundary("cuda", [1]))
     power = {p["component"]: p for p in idle["power"]}
     assert sorted(power) == ["cpu:dram-0", "cpu:package-0", "gpu:1"]
     assert power["cpu:package-0"]["watts"] == pytest.approx(20.0) and power["cpu:dram-0"]["watts"] == pytest.approx(4.0)
     assert power["gpu:1"]["watts"] == 199.0  # the runner's own counter stands
     assert power["cpu:package-0"]["meter"] == "rapl-host-trace"
     no_marks = {"duration_s": 5.0, "power": []}
-    host_energy.meter_idle(no_marks, _trace(), lambda c: True)
-    assert no_marks["power"] == []
+    assert host_energy.meter_idle(no_marks, _trace(), lambda c: True)["power"] == []
 
 
 def test_an_idle_window_in_a_trace_gap_gives_no_baseline():
     idle = {"duration_s": 5.0, "start_mono": 1011.0, "end_mono": 1016.0, "power": []}
-    host_energy.meter_idle(idle, _trace(skip=(1010.0, 1012.0)), host_energy.trial_boundary("cuda", [1]))
+    idle = host_energy.meter_idle(idle, _trace(skip=(1010.0, 1012.0)), host_energy.trial_boundary("cuda", [1]))
     gpu = next(p for p in idle["power"] if p["component"] == "gpu:1")
     assert gpu["watts"] is None and "gap" in gpu["reason"]
     assert "invalid-figure" in {f["code"] for f in idle["flags"]}
@@ -176,12 +175,23 @@ def test_apply_meters_every_window_and_refreshes_joules_per_token():
     record = {"phases": {"load": _window(1001.05, 1002.05, _estimates(5.0, 1.0)),
                          "generate": _window(1002.05, 1012.05, _estimates())},
               "idle": {"duration_s": 1.0, "start_mono": 1000.5, "end_mono": 1001.0, "power": []},
-              "tokens": {"output": 100}, "metrics": {"joules_per_token": {"measured": None, "estimated": 0.6}}}
-    host_energy.apply(record, _trace(), host_energy.trial_boundary("cpu", []))
-    assert record["phases"]["load"]["energy_total"]["measured_j"] == pytest.approx(24.0)
-    assert record["metrics"]["joules_per_token"] == {"measured": pytest.approx(2.4), "estimated": None}
-    assert {p["component"] for p in record["idle"]["power"]} == {"cpu:package-0", "cpu:dram-0"}
-    untouched = copy.deepcopy(record)
-    host_energy.apply(record, None, lambda c: True)
-    host_energy.apply(record, CounterTrace(0.1), lambda c: True)
-    assert record == untouched
+              "tokens": {"output": 100}, "per_prompt": [{"batch": 0, "generated_tokens": 60},
+                                                        {"batch": 1, "generated_tokens": 40}],
+              "metrics": {"tokens_per_s": 10.0, "joules_per_token": {"measured": None, "estimated": 0.6}}}
+    runners = copy.deepcopy(record)
+    metered = host_energy.apply(record, _trace(), host_energy.trial_boundary("cpu", []))
+    assert record == runners  # new windows: the runner's are left as they were
+    assert sorted(metered) == ["idle", "metrics", "phases"]
+    assert metered["phases"]["load"]["energy_total"]["measured_j"] == pytest.approx(24.0)
+    assert metered["metrics"] == {"tokens_per_s": 10.0,
+                                  "joules_per_token": {"measured": pytest.approx(2.4), "estimated": None}}
+    assert {p["component"] for p in metered["idle"]["power"]} == {"cpu:package-0", "cpu:dram-0"}
+    assert host_energy.apply(record, None, lambda c: True) == {}
+    assert host_energy.apply(record, CounterTrace(0.1), lambda c: True) == {}
+
+
+def test_meter_window_leaves_the_runners_window_as_it_was():
+    w = _window(1002.05, 1012.05, _estimates())
+    before = copy.deepcopy(w)
+    metered = host_energy.meter_window(w, _trace(), host_energy.trial_boundary("cpu", []))
+    assert w == before and metered is not w and "host_metered" in metered
