@@ -25,23 +25,23 @@ import os
 import signal
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from orchestrator import REPO_ROOT
+from orchestrator import REPO_ROOT, summary
+from orchestrator.budget import CALIBRATION_PROMPTS
 from orchestrator.images import ImageError, build, discover
-from orchestrator.launch import HostProblem, make_launcher
+from orchestrator.launch import HostProblem
 from orchestrator.matrix import MatrixError, load
-from orchestrator.budget import CALIBRATION_PREFIX, CALIBRATION_PROMPTS
-from orchestrator.models import CONTAINER_USER, DEFAULT_CACHE, ModelCache, readability_problem
+from orchestrator.models import DEFAULT_CACHE, readability_problem
 from orchestrator.plan import expand
+from orchestrator.session import RunOptions, built_image_ids
+from orchestrator.session import run as run_session
 from orchestrator.shard import run_sharding
 from orchestrator.store import RunConflict, RunStore
-from orchestrator.ui import Reporter, clock
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -146,101 +146,32 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _plan(args):
-    matrix = load(args.matrix)
+def _plan(args, matrix=None):
+    """The matrix (loaded from --matrix unless given), its plan, and the trials the filters select."""
+    matrix = load(args.matrix) if matrix is None else matrix
     plan = expand(matrix)
     trials = plan.select(runtimes=getattr(args, "runtime", None), models=getattr(args, "model", None),
                          settings=getattr(args, "setting", None))
     return matrix, plan, trials
 
 
-def calibration_matrix(matrix, results: Path) -> Path:
-    """The matrix's calibration: every cell once, on a few prompts, under its own run id (named by the matrix's hash,
-    so an edited matrix calibrates anew and an unchanged one resumes)."""
-    import tomllib
-
-    from orchestrator.tomlw import dumps
-
-    data = tomllib.loads(matrix.text)
-    m = data.setdefault("matrix", {})
-    m["name"] = f"{CALIBRATION_PREFIX}{matrix.name}-{matrix.hash[:8]}"
-    m["repetitions"] = 1
-    w = data.setdefault("workload", {})
-    w["count"] = min(int(w.get("count") or 164), CALIBRATION_PROMPTS)
-    path = Path(results) / ".calibration" / f"{m['name']}.toml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("# written by orchestrate.py plan --calibrate from " + str(matrix.path) + "\n" + dumps(data))
-    return path
-
-
-def print_budget(plan, trials, results: Path, launcher_name: str = "docker") -> float | None:
-    """The budget table of the selected trials; returns the expected seconds when every cell is known."""
-    from orchestrator.budget import estimate, host_samples
-
-    image_ids = None
-    if launcher_name == "docker":
-        try:
-            from orchestrator.docker_launcher import DockerLauncher
-
-            client = DockerLauncher.connected("").client
-            image_ids = {}
-            for r in {t.cell.runtime.spec for t in trials}:
-                try:
-                    image_ids[r.image] = client.images.get(r.image).id
-                except Exception:  # not built: its records cannot be matched by id
-                    pass
-        except Exception:  # no Docker here: records are matched by image tag only
-            image_ids = None
-    rows = estimate(plan, trials, host_samples(Path(results)), image_ids)
-    table = Table("runtime", "device", "model", "trials", "wall", "energy", "outside generate", "from")
-    total = {"cpu": [0, 0.0, 0.0, 0.0], "cuda": [0, 0.0, 0.0, 0.0]}
-    unknown = extrapolated = 0
-    devices = {r.name: r.spec.device for r in plan.matrix.runtimes.values()}
-    for e in sorted(rows, key=lambda e: (devices[e.runtime], e.runtime, e.model)):
-        dev = devices[e.runtime]
-        if not e.known:
-            unknown += e.trials
-            table.add_row(e.runtime, dev, e.model, str(e.trials), "?", "?", "?", f"[yellow]{escape(e.basis)}[/]")
-            continue
-        tot = total[dev]
-        tot[0] += e.trials
-        tot[1] += e.wall_s
-        tot[2] += e.outside_s
-        tot[3] += e.energy_j or 0.0
-        mark = "≈ " if e.extrapolated else ""
-        if e.extrapolated:
-            extrapolated += e.trials
-        table.add_row(e.runtime, dev, e.model, str(e.trials), mark + clock(e.wall_s),
-                      "?" if e.energy_j is None else f"{mark}{e.energy_j / 3.6e6:.3f} kWh {e.source}",
-                      f"{100 * e.outside_s / e.wall_s:.0f} %",
-                      f"[yellow]{escape(e.basis or '')}[/]" if e.extrapolated else escape(e.basis or ""))
-    console.print(table)
-    for dev, (n, wall, outside, joules) in total.items():
-        if n:
-            console.print(f"  {dev.upper()}: {n} trials, {clock(wall)} expected, {joules / 3.6e6:.2f} kWh, "
-                          f"{100 * outside / wall:.0f} % of the time outside the measured generate windows")
-    if extrapolated:
-        console.print(f"  [yellow]≈ {extrapolated} trial(s) extrapolated[/] from another model of the same image, engine, "
-                      "precision and work, scaled by parameters — an estimate of the order of magnitude; "
-                      "`plan --calibrate` measures them")
-    if unknown:
-        console.print(f"  [yellow]{unknown} trial(s) of unknown cost[/]: no record of their cell on this host — "
-                      "`orchestrate.py plan --calibrate` measures them (a few prompts each)")
-        return None
-    return sum(t[1] for t in total.values())
+def _run_options(args, **overrides) -> RunOptions:
+    return RunOptions(**{"results": Path(args.results), "cache": Path(args.cache), "command": args.command,
+                         "run_id": args.run_id, "launcher": args.launcher, "build": args.build,
+                         "retry_failed": getattr(args, "retry_failed", False),
+                         "strict": getattr(args, "strict", False), "shard": getattr(args, "shard", None),
+                         **overrides})
 
 
 def cmd_plan(args) -> int:
     matrix, plan, trials = _plan(args)
     if args.calibrate:
-        path = calibration_matrix(matrix, Path(args.results))
-        argv = ["run", "--matrix", str(path), "--results", args.results, "--cache", args.cache,
-                "--launcher", args.launcher]
-        for f in ("runtime", "model", "setting"):
-            for v in getattr(args, f) or ():
-                argv += [f"--{f}", v]
-        console.print(f"calibrating: every selected cell once on {CALIBRATION_PROMPTS} prompts ({path})")
-        code = cmd_run(_args(argv + (["--build"] if args.build else [])))
+        from orchestrator.calibrate import calibration_matrix
+
+        calibration = calibration_matrix(matrix)
+        console.print(f"calibrating: every selected cell once on {CALIBRATION_PROMPTS} prompts "
+                      f"(run {calibration.name})")
+        code = run_session(*_plan(args, calibration), _run_options(args, command="run", run_id=None), console)
         if code != 0:
             return code
     console.print(f"matrix {matrix.name} ({matrix.path}, sha256 {matrix.hash[:12]}), seed {matrix.seed}: "
@@ -252,7 +183,8 @@ def cmd_plan(args) -> int:
         problem = readability_problem(m.name, m.path) if m.source == "path" and m.path.is_dir() else None
         if problem:
             console.print(f"  [red]model not readable in the containers:[/] {escape(problem)}")
-    print_budget(plan, trials, Path(args.results), args.launcher)
+    summary.print_budget(console, plan, trials, Path(args.results),
+                         built_image_ids(args.launcher, [t.cell.runtime.spec for t in trials]))
     if not args.quiet:
         for t in trials:
             console.print(f"  {t.order_index:5d}  {t.id}")
@@ -260,8 +192,6 @@ def cmd_plan(args) -> int:
 
 
 def cmd_build(args) -> int:
-    import os
-
     from orchestrator.images import EXTRA_CA_ENV, WHEEL_DIRS_ENV
 
     if args.extra_ca:
@@ -278,9 +208,9 @@ def cmd_build(args) -> int:
     else:
         chosen = [r.spec for r in load(args.matrix).runtimes.values()]
     chosen = [r for r in chosen if not args.device or r.device == args.device]
-    from orchestrator.docker_launcher import DockerLauncher
+    from orchestrator.docker_layer import connected
 
-    client = DockerLauncher.connected("").client
+    client = connected()
     table = Table("runtime", "image", "id", "size (MB)", "build (s)")
     for rt in chosen:
         console.print(f"building {rt.image} from {rt.dockerfile.relative_to(REPO_ROOT)}")
@@ -291,87 +221,7 @@ def cmd_build(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from orchestrator.execute import Executor
-
-    matrix, plan, trials = _plan(args)
-    run_id = args.run_id or matrix.name
-    store = RunStore(args.results, run_id)
-    store.open(matrix, [t.id for t in plan.trials])
-    shard = None
-    if getattr(args, "shard", None):
-        from orchestrator.shard import parse
-
-        index, count = parse(args.shard)
-        sharding = run_sharding(store, plan, count)
-        trials = sharding.trials(trials, index)
-        shard = {"index": index, "count": count,
-                 "models": sorted(m for m, i in sharding.models.items() if i == index)}
-    # a sharded run's containers are its shard's: another shard's orchestrator on this node never removes them
-    launcher = make_launcher(args.launcher, run_id if shard is None else f"{run_id}@shard{shard['index']}of{shard['count']}")
-    reporter = Reporter(console)
-    # the process launcher's runner reads models as this user; containers as the images' user
-    cache = ModelCache(Path(args.cache), reader=None if launcher.name == "process" else CONTAINER_USER)
-    from orchestrator.slurm import env_facts
-
-    ex = Executor(plan, store, launcher, cache, reporter, retry_failed=getattr(args, "retry_failed", False),
-                  node={"shard": shard, "slurm": env_facts()})
-    sel = ex.select(trials)
-    if shard is not None:
-        console.print(f"shard {shard['index']}/{shard['count']}: models {', '.join(shard['models'])}")
-    console.print(f"run {run_id} ({store.root}): matrix {matrix.name} sha256 {matrix.hash[:12]}, seed {matrix.seed}; "
-                  f"{len(trials)} trials selected: {len(sel.done)} already recorded, {len(sel.skipped)} skipped, "
-                  f"{len(sel.todo)} to run [{launcher.name}]")
-    for reason, n in Counter(sel.skipped.values()).items():
-        console.print(f"  [yellow]skipped {n} trial(s):[/] {escape(reason)}")
-    if sel.todo and args.command == "run":  # the budget before the first trial (from this host's records)
-        reporter.expected_s = print_budget(plan, sel.todo, Path(args.results), launcher.name)
-    entry = {"command": args.command, "started_unix": time.time(), "launcher": launcher.name,
-             "selected": len(trials), "already_recorded": len(sel.done), "skipped": sel.skipped, "counts": None,
-             "interrupted": False, **ex.node}
-    try:
-        stale = launcher.remove_stale()
-        if stale:
-            console.print(f"  removed {len(stale)} container(s) left by an earlier, killed orchestrator")
-        if sel.todo:
-            ref = ex.reference_runtime()  # its image tokenises the same-work prompts of every model (prepare)
-            launcher.ensure_ready({t.cell.runtime.spec for t in sel.todo} | ({ref.spec} if ref else set()),
-                                  args.build, lambda line: console.print(escape(line)))
-        unavailable, broken = ex.prepare(sel.todo) if sel.todo else ({}, {})
-        if unavailable:  # like CUDA rows without a GPU: skipped, not failed — a host with the model runs them
-            runnable = []
-            for t in sel.todo:
-                if t.cell.model.name in unavailable:
-                    sel.skipped[t.id] = f"model not available: {unavailable[t.cell.model.name]}"
-                else:
-                    runnable.append(t)
-            for name, reason in unavailable.items():
-                n = sum(1 for t in sel.todo if t.cell.model.name == name)
-                console.print(f"  [yellow]skipped {n} trial(s):[/] model not available: {escape(reason)}")
-            sel.todo = runnable
-        if args.command == "prepare":
-            entry["counts"] = {"cells_not_runnable": len(broken)}
-            console.print(f"prepare done: {len({t.cell.id for t in sel.todo})} cells, {len(broken)} not runnable")
-            return 0
-        entry["counts"] = counts = ex.run(sel.todo, broken)
-        reporter.stop()
-        _print_agreement(store, matrix.agreement)
-        console.print(f"run {run_id}: {counts['ok']} ok, {counts['failed']} failed, "
-                      f"{len(sel.skipped)} skipped this time; {len(sel.done)} were already "
-                      f"recorded. `orchestrate.py status --run-id {run_id}` for the whole matrix.")
-        if args.strict:
-            failed = [t.id for t in trials if (store.record(t.id) or {}).get("status") == "failed"]
-            if failed:
-                console.print(f"[red]--strict: {len(failed)} failed trial(s)[/]: {', '.join(failed[:5])}")
-                return 1
-        return 0
-    except KeyboardInterrupt:
-        entry["interrupted"] = True
-        raise
-    finally:
-        reporter.stop()
-        ex.close()
-        entry["ended_unix"] = time.time()
-        store.log_invocation(entry)
+    return run_session(*_plan(args), _run_options(args), console)
 
 
 def cmd_submit(args) -> int:
@@ -396,14 +246,7 @@ def cmd_submit(args) -> int:
     active = {i: t for i, t in (slurm.current_tasks(store.slurm_dir) if store.exists() else {}).items()
               if t["state"] not in slurm.FINISHED and t["state"] != "UNKNOWN"}
     indices = [i for i in range(sharding.count) if left[i] and i not in active]
-    table = Table("shard", "models", "trials", "left", "now")
-    for i in range(sharding.count):
-        models = sorted(m for m, k in sharding.models.items() if k == i)
-        now = (f"{active[i]['state']} (job {active[i]['job_id']})" if i in active else
-               "submit" if i in indices else "done")
-        table.add_row(str(i), ", ".join(models), str(len(sharding.trials(plan.trials, i))), str(len(left[i])), now)
-    console.print(f"run {run_id}: {len(plan.trials)} trials over {sharding.count} shard(s) (whole models per node)")
-    console.print(table)
+    summary.print_submission(console, run_id, plan, sharding, left, active, indices)
     if not indices:
         console.print("nothing to submit: every shard is finished or already queued/running")
         return 0
@@ -422,47 +265,21 @@ def cmd_submit(args) -> int:
     return 0
 
 
-def _print_agreement(store, spec) -> None:
-    from orchestrator.agreement import attach
-    from runners.agreement import describe
-
-    rows = attach(store, spec)
-    if not rows:
-        return
-    table = Table(title=f"token agreement with {describe(spec)} (share of prompts identical, worst trial)")
-    for col in ("model", "engine", "device", "precision", "setting", "trials", "identical", "same work?"):
-        table.add_column(col)
-    for r in rows:
-        share = ("[red]no reference[/]" if r["no_reference"] else f"{100 * r['share_identical']:.0f} %")
-        verdict = ("unknown" if r["no_reference"] else
-                   f"[red]NOT THE SAME OUTPUT[/]: {escape(r['different_output'])}" if r["different_output"] else "yes")
-        table.add_row(r["model"], r["engine"], r["device"], r["precision"], r.get("setting") or "", str(r["trials"]),
-                      share, verdict)
-    console.print(table)
-
-
 def cmd_evaluate(args) -> int:
     from evaluation.evaluate import evaluate_run, read_evaluations
     from evaluation.sandbox import Sandbox
-    from orchestrator.docker_launcher import DockerLauncher
+    from orchestrator.docker_sandbox import DockerSandbox
 
     store = _existing_store(args)
-    sandbox = Sandbox(DockerLauncher.connected("").client)
-    facts = {**sandbox.ensure_image(args.build, log=lambda line: console.print(f"  {escape(line)}")),
+    container = DockerSandbox.connected()
+    sandbox = Sandbox(container)
+    facts = {**container.ensure_image(args.build, log=lambda line: console.print(f"  {escape(line)}")),
              **sandbox.describe()}
     console.print(f"evaluating run {store.run_id} ({store.root}) in {facts['image']} ({facts['image_id'][7:19]})")
     counts = evaluate_run(store, sandbox, facts, log=lambda line: console.print(escape(line)))
     console.print(f"evaluate {store.run_id}: {counts['evaluated']} evaluated, {counts['already']} were already, "
                   f"{counts['not_evaluable']} not evaluable (not ok, or not HumanEval's full prompts)")
-    evaluations = read_evaluations(store.root)
-    if evaluations:
-        table = Table("model", "engine", "device", "precision", "mode", "trials", "passed (per trial)")
-        groups: dict[tuple, list[dict]] = {}
-        for ev in evaluations.values():
-            groups.setdefault((ev["model"], ev["engine"], ev["device"], ev["precision"], ev["mode"]), []).append(ev)
-        for key, evs in sorted(groups.items()):
-            table.add_row(*map(str, key), str(len(evs)), ", ".join(f"{e['passed']}/{e['total']}" for e in evs))
-        console.print(table)
+    summary.print_evaluations(console, read_evaluations(store.root))
     return 0
 
 
@@ -486,68 +303,8 @@ def cmd_status(args) -> int:
         if not store.exists():
             console.print(f"run {matrix.name}: not started ({store.root} does not exist)")
             return 0
-    plan = expand(matrix)
-    records = store.records()
-    run = store.read_run()
-    last = run["invocations"][-1] if run["invocations"] else {}
-    skipped = last.get("skipped") or {}
-    table = Table("runtime", "engine", "setting", "ok", "failed", "left")
-    rows: dict[tuple, Counter] = {}
-    failures = []
-    for t in plan.trials:
-        key = (t.cell.runtime.name, t.cell.engine, t.cell.setting.name)
-        rec = records.get(t.id)
-        state = "left" if rec is None else rec["status"]
-        rows.setdefault(key, Counter())[state if state != "ok" else "ok"] += 1
-        if rec is not None and rec["status"] == "failed":
-            failures.append((t.id, rec.get("error") or {}))
-    totals = Counter()
-    for key, c in rows.items():
-        table.add_row(*key, str(c["ok"]), str(c["failed"]), str(c["left"]))
-        totals.update(c)
-    console.print(f"run {store.run_id} ({store.root}): matrix {matrix.name} sha256 {matrix.hash[:12]}, "
-                  f"seed {matrix.seed}, {len(plan.trials)} trials: {totals['ok']} ok, {totals['failed']} failed, "
-                  f"{totals['left']} left")
-    console.print(table)
-    if (store.slurm_dir / "sharding.json").is_file():
-        _print_shards(store, plan, records)
-    for tid, err in failures:
-        console.print(f"  [red]failed[/] {tid}: [{escape(str(err.get('type')))}] "
-                      f"{escape(str(err.get('message', ''))[:160])}")
-    for reason, n in Counter(skipped.values()).items():
-        console.print(f"  [yellow]skipped last time ({n}):[/] {escape(reason)}")
+    summary.print_status(console, store, matrix, expand(matrix))
     return 0
-
-
-def _print_shards(store: RunStore, plan, records: dict) -> None:
-    """Per shard: its models, the nodes its records came from, done / failed / running / left, its Slurm task."""
-    from orchestrator import slurm
-
-    sharding = run_sharding(store, plan, None)
-    tasks = slurm.current_tasks(store.slurm_dir)
-    in_flight = {p.name for p in store.work_dir.iterdir()} if store.work_dir.is_dir() else set()
-    wall: dict[int, float] = {}  # per shard: the wall time of its invocations (its node's time on the run)
-    for e in store.read_run()["invocations"]:
-        if (e.get("shard") or {}).get("count") == sharding.count and e.get("ended_unix") and e.get("started_unix"):
-            wall[e["shard"]["index"]] = wall.get(e["shard"]["index"], 0.0) + e["ended_unix"] - e["started_unix"]
-    table = Table("shard", "models", "node", "ok", "failed", "running", "left", "wall", "Slurm task")
-    for i in range(sharding.count):
-        mine = sharding.trials(plan.trials, i)
-        recs = [records[t.id] for t in mine if t.id in records]
-        task = tasks.get(i)
-        live = task is not None and task["state"] == "RUNNING"
-        running = sum(1 for t in mine if t.id not in records and t.id in in_flight and live)
-        nodes = sorted({((r.get("host") or {}).get("node") or {}).get("hostname")
-                        or (r.get("environment") or {}).get("hostname") or "?" for r in recs})
-        if live and task["node"] and task["node"] not in nodes:
-            nodes.append(f"{task['node']} (now)")
-        table.add_row(str(i), ", ".join(sorted(m for m, k in sharding.models.items() if k == i)), ", ".join(nodes),
-                      str(sum(r["status"] == "ok" for r in recs)), str(sum(r["status"] == "failed" for r in recs)),
-                      str(running), str(len(mine) - len(recs) - running), clock(wall[i]) if i in wall else "",
-                      "not submitted" if task is None else
-                      f"{task['job_id']}_{i} {task['state']}" + (f" ({task['reason']})" if task["reason"] not in
-                                                                   ("", "None") else ""))
-    console.print(table)
 
 
 if __name__ == "__main__":

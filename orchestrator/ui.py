@@ -8,34 +8,30 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from runners.record import Record
 
-def energy_text(window: dict[str, Any] | None) -> str:
-    if not window:
+
+def energy_text(r: Record, phase: str = "generate") -> str:
+    e = r.energy(phase)
+    if e is None:
         return "energy n/a"
-    tot = window.get("energy_total") or {}
-    if tot.get("measured_j") is not None:
-        return f"{tot['measured_j']:.1f} J measured"
-    if tot.get("estimated_j") is not None:
-        return f"{tot['estimated_j']:.1f} J estimated"
-    return "energy unavailable"
+    return f"{e.joules:.1f} J {e.source}" if e.source else "energy unavailable"
 
 
 def trial_line(label: str, rec: dict[str, Any]) -> str:
-    host = rec.get("host") or {}
+    r = Record(rec)
     span = ""
-    if host.get("started_unix") and host.get("exited_unix"):
-        span = f" | container {host['exited_unix'] - host['started_unix']:.1f} s"
-    if rec["status"] != "ok":
-        err = rec.get("error") or {}
-        log = f" (log: {host['log']})" if host.get("log") else ""
+    if r.host.get("started_unix") and r.host.get("exited_unix"):
+        span = f" | container {r.host['exited_unix'] - r.host['started_unix']:.1f} s"
+    if not r.is_ok:
+        err = r.error or {}
+        log = f" (log: {r.host['log']})" if r.host.get("log") else ""
         return (f"[red]✗[/] {escape(label)} [red]failed[/] [{escape(str(err.get('type')))}] "
                 f"{escape(str(err.get('message', ''))[:200])}{escape(log)}{span}")
-    gen = (rec.get("phases") or {}).get("generate") or {}
-    tokens = rec.get("tokens") or {}
-    tps = (rec.get("metrics") or {}).get("tokens_per_s")
-    return (f"[green]✓[/] {escape(label)} — {tokens.get('prompts')} prompts, {tokens.get('output')} new tokens, "
-            f"generate {gen.get('duration_s', 0):.2f} s" + (f", {tps:.1f} tok/s" if tps else "")
-            + f", {energy_text(gen)}{span}")
+    tps = r.metrics().tokens_per_s
+    return (f"[green]✓[/] {escape(label)} — {r.tokens.get('prompts')} prompts, {r.tokens.get('output')} new tokens, "
+            f"generate {r.duration('generate') or 0:.2f} s" + (f", {tps:.1f} tok/s" if tps else "")
+            + f", {energy_text(r)}{span}")
 
 
 def clock(s: float) -> str:
