@@ -45,7 +45,7 @@ def connected() -> docker.DockerClient:
 def gpu_problem(client: docker.DockerClient) -> str | None:
     """Why CUDA containers cannot run here, or None. Checked before creating one: a GPU DeviceRequest without the
     NVIDIA runtime fails only at start (APIError 500) and leaves a Created container behind."""
-    runtimes = sorted((client.info().get("Runtimes") or {}))
+    runtimes = sorted(client.info().get("Runtimes") or ())  # the names of its runtimes
     if "nvidia" not in runtimes:
         return (f"Docker has no NVIDIA runtime (runtimes: {', '.join(runtimes)}) — install nvidia-container-toolkit "
                 "and restart dockerd on a host with an NVIDIA GPU")

@@ -70,13 +70,6 @@ class Launcher(Protocol):
         """One runner invocation under the host meters' "container" window (traced)."""
 
 
-def make_launcher(name: str, run_id: str) -> Launcher:
-    """Moved to orchestrator/launchers.py; kept here only until orchestrator/session.py imports it from there."""
-    from orchestrator.launchers import make_launcher as factory
-
-    return factory(name, run_id)
-
-
 def write_job(spec: LaunchSpec, job: dict[str, Any]) -> Path:
     """job.json inside work/job/ (mounted read-only) and an out/ folder the image's uid 1000 can write."""
     job_dir = spec.work / "job"

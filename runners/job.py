@@ -174,7 +174,7 @@ def _meters(r: _Reader) -> MeterSpec:
     )
     mt.done(["sample_interval_s", "idle_seconds", "codecarbon", "country_iso_code", "keep_series", "rapl_root",
              "gpus", "trace_interval_s"])
-    for key, index in (meters.gpus or {}).items():
+    for key, index in (meters.gpus.items() if meters.gpus else ()):
         if not isinstance(index, int) or isinstance(index, bool) or index < 0:
             raise JobError(f"meters.gpus.{key}", f"must map a GPU UUID or index to the host's GPU index, got {index!r}",
                            'write it as {"GPU-…": 0}')
