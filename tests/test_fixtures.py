@@ -187,7 +187,7 @@ def test_build_is_idempotent_and_seeded(fixture_root, tmp_path):
 def test_failed_build_leaves_nothing_and_foreign_dirs_are_kept(tmp_path):
     out = tmp_path / "model"
     with pytest.raises(RuntimeError):
-        with fixtures._staging(out, {"kind": "test"}) as tmp:
+        with fixtures.staging(out, {"kind": "test"}) as tmp:
             (tmp / "model.safetensors").write_bytes(b"half")
             raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
