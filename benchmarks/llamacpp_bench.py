@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 
-def main(argv: list[str] | None = None) -> int:
+def _args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--precision", default="q8_0", choices=["fp32", "fp16", "q8_0", "q4_k_m"])
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
@@ -41,8 +41,41 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stat", choices=["best", "median"], default="best")
     ap.add_argument("--tolerance", type=float, default=0.05)
     ap.add_argument("--out", type=Path)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def harness_figures(rec: dict, new_tokens: int, pick) -> dict:
+    """The harness's side: decode and end-to-end tokens/s of the measured trial, by ``pick`` of its prompts."""
+    per = rec["per_prompt"]
+    return {
+        "decode_tok_s": 1 / pick([p["tpot_s"] for p in per]),
+        "end_to_end_tok_s": new_tokens / pick([p["latency_s"] for p in per]),
+        "decode_tok_s_median": 1 / statistics.median(p["tpot_s"] for p in per),
+        "window_tok_s": rec["metrics"]["tokens_per_s"],
+        "threads": rec["engine"]["details"]["n_threads"],
+        "prompt_tokens_mean": round(statistics.fmean(p["prompt_tokens"] for p in per)),
+    }
+
+
+def llama_bench(client, image: str, cache: Path, gguf: Path, args, prompt_len: int, pick) -> tuple[dict, list]:
+    """llama-bench's side, in the same image on the same GGUF and threads: (figures, its raw JSON)."""
+    cmd = ["-m", str(gguf), "-t", str(args.threads), "-p", "0", "-n", str(args.new_tokens),
+           "-pg", f"{prompt_len},{args.new_tokens}", "-r", str(args.reps), "-o", "json"]
+    t0 = time.time()
+    out = client.containers.run(image, cmd, entrypoint="llama-bench", remove=True, network_disabled=True,
+                                volumes={str(cache): {"bind": "/cache", "mode": "ro"}}, stdout=True, stderr=False)
+    tests = json.loads(out)
+    tg = next(t for t in tests if t["n_prompt"] == 0 and t["n_gen"] == args.new_tokens)
+    pg = next(t for t in tests if t["n_prompt"] == prompt_len and t["n_gen"] == args.new_tokens)
+    return {"decode_tok_s": args.new_tokens / (pick(tg["samples_ns"]) / 1e9),
+            "end_to_end_tok_s": args.new_tokens / (pick(pg["samples_ns"]) / 1e9),
+            "decode_tok_s_avg": tg["avg_ts"],
+            "threads": tg["n_threads"], "build": tg.get("build_commit"), "cpu": tg.get("cpu_info"),
+            "seconds": round(time.time() - t0, 1)}, tests
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
     from _containers import Launch, build_image, engine_cache
     from orchestrator.docker_launcher import connect
     from orchestrator.models import _readable
@@ -73,32 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         launch.close()
 
-    per = rec["per_prompt"]
-    prompt_len = round(statistics.fmean(p["prompt_tokens"] for p in per))
     pick = min if args.stat == "best" else statistics.median  # of times: best = the shortest
-    harness = {
-        "decode_tok_s": 1 / pick([p["tpot_s"] for p in per]),
-        "end_to_end_tok_s": args.new_tokens / pick([p["latency_s"] for p in per]),
-        "decode_tok_s_median": 1 / statistics.median(p["tpot_s"] for p in per),
-        "window_tok_s": rec["metrics"]["tokens_per_s"],
-        "threads": rec["engine"]["details"]["n_threads"],
-        "prompt_tokens_mean": prompt_len,
-    }
-
+    harness = harness_figures(rec, args.new_tokens, pick)
+    prompt_len = harness["prompt_tokens_mean"]
     gguf = Path(prep["phases"]["prepare"]["info"]["artifact"])  # /cache/... inside the container
-    cmd = ["-m", str(gguf), "-t", str(args.threads), "-p", "0", "-n", str(args.new_tokens),
-           "-pg", f"{prompt_len},{args.new_tokens}", "-r", str(args.reps), "-o", "json"]
-    t0 = time.time()
-    out = client.containers.run(runtime.image, cmd, entrypoint="llama-bench", remove=True, network_disabled=True,
-                                volumes={str(cache): {"bind": "/cache", "mode": "ro"}}, stdout=True, stderr=False)
-    tests = json.loads(out)
-    tg = next(t for t in tests if t["n_prompt"] == 0 and t["n_gen"] == args.new_tokens)
-    pg = next(t for t in tests if t["n_prompt"] == prompt_len and t["n_gen"] == args.new_tokens)
-    bench = {"decode_tok_s": args.new_tokens / (pick(tg["samples_ns"]) / 1e9),
-             "end_to_end_tok_s": args.new_tokens / (pick(pg["samples_ns"]) / 1e9),
-             "decode_tok_s_avg": tg["avg_ts"],
-             "threads": tg["n_threads"], "build": tg.get("build_commit"), "cpu": tg.get("cpu_info"),
-             "seconds": round(time.time() - t0, 1)}
+    bench, tests = llama_bench(client, runtime.image, cache, gguf, args, prompt_len, pick)
 
     gaps = {k: harness[k] / bench[k] - 1 for k in ("decode_tok_s", "end_to_end_tok_s")}
     result = {"model": model.name, "precision": args.precision, "threads": args.threads, "stat": args.stat,
@@ -106,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
               "gap": gaps, "tolerance": args.tolerance, "gguf_types": prep["phases"]["prepare"]["info"]["tensor_types"],
               "llama_bench_raw": tests}
     print(f"{model.name} {args.precision}, {args.threads} threads, {args.new_tokens} new tokens, "
-          f"prompt ≈ {prompt_len} tokens, {args.stat} of {len(per)} prompts / {args.reps} llama-bench runs")
+          f"prompt ≈ {prompt_len} tokens, {args.stat} of {len(rec['per_prompt'])} prompts / {args.reps} llama-bench runs")
     print(f"{'':22}{'harness':>10}{'llama-bench':>13}{'gap':>9}")
     for k, label in (("decode_tok_s", "decode tok/s"), ("end_to_end_tok_s", "end-to-end tok/s")):
         print(f"{label:22}{harness[k]:10.2f}{bench[k]:13.2f}{gaps[k]:+9.1%}")
