@@ -104,6 +104,32 @@ def test_unknown_cells_are_said_and_other_builds_do_not_count(tmp_path):
     assert not estimate(p2, p2.trials, host_samples(results))[0].known
 
 
+def test_the_calibration_is_a_matrix_in_memory_that_loads_back_as_itself(tmp_path):
+    """`plan --calibrate` builds its matrix in memory (no file, no second CLI): one repetition of every cell on a few
+    prompts, named by the matrix's hash; its snapshot text loads back to the same matrix, and an unchanged matrix
+    gives the same calibration (its run resumes) while an edited one gets another."""
+    from orchestrator.budget import CALIBRATION_PROMPTS
+    from orchestrator.calibrate import calibration_matrix
+
+    path = matrix_file(tmp_path, '[models.tiny]\nfixture = "llama"\n', reps=3)
+    matrix = load(path)
+    cal = calibration_matrix(matrix)
+    assert cal.name == f"calibration-{matrix.name}-{matrix.hash[:8]}" and cal.repetitions == 1
+    assert cal.job["workload"]["count"] == min(2, CALIBRATION_PROMPTS)
+    assert matrix.repetitions == 3 and cal.models == matrix.models  # the matrix itself is left as it was
+    assert not list(tmp_path.rglob(".calibration"))
+    snapshot = tmp_path / "snapshot" / "matrix.toml"
+    snapshot.parent.mkdir()
+    snapshot.write_text(cal.text)
+    again = load(snapshot)
+    assert (again.hash, again.name, again.repetitions, again.job) == (cal.hash, cal.name, 1, cal.job)
+    assert [t.id for t in expand(cal).trials] == [t.id for t in expand(again).trials]
+    assert calibration_matrix(load(path)).hash == cal.hash
+    path.write_text(path.read_text().replace("count = 2", "count = 9"))
+    edited = calibration_matrix(load(path))
+    assert edited.name != cal.name and edited.job["workload"]["count"] == CALIBRATION_PROMPTS
+
+
 def test_calibrate_then_plan_then_the_real_run(tmp_path, docker_client):
     """`plan --calibrate` runs each cell once on a few prompts through the same containers and stores it; the next
     `plan` prices the matrix from it; the real run that follows lands near the estimate (printed as a ratio)."""
