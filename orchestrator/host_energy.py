@@ -5,7 +5,8 @@ The container cannot read RAPL (Docker masks powercap; ``energy_uj`` is root-onl
 channel. So the host traces its counters during the container's whole span (``meters.window(..., trace=True)``)
 and, once the record is back, meters each window the runner marked (start/end on the shared monotonic clock) from
 that trace. A component the runner measured itself (NVML inside a CUDA container, RAPL in a plain process) keeps
-the runner's figure; a component only the host can read replaces the runner's estimate for it.
+the runner's figure; a component only the host can read replaces the runner's estimate for it. The runner's windows
+are never rewritten: ``apply`` returns metered copies, which the executor merges into the record once.
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ def apply(record: dict[str, Any], trace: CounterTrace | None, keep: Keep) -> dic
     was."""
     if trace is None or not trace.components:
         return {}
-    phases = {name: meter_window(w, trace, keep) for name, w in (record.get("phases") or {}).items()}
+    # the runner's own windows as it wrote them (every record has "phases": runners.record.new_record)
+    phases = {name: meter_window(w, trace, keep) for name, w in record.get("phases", {}).items()}
     metered: dict[str, Any] = {"phases": phases}
     if record.get("idle"):
         metered["idle"] = meter_idle(record["idle"], trace, keep)
