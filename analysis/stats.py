@@ -16,6 +16,9 @@ import scikit_posthocs as sp
 from scipy import stats
 
 ALPHA = 0.05
+# The level of every interval the report gives, matched to the tests' significance level (95 %): the one
+# definition the report's words and the bootstrap both read.
+CONFIDENCE = 1 - ALPHA
 MIN_N_TEST = 5  # repetitions per configuration below which Kruskal–Wallis/Dunn are not run (chi² approximation)
 MIN_N_SHAPIRO = 3  # scipy's Shapiro–Wilk needs at least 3 values
 # Cliff's δ magnitude thresholds of Romano et al. (2006): |δ| < 0.147 negligible, < 0.33 small, < 0.474 medium.
@@ -38,7 +41,7 @@ def delta_magnitude(delta: float) -> str:
     return "large"
 
 
-def median_ci(values, *, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> dict:
+def median_ci(values, *, confidence: float = CONFIDENCE, n_resamples: int = 2000, seed: int = 0) -> dict:
     """Median with a bootstrap confidence interval (scipy.stats.bootstrap, BCa; percentile where BCa degenerates)."""
     x = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce").dropna(), float)
     out = {"n": len(x), "median": float(np.median(x)) if len(x) else np.nan, "ci_low": np.nan, "ci_high": np.nan,
