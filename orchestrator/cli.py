@@ -21,6 +21,7 @@ arguments, 3 the host cannot do it (no Docker engine, image not built), 130 inte
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -155,12 +156,10 @@ def _plan(args, matrix=None):
     return matrix, plan, trials
 
 
-def _run_options(args, **overrides) -> RunOptions:
-    return RunOptions(**{"results": Path(args.results), "cache": Path(args.cache), "command": args.command,
-                         "run_id": args.run_id, "launcher": args.launcher, "build": args.build,
-                         "retry_failed": getattr(args, "retry_failed", False),
-                         "strict": getattr(args, "strict", False), "shard": getattr(args, "shard", None),
-                         **overrides})
+def _run_options(args) -> RunOptions:
+    return RunOptions(results=Path(args.results), cache=Path(args.cache), command=args.command, run_id=args.run_id,
+                      launcher=args.launcher, build=args.build, retry_failed=getattr(args, "retry_failed", False),
+                      strict=getattr(args, "strict", False), shard=getattr(args, "shard", None))
 
 
 def cmd_plan(args) -> int:
@@ -171,7 +170,8 @@ def cmd_plan(args) -> int:
         calibration = calibration_matrix(matrix)
         console.print(f"calibrating: every selected cell once on {CALIBRATION_PROMPTS} prompts "
                       f"(run {calibration.name})")
-        code = run_session(*_plan(args, calibration), _run_options(args, command="run", run_id=None), console)
+        options = dataclasses.replace(_run_options(args), command="run", run_id=None)  # its own run id
+        code = run_session(*_plan(args, calibration), options, console)
         if code != 0:
             return code
     console.print(f"matrix {matrix.name} ({matrix.path}, sha256 {matrix.hash[:12]}), seed {matrix.seed}: "
