@@ -38,6 +38,8 @@ from runners.record.build import (WindowResult, boundary, joules_per_token, new_
                                   totals, write_json_atomic)
 from runners.record.schema import (FIGURE_SCHEMA, PHASES, PROMPT_SCHEMA, RECORD_SCHEMA, RECORD_SCHEMA_ID,  # noqa: F401
                                    SOURCES, WINDOW_SCHEMA, record_validator, validate_record)
-from runners.record.view import (ENERGY_SOURCES, HOST_WINDOW, RECORD_SCHEMAS, SIZE_GROUPS, Energy,  # noqa: F401
-                                 IdlePower, Metrics, Preparation, Record, config_label, hardware_label, metrics_of,
-                                 size_group, statistics_of, upgrade, window_energy, work_key, work_label)
+from runners.record.energy import Energy, IdlePower, window_energy  # noqa: F401
+from runners.record.facts import (ENERGY_SOURCES, HOST_WINDOW, RECORD_SCHEMAS, SIZE_GROUPS, Metrics,  # noqa: F401
+                                  config_label, hardware_label, metrics_of, size_group, statistics_of, upgrade,
+                                  work_key, work_label)
+from runners.record.view import Preparation, Record  # noqa: F401
