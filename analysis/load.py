@@ -179,7 +179,7 @@ def trial_row(r: Record, run_dir: Path, problem: str | None = None) -> dict[str,
     row["agreement_other_inputs"] = len(a.get("other_prompt_ids") or ())
     m = r.metrics()
     for key in ("latency_s", "ttft_s", "tpot_s"):
-        row[f"{key}_median"] = (getattr(m, key) or {}).get("p50")
+        row[f"{key}_median"] = m.median(key)
     row["latency_s_mean"] = m.latency_per_prompt_mean_s
     for metric, s in r.samples_summary("generate").items():
         for stat in ("mean", "max"):

@@ -103,6 +103,11 @@ class Metrics:
     tpot_s: dict[str, float] | None
     latency_per_prompt_mean_s: float | None = None
 
+    def median(self, key: str) -> float | None:
+        """The median of one statistic (``latency_s``, ``ttft_s``, ``tpot_s``); None when nothing was timed."""
+        stats = getattr(self, key)
+        return stats["p50"] if stats else None
+
     def as_dict(self) -> dict[str, Any]:
         """The record's ``metrics`` block."""
         return {"tokens_per_s": self.tokens_per_s, "joules_per_token": self.j_per_token,
