@@ -16,7 +16,7 @@ from analysis.report_analysis import DEFAULT_PAIRS, Analysis, analyse
 from analysis.report_format import html_table
 from analysis.report_headlines import headlines, source_words
 from analysis.report_sections import render
-from analysis.report_tables import stats_overview, validity_table
+from analysis.report_tables import agreement_table, stats_overview, validity_table
 
 # what callers (the CLI, the tests) import from here, wherever it is defined
 __all__ = ["DEFAULT_PAIRS", "Analysis", "analyse", "build_report", "headlines", "html_table", "validity_table",
@@ -40,6 +40,7 @@ def write_report(a: Analysis, out_dir: str | Path, *, title: str | None = None) 
     every.to_csv(out / "tables" / "trials_metrics.csv", index=False)
     a.medians.to_csv(out / "tables" / "medians.csv", index=False)
     stats_overview(a).to_csv(out / "tables" / "statistics.csv", index=False)
+    agreement_table(a).to_csv(out / "tables" / "agreement.csv", index=False)
     pairs = [c.pairs.assign(scope=c.scope, name=c.name, metric=c.metric) for c in a.comparisons if not c.pairs.empty]
     if pairs:
         pd.concat(pairs, ignore_index=True).to_csv(out / "tables" / "posthoc.csv", index=False)

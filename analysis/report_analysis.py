@@ -45,6 +45,12 @@ class Analysis:
     def sources(self) -> list[str]:
         return sorted(set(self.ok["energy_source"].dropna()))
 
+    @property
+    def every(self) -> pd.DataFrame:
+        """Every successful trial: those compared and those kept out (different work, several machines)."""
+        parts = [p for p in (self.ok, self.different, self.mixed_hardware) if not p.empty]
+        return pd.concat(parts, ignore_index=True) if parts else self.ok
+
 
 def analyse(run_dirs, *, study_csv: str | Path | None = DEFAULT_STUDY_CSV, pairs=DEFAULT_PAIRS,
             min_n: int = MIN_N_TEST, seed: int = 0) -> Analysis:

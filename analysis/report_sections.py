@@ -12,12 +12,12 @@ from analysis.quality import NONE_SOLVED
 from analysis.report_analysis import Analysis
 from analysis.report_format import html_table, md_table
 from analysis.report_headlines import NO_ENERGY_WORDS, headlines
-from analysis.report_tables import (comparison_tables, different_table, no_reference,
+from analysis.report_tables import (agreement_table, comparison_tables, different_table, no_reference,
                                     preparation_table, quality_display, stats_overview, summary_tables,
                                     validity_table)
 from analysis.stats import ALPHA, CONFIDENCE, fmt_p
 from analysis.study import STUDY_ID, STUDY_SETUP
-from runners.agreement import policy
+from runners.agreement import describe, policy
 from runners.meters.validity import METHOD_TEXT
 
 STUDY_COLUMNS = {"study_model": "study's model", "our_source": "our source", "our_prompts": "our prompts",
@@ -131,7 +131,7 @@ def _headline_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> No
 
 
 def _tables_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None:
-    """The summary tables, work kept out of comparisons, preparation."""
+    """The summary tables, agreement with the reference, work kept out of comparisons, preparation."""
     tables = ctx["tables"]
     h.append(f"<h2 id='tables'>Tables</h2><p class='muted'>{html.escape(GLOSSARY)}</p>")
     md += ["## Tables", "", GLOSSARY, ""]
@@ -140,6 +140,10 @@ def _tables_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None
         md += [f"### {name}", "", md_table(df)]
 
     spec = policy(a.agreement)  # the run's [agreement] policy, defaults where it set none
+    title, agreement = f"Agreement with the reference ({describe(spec)})", agreement_table(a)
+    h.append(f"<h3>{html.escape(title)}</h3>" + html_table(agreement))
+    md += [f"### {title}", "", md_table(agreement)]
+
     diff = different_table(a)
     if not diff.empty:
         rule = DIFFERENT_RULE.format(threshold=float(spec["threshold"]), engine=spec["engine"],

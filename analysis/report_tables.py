@@ -1,4 +1,4 @@
-"""The report's tables, as data frames: summaries, work kept out of comparisons,
+"""The report's tables, as data frames: summaries, agreement with the reference, work kept out of comparisons,
 preparation, meter validity, statistics and pass@1. ``analysis.report_sections`` lays them out."""
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from analysis.metrics import SUMMARY_COLUMNS
 from analysis.report_analysis import Analysis
 from analysis.report_format import fmt
 from analysis.stats import CONFIDENCE, Comparison, fmt_p
+
+AGREEMENT_KEYS = ["model", "engine", "runtime", "precision", "config"]
 
 
 def split_models(a: Analysis) -> dict[str, dict[str, list[str]]]:
@@ -31,6 +33,31 @@ def no_reference(a: Analysis) -> pd.DataFrame:
     note = miss["agreement_note"].astype(object)  # all-None is read as a float column
     miss = miss.assign(agreement_note=note.fillna("no agreement recorded for these trials"))
     return miss.groupby(["model", "config"], as_index=False)["agreement_note"].first()
+
+
+def _agreement_verdict(g: pd.DataFrame) -> str:
+    """The verdict on one row of the agreement table, in words: the one verdict (runners.agreement.verdict, already
+    in ``different_output``), or unknown for want of a reference."""
+    different = g["different_output"].dropna() if "different_output" in g else g.iloc[:0]
+    if len(different):
+        return f"different work: {different.iloc[0]}"
+    if (g["agreement_status"] == "compared").any():
+        return "same work"
+    note = g["agreement_note"].astype(object).dropna()
+    return "unknown, no reference: " + (note.iloc[0] if len(note) else "no agreement recorded for these trials")
+
+
+def agreement_table(a: Analysis) -> pd.DataFrame:
+    """Agreement with the reference for every successful configuration, compared or kept out: one row per model ×
+    engine × runtime (image folder) × precision, so two images of one engine are two rows; the worst trial's share of
+    prompts token-identical to the reference (what the verdict reads) and the verdict."""
+    every = a.every
+    columns = [*AGREEMENT_KEYS, "trials", "identical (worst trial)", "verdict"]
+    if every.empty or "agreement_status" not in every:
+        return pd.DataFrame(columns=columns)
+    rows = [(*key, len(g), g["agreement"].min(), _agreement_verdict(g))
+            for key, g in every.groupby(AGREEMENT_KEYS, dropna=False, sort=True)]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def different_table(a: Analysis) -> pd.DataFrame:

@@ -338,3 +338,25 @@ def test_meter_flags_reach_the_report(tmp_path):
     # the method text says what NVML's counter does not see, so a reader knows what an external meter would add
     method = md.split("### What the counters measure")[1]
     assert "wall meter would add" in method and "about 25 %" in method
+
+
+def test_the_agreement_table_names_each_runtime_image(tmp_path):
+    """Two images of one engine (ONNX Runtime 1.17 and 1.20, both onnx · cpu · fp32): one matches the reference, the
+    other diverges at the first token on every prompt. The agreement table names the runtime as well as the engine,
+    so they are two rows with their own verdicts — never one onnx row that hides which image did different work."""
+    images = (("onnx-cpu-1.17", {}), ("onnx-cpu-1.20", {"diverge": range(4), "diverge_from": 0}))
+    recs = [make_record(model="m", engine="torch", repetition=r) for r in range(2)]
+    recs += [make_record(model="m", engine="onnx", runtime=image, repetition=r, **kw)
+             for r in range(2) for image, kw in images]
+    run = write_run(recs, tmp_path / "r")
+    md = build_report([run], tmp_path / "out", study_csv=None)["markdown"].read_text()
+    section = md.split("### Agreement with the reference")[1].split("### ")[0]
+    assert "| model | engine | runtime | precision |" in section
+    table = pd.read_csv(tmp_path / "out" / "tables" / "agreement.csv")
+    onnx = table[table["engine"] == "onnx"].set_index("runtime")
+    assert sorted(onnx.index) == ["onnx-cpu-1.17", "onnx-cpu-1.20"]
+    assert onnx.loc["onnx-cpu-1.17", "verdict"] == "same work"
+    assert onnx.loc["onnx-cpu-1.20", "verdict"].startswith("different work: 0 % of prompts identical")
+    assert list(onnx["trials"]) == [2, 2]
+    rows = [line for line in section.splitlines() if line.startswith("| m | onnx |")]
+    assert [row.split(" | ")[2] for row in rows] == ["onnx-cpu-1.17", "onnx-cpu-1.20"]
