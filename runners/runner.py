@@ -7,7 +7,6 @@ a record is written (status "failed" with the phase and the reason when somethin
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 import traceback
@@ -23,8 +22,8 @@ from runners.engines.base import Engine, Shape
 from runners.engines.options import EngineContext
 from runners.job import Job, JobError, ModelSpec
 from runners.meters import MeterSet
-from runners.record import joules_per_token, new_record, write_json_atomic
-from runners.stopping import StopRule, check
+from runners.record import metrics_of, new_record, write_json_atomic
+from runners.stopping import StopRule, check, eos_ids
 from runners.workload import encode, inputs_document, load_prompts, read_inputs, tokenizer_identity
 
 
@@ -72,15 +71,6 @@ def load_tokenizer(model_dir: Path):
     tok = AutoTokenizer.from_pretrained(model_dir)
     tok.padding_side = "left"
     return tok
-
-
-def _stats(values: list[float]) -> dict[str, float] | None:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return None
-    q = statistics.quantiles(vals, n=10) if len(vals) > 1 else [vals[0]] * 9
-    return {"mean": statistics.fmean(vals), "p50": statistics.median(vals), "p90": q[8], "min": min(vals),
-            "max": max(vals)}
 
 
 def work_shape(job: Job, encoded: list[list[int]]) -> Shape:
@@ -172,6 +162,7 @@ class TrialRun:
         self.enter("model")
         self.model_dir = resolve_model(job.model)
         self.tokenizer = load_tokenizer(self.model_dir)
+        self.eos = eos_ids(self.tokenizer, self.model_dir)  # once: the engines stop on it, the record reads it
         self._model_facts(self.model_dir)
         self.enter("workload")
         self.prompts, input_ids = self._inputs()
@@ -208,7 +199,7 @@ class TrialRun:
         cls = engine_class(job.engine)
         context = EngineContext(device=job.device, precision=job.precision, model_dir=self.model_dir,
                                 model_name=job.model.name, cache_dir=Path(job.cache_dir) if job.cache_dir else None,
-                                seed=job.seed)
+                                seed=job.seed, eos_ids=self.eos)
         self.engine = cls(context, self.tokenizer, cls.check_options(job.engine_options))
         self.engine.check_host()
 
@@ -217,7 +208,9 @@ class TrialRun:
         """One measured phase: the work, then the device synchronised, inside the same window."""
         self.enter(phase)
         with self.meters.window(phase, info) as w:
-            w.info.update(work() or {})
+            facts = work()  # what the phase says of itself (a conversion's facts, compile timings), or None
+            if facts:
+                w.info.update(facts)
             self.engine.synchronize()
         self.record["phases"][phase] = w.result
         return w.result
@@ -272,17 +265,15 @@ class TrialRun:
     def _decode(self, per_prompt: list[dict]) -> None:
         """The text of every output, after the measured window (decoding is not serving work): up to the first EOS,
         as a user would see it — a fixed-length run keeps generating past it, and that tail is not the answer."""
-        eos = self._eos_ids()
         for p in per_prompt:
             ids = p["output_ids"]
-            p["eos_at"] = next((i for i, t in enumerate(ids) if t in eos), None)
+            p["eos_at"] = next((i for i, t in enumerate(ids) if t in self.eos), None)
             p["output_text"] = self.tokenizer.decode(ids[: p["eos_at"]] if p["eos_at"] is not None else ids,
                                                      skip_special_tokens=True)
 
     def _check_stopping(self, per_prompt: list[dict], stop: StopRule | None) -> None:
         """As served: did each output end where the rule says (EOS, the stop rule, the budget)? An engine that stopped
         a token late or early is recorded, not averaged in."""
-        eos = self._eos_ids()
         longest: dict[int, int] = {}
         for p in per_prompt:
             longest[p["batch"]] = max(longest.get(p["batch"], 0), p["generated_tokens"])
@@ -290,7 +281,7 @@ class TrialRun:
         past_end: dict[int, int] = {}
         for p in per_prompt:
             budget = self._budget([self.encoded[i] for i in self.batches[p["batch"]]])
-            c = check(p["output_ids"], eos, stop, budget)
+            c = check(p["output_ids"], self.eos, stop, budget)
             p["ended_by"] = c["by"] if c["consistent"] else f"{c['by']} expected after {c['expected_tokens']} tokens"
             # decode steps beyond the batch's longest output: work paid for that nobody gets (e.g. an engine that
             # matches stop strings only after the step that completed them) — recorded, apart from wrong tokens
@@ -303,16 +294,6 @@ class TrialRun:
             "inconsistent": sum(not c["consistent"] for c in ends),  # outputs not ending where the rule says
             "steps_past_end": sum(past_end.values()),  # decode steps after every output of their batch had ended
             "batches_past_end": len(past_end)}
-
-    def _eos_ids(self) -> set[int]:
-        ids = {self.tokenizer.eos_token_id}
-        for name in ("config.json", "generation_config.json"):
-            try:
-                value = json.loads((self.model_dir / name).read_text()).get("eos_token_id")
-            except (OSError, ValueError):
-                continue
-            ids.update(value if isinstance(value, list) else [value])
-        return {int(i) for i in ids if isinstance(i, int)}
 
     def _budget(self, batch: list[list[int]]) -> int:
         assert self.job is not None
@@ -333,15 +314,7 @@ class TrialRun:
         out_tokens = sum(p["generated_tokens"] for p in per_prompt)
         rec["tokens"] = {"prompts": len(per_prompt), "batches": n_batches,
                          "input": sum(p["prompt_tokens"] for p in per_prompt), "output": out_tokens}
-        # Latency is per batch: count it once per batch, not once per prompt of the batch.
-        first_of_batch = {p["batch"]: p for p in per_prompt}.values()
-        rec["metrics"] = {
-            "tokens_per_s": out_tokens / gen["duration_s"] if gen["duration_s"] > 0 else None,
-            "joules_per_token": joules_per_token(gen["energy_total"], out_tokens),
-            "latency_s": _stats([p["latency_s"] for p in first_of_batch]),
-            "ttft_s": _stats([p["ttft_s"] for p in first_of_batch]),
-            "tpot_s": _stats([p["tpot_s"] for p in per_prompt]),
-        }
+        rec["metrics"] = metrics_of(gen, per_prompt).as_dict()  # the record's one computation (latency per batch)
         rec["co2"] = {"intensity_g_per_kwh": intensity, "country_iso_code": self.job.meters.country_iso_code,
                       "source": "codecarbon" if intensity is not None else None,
                       "reason": None if intensity is not None else "codecarbon disabled or unavailable"}

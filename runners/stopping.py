@@ -5,11 +5,26 @@ Every engine applies this one rule: the transformers-based engines through a sto
 llama.cpp loop after each token, vLLM through its own ``stop`` (the same definition: the first token completing a
 stop string). After generation the runner checks each output against the rule (``check``): stopped exactly there,
 or at EOS, or at the budget — so an engine that stops a token late or early is seen, not averaged in.
+
+The end-of-sequence ids follow one rule too (``eos_ids``), computed once by the runner and given to every engine.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from pathlib import Path
+from typing import AbstractSet, Any
+
+
+def eos_ids(tokenizer: Any, model_dir: Path) -> frozenset[int]:
+    """The ids that end a sequence: the tokenizer's EOS and config.json's ``eos_token_id`` (an int or a list) — the
+    torch reference's rule, computed here once per trial for every engine and for the record's ``eos_at``."""
+    try:
+        configured = json.loads((Path(model_dir) / "config.json").read_text()).get("eos_token_id")
+    except (OSError, ValueError, AttributeError):  # AttributeError: a config.json that is not an object
+        configured = None
+    values = [tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])]
+    return frozenset(v for v in values if isinstance(v, int) and not isinstance(v, bool))
 
 
 class StopRule:
@@ -29,7 +44,7 @@ class StopRule:
         return None
 
 
-def check(ids: list[int], eos: set[int], rule: StopRule | None, budget: int) -> dict[str, Any]:
+def check(ids: list[int], eos: AbstractSet[int], rule: StopRule | None, budget: int) -> dict[str, Any]:
     """How one output ended, and whether that is where the rule says: {"by": "eos"|"stop"|"budget"|"none",
     "expected_tokens", "consistent"}."""
     ends = {"budget": budget}

@@ -19,7 +19,7 @@ from _models import smollm2_dir  # noqa: F401  (pytest fixture)
 from orchestrator import fixtures
 from runners.engines import engine_class
 from runners.engines._conversion import model_key
-from runners.engines.llamacpp import RECIPES, _converter_reason
+from runners.engines._gguf import RECIPES, converter_reason
 from runners.job import JobError, parse_job
 
 NEW_TOKENS = 16
@@ -78,8 +78,8 @@ def test_model_key_follows_the_content_and_is_memoised(tmp_path):
 def test_converter_reason_is_its_exception_line():
     out = "INFO:hf-to-gguf:Loading model\nTraceback (most recent call last):\n  File \"x.py\", line 3\n" \
           "NotImplementedError: Architecture 'Foo' not supported!\n"
-    assert _converter_reason(out) == "NotImplementedError: Architecture 'Foo' not supported!"
-    assert _converter_reason("just a line\n") == "just a line"
+    assert converter_reason(out) == "NotImplementedError: Architecture 'Foo' not supported!"
+    assert converter_reason("just a line\n") == "just a line"
 
 
 # ---------------------------------------------------------------------------------------------- through the image

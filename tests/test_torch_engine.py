@@ -14,6 +14,7 @@ from runners.environment import cuda_problem
 from runners.job import parse_job
 from runners.record import validate_record
 from runners.runner import TrialRun, load_tokenizer
+from runners.stopping import eos_ids
 
 
 def run(model_dir, **over):
@@ -77,24 +78,59 @@ def test_batched_and_single_give_the_same_greedy_tokens(tiny_model_dir):
     assert agreement["prompts"] == 4 and agreement["share_identical"] == 1.0
 
 
-def test_fixed_length_ignores_eos_and_stop_at_eos_stops(tiny_model_dir, tmp_path):
-    """Make the first greedy token the EOS: fixed length must still give N tokens, stop-at-EOS exactly one."""
+def _first_token_is_eos_model(model_dir, tmp_path):
+    """A copy of the model whose config.json and generation_config.json name its first greedy token as EOS."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    tok = load_tokenizer(tiny_model_dir)
+    tok = load_tokenizer(model_dir)
     prompt = [tok("def add(a, b):")["input_ids"]]
-    first = greedy_generate(model, tok, prompt, 3, True, lambda: None)[0][0]
+    first = greedy_generate(AutoModelForCausalLM.from_pretrained(model_dir), tok, prompt, 3, frozenset(),
+                            lambda: None)[0][0]
     eos_dir = tmp_path / "eos-model"
-    shutil.copytree(tiny_model_dir, eos_dir)
+    shutil.copytree(model_dir, eos_dir)
     for name in ("config.json", "generation_config.json"):
         path = eos_dir / name
         data = json.loads(path.read_text())
         data["eos_token_id"] = first
         path.write_text(json.dumps(data))
+    return eos_dir, tok, prompt, first
+
+
+def test_fixed_length_ignores_eos_and_stop_at_eos_stops(tiny_model_dir, tmp_path):
+    """Make the first greedy token the EOS: fixed length must still give N tokens, stop-at-EOS exactly one."""
+    from transformers import AutoModelForCausalLM
+
+    eos_dir, tok, prompt, first = _first_token_is_eos_model(tiny_model_dir, tmp_path)
+    eos = eos_ids(tok, eos_dir)
+    assert eos == {tok.eos_token_id, first}  # the one rule: the tokenizer's EOS and config.json's eos_token_id
     model = AutoModelForCausalLM.from_pretrained(eos_dir)
-    assert len(greedy_generate(model, tok, prompt, 6, True, lambda: None)[0]) == 6
-    assert greedy_generate(model, tok, prompt, 6, False, lambda: None)[0] == [first]
+    assert len(greedy_generate(model, tok, prompt, 6, frozenset(), lambda: None)[0]) == 6
+    assert greedy_generate(model, tok, prompt, 6, eos, lambda: None)[0] == [first]
+
+
+def test_engines_stop_on_the_eos_ids_of_their_context_not_their_own(tiny_model_dir, tmp_path):
+    """The runner computes the EOS ids once and gives them in the context: an engine stops on those, whatever the
+    tokenizer or the model's configs say (an engine deriving its own set fails both halves)."""
+    from runners.engines.options import EngineContext
+    from runners.engines.torch_engine import TorchEngine
+    from runners.runner import work_shape
+
+    eos_dir, tok, prompt, first = _first_token_is_eos_model(tiny_model_dir, tmp_path)
+    assert first != tok.eos_token_id
+
+    def generate(model_dir, eos):
+        ctx = EngineContext(device="cpu", precision="fp32", model_dir=model_dir, model_name="tiny", cache_dir=None,
+                            eos_ids=frozenset(eos))
+        engine = TorchEngine(ctx, tok, TorchEngine.check_options({}))
+        job = parse_job({"engine": "torch", "device": "cpu", "model": {"path": str(model_dir)},
+                         "generation": {"new_tokens": 6, "fixed_length": False}})
+        engine.load(work_shape(job, prompt))
+        return engine.generate(prompt, 6, False, lambda: None)[0]
+
+    full = generate(eos_dir, {-1})  # the model's configs name `first` as EOS; the context names none it writes
+    assert len(full) == 6 and full[0] == first
+    assert generate(tiny_model_dir, {first}) == [first]  # the tokenizer's EOS is another id: the context's holds
+    assert generate(tiny_model_dir, {full[2]}) == full[:full.index(full[2]) + 1]
 
 
 def test_record_with_meters_idle_and_estimated_energy(tiny_model_dir):

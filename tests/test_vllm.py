@@ -53,6 +53,26 @@ def test_cpu_binding_takes_the_first_visible_cpus():
     assert cpu_bind_list(10_000) == ",".join(map(str, cpus))
 
 
+def test_sampling_stops_on_the_eos_ids_of_the_context(tmp_path, monkeypatch):
+    """vLLM is told the runner's EOS ids (the context's), not a set of its own from the tokenizer or config.json."""
+    import json
+    import sys
+    import types
+    from pathlib import Path
+
+    from runners.engines.options import EngineContext
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(SamplingParams=lambda **kw: kw))
+    (tmp_path / "config.json").write_text(json.dumps({"eos_token_id": [5, 6]}))
+    cls = engine_class("vllm")
+    ctx = EngineContext(device="cpu", precision="fp32", model_dir=Path(tmp_path), model_name="m", cache_dir=None,
+                        eos_ids=frozenset({9, 7}))
+    engine = cls(ctx, types.SimpleNamespace(eos_token_id=2), cls.check_options({}))
+    assert engine._sampling(8, False)["stop_token_ids"] == [7, 9]
+    fixed = engine._sampling(8, True)
+    assert fixed["stop_token_ids"] is None and fixed["ignore_eos"] is True
+
+
 # ---------------------------------------------------------------------------------------------- through the image
 
 def _body(model_dir, *, precision="fp32", device="cpu", batch=2, count=3, new_tokens=NEW_TOKENS, options=None,

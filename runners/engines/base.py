@@ -138,5 +138,9 @@ class Engine:
         pass
 
     # --- helpers ----------------------------------------------------------------------------------------------------
+    def ends_on(self, ignore_eos: bool) -> frozenset[int]:
+        """The ids a sequence of this call ends on: the runner's EOS set (ctx.eos_ids), none for fixed-length work."""
+        return frozenset() if ignore_eos else self.ctx.eos_ids
+
     def threads(self) -> int:
         return int(self.options.threads or EngineContext.visible_cpus())

@@ -1,6 +1,7 @@
 """Greedy generation through the transformers ``generate`` API, shared by every engine whose model object speaks it
 (torch eager and compiled, optimum's ONNX Runtime and OpenVINO models): left padding, KV cache, a fresh greedy
-generation config (so no model's sampling defaults leak in), exactly N new tokens when EOS is ignored.
+generation config (so no model's sampling defaults leak in), stopping on the EOS ids it is given (the runner's, from
+the engine's context) and on no others: exactly N new tokens when that set is empty.
 """
 
 from __future__ import annotations
@@ -32,18 +33,9 @@ def pad_token_id(tokenizer: Any, model_config: Any) -> int:
     return 0
 
 
-def eos_ids(tokenizer: Any, model_config: Any) -> set[int]:
-    ids = set()
-    for value in (tokenizer.eos_token_id, getattr(model_config, "eos_token_id", None)):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list):
-            ids.update(v for v in value if isinstance(v, int))
-    return ids
-
-
-def greedy_generate(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, ignore_eos: bool,
+def greedy_generate(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, eos: frozenset[int],
                     on_step: StepHook, device: Any = "cpu", stop: Any = None) -> list[list[int]]:
+    """New ids per prompt; a row ends after a token of ``eos`` (empty: never) or the stop rule's token."""
     import torch
     from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
@@ -59,21 +51,20 @@ def greedy_generate(model: Any, tokenizer: Any, prompts: list[list[int]], max_ne
 
     config = model.config
     pad = pad_token_id(tokenizer, config)
-    eos = sorted(eos_ids(tokenizer, config))
     ids, mask = left_pad(prompts, pad)
     width = ids.shape[1]
     ids, mask = ids.to(device), mask.to(device)
     gen_config = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True, pad_token_id=pad,
         # eos None: the model keeps generating after EOS, so every prompt gets exactly max_new_tokens.
-        eos_token_id=None if ignore_eos else (eos or None),
+        eos_token_id=sorted(eos) or None,
         bos_token_id=getattr(config, "bos_token_id", None),
     )
     # transformers fills fields left at their default (eos None) from the model's own generation config, which
-    # would bring EOS stopping back: clear it on the model for the call.
+    # would stop on the model's EOS ids rather than the given ones: clear it on the model for the call.
     model_gen = getattr(model, "generation_config", None)
     saved_eos = getattr(model_gen, "eos_token_id", None)
-    if model_gen is not None and ignore_eos:
+    if model_gen is not None:
         model_gen.eos_token_id = None
     try:
         with torch.inference_mode():
@@ -83,7 +74,7 @@ def greedy_generate(model: Any, tokenizer: Any, prompts: list[list[int]], max_ne
         if model_gen is not None:
             model_gen.eos_token_id = saved_eos
     new = out[:, ids.shape[1]:].tolist()
-    if ignore_eos:
+    if not eos and stop is None:
         return new
     trimmed = []
     for row in new:  # rows that ended early are padded afterwards: keep up to and including the EOS / stop token

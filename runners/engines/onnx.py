@@ -129,7 +129,8 @@ class OnnxEngine(Engine):
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, ignore_eos: bool,
                  on_step: StepHook, stop=None) -> list[list[int]]:
-        return greedy_generate(self.model, self.tokenizer, prompts, max_new_tokens, ignore_eos, on_step, self.device, stop)
+        return greedy_generate(self.model, self.tokenizer, prompts, max_new_tokens, self.ends_on(ignore_eos), on_step,
+                               self.device, stop)
 
     def synchronize(self) -> None:
         if self.ctx.device == "cuda" and self.model is not None:

@@ -144,7 +144,8 @@ class OpenVinoEngine(Engine):
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, ignore_eos: bool,
                  on_step: StepHook, stop=None) -> list[list[int]]:
-        return greedy_generate(self.model, self.tokenizer, prompts, max_new_tokens, ignore_eos, on_step, "cpu", stop)
+        return greedy_generate(self.model, self.tokenizer, prompts, max_new_tokens, self.ends_on(ignore_eos), on_step,
+                               "cpu", stop)
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {

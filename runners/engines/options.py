@@ -75,8 +75,8 @@ class Options:
 
 @dataclass(frozen=True)
 class EngineContext:
-    """What an engine may know of the job: where the model is, on what device and in what precision — nothing of
-    the workload (that comes as a Shape) or of the trial's bookkeeping."""
+    """What an engine may know of the job: where the model is, on what device and in what precision, and which ids
+    end a sequence — nothing of the workload (that comes as a Shape) or of the trial's bookkeeping."""
 
     device: str
     precision: str
@@ -84,6 +84,9 @@ class EngineContext:
     model_name: str
     cache_dir: Path | None
     seed: int = 0
+    # the end-of-sequence ids, computed once by the runner (runners/stopping.py eos_ids): every engine stops on
+    # these and the record's eos_at is read with them, so no engine derives its own set
+    eos_ids: frozenset[int] = frozenset()
 
     @staticmethod
     def visible_cpus() -> int:

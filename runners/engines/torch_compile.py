@@ -53,7 +53,7 @@ class TorchCompileEngine(TorchEngine):
         runs = []
         for batch in self._compile_batches(shape):
             t0 = time.perf_counter()
-            greedy_generate(self.model, self.tokenizer, batch, 3, True, lambda: None, self.device)
+            greedy_generate(self.model, self.tokenizer, batch, 3, frozenset(), lambda: None, self.device)
             self.synchronize()
             runs.append({"prompts": len(batch), "lengths": [len(p) for p in batch],
                          "seconds": round(time.perf_counter() - t0, 3)})

@@ -11,11 +11,9 @@ generate: the batch's prompts as token ids (the workload's, never re-tokenised b
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from runners.engines import options as o
@@ -125,19 +123,9 @@ class VllmEngine(Engine):
 
     # --- generate -------------------------------------------------------------------------------------------------
     def _sampling(self, max_new_tokens: int, ignore_eos: bool, stop_rule=None):
-        from types import SimpleNamespace
-
         from vllm import SamplingParams
 
-        from runners.engines.hf_generate import eos_ids
-
-        stop = []
-        if not ignore_eos:  # the torch reference's EOS set: the tokenizer's EOS and config.json's eos_token_id
-            try:
-                config = json.loads((Path(self.model_dir) / "config.json").read_text())
-            except (OSError, ValueError):
-                config = {}
-            stop = sorted(eos_ids(self.tokenizer, SimpleNamespace(eos_token_id=config.get("eos_token_id"))))
+        stop = sorted(self.ends_on(ignore_eos))  # the runner's EOS set, the one every engine stops on
         # temperature 0 is vLLM's greedy; ignore_eos + max_tokens give exactly max_tokens new tokens
         # as served with stop sequences: vLLM's own stop strings, the same definition as the runner's rule (the
         # first token whose text completes one); they need detokenisation. The runner checks where it stopped.
