@@ -25,7 +25,6 @@ import dataclasses
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 from rich.console import Console
@@ -41,7 +40,6 @@ from orchestrator.models import DEFAULT_CACHE, readability_problem
 from orchestrator.plan import expand
 from orchestrator.session import RunOptions, built_image_ids
 from orchestrator.session import run as run_session
-from orchestrator.shard import run_sharding
 from orchestrator.store import RunConflict, RunStore
 
 console = Console(highlight=False, soft_wrap=True)
@@ -227,41 +225,26 @@ def cmd_run(args) -> int:
 def cmd_submit(args) -> int:
     from orchestrator import slurm
 
-    matrix, plan, trials = _plan(args)
+    matrix, plan, _ = _plan(args)
     run_id = args.run_id or matrix.name
     options = slurm.SubmitOptions(partition=args.partition, account=args.account, time=args.time,
                                   gpus_per_node=args.gpus_per_node, exclusive=not args.no_exclusive,
                                   sbatch_args=list(args.sbatch_arg), launcher=args.launcher)
     options.check()
     store = RunStore(args.results, run_id)
-    if args.dry_run and not store.exists():  # nothing written: the sharding a submission would write
-        from orchestrator.shard import assign
-
-        sharding = assign(plan, args.shards or len(matrix.models))
-    else:
-        store.open(matrix, [t.id for t in plan.trials])
-        sharding = run_sharding(store, plan, args.shards)
-    records = store.records() if store.exists() else {}
-    left = {i: [t for t in sharding.trials(plan.trials, i) if t.id not in records] for i in range(sharding.count)}
-    active = {i: t for i, t in (slurm.current_tasks(store.slurm_dir) if store.exists() else {}).items()
-              if t["state"] not in slurm.FINISHED and t["state"] != "UNKNOWN"}
-    indices = [i for i in range(sharding.count) if left[i] and i not in active]
-    summary.print_submission(console, run_id, plan, sharding, left, active, indices)
-    if not indices:
+    todo = slurm.pending(store, matrix, plan, args.shards, args.dry_run)
+    summary.print_submission(console, run_id, plan, todo)
+    if not todo.indices:
         console.print("nothing to submit: every shard is finished or already queued/running")
         return 0
     script = slurm.batch_script(run_id=run_id, results=Path(args.results), cache=Path(args.cache),
-                                shards=sharding.count, indices=indices, options=options)
+                                shards=todo.sharding.count, indices=todo.indices, options=options)
     if args.dry_run:
         console.print(escape(script), markup=False)
         return 0
-    path = store.slurm_dir / f"submit-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.sh"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(script)
-    job_id = slurm.sbatch(path)
-    slurm.record_submission(store.slurm_dir, job_id, indices, sharding.count, path, options)
-    console.print(f"submitted job array {job_id}: shard(s) {', '.join(map(str, indices))} of {sharding.count} "
-                  f"(script {path}); follow with `orchestrate.py status --run-id {run_id}`")
+    job_id, path = slurm.submit(store.slurm_dir, script, todo, options)
+    console.print(f"submitted job array {job_id}: shard(s) {', '.join(map(str, todo.indices))} of "
+                  f"{todo.sharding.count} (script {path}); follow with `orchestrate.py status --run-id {run_id}`")
     return 0
 
 

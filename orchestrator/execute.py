@@ -1,9 +1,9 @@
 """Prepare (orchestrator/prepare.py) and run the trials of a plan, one at a time, whatever the launcher.
 
 Per trial: cooldown (GPUs back near their idle temperature, bounded) → host idle baseline (measured, or re-used after
-a check: orchestrator/idle.py) → launch the runner under
-the host meters' "container" window → decide ok/failed from the exit facts → record (with ``host``) written
-atomically. A failed trial is recorded with its reason and the matrix goes on; Ctrl-C stops the trial in flight (its
+a check: orchestrator/idle.py) → launch the runner under the host meters' "container" window → decide ok/failed from
+the exit facts and meter the runner's windows with the host's counters → the record, with what the host learned
+(orchestrator/host_facts.py) merged once as its ``host`` block, written atomically. A failed trial is recorded with its reason and the matrix goes on; Ctrl-C stops the trial in flight (its
 container is removed) and loses nothing finished.
 """
 

@@ -166,6 +166,42 @@ def current_tasks(slurm_dir: Path) -> dict[int, dict[str, Any]]:
     return latest
 
 
+@dataclass
+class Pending:
+    """What a submission of the run would do: per shard, its trials left and its task still queued or running."""
+    sharding: Any  # orchestrator.shard.Sharding
+    left: dict[int, list]  # shard -> its trials not yet recorded
+    active: dict[int, dict[str, Any]]  # shard -> its Slurm task, still pending or running
+    indices: list[int]  # the shards to submit now: trials left and no task of theirs in the queue
+
+
+def pending(store, matrix, plan, shards: int | None, dry_run: bool) -> Pending:
+    """The run's shards and which to submit. A dry run of a run not started writes nothing (the sharding a
+    submission would write); otherwise the run is opened and its sharding written, as every array task reads it."""
+    from orchestrator.shard import assign, run_sharding
+
+    if dry_run and not store.exists():
+        sharding = assign(plan, shards or len(matrix.models))
+    else:
+        store.open(matrix, [t.id for t in plan.trials])
+        sharding = run_sharding(store, plan, shards)
+    records = store.records() if store.exists() else {}
+    left = {i: [t for t in sharding.trials(plan.trials, i) if t.id not in records] for i in range(sharding.count)}
+    active = {i: t for i, t in (current_tasks(store.slurm_dir) if store.exists() else {}).items()
+              if t["state"] not in FINISHED and t["state"] != "UNKNOWN"}
+    return Pending(sharding, left, active, [i for i in range(sharding.count) if left[i] and i not in active])
+
+
+def submit(slurm_dir: Path, script: str, todo: Pending, options: SubmitOptions) -> tuple[str, Path]:
+    """The batch script kept in the run's slurm/ folder and submitted: (job id, script path)."""
+    path = slurm_dir / f"submit-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.sh"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(script)
+    job_id = sbatch(path)
+    record_submission(slurm_dir, job_id, todo.indices, todo.sharding.count, path, options)
+    return job_id, path
+
+
 def env_facts() -> dict[str, Any] | None:
     """The Slurm job this process runs in (None outside Slurm), for the records."""
     if "SLURM_JOB_ID" not in os.environ:

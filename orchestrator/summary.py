@@ -154,15 +154,17 @@ def _task_text(task: dict[str, Any] | None, index: int) -> str:
     return f"{task['job_id']}_{index} {task['state']}{reason}"
 
 
-def print_submission(console: Console, run_id: str, plan, sharding, left: dict[int, list], active: dict[int, dict],
-                     indices: list[int]) -> None:
-    """The shards of a Slurm submission: their models, trials, what is left, and what happens to each now."""
+def print_submission(console: Console, run_id: str, plan, todo) -> None:
+    """The shards of a Slurm submission (orchestrator.slurm.Pending): their models, trials, what is left, and what
+    happens to each now."""
+    sharding = todo.sharding
     table = Table("shard", "models", "trials", "left", "now")
     for i in range(sharding.count):
         models = sorted(m for m, k in sharding.models.items() if k == i)
-        now = (f"{active[i]['state']} (job {active[i]['job_id']})" if i in active else
-               "submit" if i in indices else "done")
-        table.add_row(str(i), ", ".join(models), str(len(sharding.trials(plan.trials, i))), str(len(left[i])), now)
+        now = (f"{todo.active[i]['state']} (job {todo.active[i]['job_id']})" if i in todo.active else
+               "submit" if i in todo.indices else "done")
+        table.add_row(str(i), ", ".join(models), str(len(sharding.trials(plan.trials, i))), str(len(todo.left[i])),
+                      now)
     console.print(f"run {run_id}: {len(plan.trials)} trials over {sharding.count} shard(s) (whole models per node)")
     console.print(table)
 
