@@ -1,21 +1,23 @@
 """Same work, checked: attach to every ok record of a run its token agreement with the run's reference configuration
-(runners/agreement.py computes it; the matrix's [agreement] names the reference, default torch fp32 eager, CPU
-first). Trials run in a shuffled order, so a record may finish before its reference: this pass runs over the whole
-run after every `run`."""
+(runners/agreement.py computes it under the run's reference policy, stored in run.json: the matrix's [agreement],
+default torch fp32 eager, CPU first). Trials run in a shuffled order, so a record may finish before its reference:
+this pass runs over the whole run after every `run`."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from typing import Any
 
-from runners.agreement import DEFAULT_REFERENCE, attach_all, verdict
+from runners.agreement import ReferencePolicy, attach_all
 
 
-def attach(store, spec: dict[str, Any] = DEFAULT_REFERENCE) -> list[dict[str, Any]]:
+def attach(store, spec: ReferencePolicy | dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Write agreement into the run's ok records whose agreement changed; one summary row per configuration (the
-    worst trial's share and runners.agreement.verdict), or the reason when its work has no reference."""
+    worst trial's share and the policy's verdict), or the reason when its work has no reference. The policy is the
+    run's (``store.policy()``: run.json) unless ``spec`` is given."""
+    policy = store.policy() if spec is None else ReferencePolicy.from_spec(spec)
     records = store.records()
-    for trial_id in attach_all(records, spec):
+    for trial_id in attach_all(records, policy):
         store.write_trial(trial_id, records[trial_id])
     summary: dict[tuple, list[dict]] = defaultdict(list)
     for rec in records.values():
@@ -32,6 +34,6 @@ def attach(store, spec: dict[str, Any] = DEFAULT_REFERENCE) -> list[dict[str, An
         rows.append({"model": k[0], "engine": k[1], "device": k[2], "precision": k[3], "runtime": k[4] or None,
                      "setting": k[5] or None, "trials": len(found),
                      "share_identical": None if missing else min(shares), "no_reference": missing,
-                     # the one verdict (runners.agreement.verdict), as the report and the archs table call it
-                     "different_output": None if missing else verdict(found, k[3], spec)})
+                     # the one verdict, as the report, the pass@1 comparison and the archs table call it
+                     "different_output": None if missing else policy.verdict(found, k[3])})
     return rows

@@ -2,7 +2,8 @@
 
     results/<run-id>/
       matrix.toml            the matrix as it was when the run started (its sha256 is in run.json and every record)
-      run.json               run id, matrix hash, seed, the full trial order (written once, when the run starts)
+      run.json               run id, matrix hash, seed, the full trial order and the reference policy (written once,
+                             when the run starts)
       invocations/*.json     one file per orchestrator invocation (many may write at once: nodes of a cluster)
       slurm/                 sharding.json (whole models per shard) and one file per submitted job array
       trials/<trial>.json    one record per finished trial (ok or failed); its presence means "done"
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runners.agreement import RUN_KEY, ReferencePolicy
 from runners.record import new_record, write_json_atomic
 
 
@@ -79,9 +81,17 @@ class RunStore:
         run = {"run_id": self.run_id, "created_unix": time.time(), "hostname": socket.gethostname(),
                "matrix": {"name": matrix.name, "path": str(matrix.path), "sha256": matrix.hash,
                           "snapshot": "matrix.toml"},
-               "seed": matrix.seed, "order": order, "invocations": []}
+               "seed": matrix.seed, "order": order, "invocations": [],
+               # the matrix's [agreement] as one policy: the summary, the report, the pass@1 comparison and the
+               # architectures table read this copy
+               RUN_KEY: ReferencePolicy.from_spec(matrix.agreement).as_dict()}
         write_json_atomic(self.run_file, run)
         return run
+
+    def policy(self) -> ReferencePolicy:
+        """The run's reference policy: run.json's (older runs: their matrix.toml snapshot's [agreement]), else the
+        defaults."""
+        return ReferencePolicy.of_run(self.root) or ReferencePolicy()
 
     def log_invocation(self, entry: dict[str, Any]) -> None:
         """One file per invocation: orchestrators on several nodes of a shared results folder never rewrite one

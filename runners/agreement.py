@@ -1,25 +1,129 @@
 """Same work, checked: how many prompts produced token-identical output to the reference configuration.
 
-The one place agreement is computed. The reference of a record is an ok record of the reference configuration
-(default torch fp32 eager; a matrix setting) with the same model, workload and generation settings — the work key —
-so a 16-token run is never scored against an 8-token one. A record whose work has no reference gets
-``{"status": "no-reference", …}`` with the reason: never a share, never "identical".
+The one place agreement is computed, and the home of the reference policy (``ReferencePolicy``: which configuration
+is the reference, and the one verdict rule with its threshold). The reference of a record is an ok record of the
+reference configuration (default torch fp32 eager; the matrix's [agreement]) with the same model, workload and
+generation settings — the work key — so a 16-token run is never scored against an 8-token one. A record whose work
+has no reference gets ``{"status": "no-reference", …}`` with the reason: never a share, never "identical".
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any, Iterable
 
-DEFAULT_REFERENCE = {"engine": "torch", "precision": "fp32", "devices": ["cpu", "cuda"]}
+from runners.record import work_key
+
 # A configuration in the reference's precision whose share of identical prompts is below this did different work.
 DEFAULT_THRESHOLD = 0.95
+RUN_KEY = "reference_policy"  # run.json's key for the policy a run was started with (orchestrator/store.py)
 
 
-def policy(spec: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The reference policy (engine, precision, devices, threshold) with the defaults filled in: every reader of a
-    verdict (orchestrator, report, pass@1 comparison, architectures table) takes its policy from here."""
-    return {**DEFAULT_REFERENCE, "threshold": DEFAULT_THRESHOLD, **(spec or {})}
+@dataclass(frozen=True)
+class ReferencePolicy(Mapping):
+    """The reference policy of a run: which configuration is the reference (engine, precision, devices in order of
+    preference) and the threshold of the one verdict rule. Parsed once from the matrix's [agreement], stored in
+    run.json, and the one object every reader of a verdict takes — the orchestrator's summary, the report's flags,
+    the pass@1 comparison and the architectures table.
+
+    It reads as a mapping too (``policy["threshold"]``): callers written against the dict this replaced keep working
+    until they read its attributes."""
+
+    engine: str = "torch"
+    precision: str = "fp32"
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    threshold: float = DEFAULT_THRESHOLD
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "devices", tuple(self.devices))
+        object.__setattr__(self, "threshold", float(self.threshold))
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any] | None = None) -> ReferencePolicy:
+        """The policy of a matrix's [agreement] table (or run.json's copy of it), defaults for what it leaves out;
+        a policy is returned as it is. An unknown key is a TypeError, not silently ignored."""
+        if isinstance(spec, cls):
+            return spec
+        return cls() if spec is None else cls(**spec)
+
+    @classmethod
+    def of_run(cls, run_dir: str | Path) -> ReferencePolicy | None:
+        """The policy a run was started with: its run.json's; for runs started before run.json carried it, the
+        [agreement] table of the run's matrix.toml snapshot; None for a folder with neither."""
+        root = Path(run_dir)
+        try:
+            stored = json.loads((root / "run.json").read_text()).get(RUN_KEY)
+        except (OSError, ValueError, AttributeError):
+            stored = None
+        if isinstance(stored, dict):
+            return cls.from_spec(stored)
+        snapshot = root / "matrix.toml"
+        if snapshot.is_file():
+            import tomllib  # host side only (Python 3.11+); the images never read a run folder
+
+            return cls.from_spec(tomllib.loads(snapshot.read_text()).get("agreement"))
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        """As run.json stores it (JSON: devices a list)."""
+        return {**asdict(self), "devices": list(self.devices)}
+
+    def describe(self) -> str:
+        return f"{self.engine} {self.precision} on {' or '.join(self.devices)}"
+
+    def matches(self, engine: str | None, precision: str | None, device: str | None) -> bool:
+        """A configuration (engine, precision, device) is the reference's."""
+        return engine == self.engine and precision == self.precision and device in self.devices
+
+    def device_rank(self, device: str | None) -> int:
+        """Order of preference among the reference's devices (an unlisted one last)."""
+        return self.devices.index(device) if device in self.devices else len(self.devices)
+
+    def is_reference(self, record: dict[str, Any]) -> bool:
+        """An ok run record of the reference configuration."""
+        engine = record.get("engine") or {}
+        return (record.get("status") == "ok" and record.get("mode", "run") == "run"
+                and self.matches(engine.get("name"), engine.get("precision"), engine.get("device")))
+
+    def verdict(self, agreements: Iterable[dict[str, Any] | None], precision: str) -> str | None:
+        """THE verdict on one configuration (the agreements of its trials): why it did not do the reference's work,
+        or None (same work, or unknown for want of a reference). Its worst trial speaks: the lowest share, and any
+        prompt that was another input in any trial — judged by ``different_output`` with this policy's precision
+        and threshold."""
+        found = [f for f in map(_facts, (a for a in agreements if a)) if f is not None]
+        if not found:
+            return None
+        worst = min(found, key=lambda f: f["share"])
+        return different_output(worst["share"], precision, worst["at_first_token"], self.precision, self.threshold,
+                                max(f["other"] for f in found))
+
+    # --- read as the dict it replaced ----------------------------------------------------------------------------
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._keys():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return iter(self._keys())
+
+    def __len__(self) -> int:
+        return len(self._keys())
+
+    @classmethod
+    def _keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+DEFAULT_REFERENCE = ReferencePolicy()  # torch fp32 eager, CPU first, the default threshold
+
+
+def policy(spec: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The policy of a matrix's [agreement] table as the plain dict older callers (the matrix parser, the executor)
+    read; ``ReferencePolicy.from_spec`` is the object."""
+    return ReferencePolicy.from_spec(spec).as_dict()
 
 
 def at_first_token(first_divergence: list[int | None] | None) -> bool:
@@ -69,19 +173,10 @@ def _facts(a: dict[str, Any]) -> dict[str, Any] | None:
     return {"share": float(a["share_identical"]), "at_first_token": bool(first), "other": int(other)}
 
 
-def verdict(agreements: Iterable[dict[str, Any] | None], precision: str, spec: dict[str, Any] | None = None
-            ) -> str | None:
-    """THE verdict on one configuration (the agreements of its trials): why it did not do the reference's work, or
-    None (same work, or unknown for want of a reference). Its worst trial speaks: the lowest share, and any prompt
-    that was another input in any trial. The orchestrator's summary, the report, the pass@1 comparison and the
-    architectures table all call this, with the run's policy (``policy()``: one threshold default)."""
-    spec = policy(spec)
-    found = [f for f in map(_facts, (a for a in agreements if a)) if f is not None]
-    if not found:
-        return None
-    worst = min(found, key=lambda f: f["share"])
-    return different_output(worst["share"], precision, worst["at_first_token"], spec["precision"],
-                            float(spec["threshold"]), max(f["other"] for f in found))
+def verdict(agreements: Iterable[dict[str, Any] | None], precision: str,
+            spec: Mapping[str, Any] | None = None) -> str | None:
+    """``ReferencePolicy.verdict`` under the policy ``spec`` (defaults where None)."""
+    return ReferencePolicy.from_spec(spec).verdict(agreements, precision)
 
 
 def first_divergence(a: list[int], b: list[int]) -> int | None:
@@ -148,45 +243,33 @@ def token_agreement(record: dict[str, Any], reference: dict[str, Any], reference
     }
 
 
-def work_key(record: dict[str, Any]) -> str | None:
-    """Model + workload + generation: records with the same key did (or should have done) the same work."""
-    job = record.get("job") or {}
-    if not job.get("model"):
-        return None
-    return json.dumps([(record.get("model") or {}).get("name"), job.get("workload"), job.get("generation")],
-                      sort_keys=True)
-
-
-def is_reference(record: dict[str, Any], spec: dict[str, Any] = DEFAULT_REFERENCE) -> bool:
-    engine = record.get("engine") or {}
-    return (record.get("status") == "ok" and record.get("mode", "run") == "run"
-            and engine.get("name") == spec["engine"] and engine.get("precision") == spec["precision"]
-            and engine.get("device") in spec["devices"])
-
-
-def references(records: dict[str, dict[str, Any]], spec: dict[str, Any] = DEFAULT_REFERENCE
+def references(records: dict[str, dict[str, Any]], spec: Mapping[str, Any] | None = None
                ) -> dict[str, tuple[str, dict[str, Any]]]:
     """work key -> (id, record) of its reference: the preferred device first, then the smallest id (greedy decoding
     makes repetitions identical, so which one is a matter of determinism only)."""
-    rank = {d: i for i, d in enumerate(spec["devices"])}
+    ref_policy = ReferencePolicy.from_spec(spec)
+    rank = ref_policy.device_rank
     out: dict[str, tuple[str, dict[str, Any]]] = {}
     for rid, rec in sorted(records.items()):
         key = work_key(rec)
-        if key is None or not is_reference(rec, spec):
+        if key is None or not ref_policy.is_reference(rec):
             continue
         held = out.get(key)
-        if held is None or rank[rec["engine"]["device"]] < rank[held[1]["engine"]["device"]]:
+        if held is None or rank(rec["engine"]["device"]) < rank(held[1]["engine"]["device"]):
             out[key] = (rid, rec)
     return out
 
 
-def describe(spec: dict[str, Any]) -> str:
-    return f"{spec['engine']} {spec['precision']} on {' or '.join(spec['devices'])}"
+def describe(spec: Mapping[str, Any] | None = None) -> str:
+    """``ReferencePolicy.describe`` of ``spec``."""
+    return ReferencePolicy.from_spec(spec).describe()
 
 
-def attach_all(records: dict[str, dict[str, Any]], spec: dict[str, Any] = DEFAULT_REFERENCE) -> list[str]:
-    """Set ``agreement`` on every ok run record (in place); return the ids whose agreement changed."""
-    refs = references(records, spec)
+def attach_all(records: dict[str, dict[str, Any]], spec: Mapping[str, Any] | None = None) -> list[str]:
+    """Set ``agreement`` on every ok run record (in place) under the policy ``spec`` (a ReferencePolicy, or its
+    dict; defaults where None); return the ids whose agreement changed."""
+    ref_policy = ReferencePolicy.from_spec(spec)
+    refs = references(records, ref_policy)
     changed = []
     for rid, rec in records.items():
         if rec.get("status") != "ok" or rec.get("mode", "run") != "run":
@@ -194,8 +277,8 @@ def attach_all(records: dict[str, dict[str, Any]], spec: dict[str, Any] = DEFAUL
         held = refs.get(work_key(rec))
         if held is None:
             new = {"status": "no-reference", "reference": None, "share_identical": None,
-                   "reason": f"no ok record of the reference configuration ({describe(spec)}) did the same work "
-                             "(model, workload, generation) in this run"}
+                   "reason": f"no ok record of the reference configuration ({ref_policy.describe()}) did the same "
+                             "work (model, workload, generation) in this run"}
         else:
             ref_id, ref = held
             new = token_agreement(rec, ref, ref_id)
