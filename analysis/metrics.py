@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from runners.agreement import ReferencePolicy
+
 J_PER_WH = 3600.0
 
 # Columns the summary shows, in order: (column, label).
@@ -77,27 +79,20 @@ def with_agreement(trials: pd.DataFrame) -> pd.DataFrame:
     return t
 
 
-def agreement_spec(run_dirs) -> dict:
-    """The [agreement] reference and threshold of the runs (their matrix.toml snapshots; defaults where absent)."""
-    import tomllib
-    from pathlib import Path
-
-    from runners.agreement import policy
-
-    for d in run_dirs:
-        f = Path(d) / "matrix.toml"
-        if f.is_file():
-            return policy(tomllib.loads(f.read_text()).get("agreement", {}))
-    return policy()
+def agreement_spec(run_dirs) -> ReferencePolicy:
+    """The reference policy of the runs: the first run's that has one (run.json, or its matrix.toml snapshot for a
+    run started before run.json carried it), else the defaults."""
+    found = (ReferencePolicy.of_run(d) for d in run_dirs)
+    return next((p for p in found if p is not None), ReferencePolicy())
 
 
-def flag_different_output(ok: pd.DataFrame, spec: dict) -> pd.DataFrame:
-    """``different_output``: why a model × configuration did not do the reference's work — runners.agreement.verdict
-    over its trials (the one verdict the orchestrator's summary gives: the worst trial's share against the threshold
-    in the reference's precision, first-token divergence on every prompt in a lower one, any prompt that was another
-    input), else None. Such rows stay in the tables, flagged, and out of every comparison."""
-    from runners.agreement import verdict
-
+def flag_different_output(ok: pd.DataFrame, spec: ReferencePolicy | dict | None = None) -> pd.DataFrame:
+    """``different_output``: why a model × configuration did not do the reference's work — the policy's verdict
+    (``ReferencePolicy.verdict``) over its trials, the one verdict the orchestrator's summary gives: the worst trial's
+    share against the threshold in the reference's precision, first-token divergence on every prompt in a lower one,
+    any prompt that was another input; else None. Such rows stay in the tables, flagged, and out of every
+    comparison."""
+    policy = ReferencePolicy.from_spec(spec)
     t = ok.copy()
     t["different_output"] = None
     if t.empty or "agreement" not in t:
@@ -107,7 +102,7 @@ def flag_different_output(ok: pd.DataFrame, spec: dict) -> pd.DataFrame:
     for (model, config), g in t.groupby(["model", "config"]):
         trials = g.reindex(columns=list(cols)).rename(columns=cols)
         found = [{k: (None if pd.isna(v) else v) for k, v in row.items()} for row in trials.to_dict("records")]
-        why = verdict(found, str(g["precision"].iloc[0]), spec)
+        why = policy.verdict(found, str(g["precision"].iloc[0]))
         if why:
             t.loc[g.index, "different_output"] = why
     return t

@@ -26,6 +26,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from runners.agreement import ReferencePolicy
+
 NONE_SOLVED = "none solved"
 NO_NET = "no net energy (no idle baseline of every component)"
 
@@ -129,36 +131,35 @@ def _solved_by_config(q: pd.DataFrame, tasks: pd.DataFrame) -> dict[tuple[str, s
 
 
 def _verdict_of(g: pd.DataFrame, config: str) -> str | None:
-    """The one verdict on a configuration (runners.agreement.verdict, set by analysis.metrics.flag_different_output)."""
+    """The one verdict on a configuration (``ReferencePolicy.verdict``, set by analysis.metrics.flag_different_output
+    under the same policy)."""
     if "different_output" not in g:
         return None
     found = g.loc[g["config"] == config, "different_output"].dropna()
     return str(found.iloc[0]) if len(found) else None
 
 
-def paired_vs_reference(q: pd.DataFrame, tasks: pd.DataFrame, reference: dict | None = None) -> pd.DataFrame:
-    """Per model × configuration: tasks gained and lost against the reference configuration of the run's
-    [agreement] policy (``reference``; runners.agreement.policy fills the defaults), McNemar exact p, Holm-adjusted
-    within the model; ``different_output`` carries runners.agreement.verdict (as analysis/metrics.py set it)."""
+def paired_vs_reference(q: pd.DataFrame, tasks: pd.DataFrame,
+                        reference: ReferencePolicy | dict | None = None) -> pd.DataFrame:
+    """Per model × configuration: tasks gained and lost against the reference configuration of the run's policy
+    (``reference``: a ReferencePolicy or its dict, defaults where None), McNemar exact p, Holm-adjusted within the
+    model; ``different_output`` carries the policy's verdict (as analysis/metrics.py set it)."""
     from statsmodels.stats.contingency_tables import mcnemar
     from statsmodels.stats.multitest import multipletests
 
-    from runners.agreement import policy
-
-    reference = policy(reference)
+    policy = ReferencePolicy.from_spec(reference)
     if q.empty or tasks.empty:
         return pd.DataFrame()
     solved = _solved_by_config(q, tasks)
-    is_ref = ((q["engine"] == reference["engine"]) & (q["precision"] == reference["precision"])
-              & q["device"].isin(reference["devices"]))
+    is_ref = pd.Series([policy.matches(e, p, d) for e, p, d in zip(q["engine"], q["precision"], q["device"])],
+                       index=q.index, dtype=bool)
     rows = []
     for (model, mode), g in q.groupby(["model", "eval_mode"]):
         refs = g[is_ref.loc[g.index]]
         if refs.empty:
             continue
         # the preferred device's reference, as the agreement does
-        ref_cfg = refs.sort_values("device", key=lambda d: d.map({x: i for i, x in
-                                                                    enumerate(reference["devices"])}))["config"].iloc[0]
+        ref_cfg = refs.sort_values("device", key=lambda d: d.map(policy.device_rank), kind="stable")["config"].iloc[0]
         base = solved[(model, ref_cfg, mode)]
         part = []
         for cfg in sorted(set(g["config"]) - {ref_cfg}):

@@ -3,9 +3,10 @@
     python -m benchmarks.archs_table results/archs [--readme images/README.md]
 
 A cell is the share of prompts whose fp32 tokens are identical to the reference's (torch fp32 eager: the agreement the
-orchestrator attached to every record, orchestrator/agreement.py — not computed again here), flagged when below the
-run's [agreement] threshold (different work); or "refused" with the runtime's own reason (an exporter that cannot
-convert the architecture, an engine that refuses it: a JobError or a failed conversion), or "failed" with the error.
+orchestrator attached to every record, orchestrator/agreement.py — not computed again here), flagged when the run's
+reference policy (run.json) judges it different work; or "refused" with the runtime's own reason (an exporter that
+cannot convert the architecture, an engine that refuses it: a JobError or a failed conversion), or "failed" with the
+error.
 Reasons are numbered below the table. With --readme, the table replaces what lies between the markers
 ``<!-- archs-table:begin -->`` and ``<!-- archs-table:end -->`` in that file.
 """
@@ -34,16 +35,15 @@ def _store(run_dir: Path):
     return RunStore(run_dir.parent, run_dir.name)
 
 
-def _snapshot(store) -> tuple[dict[str, Any], list[str], list[str]]:
-    """The run's [agreement] spec, and its models and "runtime/engine" columns in the matrix's order."""
+def _matrix_order(store) -> tuple[list[str], list[str]]:
+    """The run's models and "runtime/engine" columns in its matrix snapshot's order."""
     from orchestrator.matrix import load
-    from runners.agreement import policy
 
     try:
         m = load(store.root / "matrix.toml")
-    except Exception:  # noqa: BLE001 — a snapshot this checkout cannot load: the defaults, the records' order
-        return policy(), [], []
-    return policy(m.agreement), list(m.models), [f"{r}/{e}" for r, entry in m.runtimes.items() for e in entry.engines]
+    except Exception:  # noqa: BLE001 — a snapshot this checkout cannot load: the records' order
+        return [], []
+    return list(m.models), [f"{r}/{e}" for r, entry in m.runtimes.items() for e in entry.engines]
 
 
 def _reason(error: dict[str, Any]) -> str:
@@ -55,12 +55,14 @@ def _reason(error: dict[str, Any]) -> str:
 
 def cells(run_dir: Path) -> tuple[list[str], list[str], dict[tuple[str, str], dict[str, Any]], dict[str, Any]]:
     """(models, columns "runtime/engine", {(model, column): cell}, facts) from the run's records."""
-    from runners.agreement import attach_all, verdict
+    from runners.agreement import attach_all
+    from runners.record import Record
 
     store = _store(run_dir)
-    spec, model_order, column_order = _snapshot(store)
+    policy = store.policy()  # the run's, as the orchestrator's summary reads it
+    model_order, column_order = _matrix_order(store)
     records = store.records()
-    attach_all(records, spec)  # the orchestrator's own pass, in memory (a run already has it; the folder stays as is)
+    attach_all(records, policy)  # the orchestrator's own pass, in memory (a run already has it; the folder stays as is)
     run = store.read_run()
     order = [t for t in run.get("order", [])]
     models: list[str] = []
@@ -71,28 +73,28 @@ def cells(run_dir: Path) -> tuple[list[str], list[str], dict[tuple[str, str], di
         rec = records.get(tid)
         if rec is None:
             continue
-        trial = rec.get("trial") or (rec.get("job") or {}).get("trial") or {}
+        r = Record(rec)
+        trial = r.trial or r.job.get("trial") or {}
         model, column = trial.get("model"), f"{trial.get('runtime')}/{trial.get('engine')}"
         if model not in models:
             models.append(model)
         if column not in columns:
             columns.append(column)
-        engine = rec.get("engine") or {}
-        if rec.get("status") != "ok":
-            err = rec.get("error") or {}
+        if r.status != "ok":
+            err = r.error or {}
             kind = "refused" if err.get("type") in REFUSALS or "ConversionError" in str(err.get("message")) \
                 else "failed"
             cell = {"kind": kind, "reason": _reason(err)}
-        elif engine.get("name") == spec["engine"] and engine.get("precision") == spec["precision"]:
+        elif policy.is_reference(rec):
             cell = {"kind": "reference"}
         else:
-            a = rec.get("agreement") or {}
+            a = r.agreement
             if a.get("status") != "compared":
                 cell = {"kind": "no-reference", "reason": a.get("reason") or "no agreement"}
             else:
                 compared.setdefault((model, column), []).append(a)
-                # the orchestrator's verdict over every repetition of the cell (runners.agreement.verdict)
-                why = verdict(compared[(model, column)], engine.get("precision", "fp32"), spec)
+                # the orchestrator's verdict over every repetition of the cell (ReferencePolicy.verdict)
+                why = policy.verdict(compared[(model, column)], r.precision)
                 cell = {"kind": "different" if why else "same", "share": a["share_identical"],
                         "identical": a["identical"], "prompts": a["prompts"],
                         "first_divergence": a.get("first_divergence"), "verdict": why}
@@ -106,7 +108,7 @@ def cells(run_dir: Path) -> tuple[list[str], list[str], dict[tuple[str, str], di
     columns.sort(key=lambda c: column_order.index(c) if c in column_order else len(column_order))
     spent = [i["ended_unix"] - i["started_unix"] for i in run.get("invocations", [])
              if i.get("command") == "run" and i.get("ended_unix") and i.get("started_unix")]
-    facts = {"run_id": store.run_id, "matrix": run.get("matrix", {}).get("name"), "spec": spec,
+    facts = {"run_id": store.run_id, "matrix": run.get("matrix", {}).get("name"), "policy": policy,
              "records": len(records), "run_seconds": round(sum(spent)) if spent else None,
              "created": time.strftime("%Y-%m-%d", time.gmtime(run.get("created_unix") or time.time()))}
     return models, columns, out, facts
@@ -114,7 +116,7 @@ def cells(run_dir: Path) -> tuple[list[str], list[str], dict[tuple[str, str], di
 
 def markdown(run_dir: Path) -> str:
     models, columns, found, facts = cells(Path(run_dir))
-    spec = facts["spec"]
+    policy = facts["policy"]
     reasons: list[str] = []
 
     def note(text: str) -> str:
@@ -135,8 +137,8 @@ def markdown(run_dir: Path) -> str:
 
     lines = [f"fp32, {facts['records']} trials of run `{facts['run_id']}` ({facts['created']}; "
              f"{'%d min' % round(facts['run_seconds'] / 60) if facts['run_seconds'] else 'wall time unknown'}): "
-             f"share of prompts token-identical to {spec['engine']} {spec['precision']} eager; below "
-             f"{100 * spec['threshold']:.0f} % the runtime did different work.",
+             f"share of prompts token-identical to {policy.engine} {policy.precision} eager; below "
+             f"{100 * policy.threshold:.0f} % the runtime did different work.",
              "",
              "| architecture | " + " | ".join(columns) + " |",
              "|---|" + "---|" * len(columns)]

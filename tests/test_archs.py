@@ -67,7 +67,7 @@ def test_a_sliding_window_model_through_every_cpu_runtime(archs_run):
     models, columns, found, facts = cells(archs_run["dir"])
     got = {c: found.get((SLIDING, c)) for c in columns}
     assert set(got) == set(EXPECTED_SLIDING), sorted(got)
-    threshold = facts["spec"]["threshold"]
+    threshold = facts["policy"].threshold
     for column, expected in EXPECTED_SLIDING.items():
         cell = got[column]
         assert cell is not None, f"{column}: no record"
@@ -84,7 +84,7 @@ def test_gemma3_through_vllm_agrees_with_torch(archs_run):
     _, _, found, facts = cells(archs_run["dir"])
     cell = found[("gemma3", "vllm-cpu/vllm")]
     assert cell["kind"] == "same", cell
-    assert cell["share"] >= facts["spec"]["threshold"] and cell["prompts"] == 4, cell
+    assert cell["share"] >= facts["policy"].threshold and cell["prompts"] == 4, cell
     # every prompt ran 20 tokens past a 10–15-token prompt: the sliding window (16) was crossed and still identical
     assert all(d is None for d in cell["first_divergence"]), cell
 
