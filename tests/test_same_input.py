@@ -44,7 +44,7 @@ def old_token_agreement(record: dict, reference: dict, reference_name: str) -> d
             "first_divergence": divergences, "unmatched_prompts": skipped, "other_prompt_ids": other_ids}
 
 
-def _tokenised(rec: dict, longer: set[int] = frozenset(), other_ids: set[int] = frozenset()) -> dict:
+def tokenised(rec: dict, longer: set[int] = frozenset(), other_ids: set[int] = frozenset()) -> dict:
     """The record's prompts as an image's tokenizer made them: 12 ids each, one more for ``longer``, the same length
     but other ids for ``other_ids``; the output tokens stay the reference's (the engine is not at fault)."""
     for p in rec["per_prompt"]:
@@ -67,7 +67,7 @@ def old_run(tmp_path):
     records = []
     for order, (engine, (how, energy)) in enumerate(cells.items()):
         for rep in range(2):
-            records.append(_tokenised(make_record(engine=engine, repetition=rep, order_index=2 * order + rep,
+            records.append(tokenised(make_record(engine=engine, repetition=rep, order_index=2 * order + rep,
                                                   prompts=PROMPTS, energy_j=100.0 * energy + rep,
                                                   source="measured"), **how))
     ref = next(r for r in records if r["engine"]["name"] == "torch" and r["trial"]["repetition"] == 0)
@@ -222,7 +222,7 @@ def test_two_settings_of_one_configuration_are_judged_apart_by_both(tmp_path):
     records = []
     for setting, fixed in (("fixed", True), ("served", False)):
         for engine in ("torch", "vllm"):
-            rec = _tokenised(make_record(engine=engine, prompts=PROMPTS, order_index=len(records), source="measured"),
+            rec = tokenised(make_record(engine=engine, prompts=PROMPTS, order_index=len(records), source="measured"),
                              other_ids={0, 1} if (engine, setting) == ("vllm", "served") else set())
             rec["trial"].update(setting=setting, trial_id=f"{engine}-{setting}")
             rec["job"]["generation"]["fixed_length"] = fixed
