@@ -14,6 +14,7 @@ from analysis.metrics import (add_metrics, agreement_spec, comparison_groups, fl
 from analysis.quality import add_quality, load_evaluations, paired_vs_reference, quality_table
 from analysis.stats import MIN_N_TEST, Comparison, run_statistics, savings_best_worst, savings_matrix, savings_pair
 from analysis.study import DEFAULT_STUDY_CSV, STUDY_PAIR, compare_with_study, headline, our_medians, read_medians
+from runners.agreement import ReferencePolicy
 
 DEFAULT_PAIRS = (STUDY_PAIR, ("TORCH-CPU", "ONNX-CPU"))
 
@@ -37,7 +38,7 @@ class Analysis:
     quality_pairs: pd.DataFrame = field(default_factory=pd.DataFrame)
     # trials of configurations that did not do the reference's work (kept out of every comparison), and the rule
     different: pd.DataFrame = field(default_factory=pd.DataFrame)
-    agreement: dict = field(default_factory=dict)
+    agreement: ReferencePolicy = field(default_factory=ReferencePolicy)  # the run's reference policy (run.json)
     # trials of configurations whose repetitions came from more than one machine (kept out of every comparison)
     mixed_hardware: pd.DataFrame = field(default_factory=pd.DataFrame)
 

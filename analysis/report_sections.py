@@ -17,7 +17,6 @@ from analysis.report_tables import (agreement_table, comparison_tables, differen
                                     validity_table)
 from analysis.stats import ALPHA, CONFIDENCE, fmt_p
 from analysis.study import STUDY_ID, STUDY_SETUP
-from runners.agreement import describe, policy
 from runners.meters.validity import METHOD_TEXT
 
 STUDY_COLUMNS = {"study_model": "study's model", "our_source": "our source", "our_prompts": "our prompts",
@@ -139,15 +138,14 @@ def _tables_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None
         h.append(f"<h3>{html.escape(name)}</h3>{html_table(df)}")
         md += [f"### {name}", "", md_table(df)]
 
-    spec = policy(a.agreement)  # the run's [agreement] policy, defaults where it set none
-    title, agreement = f"Agreement with the reference ({describe(spec)})", agreement_table(a)
+    spec = a.agreement  # the run's reference policy (run.json), defaults where it set none
+    title, agreement = f"Agreement with the reference ({spec.describe()})", agreement_table(a)
     h.append(f"<h3>{html.escape(title)}</h3>" + html_table(agreement))
     md += [f"### {title}", "", md_table(agreement)]
 
     diff = different_table(a)
     if not diff.empty:
-        rule = DIFFERENT_RULE.format(threshold=float(spec["threshold"]), engine=spec["engine"],
-                                     precision=spec["precision"])
+        rule = DIFFERENT_RULE.format(threshold=spec.threshold, engine=spec.engine, precision=spec.precision)
         h.append(f"<h3>Not the same output (kept out of every comparison)</h3><p class='muted'>{html.escape(rule)}</p>"
                  + html_table(diff))
         md += ["### Not the same output (kept out of every comparison)", "", rule, "", md_table(diff)]

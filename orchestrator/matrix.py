@@ -33,7 +33,7 @@ from orchestrator.images import ImageError, Runtime, discover
 from orchestrator.matrix_entries import (ModelEntry, RuntimeEntry, Setting, check_runtime_settings, family_members,
                                          parse_models, parse_runtimes, parse_settings, setting_families)
 from orchestrator.matrix_table import CONTAINER_KEYS, MatrixError, Table, container_limits
-from runners.agreement import policy as agreement_policy
+from runners.agreement import ReferencePolicy
 
 JOB_SECTIONS = ("workload", "generation", "warmup", "meters")
 CONTAINER_DEFAULTS = {"timeout_s": 4 * 3600.0, "mem_limit": None, "cpus": None, "shm_size": "1g"}
@@ -54,7 +54,7 @@ HOST_KEYS = {
 HOST_GPUS_WHAT = "the host GPU indices a CUDA trial runs on and is metered on, e.g. [0]"
 HOST_RAPL_WHAT = "the host's powercap tree (RAPL), e.g. \"/sys/class/powercap\""
 # [agreement]: which configuration is the token-agreement reference of every model × workload × generation
-AGREEMENT_DEFAULT = agreement_policy()  # the one default (runners/agreement.py)
+AGREEMENT_DEFAULT = ReferencePolicy()  # the one default (runners/agreement.py)
 
 
 @dataclass
@@ -67,7 +67,7 @@ class Matrix:
     repetitions: int
     job: dict[str, dict[str, Any]]  # workload, generation, warmup, meters: as written
     host: dict[str, Any]
-    agreement: dict[str, Any]  # the token-agreement reference: engine, precision, devices in order of preference
+    agreement: ReferencePolicy  # the token-agreement reference: engine, precision, devices in order of preference
     container: dict[str, Any]
     settings: dict[str, Setting]
     runtimes: dict[str, RuntimeEntry]  # selected ones, in matrix order
@@ -195,20 +195,20 @@ def _host(src: str, data: Any) -> dict[str, Any]:
     return host
 
 
-def _agreement(src: str, data: Any) -> dict[str, Any]:
+def _agreement(src: str, data: Any) -> ReferencePolicy:
     at = Table(src, data, "agreement")
-    agreement = {"engine": at.get("engine", str, AGREEMENT_DEFAULT["engine"], what="the reference engine"),
-                 "precision": at.get("precision", str, AGREEMENT_DEFAULT["precision"], what="its precision"),
-                 "devices": at.get("devices", list, AGREEMENT_DEFAULT["devices"],
+    agreement = {"engine": at.get("engine", str, AGREEMENT_DEFAULT.engine, what="the reference engine"),
+                 "precision": at.get("precision", str, AGREEMENT_DEFAULT.precision, what="its precision"),
+                 "devices": at.get("devices", list, list(AGREEMENT_DEFAULT.devices),
                                    what="its devices, in order of preference"),
-                 "threshold": at.get("threshold", (int, float), AGREEMENT_DEFAULT["threshold"],
+                 "threshold": at.get("threshold", (int, float), AGREEMENT_DEFAULT.threshold,
                                      what="the share of prompts identical to the reference below which a "
                                           "configuration in its precision did different work (0–1)")}
     if not 0 <= agreement["threshold"] <= 1:
         raise MatrixError(src, "agreement.threshold", f"must be a share between 0 and 1, got {agreement['threshold']}",
                           "write it as threshold = 0.95")
-    at.done(list(AGREEMENT_DEFAULT))
-    return agreement
+    at.done(list(AGREEMENT_DEFAULT.as_dict()))
+    return ReferencePolicy.from_spec(agreement)
 
 
 def _container_defaults(src: str, data: Any) -> dict[str, Any]:
