@@ -30,7 +30,7 @@ from runners.record import PHASES as _PHASES
 
 PHASES = (*_PHASES, HOST_WINDOW)
 SOURCES = ENERGY_SOURCES
-NUMERIC_SUFFIXES = ("_j", "_s", "_b", "_kwh", "_median", "_mean", "_max", "_identical")
+NUMERIC_SUFFIXES = ("_j", "_s", "_b", "_kwh", "_median", "_mean", "_max", "_identical", "_per_token", "_per_token_net")
 SKIP_DIRS = {"work"}  # results/<run>/work/<trial>/: the trial in flight, not yet judged by the orchestrator
 
 

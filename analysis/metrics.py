@@ -32,8 +32,9 @@ def _div(a, b):
 
 
 def add_metrics(trials: pd.DataFrame) -> pd.DataFrame:
-    """J/token, J/prompt, Wh per 1 000 prompts (AI Energy Score), Wh, tokens/Wh, tokens/s, EDP (J·s), EDP and Wh
-    per billion parameters (edge SLM study), CO₂ (g, from the recorded grid intensity)."""
+    """J/prompt, Wh per 1 000 prompts (AI Energy Score), Wh, tokens/Wh, tokens/s, EDP (J·s), EDP and Wh
+    per billion parameters (edge SLM study), CO₂ (g, from the recorded grid intensity). J/token (gross and net) is the
+    record's own (runners.record: ``j_per_token`` and ``j_per_token_net`` columns of analysis.load)."""
     t = trials.copy()
     duration = pd.to_numeric(t["duration_s"], errors="coerce")
     params_b = pd.to_numeric(t["model_params_b"], errors="coerce")
@@ -46,7 +47,6 @@ def add_metrics(trials: pd.DataFrame) -> pd.DataFrame:
         e = pd.to_numeric(t[col], errors="coerce")
         wh = e / J_PER_WH
         t[f"wh{suffix}"] = wh
-        t[f"j_per_token{suffix}"] = _div(e, tokens)
         t[f"j_per_prompt{suffix}"] = _div(e, prompts)
         t[f"wh_per_1000_prompts{suffix}"] = _div(wh * 1000.0, prompts)
         t[f"tokens_per_wh{suffix}"] = _div(tokens, wh)
