@@ -34,7 +34,7 @@ def rows_from(results: Path, runs: list[str], bw: dict[str, Any]) -> tuple[list[
     """One row per run × model × engine × device × precision, from the records of the kit's runs."""
     from analysis.load import load_runs
     from analysis.metrics import add_metrics
-    from runners.agreement import DEFAULT_REFERENCE, attach_all
+    from runners.agreement import ReferencePolicy, attach_all
     from runners.record import Record
 
     dirs = [results / r for r in runs if (results / r).is_dir()]
@@ -49,7 +49,7 @@ def rows_from(results: Path, runs: list[str], bw: dict[str, Any]) -> tuple[list[
     trials = add_metrics(tables.trials)
     # agreement over all the kit's runs together (compile is a run of its own): the same function as a matrix run
     records = {str(p): json.loads(Path(p).read_text()) for p in trials["record"]}
-    attach_all(records, {**DEFAULT_REFERENCE, "devices": ["cuda", "cpu"]})
+    attach_all(records, ReferencePolicy(devices=("cuda", "cpu")))
     out = []
     keys = ["run_id", "model", "engine", "device", "precision"]
     for key, g in trials[trials["mode"] == "run"].groupby(keys, sort=True):

@@ -45,9 +45,6 @@ from orchestrator.fixtures_gguf import SMOLLM2_GGUF_NAME, SMOLLM2_GGUF_SHA256  #
 from orchestrator.fixtures_tokenizers import (ENDOFTEXT, SPM_VOCAB, TRAINED_VOCAB, spm_tokenizer,  # noqa: F401
                                               trained_tokenizer)
 
-# the helpers' names from before they moved, which benchmarks/gpu_acceptance.py and tests/test_gpu_acceptance.py use
-_load_tokenizer, _tokenizer_dir = load_tokenizer, tokenizer_dir
-
 log = logging.getLogger(__name__)
 
 SMOLLM2_DIRNAME = "smollm2-135m-instruct"
