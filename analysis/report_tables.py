@@ -36,7 +36,7 @@ def no_reference(a: Analysis) -> pd.DataFrame:
 
 
 def _agreement_verdict(g: pd.DataFrame) -> str:
-    """The verdict on one row of the agreement table, in words: the one verdict (runners.agreement.verdict, already
+    """The verdict on one row of the agreement table, in words: the one verdict (ReferencePolicy.verdict, already
     in ``different_output``), or unknown for want of a reference."""
     different = g["different_output"].dropna() if "different_output" in g else g.iloc[:0]
     if len(different):

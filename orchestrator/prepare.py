@@ -20,10 +20,9 @@ from runners.record import Record, write_json_atomic
 def inputs_path(plan: Plan, model: str, workload: dict[str, Any]) -> str:
     """Where a model's inputs file (its workload's prompt ids, runners/workload.py) lives, relative to the engine
     cache: one per model × workload × reference, so every cell of a model reads the same ids."""
-    from runners.agreement import policy
 
-    ref = policy(plan.matrix.agreement)
-    key = json.dumps([model, workload, ref["engine"], ref["devices"]], sort_keys=True)
+    ref = plan.matrix.agreement  # the run's ReferencePolicy
+    key = json.dumps([model, workload, ref.engine, list(ref.devices)], sort_keys=True)
     return f"inputs/{model}/{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
@@ -101,13 +100,11 @@ class Preparer:
     def reference_runtime(self):
         """The matrix runtime whose image tokenises same-work prompts: the [agreement] reference's (its engine and
         precision, its devices in order of preference; a CUDA one only where a GPU is usable), else None."""
-        from runners.agreement import policy
-
-        ref = policy(self.plan.matrix.agreement)
-        for device in ref["devices"]:
+        ref = self.plan.matrix.agreement
+        for device in ref.devices:
             for rt in self.plan.matrix.runtimes.values():
-                if rt.spec.device == device and ref["engine"] in rt.engines \
-                        and ref["precision"] in rt.spec.engine_precisions(ref["engine"]) \
+                if rt.spec.device == device and ref.engine in rt.engines \
+                        and ref.precision in rt.spec.engine_precisions(ref.engine) \
                         and not (rt.spec.gpu and self.ex.gpu_problem()):
                     return rt
         return None
@@ -145,17 +142,15 @@ class Preparer:
     def _tokenize(self, cell: Cell, job: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
         """One ``tokenize`` invocation in the reference's image (or the model's first runtime's, said so in the
         file, when the matrix has no reference runtime): the inputs file, or why not."""
-        from runners.agreement import policy
-
         rt = self.reference_runtime()
         job = {k: v for k, v in job.items() if k != "inputs"}
-        ref = policy(self.plan.matrix.agreement)
+        ref = self.plan.matrix.agreement
         note = None
         if rt is None:
-            rt, note = cell.runtime, (f"no runtime of the [agreement] reference ({ref['engine']}) in the matrix: "
+            rt, note = cell.runtime, (f"no runtime of the [agreement] reference ({ref.engine}) in the matrix: "
                                       f"tokenised in {cell.runtime.name}'s image")
         else:
-            job.update(engine=ref["engine"], device=rt.spec.device, precision=ref["precision"],
+            job.update(engine=ref.engine, device=rt.spec.device, precision=ref.precision,
                        engine_options=dict(rt.engine_options))
         job["trial"] = {"run_id": self.store.run_id, "runtime": rt.name, "image": self.ex.launcher.image_of(rt.spec)}
         name = f"tokenize__{cell.model.name}"

@@ -73,7 +73,7 @@ def run(matrix, plan, trials: list, opts: RunOptions, console: Console) -> int:
             return 0
         entry["counts"] = counts = ex.run(sel.todo, broken)
         reporter.stop()
-        print_agreement(console, store, matrix.agreement)
+        print_agreement(console, store)
         console.print(f"run {run_id}: {counts['ok']} ok, {counts['failed']} failed, "
                       f"{len(sel.skipped)} skipped this time; {len(sel.done)} were already "
                       f"recorded. `orchestrate.py status --run-id {run_id}` for the whole matrix.")

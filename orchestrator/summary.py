@@ -60,23 +60,24 @@ def print_budget(console: Console, plan, trials, results: Path, image_ids: dict[
     return sum(t[1] for t in total.values())
 
 
-def print_agreement(console: Console, store, spec) -> None:
-    """Agreement attached to the run's ok records, and one row per configuration with the verdict."""
+def print_agreement(console: Console, store) -> None:
+    """Agreement attached to the run's ok records under the run's reference policy (run.json), and one row per
+    configuration — the runtime (image) named beside the engine — with the verdict."""
     from orchestrator.agreement import attach
-    from runners.agreement import describe
 
-    rows = attach(store, spec)
+    policy = store.policy()
+    rows = attach(store, policy)
     if not rows:
         return
-    table = Table(title=f"token agreement with {describe(spec)} (share of prompts identical, worst trial)")
-    for col in ("model", "engine", "device", "precision", "setting", "trials", "identical", "same work?"):
+    table = Table(title=f"token agreement with {policy.describe()} (share of prompts identical, worst trial)")
+    for col in ("model", "runtime", "engine", "device", "precision", "setting", "trials", "identical", "same work?"):
         table.add_column(col)
     for r in rows:
         share = ("[red]no reference[/]" if r["no_reference"] else f"{100 * r['share_identical']:.0f} %")
         verdict = ("unknown" if r["no_reference"] else
                    f"[red]NOT THE SAME OUTPUT[/]: {escape(r['different_output'])}" if r["different_output"] else "yes")
-        table.add_row(r["model"], r["engine"], r["device"], r["precision"], r.get("setting") or "", str(r["trials"]),
-                      share, verdict)
+        table.add_row(r["model"], r.get("runtime") or "", r["engine"], r["device"], r["precision"],
+                      r.get("setting") or "", str(r["trials"]), share, verdict)
     console.print(table)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -23,14 +23,11 @@ RUN_KEY = "reference_policy"  # run.json's key for the policy a run was started 
 
 
 @dataclass(frozen=True)
-class ReferencePolicy(Mapping):
+class ReferencePolicy:
     """The reference policy of a run: which configuration is the reference (engine, precision, devices in order of
     preference) and the threshold of the one verdict rule. Parsed once from the matrix's [agreement], stored in
     run.json, and the one object every reader of a verdict takes — the orchestrator's summary, the report's flags,
-    the pass@1 comparison and the architectures table.
-
-    It reads as a mapping too (``policy["threshold"]``): callers written against the dict this replaced keep working
-    until they read its attributes."""
+    the pass@1 comparison and the architectures table."""
 
     engine: str = "torch"
     precision: str = "fp32"
@@ -100,30 +97,9 @@ class ReferencePolicy(Mapping):
         return different_output(worst["share"], precision, worst["at_first_token"], self.precision, self.threshold,
                                 max(f["other"] for f in found))
 
-    # --- read as the dict it replaced ----------------------------------------------------------------------------
-    def __getitem__(self, key: str) -> Any:
-        if key not in self._keys():
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __iter__(self):
-        return iter(self._keys())
-
-    def __len__(self) -> int:
-        return len(self._keys())
-
-    @classmethod
-    def _keys(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
-
 
 DEFAULT_REFERENCE = ReferencePolicy()  # torch fp32 eager, CPU first, the default threshold
 
-
-def policy(spec: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The policy of a matrix's [agreement] table as the plain dict older callers (the matrix parser, the executor)
-    read; ``ReferencePolicy.from_spec`` is the object."""
-    return ReferencePolicy.from_spec(spec).as_dict()
 
 
 def at_first_token(first_divergence: list[int | None] | None) -> bool:
@@ -172,11 +148,6 @@ def _facts(a: dict[str, Any]) -> dict[str, Any] | None:
         first = at_first_token(a.get("first_divergence"))
     return {"share": float(a["share_identical"]), "at_first_token": bool(first), "other": int(other)}
 
-
-def verdict(agreements: Iterable[dict[str, Any] | None], precision: str,
-            spec: Mapping[str, Any] | None = None) -> str | None:
-    """``ReferencePolicy.verdict`` under the policy ``spec`` (defaults where None)."""
-    return ReferencePolicy.from_spec(spec).verdict(agreements, precision)
 
 
 def first_divergence(a: list[int], b: list[int]) -> int | None:
@@ -259,10 +230,6 @@ def references(records: dict[str, dict[str, Any]], spec: Mapping[str, Any] | Non
             out[key] = (rid, rec)
     return out
 
-
-def describe(spec: Mapping[str, Any] | None = None) -> str:
-    """``ReferencePolicy.describe`` of ``spec``."""
-    return ReferencePolicy.from_spec(spec).describe()
 
 
 def attach_all(records: dict[str, dict[str, Any]], spec: Mapping[str, Any] | None = None) -> list[str]:

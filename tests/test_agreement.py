@@ -97,7 +97,9 @@ def test_the_verdict_reads_a_records_agreement_and_the_reports_columns_alike():
     """verdict() reads one trial's agreement either as the record stores it (status, first_divergence,
     other_prompt_ids) or as the report's columns carry it (no status but a prompt count, at_first_token,
     other_inputs): the same facts give the same verdict, and what was not compared is never judged."""
-    from runners.agreement import verdict
+    from runners.agreement import ReferencePolicy
+
+    verdict = ReferencePolicy().verdict
 
     record_style = {"status": "compared", "prompts": 4, "share_identical": 0.5, "first_divergence": [None, 3, None, 7],
                     "other_prompt_ids": []}

@@ -135,13 +135,13 @@ def test_older_runs_fall_back_to_their_snapshot_then_the_defaults(tmp_path):
     assert agreement_spec([tmp_path / "nothing"]) == ReferencePolicy()
 
 
-def test_the_policy_is_filled_checked_and_read_as_the_old_dict():
+def test_the_policy_is_filled_and_checked():
     p = ReferencePolicy.from_spec({"threshold": 0.9})
     assert (p.engine, p.precision, p.devices) == ("torch", "fp32", ("cpu", "cuda"))
     assert ReferencePolicy.from_spec(None) == ReferencePolicy() and ReferencePolicy.from_spec(p) is p
     with pytest.raises(TypeError):
         ReferencePolicy.from_spec({"treshold": 0.9})  # a misspelt key is not a default in disguise
-    assert p["threshold"] == p.get("threshold") == 0.9 and dict(p)["devices"] == ("cpu", "cuda")
+    assert p.as_dict() == {"engine": "torch", "precision": "fp32", "devices": ["cpu", "cuda"], "threshold": 0.9}
     ok = {"status": "ok", "mode": "run", "engine": {"name": "torch", "precision": "fp32", "device": "cuda"}}
     assert p.is_reference(ok) and not p.is_reference({**ok, "status": "failed"})
     assert not ReferencePolicy(devices=("cpu",)).is_reference(ok)

@@ -2,7 +2,7 @@
 
 Records made before prompts were matched by their workload index (each image tokenised the text with its own
 transformers; the agreement stored then skipped prompts of another length as "unmatched"): the report must judge
-them exactly as the orchestrator's summary does — one function, runners.agreement.verdict."""
+them exactly as the orchestrator's summary does — one function, runners.agreement.ReferencePolicy.verdict."""
 
 from __future__ import annotations
 
@@ -103,7 +103,9 @@ def test_the_report_judges_old_records_as_the_orchestrator_does(tmp_path):
 
 def test_the_verdict_reads_no_share_without_the_inputs(tmp_path):
     """One other input in one repetition is enough, whatever the share of the other repetition."""
-    from runners.agreement import verdict
+    from runners.agreement import ReferencePolicy
+
+    verdict = ReferencePolicy().verdict
 
     same = {"status": "compared", "share_identical": 1.0, "first_divergence": [None], "other_prompt_ids": []}
     other = {**same, "other_prompt_ids": [3]}
@@ -112,7 +114,7 @@ def test_the_verdict_reads_no_share_without_the_inputs(tmp_path):
     # the report's columns of the same facts give the same words
     assert verdict([{"status": "compared", "share_identical": 1.0, "at_first_token": False, "other_inputs": 1}],
                    "fp32") == verdict([other], "fp32")
-    assert verdict([{**same, "share_identical": 0.5}], "fp32", {"threshold": 0.4}) is None
+    assert ReferencePolicy(threshold=0.4).verdict([{**same, "share_identical": 0.5}], "fp32") is None
     assert verdict([{**same, "share_identical": 0.5}], "fp32") is not None
     assert verdict([{"status": "no-reference", "share_identical": None}], "fp32") is None
 

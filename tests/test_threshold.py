@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO
 
 from orchestrator.matrix import load
-from runners.agreement import DEFAULT_THRESHOLD, different_output, policy, verdict
+from runners.agreement import DEFAULT_THRESHOLD, ReferencePolicy, different_output
 
 
 def test_the_default_is_the_documented_one():
@@ -21,7 +21,8 @@ def test_the_default_is_the_documented_one():
 
 def test_a_matrix_without_a_threshold_gets_the_verdicts_default():
     # matrix-smoke.toml has no [agreement] section: every field takes its default
-    assert load(REPO / "matrix-smoke.toml").agreement["threshold"] == DEFAULT_THRESHOLD
+    assert load(REPO / "matrix-smoke.toml").agreement == ReferencePolicy()
+    assert ReferencePolicy().threshold == DEFAULT_THRESHOLD
 
 
 @pytest.mark.parametrize("share", [0.9, 0.94, 0.5])
@@ -42,8 +43,9 @@ def test_a_lower_precision_is_not_judged_by_the_share():
 
 
 def test_the_verdict_every_reader_calls_uses_the_default_policy():
-    assert policy()["threshold"] == DEFAULT_THRESHOLD
+    verdict = ReferencePolicy().verdict
     ninety = {"status": "compared", "prompts": 10, "share_identical": 0.9, "first_divergence": [None] * 9 + [3]}
     assert "90 % of prompts identical" in verdict([ninety], "fp32")
     assert verdict([{**ninety, "share_identical": 0.95}], "fp32") is None
-    assert verdict([ninety], "fp32", {"threshold": 0.9}) is None  # a matrix may ask for a lower one, said in run.json
+    # a matrix may ask for a lower one, stored in run.json
+    assert ReferencePolicy(threshold=0.9).verdict([ninety], "fp32") is None
