@@ -28,7 +28,7 @@ from runners import engines
 from runners.errors import JobError  # noqa: F401  (raised here, imported from here by callers)
 # the contract's types, importable from here as they always were
 from runners.job_spec import (DATASETS, DEVICES, JOB_SCHEMA, PROMPT_STYLES, SELECTIONS,  # noqa: F401
-                              GenerationSpec, Job, MeterSpec, ModelSpec, WarmupSpec, WorkloadSpec, work_label)
+                              GenerationSpec, Job, MeterSpec, ModelSpec, WarmupSpec, WorkloadSpec)
 
 
 # --- parsing -----------------------------------------------------------------------------------------------------

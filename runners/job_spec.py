@@ -102,14 +102,3 @@ class Job:
         """Identity of the work: everything but the trial bookkeeping."""
         body = {k: v for k, v in self.to_dict().items() if k != "trial" and not (k == "inputs" and v is None)}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def work_label(generation: dict) -> str:
-    """What a trial was asked to generate, as a comparison boundary: the same work (a fixed token count everywhere)
-    or as served (each engine stops at EOS / a stop sequence)."""
-    budget = (f"{generation['new_tokens']} new tokens" if generation.get("new_tokens") is not None
-              else f"max_length {generation.get('max_length')}")
-    if generation.get("fixed_length", True):
-        return f"same work: {budget}"
-    stops = len(generation.get("stop_sequences") or [])
-    return f"as served: ≤ {budget}" + (f", {stops} stop sequence(s)" if stops else "")
