@@ -18,7 +18,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from orchestrator.docker_layer import Container, connect, connected, gpu_problem, limits, local_image
+from orchestrator.docker_layer import Container, connect, connected, gpu_problem, limits, local_image, remove
 from orchestrator.images import Runtime, build, image_info
 from orchestrator.launch import HostProblem, LaunchSpec, Outcome, read_record, write_job
 
@@ -58,7 +58,7 @@ class DockerLauncher:
         """Containers of this run left by an orchestrator that was killed (not Ctrl-C'd) mid-trial."""
         gone = []
         for c in self.client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={self.run_id}"}):
-            c.remove(force=True)
+            remove(c)
             gone.append(c.short_id)
         return gone
 

@@ -76,6 +76,18 @@ def limits(mem_limit: str | None, cpus: float | None) -> dict[str, Any]:
     return out
 
 
+def remove(container) -> None:
+    """Remove a container, running or not; one that is gone, or already being removed by someone else (409: e.g. a
+    second orchestrator cleaning up the same run's stale containers), is what was wanted."""
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as e:
+        if e.status_code != 409 or "in progress" not in str(e):
+            raise
+
+
 class Container:
     """One container, created stopped and removed on leaving the ``with`` block whatever happens (also on Ctrl-C).
     Creating it raises docker.errors.APIError when the engine refuses."""
@@ -94,10 +106,7 @@ class Container:
 
     def __exit__(self, *exc) -> None:
         t0 = time.monotonic()
-        try:
-            self.container.remove(force=True)
-        except docker.errors.NotFound:
-            pass
+        remove(self.container)
         self.remove_s = time.monotonic() - t0
 
     def start(self) -> None:
