@@ -154,7 +154,7 @@ def chooses_measured_else_estimated(tree: ast.AST) -> bool:
     return False
 
 
-def figures(show: bool) -> dict[str, object]:
+def figures(show: bool = False, quiet: bool = False) -> dict[str, tuple[int, object]]:
     files = source_files()
     known = {module_name(p) for p in files}
     PACKAGE_NAMES.update(module_name(p) for p in files if p.name == "__init__.py")
@@ -206,6 +206,8 @@ def figures(show: bool) -> dict[str, object]:
         "folder-level two-way dependencies": (len(two_way), two_way),
     }
     for name, (n, detail) in result.items():
+        if quiet:
+            break
         print(f"{n:5d}  {name}")
         if show and n:
             print(f"         {detail}")
