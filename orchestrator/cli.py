@@ -15,7 +15,10 @@
 Filters (plan, prepare, run): --runtime R, --model M, --setting S (repeatable).
 
 Exit status: 0 done (failed trials are results, recorded as such; --strict makes them exit 1), 2 bad matrix or
-arguments, 3 the host cannot do it (no Docker engine, image not built), 130 interrupted (nothing finished is lost).
+arguments, 3 the host cannot do it (no Docker engine, image not built, an image build that failed), 4 the run (or
+its shard) is in use by another orchestrator (the message names its host and pid; --break-lock takes it over),
+5 the results file system is full (nothing partial is left: free space then resume), 130 interrupted (nothing
+finished is lost).
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from orchestrator.models import DEFAULT_CACHE, readability_problem
 from orchestrator.plan import expand
 from orchestrator.session import RunOptions, built_image_ids
 from orchestrator.session import run as run_session
-from orchestrator.store import RunConflict, RunStore
+from orchestrator.run_lock import BREAK_FLAG, RunLocked
+from orchestrator.store import ResultsNotWritable, RunConflict, RunStore, no_space
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -60,6 +64,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     launch.add_argument("--launcher", choices=("docker", "process"), default="docker",
                         help="docker (default): one container per trial; process: the runner as a plain process")
     launch.add_argument("--build", action="store_true", help="build the needed images first (layer-cached)")
+    locking = argparse.ArgumentParser(add_help=False)
+    locking.add_argument(BREAK_FLAG, action="store_true", dest="break_lock",
+                         help="take the run's lock from an orchestrator on another host that may still be running "
+                              "(only when that host is down or its orchestrator is gone)")
 
     p = argparse.ArgumentParser(prog="orchestrate.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,8 +87,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    "proxy's or a corporate CA; e.g. /usr/local/share/ca-certificates); env SLM_EXTRA_CA_DIR")
     b.add_argument("--wheels", metavar="DIR", action="append", help="local wheels of pinned versions to build from "
                    "(repeatable; e.g. a torch wheel where its index is unreachable); env SLM_WHEEL_DIRS")
-    sub.add_parser("prepare", parents=[common, filters, launch], help="fetch models, run engine conversions")
-    r = sub.add_parser("run", parents=[common, filters, launch], help="run (or resume) the matrix")
+    sub.add_parser("prepare", parents=[common, filters, launch, locking], help="fetch models, run engine conversions")
+    r = sub.add_parser("run", parents=[common, filters, launch, locking], help="run (or resume) the matrix")
     r.add_argument("--retry-failed", action="store_true", help="run failed trials again")
     r.add_argument("--strict", action="store_true", help="exit 1 when any selected trial is recorded as failed")
     r.add_argument("--shard", metavar="i/N", help="only shard i of N: whole models, spread by orchestrate.py submit "
@@ -135,6 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     except (HostProblem, ImageError, RunConflict) as e:
         err_console.print(f"[red]error:[/] {escape(str(e))}")
         return 3
+    except RunLocked as e:
+        err_console.print(f"[red]error:[/] {escape(str(e))}")
+        return 4
+    except ResultsNotWritable as e:
+        err_console.print(f"[red]error:[/] {escape(str(e))}")
+        return 5
+    except OSError as e:
+        if not no_space(e):
+            raise
+        err_console.print(f"[red]error:[/] cannot write {escape(str(e.filename or args.results))}: {e.strerror} — "
+                          "free space then resume (run the same command again): every finished trial is recorded")
+        return 5
     except _engine_failures() as e:  # the Docker engine failed mid-run
         err_console.print(f"[red]error:[/] the Docker engine failed: {escape(str(e))} — every finished trial is "
                           "recorded; run the same command again to resume")
@@ -157,7 +177,8 @@ def _plan(args, matrix=None):
 def _run_options(args) -> RunOptions:
     return RunOptions(results=Path(args.results), cache=Path(args.cache), command=args.command, run_id=args.run_id,
                       launcher=args.launcher, build=args.build, retry_failed=getattr(args, "retry_failed", False),
-                      strict=getattr(args, "strict", False), shard=getattr(args, "shard", None))
+                      strict=getattr(args, "strict", False), shard=getattr(args, "shard", None),
+                      break_lock=getattr(args, "break_lock", False))
 
 
 def cmd_plan(args) -> int:
@@ -287,6 +308,9 @@ def cmd_status(args) -> int:
             console.print(f"run {matrix.name}: not started ({store.root} does not exist)")
             return 0
     summary.print_status(console, store, matrix, expand(matrix))
+    for trial_id, why in store.invalid().items():
+        console.print(f"  [yellow]not a record:[/] {escape(str(store.trial_path(trial_id)))}: {escape(why)} — the next "
+                      "`run` moves it aside (trials/.invalid/) and runs the trial again")
     return 0
 
 

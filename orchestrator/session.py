@@ -15,7 +15,8 @@ from rich.markup import escape
 
 from orchestrator.launchers import make_launcher
 from orchestrator.models import CONTAINER_USER, ModelCache
-from orchestrator.store import RunStore
+from orchestrator.run_lock import RunLock
+from orchestrator.store import RunStore, no_space
 from orchestrator.summary import print_agreement, print_budget
 from orchestrator.ui import Reporter
 from runners.record import Record
@@ -32,17 +33,31 @@ class RunOptions:
     retry_failed: bool = False
     strict: bool = False  # exit 1 when a selected trial is recorded as failed
     shard: str | None = None  # "i/N"
+    break_lock: bool = False  # take the run's lock even from a holder that may still run (another host)
 
 
 def run(matrix, plan, trials: list, opts: RunOptions, console: Console) -> int:
-    """Run (or prepare) the selected trials of the plan; the exit status."""
-    from orchestrator.execute import Executor
-    from orchestrator.slurm import env_facts
-
+    """Run (or prepare) the selected trials of the plan; the exit status. One orchestrator per run (or per shard):
+    orchestrator/run_lock.py."""
     run_id = opts.run_id or matrix.name
     store = RunStore(opts.results, run_id)
     store.open(matrix, [t.id for t in plan.trials])
     trials, shard = _shard(store, plan, trials, opts.shard)
+    lock = RunLock(store.root, shard, break_lock=opts.break_lock,
+                   note=lambda line: console.print(f"[yellow]{escape(line)}[/]")).acquire()
+    try:
+        return _run_locked(store, plan, trials, shard, opts, console,
+                           {"lock": {"scope": lock.scope, "took_over": lock.taken_over}})
+    finally:
+        lock.release()
+
+
+def _run_locked(store: RunStore, plan, trials: list, shard: dict[str, Any] | None, opts: RunOptions,
+                console: Console, entry: dict[str, Any]) -> int:
+    from orchestrator.execute import Executor
+    from orchestrator.slurm import env_facts
+
+    matrix, run_id = plan.matrix, store.run_id
     # a sharded run's containers are its shard's: another shard's orchestrator on this node never removes them
     launcher = make_launcher(opts.launcher, run_id if shard is None else
                              f"{run_id}@shard{shard['index']}of{shard['count']}")
@@ -51,6 +66,10 @@ def run(matrix, plan, trials: list, opts: RunOptions, console: Console) -> int:
     cache = ModelCache(Path(opts.cache), reader=None if launcher.name == "process" else CONTAINER_USER)
     ex = Executor(plan, store, launcher, cache, reporter, retry_failed=opts.retry_failed,
                   node={"shard": shard, "slurm": env_facts()})
+    entry["set_aside"] = set_aside = store.set_aside_invalid([t.id for t in trials])
+    for trial_id, moved in set_aside.items():
+        console.print(f"[yellow]record of {trial_id} is invalid[/] ({escape(moved['reason'])}): moved to "
+                      f"{escape(moved['moved_to'])}; the trial runs again")
     sel = ex.select(trials)
     if shard is not None:
         console.print(f"shard {shard['index']}/{shard['count']}: models {', '.join(shard['models'])}")
@@ -62,9 +81,9 @@ def run(matrix, plan, trials: list, opts: RunOptions, console: Console) -> int:
     if sel.todo and opts.command == "run":  # the budget before the first trial (from this host's records)
         reporter.expected_s = print_budget(console, plan, sel.todo, opts.results,
                                            built_image_ids(launcher.name, [t.cell.runtime.spec for t in sel.todo]))
-    entry: dict[str, Any] = {"command": opts.command, "started_unix": time.time(), "launcher": launcher.name,
-                             "selected": len(trials), "already_recorded": len(sel.done), "skipped": sel.skipped,
-                             "counts": None, "interrupted": False, **ex.node}
+    entry.update({"command": opts.command, "started_unix": time.time(), "launcher": launcher.name,
+                  "selected": len(trials), "already_recorded": len(sel.done), "skipped": sel.skipped,
+                  "counts": None, "interrupted": False, **ex.node})
     try:
         broken = ex.prepare(sel, opts.build)
         if opts.command == "prepare":
@@ -85,7 +104,17 @@ def run(matrix, plan, trials: list, opts: RunOptions, console: Console) -> int:
         reporter.stop()
         ex.close()
         entry["ended_unix"] = time.time()
+        _log_invocation(store, entry, console)
+
+
+def _log_invocation(store: RunStore, entry: dict[str, Any], console: Console) -> None:
+    """The invocation's file; on a full results file system only a warning (the run's own error says what to do)."""
+    try:
         store.log_invocation(entry)
+    except OSError as e:
+        if not no_space(e):
+            raise
+        console.print(f"[yellow]this invocation's file could not be written[/] ({escape(str(e))})")
 
 
 def _shard(store: RunStore, plan, trials: list, shard: str | None) -> tuple[list, dict[str, Any] | None]:

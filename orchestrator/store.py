@@ -7,16 +7,23 @@
       invocations/*.json     one file per orchestrator invocation (many may write at once: nodes of a cluster)
       slurm/                 sharding.json (whole models per shard) and one file per submitted job array
       trials/<trial>.json    one record per finished trial (ok or failed); its presence means "done"
+      trials/.invalid/       records found truncated or not records on resume, moved aside (<trial>.<UTC time>.json.invalid;
+                             the reason is printed and kept in that invocation's file); their trials run again
+      lock/<scope>.json      the orchestrator running the run (or one shard of it) now: orchestrator/run_lock.py
       prepare/<name>.json    model fetches and engine conversions, outside every measured window
       logs/<name>.log        the container's (or process's) output
       work/<name>/           job.json + out/ of the trial in flight (removed once its record is stored)
 
 A record is only ever written complete (runners.record.write_json_atomic), so an interrupted run loses at most the
-trial in flight, and a resume finds every finished trial intact.
+trial in flight, and a resume finds every finished trial intact. A results file system that is full when a record is
+written leaves no partial file (the temp file is removed) and ends the run (ResultsNotWritable); a resume after space
+is freed runs that trial. A file under trials/ that is not a record (a crash of the file system) never stops a reader:
+records() skips it and invalid() names it; the next run moves it aside and runs its trial again.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -26,11 +33,44 @@ from pathlib import Path
 from typing import Any
 
 from runners.agreement import RUN_KEY, ReferencePolicy
-from runners.record import new_record, write_json_atomic
+from runners.record import RECORD_SCHEMAS, new_record, write_json_atomic
+
+INVALID_DIR = ".invalid"  # under trials/: what a resume moved aside (a dot folder: no reader globs it)
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class RunConflict(RuntimeError):
     pass
+
+
+class ResultsNotWritable(RuntimeError):
+    """The results file system is full (or over quota): nothing partial was left; free space then resume."""
+
+    def __init__(self, path: Path, error: OSError):
+        self.path = path
+        super().__init__(f"cannot write {path}: {error.strerror or error} — free space then resume (run the same "
+                         "command again): every finished trial is recorded, the trial in flight runs again")
+
+
+def no_space(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in NO_SPACE
+
+
+def record_problem(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(the record, None), or (None, why the file under trials/ is not a usable record)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except OSError as e:
+        return None, f"unreadable: {e.strerror or e}"
+    except ValueError as e:  # UnicodeDecodeError included
+        return None, f"not valid JSON (truncated?): {e}"
+    if not isinstance(data, dict):
+        return None, f"not a record: a JSON {type(data).__name__}, not an object"
+    if data.get("schema") not in RECORD_SCHEMAS:
+        return None, f"not a record: schema {data.get('schema')!r} (known: {', '.join(RECORD_SCHEMAS)})"
+    if data.get("status") not in ("ok", "failed"):
+        return None, f"not a record: status {data.get('status')!r} is neither 'ok' nor 'failed'"
+    return data, None
 
 
 class RunStore:
@@ -105,14 +145,42 @@ class RunStore:
         return self.trials_dir / f"{trial_id}.json"
 
     def record(self, trial_id: str) -> dict[str, Any] | None:
+        """The trial's record; None when it has none, or only a file that is not a record (see invalid())."""
         p = self.trial_path(trial_id)
-        return json.loads(p.read_text()) if p.is_file() else None
+        return record_problem(p)[0] if p.is_file() else None
 
     def records(self) -> dict[str, dict[str, Any]]:
-        return {p.stem: json.loads(p.read_text()) for p in sorted(self.trials_dir.glob("*.json"))}
+        """Every readable record by trial id; files that are not records are skipped (invalid() names them)."""
+        found = ((p.stem, record_problem(p)[0]) for p in sorted(self.trials_dir.glob("*.json")))
+        return {trial_id: rec for trial_id, rec in found if rec is not None}
+
+    def invalid(self, trial_ids=None) -> dict[str, str]:
+        """{trial id: why} of the files under trials/ (only those of trial_ids, when given) that are not records."""
+        paths = (sorted(self.trials_dir.glob("*.json")) if trial_ids is None
+                 else [self.trial_path(t) for t in trial_ids])
+        found = ((p.stem, record_problem(p)[1]) for p in paths if p.is_file())
+        return {trial_id: why for trial_id, why in found if why is not None}
+
+    def set_aside_invalid(self, trial_ids) -> dict[str, dict[str, str]]:
+        """Move the invalid records of these trials (only this invocation's: another shard's are its own) to
+        trials/.invalid/, so that their trials run again; {trial id: {reason, moved_to}}."""
+        moved = {}
+        for trial_id, why in self.invalid(trial_ids).items():
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            target = self.trials_dir / INVALID_DIR / f"{trial_id}.{stamp}-{os.getpid()}.json.invalid"
+            target.parent.mkdir(exist_ok=True)
+            os.replace(self.trial_path(trial_id), target)
+            moved[trial_id] = {"reason": why, "moved_to": str(target.relative_to(self.root))}
+        return moved
 
     def write_trial(self, trial_id: str, record: dict[str, Any]) -> Path:
-        return write_json_atomic(self.trial_path(trial_id), record)
+        path = self.trial_path(trial_id)
+        try:
+            return write_json_atomic(path, record)
+        except OSError as e:  # write_json_atomic removed its temp file: no partial record is left
+            if no_space(e):
+                raise ResultsNotWritable(path, e) from e
+            raise
 
     def evaluation_path(self, trial_id: str) -> Path:
         return self.evaluations_dir / f"{trial_id}.json"
