@@ -259,19 +259,63 @@ def build_args() -> dict[str, str]:
     return args
 
 
+# Causes of a failed build that the user can fix, by priority (a TLS failure also makes pip's resolver fail, and its
+# "ResolutionImpossible" is what the build ends with): (a line of the build log, the cause, the fix).
+BUILD_CAUSES = (
+    (re.compile(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed|SSLCertVerificationError"),
+     "TLS certificate verification failed against the registry",
+     f"add your proxy's CA certificates ({EXTRA_CA_ENV} / images/extra-ca, see README)"),
+    (re.compile(r"no space left on device", re.IGNORECASE),
+     "the disk is full (No space left on device)",
+     "free space on the Docker engine's disk (`docker system df`, `docker builder prune`), then build again"),
+    (re.compile(r"NewConnectionError|Failed to establish a new connection|Connection refused|ReadTimeoutError|"
+                r"ConnectTimeoutError|Read timed out|Temporary failure in name resolution|Name or service not known|"
+                r"Network is unreachable|Could not resolve"),
+     "the package registry did not answer (connection refused, timed out or not resolvable)",
+     "check the network and proxy settings (HTTPS_PROXY; PIP_INDEX_URL / PIP_EXTRA_INDEX_URL), or build from local "
+     "wheels (--wheels DIR / SLM_WHEEL_DIRS, see README)"),
+)
+
+
+def build_failure_cause(lines) -> str | None:
+    """"cause: fix (the log line that shows it)" of the highest-priority known cause among a failed build's log
+    lines; None when none is known."""
+    found: dict[int, str] = {}
+    for line in lines:
+        for i, (pattern, _, _) in enumerate(BUILD_CAUSES):
+            if i not in found and pattern.search(line):
+                found[i] = line.strip()
+    if not found:
+        return None
+    i = min(found)
+    _, cause, fix = BUILD_CAUSES[i]
+    return f"{cause}: {fix} (the build log: {found[i][:300]})"
+
+
 def build_dockerfile(client, dockerfile: Path, tag: str, log: Callable[[str], None], nocache: bool = False) -> None:
-    """Build one Dockerfile of images/ (context: the repository root) with the build arguments; ImageError on failure."""
+    """Build one Dockerfile of images/ (context: the repository root) with the build arguments; ImageError on failure,
+    naming the cause and its fix where the log shows one (BUILD_CAUSES)."""
     stream = client.api.build(path=str(REPO_ROOT), dockerfile=str(dockerfile.relative_to(REPO_ROOT)), tag=tag,
                               buildargs=build_args(), rm=True, forcerm=True, nocache=nocache, decode=True)
+    follow_build(stream, f"building {tag} from {dockerfile}", log)
+
+
+def follow_build(stream, what: str, log: Callable[[str], None]) -> None:
+    """Log a build's decoded output stream; ImageError when it failed, with the cause a user can fix."""
     last_error = None
+    telling: list[str] = []  # only the log lines that name a known cause (a build log runs to thousands)
     for chunk in stream:
+        line = chunk.get("stream", "").rstrip() or chunk.get("error", "").strip()
         if "stream" in chunk and chunk["stream"].strip():
             log(chunk["stream"].rstrip())
         if "error" in chunk:
             last_error = chunk["error"].strip()
             log(last_error)
+        if line and any(pattern.search(line) for pattern, _, _ in BUILD_CAUSES):
+            telling.append(line)
     if last_error:
-        raise ImageError(f"building {tag} from {dockerfile} failed: {last_error}")
+        cause = build_failure_cause(telling)
+        raise ImageError(f"{what} failed: {last_error}" + (f"\n  cause: {cause}" if cause else ""))
 
 
 _PREPARED: dict[str, Any] = {}
