@@ -36,6 +36,7 @@ from rich.table import Table
 
 from orchestrator import REPO_ROOT, summary
 from orchestrator.budget import CALIBRATION_PROMPTS
+from orchestrator.engine_watch import EngineWentAway, engine_failures
 from orchestrator.images import ImageError, build, discover
 from orchestrator.launch import HostProblem
 from orchestrator.matrix import MatrixError, load
@@ -113,16 +114,6 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _engine_failures() -> tuple[type[BaseException], ...]:
-    """How a Docker engine fails mid-run; none where the Docker SDK is not installed (a bare host, process launcher)."""
-    try:
-        import docker.errors
-        import requests
-    except ImportError:
-        return ()
-    return (requests.exceptions.ConnectionError, docker.errors.APIError)
-
-
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -140,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     except MatrixError as e:
         err_console.print(f"[red]error:[/] {escape(str(e))}")
         return 2
-    except (HostProblem, ImageError, RunConflict) as e:
+    except (HostProblem, ImageError, RunConflict, EngineWentAway) as e:
         err_console.print(f"[red]error:[/] {escape(str(e))}")
         return 3
     except RunLocked as e:
@@ -155,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print(f"[red]error:[/] cannot write {escape(str(e.filename or args.results))}: {e.strerror} — "
                           "free space then resume (run the same command again): every finished trial is recorded")
         return 5
-    except _engine_failures() as e:  # the Docker engine failed mid-run
+    except engine_failures() as e:  # the Docker engine failed mid-run
         err_console.print(f"[red]error:[/] the Docker engine failed: {escape(str(e))} — every finished trial is "
                           "recorded; run the same command again to resume")
         return 3

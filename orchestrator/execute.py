@@ -4,7 +4,8 @@ Per trial: cooldown (GPUs back near their idle temperature, bounded) → host id
 a check: orchestrator/idle.py) → launch the runner under the host meters' "container" window → decide ok/failed from
 the exit facts and meter the runner's windows with the host's counters → the record, with what the host learned
 (orchestrator/host_facts.py) merged once as its ``host`` block, written atomically. A failed trial is recorded with its reason and the matrix goes on; Ctrl-C stops the trial in flight (its
-container is removed) and loses nothing finished.
+container is removed) and loses nothing finished; a trial whose Docker engine went away is run again once the engine
+answers (orchestrator/engine_watch.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from rich.markup import escape
 
+from orchestrator.engine_watch import ENGINE_WAIT_S, EngineWatch, EngineWentAway, engine_failures
 from orchestrator.host_facts import HostFacts, judge
 from orchestrator.images import Runtime
 from orchestrator.launch import LaunchSpec
@@ -49,6 +51,8 @@ class Executor:
         self.baseline = None  # orchestrator.idle.IdleBaseline, with the meters
         self.node = node or {}  # {shard, slurm}: where on a cluster this invocation runs, for every record
         self.preparer = Preparer(self)
+        client = getattr(launcher, "client", None)  # the Docker launcher's engine (none for the process launcher)
+        self._watch = EngineWatch(client) if client is not None else None
 
     # --- what to do ---------------------------------------------------------------------------------------------
     def gpu_problem(self) -> str | None:
@@ -182,6 +186,24 @@ class Executor:
                 "image": self.launcher.image_of(t.cell.runtime.spec)}
 
     def run_trial(self, t: Trial) -> dict[str, Any]:
+        """Run and record one trial; a trial whose Docker engine went away is not recorded but run again, once,
+        when the engine answers again (orchestrator/engine_watch.py)."""
+        for attempt in (1, 2):
+            try:
+                return self._run_trial_once(t)
+            except EngineWentAway as e:
+                note = lambda line: self.ui.note(escape(line))  # noqa: E731
+                note(f"{e}: the trial is not recorded")
+                if attempt == 2 or not self._watch.wait_back(ENGINE_WAIT_S, note):
+                    raise EngineWentAway(f"{e}, and {'it went away again' if attempt == 2 else 'it did not answer'}"
+                                         f" within {ENGINE_WAIT_S:.0f} s: {t.id} is not recorded — every finished "
+                                         "trial is; once `docker info` answers, run the same command again") from e
+                stale = self.launcher.remove_stale()
+                note(f"  the engine answers again: removed {len(stale)} container(s) of this run; running {t.id} "
+                     "again")
+        raise AssertionError("unreachable")
+
+    def _run_trial_once(self, t: Trial) -> dict[str, Any]:
         from orchestrator.host_energy import restrict_idle, trial_boundary
 
         meters = self.meters()
@@ -194,7 +216,7 @@ class Executor:
         spec = self.spec(t.id, t.cell.runtime.spec, "run", job,
                          self.plan.matrix.container_for(t.cell.runtime, t.cell.model), gpus)
         begin = time.time()
-        record, facts = self.launch(spec, t.cell)
+        record, facts = self._launch_watched(spec, t)
         facts.idle, facts.meters, facts.cooldown = idle, meters.describe(), cooldown
         facts.begin_unix, facts.trial_start_unix = begin, trial_start
         facts.node = {"hostname": socket.gethostname(), **self.node}
@@ -203,6 +225,22 @@ class Executor:
         self.store.write_trial(t.id, record)
         shutil.rmtree(spec.work, ignore_errors=True)
         return record
+
+    def _launch_watched(self, spec: LaunchSpec, t: Trial) -> tuple[dict[str, Any], HostFacts]:
+        """launch(), EngineWentAway when the Docker engine went away under the trial (a connection error out of it,
+        or a failed trial after which the engine does not answer or is another dockerd)."""
+        if self._watch is None:
+            return self.launch(spec, t.cell)
+        self._watch.mark()
+        try:
+            record, facts = self.launch(spec, t.cell)
+        except engine_failures() as e:
+            gone = self._watch.went_away()
+            raise EngineWentAway(f"{gone or f'the Docker engine failed ({e})'} while {t.id} ran") from e
+        gone = self._watch.went_away() if record.get("status") == "failed" else None
+        if gone:
+            raise EngineWentAway(f"{gone} while {t.id} ran")
+        return record, facts
 
     def _cooldown(self, meters) -> dict[str, Any]:
         """Wait until every GPU is within the margin of its idle temperature (taken when the run started)."""

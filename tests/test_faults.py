@@ -221,3 +221,22 @@ def test_a_full_results_file_system_ends_the_cli_with_its_exit_status(tmp_path, 
     err = capsys.readouterr().err
     assert code == 5, err
     assert "No space left on device" in err and "free space then resume" in err and str(small_fs) in err
+
+
+# --- the Docker engine going away under a trial (the restart itself: tests/test_faults_heavy.py) ----------------------
+
+
+def test_an_engine_that_stops_answering_or_restarts_is_seen(tmp_path, docker_client):
+    import docker
+
+    from orchestrator.engine_watch import EngineWatch, daemon_pid
+
+    watch = EngineWatch(docker_client)
+    watch.mark()
+    assert watch.went_away() is None  # the same engine, answering: a failed trial is the trial's own
+    watch.pid = (daemon_pid() or 0) + 1  # another dockerd than the one the trial started under
+    if daemon_pid() is not None:
+        assert "the Docker engine restarted" in watch.went_away()
+    gone = EngineWatch(docker.DockerClient(base_url=f"unix://{tmp_path}/no-engine.sock", version="1.41"))
+    assert "stopped answering" in gone.went_away()
+    assert gone.wait_back(0.1, note=lambda line: None) is False
