@@ -20,7 +20,7 @@ from rich.markup import escape
 
 from orchestrator.engine_watch import ENGINE_WAIT_S, EngineWatch, EngineWentAway, engine_failures
 from orchestrator.host_facts import HostFacts, judge
-from orchestrator.images import Runtime
+from orchestrator.images import Runtime, stale_problem
 from orchestrator.launch import LaunchSpec
 from orchestrator.models import ModelCache
 from orchestrator.plan import Cell, Plan, Trial
@@ -83,8 +83,12 @@ class Executor:
         if not sel.todo:
             return {}
         ref = self.preparer.reference_runtime()  # its image tokenises the same-work prompts of every model
-        self.launcher.ensure_ready({t.cell.runtime.spec for t in sel.todo} | ({ref.spec} if ref else set()),
-                                   build, lambda line: self.ui.note(escape(line)))
+        runtimes = {t.cell.runtime.spec for t in sel.todo} | ({ref.spec} if ref else set())
+        self.launcher.ensure_ready(runtimes, build, lambda line: self.ui.note(escape(line)))
+        for runtime in sorted(runtimes, key=lambda r: r.name) if self._watch else ():  # Docker images only
+            problem = stale_problem(self._watch.client, runtime)
+            if problem:
+                self.ui.note(f"[yellow]{escape(problem)}[/]")
         unavailable, broken = self.preparer.prepare(sel.todo)
         for name, reason in unavailable.items():
             skipped = [t for t in sel.todo if t.cell.model.name == name]

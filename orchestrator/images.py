@@ -126,7 +126,35 @@ def image_info(client, runtime: Runtime) -> dict[str, Any] | None:
     except docker.errors.ImageNotFound:
         return None
     return {"image": runtime.image, "id": img.id, "size_mb": round(img.attrs["Size"] / 1e6, 1),
-            "created": img.attrs.get("Created")}
+            "created": img.attrs.get("Created"), "sources": (img.labels or {}).get(SOURCES_LABEL)}
+
+
+# An image records the sources it was built from (runners/, images/_base/, its own folder): one built from an older
+# checkout runs an older runner than the one in this checkout, and is said so (rebuild with --build).
+SOURCES_LABEL = LABEL_PREFIX + "sources"
+
+
+def sources_hash(runtime: Runtime) -> str:
+    """sha256 (16 hex) of the checkout's files the runtime's image is built from (not host inputs: CA, wheels)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for folder in (REPO_ROOT / "runners", REPO_ROOT / "images" / BASE_DIR, runtime.dockerfile.parent):
+        for p in sorted(folder.rglob("*")):
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc":
+                h.update(str(p.relative_to(REPO_ROOT)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def stale_problem(client, runtime: Runtime) -> str | None:
+    """Why the built image of the runtime is not this checkout's (None: it is, or it is not built, or it predates
+    the label)."""
+    info = image_info(client, runtime)
+    if info is None or not info["sources"] or info["sources"] == sources_hash(runtime):
+        return None
+    return (f"image {runtime.image} is stale: built from other sources of runners/ or images/ "
+            f"({info['sources']}, this checkout {sources_hash(runtime)}) — its trials run that older runner; rebuild "
+            f"with `python orchestrate.py build --runtime {runtime.name}` or add --build")
 
 
 # --- build inputs: the base image, extra CA certificates, local wheels, the extra index -------------------------
@@ -292,11 +320,13 @@ def build_failure_cause(lines) -> str | None:
     return f"{cause}: {fix} (the build log: {found[i][:300]})"
 
 
-def build_dockerfile(client, dockerfile: Path, tag: str, log: Callable[[str], None], nocache: bool = False) -> None:
+def build_dockerfile(client, dockerfile: Path, tag: str, log: Callable[[str], None], nocache: bool = False,
+                     labels: dict[str, str] | None = None) -> None:
     """Build one Dockerfile of images/ (context: the repository root) with the build arguments; ImageError on failure,
     naming the cause and its fix where the log shows one (BUILD_CAUSES)."""
     stream = client.api.build(path=str(REPO_ROOT), dockerfile=str(dockerfile.relative_to(REPO_ROOT)), tag=tag,
-                              buildargs=build_args(), rm=True, forcerm=True, nocache=nocache, decode=True)
+                              buildargs=build_args(), rm=True, forcerm=True, nocache=nocache, decode=True,
+                              labels=labels)
     follow_build(stream, f"building {tag} from {dockerfile}", log)
 
 
@@ -337,7 +367,7 @@ def build(client, runtime: Runtime, *, log: Callable[[str], None] = print, nocac
     t0 = time.monotonic()
     prepare_build(client, log)
     build_dockerfile(client, REPO_ROOT / "images" / BASE_DIR / "Dockerfile", base_image(), log, nocache)
-    build_dockerfile(client, runtime.dockerfile, runtime.image, log, nocache)
+    build_dockerfile(client, runtime.dockerfile, runtime.image, log, nocache, {SOURCES_LABEL: sources_hash(runtime)})
     try:
         info = image_info(client, runtime)
     except docker.errors.APIError as e:

@@ -240,3 +240,36 @@ def test_an_engine_that_stops_answering_or_restarts_is_seen(tmp_path, docker_cli
     gone = EngineWatch(docker.DockerClient(base_url=f"unix://{tmp_path}/no-engine.sock", version="1.41"))
     assert "stopped answering" in gone.went_away()
     assert gone.wait_back(0.1, note=lambda line: None) is False
+
+
+# --- an image that is stale (built from other sources than this checkout's) -----------------------------------------
+
+
+def test_a_stale_image_is_named_with_the_rebuild(docker_client, monkeypatch):
+    import io
+
+    from orchestrator.images import SOURCES_LABEL, discover, sources_hash, stale_problem
+
+    monkeypatch.setenv("IMAGE_PREFIX", f"slm-matrix-faults-{os.getpid()}")
+    runtime = discover()["torch-cpu"]
+    try:
+        for sources, stale in (("0123456789abcdef", True), (sources_hash(runtime), False)):
+            for _ in docker_client.api.build(fileobj=io.BytesIO(b"FROM slm-matrix/base:bookworm\n"),
+                                             tag=runtime.image, labels={SOURCES_LABEL: sources}, rm=True,
+                                             decode=True):
+                pass
+            problem = stale_problem(docker_client, runtime)
+            if stale:
+                assert problem.startswith(f"image {runtime.image} is stale: built from other sources")
+                assert "orchestrate.py build --runtime torch-cpu` or add --build" in problem
+            else:
+                assert problem is None
+    finally:
+        docker_client.images.remove(runtime.image, force=True)
+
+
+def test_a_built_image_carries_the_sources_it_was_built_from(torch_cpu_image, docker_client):
+    from orchestrator.images import discover, image_info, sources_hash
+
+    runtime = discover()["torch-cpu"]
+    assert image_info(docker_client, runtime)["sources"] == sources_hash(runtime)
