@@ -2,11 +2,14 @@
 
 Mounts: the job read-only at /job, out/ read-write at /out, the model folder read-only under /models, the HF cache
 read-only at /hf-cache, the engine cache at /cache (read-only in measured runs, read-write only for `prepare`).
-No network. CUDA runtimes get a GPU DeviceRequest. The container is always removed, whatever happens.
+Locked down (docker_layer.measured_lock_down): no network, read-only root with a tmpfs /tmp, no capabilities, no new
+privileges, uid 1000, a pids limit. CUDA runtimes get a GPU DeviceRequest. The container is always removed, whatever
+happens, and a killed orchestrator's leftovers are removed on the next start — only this results folder's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import socket
@@ -18,25 +21,37 @@ from typing import Any
 import docker
 import docker.errors
 
-from orchestrator.docker_layer import Container, connect, connected, gpu_problem, limits, local_image, remove
+from orchestrator.docker_layer import (MEASURED_PIDS_LIMIT, MEASURED_TMPFS, Container, connect, connected, gpu_problem,
+                                       limits, local_image, measured_lock_down, remove)
 from orchestrator.images import Runtime, build, image_info
 from orchestrator.launch import HostProblem, LaunchSpec, Outcome, read_record, write_job
 
 LABEL_RUN = "io.slm-matrix.run"
 LABEL_NAME = "io.slm-matrix.trial"
+# Whose run: two checkouts on one host may use the same run id, each with its own results folder.
+LABEL_SCOPE = "io.slm-matrix.results-scope"
+LABEL_RESULTS = "io.slm-matrix.results"  # the folder itself, for a person reading `docker ps`
+
+
+def results_scope(results: Path | None) -> str:
+    """This host and results folder, as a label value: a hash (labels are filtered by exact value)."""
+    where = f"{socket.gethostname()}:{Path(results).resolve() if results is not None else ''}"
+    return hashlib.sha256(where.encode()).hexdigest()[:16]
 
 
 class DockerLauncher:
     name = "docker"
 
-    def __init__(self, client: docker.DockerClient | None = None, run_id: str = ""):
+    def __init__(self, client: docker.DockerClient | None = None, run_id: str = "", results: Path | None = None):
         self.client = client or connect()
         self.run_id = run_id
+        self.results = Path(results).resolve() if results is not None else None
+        self.scope = results_scope(results)
 
     @classmethod
-    def connected(cls, run_id: str) -> "DockerLauncher":
+    def connected(cls, run_id: str, results: Path | None = None) -> "DockerLauncher":
         """A launcher on a Docker engine that answers, or HostProblem with the fix."""
-        return cls(connected(), run_id)
+        return cls(connected(), run_id, results)
 
     def gpu_problem(self) -> str | None:
         return gpu_problem(self.client)
@@ -54,10 +69,17 @@ class DockerLauncher:
     def image_of(self, runtime: Runtime) -> str | None:
         return runtime.image
 
+    def labels(self, trial: str) -> dict[str, str]:
+        """The labels of this launcher's containers: run, results folder, trial."""
+        return {LABEL_RUN: self.run_id, LABEL_SCOPE: self.scope, LABEL_RESULTS: str(self.results or ""),
+                LABEL_NAME: trial}
+
     def remove_stale(self) -> list[str]:
-        """Containers of this run left by an orchestrator that was killed (not Ctrl-C'd) mid-trial."""
+        """Containers of this run and results folder left by an orchestrator that was killed (not Ctrl-C'd)
+        mid-trial; another results folder's containers of the same run id are not ours."""
         gone = []
-        for c in self.client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={self.run_id}"}):
+        ours = [f"{LABEL_RUN}={self.run_id}", f"{LABEL_SCOPE}={self.scope}"]  # label filters are ANDed
+        for c in self.client.containers.list(all=True, filters={"label": ours}):
             remove(c)
             gone.append(c.short_id)
         return gone
@@ -86,8 +108,8 @@ class DockerLauncher:
 
     def _options(self, spec: LaunchSpec, volumes: dict[str, dict[str, str]]) -> dict[str, Any]:
         options: dict[str, Any] = dict(
-            volumes=volumes, network_disabled=True, shm_size=spec.shm_size,
-            labels={LABEL_RUN: self.run_id, LABEL_NAME: spec.name, **spec.labels},
+            measured_lock_down(), volumes=volumes, shm_size=spec.shm_size,
+            labels={**self.labels(spec.name), **spec.labels},
             # the record's environment.hostname names the machine, not a throw-away container id (kept in host.*)
             hostname=socket.gethostname(), **limits(spec.mem_limit, spec.cpus))
         if spec.runtime.gpu:  # exactly the trial's GPUs (by UUID), never every GPU of the host
@@ -108,7 +130,8 @@ class DockerLauncher:
         facts: dict[str, Any] = {"launcher": self.name, "image": rt.image, "image_id": image.id,
                                  "limits": {"mem_limit": spec.mem_limit, "cpus": spec.cpus, "shm_size": spec.shm_size,
                                             "timeout_s": spec.timeout_s, "network": "none", "gpu": rt.gpu,
-                                            "gpus": sorted(spec.gpus.values()) if rt.gpu else []}}
+                                            "gpus": sorted(spec.gpus.values()) if rt.gpu else [],
+                                            "pids_limit": MEASURED_PIDS_LIMIT, "tmpfs": dict(MEASURED_TMPFS)}}
         timings: dict[str, float] = {}
         t0 = time.monotonic()
         try:

@@ -16,8 +16,9 @@ import requests
 
 from orchestrator.launch import HostProblem
 
-# The lock-down of a container that runs untrusted code: no network, nothing writable but what is mounted so, a
-# non-root user without capabilities that cannot gain privileges.
+# The lock-down of every container this project starts (the sandbox that runs generated code, the measured containers
+# that run model code from a hub): no network, nothing writable but what is mounted so, a non-root user without
+# capabilities that cannot gain privileges.
 LOCKED_DOWN: dict[str, Any] = {
     "network_mode": "none",
     "read_only": True,
@@ -25,6 +26,24 @@ LOCKED_DOWN: dict[str, Any] = {
     "cap_drop": ["ALL"],
     "security_opt": ["no-new-privileges"],
 }
+
+# Measured containers, on top of that: one tmpfs at /tmp, and HOME on it, is all a runtime may write besides /out (and
+# /cache in prepare): torch inductor's kernels (/tmp/torchinductor_runner), onnxruntime's device id
+# (~/.cache/Microsoft), and the home caches of HF, vLLM, numba, OpenVINO, Triton and CUDA's JIT (~/.cache, ~/.triton,
+# ~/.nv) — none outlives the trial. "exec": inductor and Triton load the kernels they compile there. 2 GB: compile
+# caches of the study's largest models take hundreds of MB; a tmpfs is charged to the container's memory only as it
+# is written, and the bound turns a runaway writer into "No space left on device" rather than host memory.
+# 4096 processes + threads: thread pools as wide as a many-core host (each thread counts), well below a fork bomb.
+MEASURED_TMPFS = {"/tmp": "size=2g,mode=1777,exec"}
+MEASURED_ENV = {"HOME": "/tmp"}
+MEASURED_PIDS_LIMIT = 4096
+
+
+def measured_lock_down() -> dict[str, Any]:
+    """LOCKED_DOWN as container options of a measured (trial or prepare) container: mounts and limits are the
+    launcher's."""
+    return {**LOCKED_DOWN, "tmpfs": dict(MEASURED_TMPFS), "environment": dict(MEASURED_ENV),
+            "pids_limit": MEASURED_PIDS_LIMIT}
 
 
 def connect() -> docker.DockerClient:

@@ -1,4 +1,4 @@
-"""What the record says about where it ran: libraries, CPU, GPU, driver, container image."""
+"""What the record says about where it ran: libraries, CPU, GPU, driver, container image, privileges."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from importlib import metadata
 from typing import Any
 
 import runners
+from runners import privileges
 
 # Libraries whose versions change results; the ones not installed in an image are simply absent.
 _LIBRARIES = ("torch", "transformers", "tokenizers", "accelerate", "optimum", "optimum-onnx", "optimum-intel",
@@ -69,6 +70,7 @@ def collect(trial: dict[str, Any] | None = None) -> dict[str, Any]:
         "image_id": trial.get("image_id") or os.environ.get("SLM_MATRIX_IMAGE_ID"),
         "in_container": os.path.exists("/.dockerenv"),
         "uid": os.getuid(),  # measured containers run non-root: no powercap, no side channel
+        "privileges": privileges.collect(),  # what the container really ran with, read from inside
         "runner_version": runners.__version__,
     }
     try:

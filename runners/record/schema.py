@@ -88,6 +88,21 @@ PROMPT_SCHEMA = {
     },
 }
 
+# environment.privileges (runners/privileges.py), read by the runner from inside; absent in older records
+PRIVILEGES_SCHEMA = {
+    "type": "object",
+    "required": ["uid", "cap_eff", "cap_bnd", "no_new_privs", "root_read_only", "pids_max"],
+    "properties": {
+        "uid": {"type": "integer"},
+        "gid": {"type": "integer"},
+        "cap_eff": _str_or_null,
+        "cap_bnd": _str_or_null,
+        "no_new_privs": {"type": ["boolean", "null"]},
+        "root_read_only": {"type": ["boolean", "null"]},
+        "pids_max": {"anyOf": [{"type": ["integer", "null"]}, {"const": "max"}]},  # "max": no limit
+    },
+}
+
 RECORD_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": RECORD_SCHEMA_ID,
@@ -131,7 +146,7 @@ RECORD_SCHEMA: dict[str, Any] = {
             "latency_s": _stats, "ttft_s": _stats, "tpot_s": _stats}},
         "co2": {"type": ["object", "null"]},
         "agreement": {"type": ["object", "null"]},
-        "environment": {"type": "object"},
+        "environment": {"type": "object", "properties": {"privileges": PRIVILEGES_SCHEMA}},
         "host": {"type": ["object", "null"]},
     },
     "allOf": [
