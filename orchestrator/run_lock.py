@@ -9,8 +9,9 @@ unsharded invocation runs every trial: it conflicts with every shard, and every 
 
 The lock names its holder (host, pid, start time, command, Slurm task). A lock is stale — taken over, and said so —
 when its holder is gone: on this host, its pid no longer runs (or runs another process: pid reuse); on another host,
-only when it was a Slurm task that Slurm says is over. Any other host's lock is respected (its process cannot be seen
-from here) unless the user passes --break-lock. Created with O_EXCL (atomic on local file systems and NFSv3+).
+only when it was a Slurm task that Slurm says is over, or this very task before a requeue (Slurm runs a task once).
+Any other host's lock is respected (its process cannot be seen from here) unless the user passes --break-lock.
+Created with O_EXCL (atomic on local file systems and NFSv3+).
 """
 
 from __future__ import annotations
@@ -79,7 +80,11 @@ def stale_reason(holder: dict[str, Any]) -> str | None:
         if started > 0 and holder.get("process_started_unix") and abs(started - holder["process_started_unix"]) > 1:
             return f"no longer running (pid {holder['pid']} is now another process)"
         return None
-    if holder.get("slurm") and _slurm_task_over(holder["slurm"]):
+    theirs, mine = holder.get("slurm") or {}, _slurm_env() or {}
+    task = ("job_id", "array_job_id", "array_task_id")
+    if theirs and all(theirs.get(k) == mine.get(k) for k in task):  # Slurm runs a task once: this is its requeue
+        return "this Slurm task's earlier run (requeued)"
+    if theirs and _slurm_task_over(theirs):
         return "its Slurm task is over"
     return None
 

@@ -273,3 +273,32 @@ def test_a_built_image_carries_the_sources_it_was_built_from(torch_cpu_image, do
 
     runtime = discover()["torch-cpu"]
     assert image_info(docker_client, runtime)["sources"] == sources_hash(runtime)
+
+
+# --- a hub model that cannot be fetched ---------------------------------------------------------------------------------
+
+
+def test_a_hub_model_that_cannot_be_fetched_is_skipped_with_the_reason_and_the_fix(tmp_path):
+    path = matrix_file(tmp_path, '[models.nowhere]\nhub_id = "slm-matrix-tests/no-such-model"\nparams_b = 0.1\n')
+    proc = orchestrate("run", "--matrix", str(path), "--results", str(tmp_path / "r"), "--cache", str(tmp_path / "c"),
+                       "--launcher", "process", env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "skipped 1 trial(s): model not available: models.nowhere: slm-matrix-tests/no-such-model is not in" \
+           in proc.stdout and "unset HF_HUB_OFFLINE" in proc.stdout
+    assert list((tmp_path / "r" / tmp_path.name / "trials").iterdir()) == []  # skipped, not failed: runs later
+
+
+def test_a_requeued_slurm_task_takes_over_its_own_lock_from_a_dead_node(tmp_path, monkeypatch):
+    task = {"job_id": "812", "array_job_id": "800", "array_task_id": "3"}
+    for var, value in (("SLURM_JOB_ID", "812"), ("SLURM_ARRAY_JOB_ID", "800"), ("SLURM_ARRAY_TASK_ID", "3")):
+        monkeypatch.setenv(var, value)
+    shard = {"index": 3, "count": 4}
+    write_lock(tmp_path, "shard-3-of-4", hostname="node-that-died", pid=77, slurm=task)
+    notes: list[str] = []
+    RunLock(tmp_path, shard, note=notes.append).acquire().release()
+    assert "this Slurm task's earlier run (requeued)" in notes[0]
+    # another task's lock on another node, and no Slurm to ask from here: respected
+    write_lock(tmp_path, "shard-3-of-4", hostname="node-b", pid=78, slurm={**task, "job_id": "813"})
+    monkeypatch.setenv("PATH", str(tmp_path))  # no squeue here
+    with pytest.raises(RunLocked, match="pass --break-lock"):
+        RunLock(tmp_path, shard).acquire()
