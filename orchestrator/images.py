@@ -302,6 +302,9 @@ BUILD_CAUSES = (
      "the package registry did not answer (connection refused, timed out or not resolvable)",
      "check the network and proxy settings (HTTPS_PROXY; PIP_INDEX_URL / PIP_EXTRA_INDEX_URL), or build from local "
      "wheels (--wheels DIR / SLM_WHEEL_DIRS, see README)"),
+    (re.compile(r"No matching distribution found for|Could not find a version that satisfies the requirement"),
+     "a pinned package is in none of the registries the build can reach",
+     "give its wheel (--wheels DIR / SLM_WHEEL_DIRS) or an index that has it (PIP_EXTRA_INDEX_URL), see README"),
 )
 
 

@@ -64,8 +64,15 @@ def test_a_full_disk_names_the_space_fix():
     assert build_failure_cause(["failed to register layer: write /usr/lib/x.so: no space left on device"])
 
 
-def test_tls_wins_over_the_retries_it_causes_and_unknown_causes_stay_unnamed():
+def test_a_pinned_package_no_registry_has_names_the_wheels_fix():
+    # the index answers but has no such version (e.g. torch's +cpu builds without the PyTorch index): pip's last lines
+    cause = build_failure_cause(TLS[-2:])
+    assert cause.startswith("a pinned package is in none of the registries the build can reach: give its wheel")
+
+
+def test_the_root_cause_wins_over_what_it_causes_and_unknown_causes_stay_unnamed():
     assert build_failure_cause(REFUSED + TLS).startswith("TLS certificate")
+    assert build_failure_cause(REFUSED).startswith("the package registry did not answer")  # not "no such package"
     assert build_failure_cause(RESOLUTION) is None
 
 
