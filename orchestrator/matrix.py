@@ -36,6 +36,7 @@ from orchestrator.matrix_table import CONTAINER_KEYS, MatrixError, Table, contai
 from runners.agreement import ReferencePolicy
 
 JOB_SECTIONS = ("workload", "generation", "warmup", "meters")
+MAX_REPETITIONS = 10_000
 CONTAINER_DEFAULTS = {"timeout_s": 4 * 3600.0, "mem_limit": None, "cpus": None, "shm_size": "1g"}
 HOST_KEYS = {
     "idle_seconds": ((int, float), 10.0, "host idle-power baseline measured before each trial (0 = none)"),
@@ -148,7 +149,8 @@ def _selection(src: str, data: Any, default_name: str, runtimes: dict[str, Runti
     mt = Table(src, data, "matrix")
     name = mt.get("name", str, default_name)
     seed = mt.get("seed", int, what="orders the trials; recorded in every record")
-    reps = mt.get("repetitions", int, minimum=1)
+    # the plan holds every trial: a typo like 10**9 repetitions would fill the memory instead of failing
+    reps = mt.get("repetitions", int, minimum=1, maximum=MAX_REPETITIONS)
     sel_rt = mt.names("runtimes", list(runtimes), "runtime") or list(runtimes)
     sel_m = mt.names("models", list(models), "model") or list(models)
     sel_s = family_members(mt.names("settings", [*settings, *setting_families(settings)], "setting or family"),

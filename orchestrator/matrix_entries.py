@@ -78,6 +78,9 @@ def _runtime(src: str, key: str, data: Any, known: dict[str, Runtime]) -> Runtim
     # an entry is an image folder by its name, or by `image` (the same image again under another name, with its
     # own engines and options: e.g. OpenVINO with and without its KV cache)
     folder = data.pop("image", name) if isinstance(data, dict) else name
+    if not isinstance(folder, str):
+        raise MatrixError(src, f"{key}.image", f"must be a string, got {type(folder).__name__} {folder!r}",
+                          'name an image folder, e.g. image = "openvino"')
     if folder not in known:
         field_key = f"{key}.image" if folder != name else key
         raise MatrixError(src, field_key, f"no such runtime under images/: {folder!r}",

@@ -35,7 +35,8 @@ class Table:
     def key(self, k: str) -> str:
         return f"{self.path}.{k}" if self.path else k
 
-    def get(self, k: str, kind, default: Any = ..., *, choices=None, minimum=None, what: str = "") -> Any:
+    def get(self, k: str, kind, default: Any = ..., *, choices=None, minimum=None, maximum=None,
+            what: str = "") -> Any:
         if k not in self.data:
             if default is ...:
                 raise MatrixError(self.src, self.key(k), "is missing", f"add {k} = … ({what or _kname(kind)})")
@@ -49,6 +50,8 @@ class Table:
             raise MatrixError(self.src, self.key(k), f"unknown value {v!r}", f"use one of: {', '.join(choices)}")
         if minimum is not None and v < minimum:
             raise MatrixError(self.src, self.key(k), f"must be ≥ {minimum}, got {v!r}", f"set it to {minimum} or more")
+        if maximum is not None and v > maximum:
+            raise MatrixError(self.src, self.key(k), f"must be ≤ {maximum}, got {v!r}", f"set it to {maximum} or less")
         return float(v) if float in kinds and not isinstance(v, bool) and isinstance(v, int) else v
 
     def names(self, k: str, allowed: list[str], what: str) -> list[str] | None:

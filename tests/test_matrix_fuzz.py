@@ -70,6 +70,8 @@ def mutated(draw) -> tuple[dict, str]:
         target = doc
         for k in where:
             target = target.setdefault(k, {})
+        if where == ("settings", "s"):  # a new setting: valid but for the mutated key
+            target.setdefault("precision", "fp32")
         target[name] = draw(VALUES)
         return doc, name
     if kind == "drop":
@@ -130,3 +132,14 @@ def test_a_matrix_cut_short_is_one_line_never_a_traceback(tmp_path, cut):
     code, out, err = plan(tmp_path, tomlw.dumps(SMOKE)[:cut])
     if code != 0:
         one_line_error(code, err)
+
+
+def test_the_searchs_findings_stay_fixed(tmp_path):
+    """What the search found: a huge repetitions count expanded the plan until memory ran out; a runtime's image
+    given as a list was a TypeError traceback."""
+    doc = copy.deepcopy(SMOKE)
+    doc["matrix"]["repetitions"] = 10**12
+    assert "matrix.repetitions: must be ≤ 10000" in one_line_error(*plan(tmp_path, dumps(doc))[::2])
+    doc = copy.deepcopy(SMOKE)
+    doc["runtimes"]["onnx-cpu"]["image"] = []
+    assert "runtimes.onnx-cpu.image: must be a string, got list" in one_line_error(*plan(tmp_path, dumps(doc))[::2])
