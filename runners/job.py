@@ -128,10 +128,15 @@ def _workload(r: _Reader) -> WorkloadSpec:
         seed=w.get("seed", int, 2412),
         min_tokens=w.get("min_tokens", int, 10, minimum=1),
         max_tokens=w.get("max_tokens", int, 15, minimum=1),
+        prompt_tokens=w.get("prompt_tokens", int, None, minimum=1, nullable=True),
     )
-    w.done(["dataset", "style", "count", "selection", "seed", "min_tokens", "max_tokens"])
+    w.done(["dataset", "style", "count", "selection", "seed", "min_tokens", "max_tokens", "prompt_tokens"])
     if workload.max_tokens < workload.min_tokens:
         raise JobError("workload.max_tokens", "is below min_tokens", "make max_tokens ≥ min_tokens")
+    if (workload.style == "length") != (workload.prompt_tokens is not None):
+        raise JobError("workload.prompt_tokens", f"is {workload.prompt_tokens} with style {workload.style!r}",
+                       'give prompt_tokens = N together with style = "length" (prompts of exactly N tokens), and '
+                       "only then")
     return workload
 
 

@@ -14,7 +14,7 @@ from typing import Any
 JOB_SCHEMA = "slm-matrix.job/1"
 
 DEVICES = ("cpu", "cuda")
-PROMPT_STYLES = ("fragment", "full")
+PROMPT_STYLES = ("fragment", "full", "length")
 SELECTIONS = ("first", "sample")
 DATASETS = ("humaneval",)
 
@@ -37,6 +37,17 @@ class WorkloadSpec:
     seed: int = 2412
     min_tokens: int = 10  # the study's fragment length window, in tokens of the model's tokenizer
     max_tokens: int = 15
+    # style "length": every prompt exactly this many input ids (special tokens included), prompt length as a
+    # controlled variable of the sweep
+    prompt_tokens: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The spec as stored (inputs files, records); prompt_tokens only when set, so files made before it existed
+        still match."""
+        d = asdict(self)
+        if d["prompt_tokens"] is None:
+            del d["prompt_tokens"]
+        return d
 
 
 @dataclass(frozen=True)

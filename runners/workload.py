@@ -10,6 +10,10 @@ Two prompt styles:
   random generator is seeded per (seed, task), so a task's fragment does not depend on which other tasks are
   selected, and the same seed gives the same fragments every time.
 - ``full`` — the whole task prompt.
+- ``length`` — prompt length as a controlled variable: per task, its prompt continued by the next tasks' prompts (in
+  HumanEval order, wrapping around) and cut so that the model's tokenizer makes exactly ``prompt_tokens`` input ids
+  of it (special tokens such as BOS included: the ids an engine gets). A task's prompt does not depend on the
+  selection.
 Selection: the first ``count`` tasks, or a seeded sample of ``count`` tasks (kept in task order).
 
 The input ids. Images carry different transformers versions, which can read one model's tokenizer files into other
@@ -26,7 +30,7 @@ import gzip
 import hashlib
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,7 +51,7 @@ class Prompt:
     index: int  # position in the selected workload
     task_id: str
     text: str
-    method: str  # "line", "span" (fragment fallback) or "full"
+    method: str  # "line", "span" (fragment fallback), "full" or "length"
     ids: tuple[int, ...] | None = None  # the input ids every engine gets (set once the workload is tokenised)
 
 
@@ -109,10 +113,43 @@ def fragment(task_prompt: str, n_tokens: Callable[[str], int], rng: random.Rando
     raise ValueError(f"no fragment of {lo}-{hi} tokens found")
 
 
+# How far a cut may move from its first guess (in tokens) while looking for a text that re-encodes to exactly N ids.
+_LENGTH_SEARCH = 8
+
+
+def of_length(tasks: list[dict], start: int, n_ids: int, tokenizer: Any) -> str:
+    """A text of the prompts from tasks[start] on (wrapping around) that the tokenizer encodes into exactly n_ids input
+    ids. The cut is made on tokens and checked by re-encoding its decoded text: merges across the cut can change the
+    count, so nearby cuts are tried before giving up."""
+    n_special = len(tokenizer("")["input_ids"])
+    text, ids, i = "", [], start
+    while len(ids) < n_ids + _LENGTH_SEARCH:
+        text += tasks[i % len(tasks)]["prompt"]
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        i += 1
+        if i - start > len(tasks):
+            break  # every prompt used: the whole dataset is shorter than n_ids
+    guess = n_ids - n_special
+    for k in sorted(range(max(1, guess - _LENGTH_SEARCH), min(len(ids), guess + _LENGTH_SEARCH) + 1),
+                    key=lambda k: abs(k - guess)):
+        cut = tokenizer.decode(ids[:k], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if len(tokenizer(cut)["input_ids"]) == n_ids:
+            return cut
+    # no token cut re-encodes to n_ids (a merge at every cut near it): the text's prefixes, character by character
+    end = len(tokenizer.decode(ids[: guess + _LENGTH_SEARCH], skip_special_tokens=False,
+                               clean_up_tokenization_spaces=False))
+    for length in range(1, min(end, len(text)) + 1):
+        if len(tokenizer(text[:length])["input_ids"]) == n_ids:
+            return text[:length]
+    raise JobError("workload.prompt_tokens", f"no text of {tasks[start]['task_id']} onwards encodes into exactly "
+                   f"{n_ids} input ids under this tokenizer", "choose another prompt_tokens")
+
+
 def load_prompts(spec: WorkloadSpec, tokenizer: Any) -> list[Prompt]:
     if spec.dataset != "humaneval":
         raise JobError("workload.dataset", f"unknown dataset {spec.dataset!r}", "use \"humaneval\"")
-    tasks = _select(humaneval_tasks(), spec)
+    every = humaneval_tasks()
+    tasks = _select(every, spec)
 
     def n_tokens(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -121,6 +158,10 @@ def load_prompts(spec: WorkloadSpec, tokenizer: Any) -> list[Prompt]:
     for i, task in enumerate(tasks):
         if spec.style == "full":
             prompts.append(Prompt(i, task["task_id"], task["prompt"], "full"))
+            continue
+        if spec.style == "length":
+            start = int(task["task_id"].split("/")[1])
+            prompts.append(Prompt(i, task["task_id"], of_length(every, start, spec.prompt_tokens, tokenizer), "length"))
             continue
         rng = random.Random(f"fragment/{spec.seed}/{task['task_id']}")
         text, method = fragment(task["prompt"], n_tokens, rng, spec.min_tokens, spec.max_tokens)
@@ -160,7 +201,7 @@ def tokenizer_identity(tokenizer: Any, model_dir: Path) -> dict[str, Any]:
 def inputs_document(spec: WorkloadSpec, prompts: list[Prompt], tokenizer: dict[str, Any],
                     made_in: dict[str, Any]) -> dict[str, Any]:
     """The inputs file: the workload's texts and ids, and who tokenised them."""
-    return {"schema": INPUTS_SCHEMA, "status": "ok", "workload": asdict(spec), "dataset": humaneval_source(),
+    return {"schema": INPUTS_SCHEMA, "status": "ok", "workload": spec.as_dict(), "dataset": humaneval_source(),
             "tokenizer": tokenizer,
             "made_in": made_in, "prompts": [{"index": p.index, "task_id": p.task_id, "text": p.text,
                                              "method": p.method, "ids": list(p.ids or ())} for p in prompts]}
@@ -177,7 +218,7 @@ def read_inputs(path: Path, spec: WorkloadSpec, model_dir: Path) -> tuple[list[P
         raise JobError("inputs", f"no readable prompt ids at {path} ({type(e).__name__})", fix) from e
     if not isinstance(doc, dict) or doc.get("schema") != INPUTS_SCHEMA or doc.get("status") != "ok":
         raise JobError("inputs", f"{path} is not an ok {INPUTS_SCHEMA} file", fix)
-    if doc.get("workload") != asdict(spec):
+    if doc.get("workload") != spec.as_dict():
         raise JobError("inputs", f"{path} was made for another workload ({doc.get('workload')})", fix)
     files = tokenizer_files(model_dir)
     if (doc.get("tokenizer") or {}).get("sha256") != files["sha256"]:

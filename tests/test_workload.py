@@ -7,7 +7,11 @@ import pytest
 
 from runners.job import WorkloadSpec
 from runners.runner import load_tokenizer
-from runners.workload import encode, humaneval_tasks, load_prompts, tokenizer_files, tokenizer_identity
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from runners.workload import (encode, humaneval_tasks, load_prompts, of_length, tokenizer_files,
+                              tokenizer_identity)
 
 
 def test_humaneval_has_164_tasks_in_order():
@@ -79,3 +83,55 @@ def test_the_tokenizer_is_identified_by_its_files_and_libraries(tokenizer, tiny_
     assert tokenizer_files(copy)["sha256"] == ident["sha256"]  # the files, not where they are
     (copy / "tokenizer.json").write_text((copy / "tokenizer.json").read_text() + " ")  # one byte more
     assert tokenizer_files(copy)["sha256"] != ident["sha256"]
+
+
+# --- prompts of a given length (style "length"): prompt length as a controlled variable --------------------------
+
+
+@pytest.fixture(scope="module")
+def every_tokenizer(tiny_models, smollm2_dir):
+    """The tokenizers of every fixture architecture (BPE with and without BOS, sentencepiece-style) and SmolLM2's."""
+    return {**{arch: load_tokenizer(path) for arch, path in tiny_models.items()}, "smollm2": load_tokenizer(smollm2_dir)}
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(arch=st.sampled_from(["gpt2", "gpt_bigcode", "gpt_neox", "bloom", "llama", "gemma", "phi", "smollm2"]),
+       task=st.integers(min_value=0, max_value=163), n=st.integers(min_value=8, max_value=700))
+def test_a_length_prompt_has_exactly_n_input_ids_under_every_tokenizer(every_tokenizer, arch, task, n):
+    tok = every_tokenizer.get(arch)
+    if tok is None:
+        pytest.skip(f"no fixture architecture {arch}")
+    spec = WorkloadSpec(style="length", prompt_tokens=n, count=None)
+    text = of_length(humaneval_tasks(), task, n, tok)
+    assert len(tok(text)["input_ids"]) == n
+    # the task's own prompt comes first
+    own = humaneval_tasks()[task]["prompt"].lstrip()
+    if len(text.strip()) >= 10:
+        assert text.lstrip()[:10] == own[:10]
+    assert spec.as_dict()["prompt_tokens"] == n
+
+
+def test_length_prompts_are_encoded_to_n_ids_and_do_not_depend_on_the_selection(tokenizer):
+    everything = {p.task_id: p for p in load_prompts(WorkloadSpec(style="length", prompt_tokens=48), tokenizer)}
+    assert len(everything) == 164 and {p.method for p in everything.values()} == {"length"}
+    sample = encode(load_prompts(WorkloadSpec(style="length", prompt_tokens=48, count=5, selection="sample", seed=3),
+                                 tokenizer), tokenizer)
+    assert [len(p.ids) for p in sample] == [48] * 5
+    assert all(everything[p.task_id].text == p.text for p in sample)
+    # a long prompt runs on into the next tasks' prompts
+    long = load_prompts(WorkloadSpec(style="length", prompt_tokens=600, count=1), tokenizer)[0]
+    assert humaneval_tasks()[1]["prompt"][:30] in long.text
+
+
+def test_a_length_the_tokenizer_cannot_make_names_the_field(every_tokenizer):
+    from runners.errors import JobError
+
+    # GPT-2's "\n\n" is one id alone and two before "def": no prefix of HumanEval/2 is two ids long
+    with pytest.raises(JobError, match="HumanEval/2 onwards encodes into exactly 2 input ids") as e:
+        of_length(humaneval_tasks(), 2, 2, every_tokenizer["gpt2"])
+    assert e.value.field == "workload.prompt_tokens"
+
+
+def test_a_workload_without_prompt_tokens_is_stored_as_before():
+    assert "prompt_tokens" not in WorkloadSpec(style="full").as_dict()
