@@ -58,9 +58,10 @@ def _run_locked(store: RunStore, plan, trials: list, shard: dict[str, Any] | Non
     from orchestrator.slurm import env_facts
 
     matrix, run_id = plan.matrix, store.run_id
-    # a sharded run's containers are its shard's: another shard's orchestrator on this node never removes them
+    # a sharded run's containers are its shard's: another shard's orchestrator on this node never removes them; nor
+    # does an orchestrator of the same run id in another results folder (another checkout)
     launcher = make_launcher(opts.launcher, run_id if shard is None else
-                             f"{run_id}@shard{shard['index']}of{shard['count']}")
+                             f"{run_id}@shard{shard['index']}of{shard['count']}", store.root)
     reporter = Reporter(console)
     # the process launcher's runner reads models as this user; containers as the images' user
     cache = ModelCache(Path(opts.cache), reader=None if launcher.name == "process" else CONTAINER_USER)

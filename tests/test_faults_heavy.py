@@ -24,7 +24,7 @@ from _models import tiny_model_dir, tiny_models  # noqa: F401  (pytest fixtures)
 from conftest import REPO, matrix_file, orchestrate
 from test_faults import fill, small_fs, trials_of  # noqa: F401  (small_fs: a pytest fixture)
 
-from orchestrator.docker_launcher import LABEL_RUN
+from orchestrator.docker_launcher import LABEL_RUN, LABEL_SCOPE, results_scope
 from orchestrator.images import ImageError, follow_build
 from orchestrator.store import RunStore
 
@@ -37,8 +37,10 @@ def opt_in(request):
         pytest.skip("opt-in: python3 -m pytest -m faults tests/test_faults_heavy.py")
 
 
-def containers_of(client, run_id: str) -> list:
-    return client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"})
+def containers_of(client, run_dir: Path) -> list:
+    """The containers of this run in this results folder (another checkout's of the same run id are not ours)."""
+    return client.containers.list(all=True, filters={"label": [f"{LABEL_RUN}={run_dir.name}",
+                                                               f"{LABEL_SCOPE}={results_scope(run_dir)}"]})
 
 
 def start(path: Path, results: Path, *launcher: str) -> subprocess.Popen:
@@ -58,7 +60,7 @@ def wait_for(proc: subprocess.Popen, ready, timeout_s: float = 900) -> None:
 def second_trial_running(client, run_dir: Path):
     """The first trial recorded and the second one's container running."""
     return lambda: len(trials_of(run_dir)) == 1 and any(c.status == "running"
-                                                         for c in containers_of(client, run_dir.name))
+                                                         for c in containers_of(client, run_dir))
 
 
 def kept(before: dict[str, bytes], after: dict[str, bytes]) -> bool:
@@ -88,7 +90,7 @@ def test_an_orchestrator_killed_mid_trial_is_resumed_without_loss(tmp_path, torc
         if proc.poll() is None:
             proc.kill()
     assert trials_of(run_dir) == finished  # byte-identical after the kill
-    orphans = containers_of(docker_client, tmp_path.name)
+    orphans = containers_of(docker_client, run_dir)
     assert orphans and list((run_dir / "work").iterdir())  # what the kill left: its container and work folder
     resumed = orchestrate("run", "--matrix", str(path), "--results", str(results), "--cache",
                           str(tmp_path / "cache"), timeout=900)
@@ -100,7 +102,7 @@ def test_an_orchestrator_killed_mid_trial_is_resumed_without_loss(tmp_path, torc
     recs = trials_of(run_dir)
     assert kept(finished, recs)
     assert len(recs) == 3 and invocations(run_dir)[-1]["counts"] == {"ok": 2, "failed": 0}  # each once
-    assert containers_of(docker_client, tmp_path.name) == [] and list((run_dir / "work").iterdir()) == []
+    assert containers_of(docker_client, run_dir) == [] and list((run_dir / "work").iterdir()) == []
 
 
 def test_a_results_disk_full_mid_trial_ends_clearly_and_a_resume_loses_nothing(tmp_path, tiny_model_dir):
@@ -172,7 +174,7 @@ def test_the_docker_engine_restarted_mid_trial_reruns_the_trial(tmp_path, torch_
     recs = trials_of(run_dir)
     assert kept(finished, recs) and len(recs) == 2
     assert invocations(run_dir)[-1]["counts"] == {"ok": 2, "failed": 0}  # the trial in flight: run again, once
-    assert containers_of(docker_client, tmp_path.name) == []
+    assert containers_of(docker_client, run_dir) == []
     images = subprocess.run(["docker", "image", "ls"], capture_output=True, text=True).stdout
     assert "slm-matrix/torch-cpu" in images
 
