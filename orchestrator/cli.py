@@ -140,16 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     except ResultsNotWritable as e:
         err_console.print(f"[red]error:[/] {escape(str(e))}")
         return 5
+    except engine_failures() as e:  # the Docker engine failed mid-run
+        err_console.print(f"[red]error:[/] the Docker engine failed: {escape(str(e))} — every finished trial is "
+                          "recorded; run the same command again to resume")
+        return 3
+    # after the engine's: requests' ConnectionError is an OSError too (it re-raised from here: exit 1, a traceback)
     except OSError as e:
         if not no_space(e):
             raise
         err_console.print(f"[red]error:[/] cannot write {escape(str(e.filename or args.results))}: {e.strerror} — "
                           "free space then resume (run the same command again): every finished trial is recorded")
         return 5
-    except engine_failures() as e:  # the Docker engine failed mid-run
-        err_console.print(f"[red]error:[/] the Docker engine failed: {escape(str(e))} — every finished trial is "
-                          "recorded; run the same command again to resume")
-        return 3
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: the trial in flight was stopped and removed; every finished trial is "
                       "recorded — run the same command again to resume")

@@ -68,6 +68,8 @@ class EngineWatch:
 
     def wait_back(self, timeout_s: float, note: Callable[[str], None]) -> bool:
         """Wait until the engine answers again; whether it did within timeout_s."""
+        if timeout_s <= 0:
+            return False
         note(f"  waiting up to {timeout_s:.0f} s for the Docker engine to answer again")
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

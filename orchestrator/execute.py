@@ -198,14 +198,27 @@ class Executor:
             except EngineWentAway as e:
                 note = lambda line: self.ui.note(escape(line))  # noqa: E731
                 note(f"{e}: the trial is not recorded")
-                if attempt == 2 or not self._watch.wait_back(ENGINE_WAIT_S, note):
+                stale = None if attempt == 2 else self._engine_back(note)
+                if stale is None:
                     raise EngineWentAway(f"{e}, and {'it went away again' if attempt == 2 else 'it did not answer'}"
                                          f" within {ENGINE_WAIT_S:.0f} s: {t.id} is not recorded — every finished "
                                          "trial is; once `docker info` answers, run the same command again") from e
-                stale = self.launcher.remove_stale()
                 note(f"  the engine answers again: removed {len(stale)} container(s) of this run; running {t.id} "
                      "again")
         raise AssertionError("unreachable")
+
+    def _engine_back(self, note) -> list[str] | None:
+        """Wait for the engine and remove what is left of the run's containers; their ids, or None when it does
+        not come back within ENGINE_WAIT_S. A stopping dockerd still answers for a moment: an answer is only trusted
+        once the clean-up went through."""
+        deadline = time.monotonic() + ENGINE_WAIT_S
+        time.sleep(5)  # let a stopping engine finish stopping
+        while self._watch.wait_back(deadline - time.monotonic(), note):
+            try:
+                return self.launcher.remove_stale()
+            except engine_failures():  # it was the old engine, going
+                time.sleep(2)
+        return None
 
     def _run_trial_once(self, t: Trial) -> dict[str, Any]:
         from orchestrator.host_energy import restrict_idle, trial_boundary
