@@ -3,8 +3,8 @@ Docker launcher records (runners/privileges.py) no effective capabilities, no-ne
 system, a pids limit in force and uid 1000 — and still generates its tokens. And the clean-up of a killed
 orchestrator's containers touches only this results folder's, never another checkout's run of the same id.
 
-The default suite runs torch-cpu; SLM_PRIVILEGE_RUNTIMES=cpu (or a comma list) runs every CPU runtime (~3 min on 2
-busy cores: conversions and vLLM's start-up)."""
+The default suite runs torch-cpu (one trial, ~15-50 s); SLM_PRIVILEGE_RUNTIMES=cpu (or a comma list) runs every CPU
+runtime (~9 min on 2 busy cores: three conversions and vLLM's start-up)."""
 
 from __future__ import annotations
 
