@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, orchestrate
+from test_privileges import locked_down_problems
 
 from orchestrator.images import discover
 
@@ -92,6 +93,8 @@ def test_image_conforms(conformance, docker_client, runtime, engine):
     assert [p["generated_tokens"] for p in rec["per_prompt"]] == [NEW_TOKENS] * PROMPTS
     assert all(len(p["output_ids"]) == NEW_TOKENS for p in rec["per_prompt"])
     assert rec["host"]["image"] == rt.image and rec["host"]["image_id"] == docker_client.images.get(rt.image).id
+    # it ran locked down, as seen from inside: no capabilities, no-new-privileges, read-only root, a pids limit, uid 1000
+    assert locked_down_problems(rec["environment"].get("privileges")) == []
     # the engine's library versions are in the record
     libraries = {k: v for k, v in rec["environment"]["libraries"].items() if v}
     assert libraries.get("transformers") and len(libraries) >= 3, libraries
