@@ -24,7 +24,8 @@ Shape (``slm-matrix.record/1``)::
     co2     {intensity_g_per_kwh|null, country_iso_code, source, reason}
     agreement null | {reference, prompts, identical, share_identical, first_divergence[]}
     environment {hostname, platform, python, cpu_model, cpu_count, gpus[], driver, cuda, libraries{}, image_id,
-                 image, runner_version}
+                 image, runner_version,
+                 privileges? {uid, gid, cap_eff, cap_bnd, no_new_privs, root_read_only, pids_max}: as seen from inside}
     host    (added by the orchestrator: its own windows around the container, idle baseline, container facts)
 
 Measured and estimated joules are never added together: ``energy_total`` and ``joules_per_token`` keep them apart.
