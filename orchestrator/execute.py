@@ -187,7 +187,10 @@ class Executor:
                 "engine": t.cell.engine, "model": t.cell.model.name, "setting": t.cell.setting.name,
                 "repetition": t.repetition, "order_index": t.order_index, "seed": m.seed, "matrix_hash": m.hash,
                 "matrix_name": m.name, "model_params_b": t.cell.model.params_b, "size_group": t.cell.model.group,
-                "image": self.launcher.image_of(t.cell.runtime.spec)}
+                "image": self.launcher.image_of(t.cell.runtime.spec),
+                # a sweep's point: the setting it came from and its axis values (the curves' x values)
+                **({"sweep_of": t.cell.setting.sweep_of, "axes": dict(t.cell.setting.axes)}
+                   if t.cell.setting.sweep_of else {})}
 
     def run_trial(self, t: Trial) -> dict[str, Any]:
         """Run and record one trial; a trial whose Docker engine went away is not recorded but run again, once,

@@ -235,9 +235,9 @@ def job_body(matrix: Matrix, runtime: RuntimeEntry, engine: str, model: ModelEnt
     return {
         "engine": engine, "device": runtime.spec.device, "precision": setting.precision,
         "model": model_spec,
-        "workload": copy.deepcopy(matrix.job["workload"]), "generation": generation,
+        "workload": {**copy.deepcopy(matrix.job["workload"]), **setting.workload}, "generation": generation,
         "warmup": copy.deepcopy(matrix.job["warmup"]), "meters": copy.deepcopy(matrix.job["meters"]),
-        "engine_options": copy.deepcopy(runtime.engine_options),
+        "engine_options": {**copy.deepcopy(runtime.engine_options), **setting.engine_options},
     }
 
 
@@ -271,6 +271,8 @@ def _matrix_key(job_field: str, r: RuntimeEntry, engine: str, s: Setting) -> str
         return f"runtimes.{r.name}.engines ({engine})"
     if head == "precision":
         return f"settings.{s.name}.precision"
+    if rest in s.axes:  # a sweep's point: the axis of the setting it came from
+        return f"settings.{s.sweep_of}.sweep.{rest}"
     if head == "generation" and rest in s.generation:
         return f"settings.{s.name}.generation.{rest}"
     return job_field

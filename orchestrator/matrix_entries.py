@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from orchestrator.images import Runtime
 from orchestrator.matrix_table import CONTAINER_KEYS, MatrixError, Table, container_limits, named_entries
+from orchestrator.sweep import overrides, parse_sweep, points
 
 SIZE_GROUPS = ("<1B", "1B–2B", "≥2B")
 MODEL_KEYS = ("hub_id", "path", "fixture", "revision", "params_b", "group", "size", "tokenizer", "seed")
@@ -21,6 +22,12 @@ class Setting:
     generation: dict[str, Any] = field(default_factory=dict)  # overrides of [generation]
     family: str | None = None  # a named group of settings (e.g. "study", "precision") selectable as one
     devices: tuple[str, ...] | None = None  # only runtimes of these devices run it (None: every runtime offering it)
+    # a point of a sweep (orchestrator/sweep.py): the setting it came from and its axis values; the job fields the
+    # axes set beyond the generation
+    sweep_of: str | None = None
+    axes: dict[str, int] = field(default_factory=dict)
+    workload: dict[str, Any] = field(default_factory=dict)  # overrides of [workload]
+    engine_options: dict[str, Any] = field(default_factory=dict)  # overrides of the runtime's engine_options
 
 
 @dataclass(frozen=True)
@@ -57,14 +64,14 @@ def family_members(names: list[str] | None, settings: dict[str, Setting]) -> lis
         return None
     out: list[str] = []
     for n in names:
-        members = [n] if n in settings else [s.name for s in settings.values() if s.family == n]
+        members = [n] if n in settings else [s.name for s in settings.values() if n in (s.family, s.sweep_of)]
         out += [m for m in members if m not in out]
     return out
 
 
 def setting_families(settings: dict[str, Setting]) -> list[str]:
     """The family names the settings declare (a family named like a setting is that setting)."""
-    return sorted({s.family for s in settings.values() if s.family} - set(settings))
+    return sorted({g for s in settings.values() for g in (s.family, s.sweep_of) if g} - set(settings))
 
 
 # --- [runtimes.<name>] ---------------------------------------------------------------------------------------------
@@ -116,10 +123,15 @@ def check_runtime_settings(src: str, runtimes: dict[str, RuntimeEntry], settings
 # --- [settings.<name>] ---------------------------------------------------------------------------------------------
 
 def parse_settings(src: str, data: Any) -> dict[str, Setting]:
-    return named_entries(src, data, "settings", lambda key, entry: _setting(src, key, entry))
+    """The settings, a swept one replaced by its points (``fp32__bs16__nt128``, in the order of the sweep)."""
+    out: dict[str, Setting] = {}
+    for name, setting in named_entries(src, data, "settings", lambda key, entry: _setting(src, key, entry)).items():
+        for point in setting:
+            out[point.name] = point
+    return out
 
 
-def _setting(src: str, key: str, data: Any) -> Setting:
+def _setting(src: str, key: str, data: Any) -> list[Setting]:
     t = Table(src, data, key)
     devices = t.get("devices", list, None, what="the devices whose runtimes run it, e.g. [\"cuda\"]")
     for i, d in enumerate(devices or ()):
@@ -128,8 +140,19 @@ def _setting(src: str, key: str, data: Any) -> Setting:
     setting = Setting(key.split(".", 1)[1], t.get("precision", str, what="e.g. \"fp32\""),
                       dict(t.table("generation")), family=t.get("family", str, None),
                       devices=tuple(devices) if devices else None)
-    t.done(["precision", "generation", "family", "devices"])
-    return setting
+    sweep = parse_sweep(src, key, t.get("sweep", dict, None, what="axes and their values, e.g. "
+                                                                "{ batch_size = [1, 4, 16] }"))
+    t.done(["precision", "generation", "family", "devices", "sweep"])
+    for axis in sweep:
+        if axis in setting.generation:
+            raise MatrixError(src, f"{key}.sweep.{axis}", f"is also fixed in {key}.generation",
+                              "keep one: the sweep's values or the fixed one")
+    if not sweep:
+        return [setting]
+    return [replace(setting, name=f"{setting.name}__{suffix}", sweep_of=setting.name, axes=point,
+                    generation={**setting.generation, **job.get("generation", {})},
+                    workload=job.get("workload", {}), engine_options=job.get("engine_options", {}))
+            for suffix, point in points(sweep) for job in (overrides(point),)]
 
 
 # --- [models.<name>] -----------------------------------------------------------------------------------------------

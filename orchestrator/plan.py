@@ -10,6 +10,8 @@ import random
 from dataclasses import dataclass
 
 from orchestrator.matrix import Matrix, MatrixError, ModelEntry, RuntimeEntry, Setting, family_members
+from orchestrator.matrix_entries import setting_families
+from orchestrator.sweep import compact_names, unhonoured
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,8 @@ class Plan:
                settings: list[str] | None = None) -> list[Trial]:
         """The trials this invocation works on (CLI filters); positions stay those of the whole matrix."""
         m = self.matrix
-        families = {s.family for s in m.settings.values() if s.family}
         for given, pool, what in ((runtimes, list(m.runtimes), "runtime"), (models, list(m.models), "model"),
-                                  (settings, [*m.settings, *sorted(families - set(m.settings))], "setting")):
+                                  (settings, [*m.settings, *setting_families(m.settings)], "setting")):
             for g in given or ():
                 if g not in pool:
                     raise MatrixError(str(m.path), f"--{what} {g}", "is not in this matrix",
@@ -84,13 +85,18 @@ def expand(matrix: Matrix) -> Plan:
                     skipped.setdefault((f"{r.name}/{e}", f"for {' and '.join(s.devices)} runtimes only"),
                                        []).append(s.name)
                     continue
+                why = unhonoured(s.axes, r.spec.device)
+                if why:
+                    skipped.setdefault((f"{r.name}/{e}", why), []).append(s.name)
+                    continue
                 if s.precision not in offered:
                     skipped.setdefault((f"{r.name}/{e}", f"engine offers {', '.join(offered)} on {r.spec.device}"),
                                        []).append(s.name)
                     continue
                 for m in matrix.models.values():
                     cells.append(Cell(r, e, m, s))
-    excluded = [f"{where} × {', '.join(names)}: {why}" for (where, why), names in skipped.items()]
+    excluded = [f"{where} × {', '.join(compact_names(names, matrix.settings.values()))}: {why}"
+                for (where, why), names in skipped.items()]
     # Canonical order first (sorted ids), then one seeded shuffle: same matrix + seed → same order anywhere.
     pending = sorted(((c, rep) for c in cells for rep in range(matrix.repetitions)),
                      key=lambda cr: (cr[0].id, cr[1]))
