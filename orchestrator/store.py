@@ -66,8 +66,8 @@ def record_problem(path: Path) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"not valid JSON (truncated?): {e}"
     if not isinstance(data, dict):
         return None, f"not a record: a JSON {type(data).__name__}, not an object"
-    if data.get("schema") not in RECORD_SCHEMAS:
-        return None, f"not a record: schema {data.get('schema')!r} (known: {', '.join(RECORD_SCHEMAS)})"
+    if "schema" in data and data["schema"] not in RECORD_SCHEMAS:  # (hand-made records may carry none)
+        return None, f"not a record: schema {data['schema']!r} (known: {', '.join(RECORD_SCHEMAS)})"
     if data.get("status") not in ("ok", "failed"):
         return None, f"not a record: status {data.get('status')!r} is neither 'ok' nor 'failed'"
     return data, None

@@ -302,3 +302,16 @@ def test_a_requeued_slurm_task_takes_over_its_own_lock_from_a_dead_node(tmp_path
     monkeypatch.setenv("PATH", str(tmp_path))  # no squeue here
     with pytest.raises(RunLocked, match="pass --break-lock"):
         RunLock(tmp_path, shard).acquire()
+
+
+def test_a_record_of_an_unknown_schema_or_status_is_not_read_as_one(tmp_path):
+    store = RunStore(tmp_path, "r")
+    store.trials_dir.mkdir(parents=True)
+    (store.trials_dir / "a.json").write_text('{"schema": "someone-else/9", "status": "ok"}')
+    (store.trials_dir / "b.json").write_text('{"status": "done"}')
+    (store.trials_dir / "c.json").write_text('{"status": "failed"}')  # hand-made, no schema: read (tests make these)
+    assert set(store.records()) == {"c"}
+    assert set(store.invalid()) == {"a", "b"} and "schema 'someone-else/9'" in store.invalid()["a"]
+    moved = store.set_aside_invalid(["a", "b", "c"])
+    assert set(moved) == {"a", "b"} and sorted(p.stem for p in store.trials_dir.glob("*.json")) == ["c"]
+    assert all((store.root / m["moved_to"]).is_file() for m in moved.values())
