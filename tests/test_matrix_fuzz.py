@@ -48,7 +48,7 @@ KNOWN = [(("matrix",), k) for k in ("runtimes", "models", "settings")] + \
     [(("agreement",), k) for k in ("engine", "precision", "devices", "threshold")] + \
     [(("container",), k) for k in ("mem_limit", "cpus", "shm_size", "timeout_s")] + \
     [(("host",), k) for k in ("gpus", "rapl_root", "idle_drift", "cooldown_margin_c", "trace_interval_s")] + \
-    [(("settings", "s"), k) for k in ("precision", "generation", "x")] + \
+    [(("settings", "s"), k) for k in ("precision", "generation", "sweep", "x")] + \
     [(("runtimes", "torch-cpu"), k) for k in ("engine_options", "settings", "image", "mem_limit", "cpus")] + \
     [(("models", "tiny-llama"), k) for k in ("hub_id", "path", "revision", "params_b", "group", "size", "tokenizer",
                                              "seed", "timeout_s")] + \
