@@ -44,6 +44,7 @@ from orchestrator.models import DEFAULT_CACHE, readability_problem
 from orchestrator.plan import expand
 from orchestrator.session import RunOptions, built_image_ids
 from orchestrator.session import run as run_session
+from orchestrator.sweep import sweeps_of
 from orchestrator.run_lock import BREAK_FLAG, RunLocked
 from orchestrator.store import ResultsNotWritable, RunConflict, RunStore, no_space
 
@@ -188,6 +189,8 @@ def cmd_plan(args) -> int:
     console.print(f"matrix {matrix.name} ({matrix.path}, sha256 {matrix.hash[:12]}), seed {matrix.seed}: "
                   f"{len(plan.cells)} cells × {matrix.repetitions} repetitions = {len(plan.trials)} trials"
                   + (f", {len(trials)} selected" if len(trials) != len(plan.trials) else ""))
+    for name, axes in sweeps_of(matrix.settings.values()).items():
+        console.print(f"  sweep {escape(name)}: {axes}")
     for x in plan.excluded:
         console.print(f"  not a cell: {escape(x)}")
     for m in matrix.models.values():  # a user's folder the containers cannot read: said now, not per failed trial

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -22,15 +23,20 @@ def print_budget(console: Console, plan, trials, results: Path, image_ids: dict[
     from orchestrator.budget import estimate, host_samples
 
     rows = estimate(plan, trials, host_samples(Path(results)), image_ids)
-    table = Table("runtime", "device", "model", "trials", "wall", "energy", "outside generate", "from")
+    # "outside": the share of a trial's wall time outside its measured generate windows; "from": what the estimate
+    # rests on, as a key into the notes below the table (one basis is shared by many rows)
+    table = _fitting_table(("runtime", "model", "trials", "wall", "energy", "outside", "from"),
+                           whole=("runtime", "model", "trials", "wall", "outside", "from"))
+    bases: dict[str, str] = {}
     total = {"cpu": [0, 0.0, 0.0, 0.0], "cuda": [0, 0.0, 0.0, 0.0]}
     unknown = extrapolated = 0
     devices = {r.name: r.spec.device for r in plan.matrix.runtimes.values()}
     for e in sorted(rows, key=lambda e: (devices[e.runtime], e.runtime, e.model)):
         dev = devices[e.runtime]
+        note = bases.setdefault(e.basis or "", f"[{len(bases) + 1}]")
         if not e.known:
             unknown += e.trials
-            table.add_row(e.runtime, dev, e.model, str(e.trials), "?", "?", "?", f"[yellow]{escape(e.basis)}[/]")
+            table.add_row(e.runtime, e.model, str(e.trials), "?", "?", "?", f"[yellow]{note}[/]")
             continue
         tot = total[dev]
         tot[0] += e.trials
@@ -40,11 +46,12 @@ def print_budget(console: Console, plan, trials, results: Path, image_ids: dict[
         mark = "≈ " if e.extrapolated else ""
         if e.extrapolated:
             extrapolated += e.trials
-        table.add_row(e.runtime, dev, e.model, str(e.trials), mark + clock(e.wall_s),
+        table.add_row(e.runtime, e.model, str(e.trials), mark + clock(e.wall_s),
                       "?" if e.energy_j is None else f"{mark}{e.energy_j / 3.6e6:.3f} kWh {e.source}",
-                      f"{100 * e.outside_s / e.wall_s:.0f} %",
-                      f"[yellow]{escape(e.basis or '')}[/]" if e.extrapolated else escape(e.basis or ""))
+                      f"{100 * e.outside_s / e.wall_s:.0f} %", f"[yellow]{note}[/]" if e.extrapolated else note)
     console.print(table)
+    for basis, note in bases.items():
+        console.print(f"  {note} {escape(basis) or 'records of this cell'}", soft_wrap=False)
     for dev, (n, wall, outside, joules) in total.items():
         if n:
             console.print(f"  {dev.upper()}: {n} trials, {clock(wall)} expected, {joules / 3.6e6:.2f} kWh, "
@@ -58,6 +65,15 @@ def print_budget(console: Console, plan, trials, results: Path, image_ids: dict[
                       "`orchestrate.py plan --calibrate` measures them (a few prompts each)")
         return None
     return sum(t[1] for t in total.values())
+
+
+def _fitting_table(columns: tuple[str, ...], whole: tuple[str, ...]) -> Table:
+    """A table whose ``whole`` columns are never cut (names a person must read: 'llamacpp-cpu', not 'llamacp…'); on
+    a narrow terminal the other columns wrap instead."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for c in columns:
+        table.add_column(c, no_wrap=c in whole, min_width=len(c) if c in whole else None, overflow="fold")
+    return table
 
 
 def print_agreement(console: Console, store) -> None:

@@ -102,3 +102,26 @@ def test_a_swept_run_records_each_points_axes_and_runs_its_batch_together(tmp_pa
         # two prompts: one batch of two, or two batches of one — run together, not one after the other
         assert rec["tokens"]["batches"] == 2 // axes["batch_size"]
         assert "padded batch" in rec["engine"]["details"]["batching"]
+
+
+def test_the_plan_of_a_sweep_stays_readable_in_80_columns(tmp_path):
+    """The budget table never cuts a runtime or model name ('llamacp…', 'bloomz-…' before): other columns give way."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    path = tmp_path / "matrix.toml"
+    path.write_text('[matrix]\nname = "wide"\nseed = 1\nrepetitions = 3\n[workload]\ncount = 2\n'
+                    '[settings.fp32]\nprecision = "fp32"\nsweep = { batch_size = [1, 2, 4, 8, 16], new_tokens = [32, 128] }\n'
+                    '[runtimes.llamacpp-cpu]\n[runtimes.torch-cpu]\n'
+                    '[models.deepseek-coder-instruct-1b3]\nfixture = "bloom"\nparams_b = 0.56\n')
+    out = subprocess.run([sys.executable, "orchestrate.py", "plan", "--matrix", str(path), "--launcher", "process",
+                          "--results", str(tmp_path / "results")], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "COLUMNS": "80"}, timeout=300)
+    assert out.returncode == 0, out.stderr
+    table = [line for line in out.stdout.splitlines() if "deepseek" in line and "__" not in line]
+    assert len(table) == 2 and all(len(line) <= 80 for line in table), table
+    assert any("llamacpp-cpu" in line and "deepseek-coder-instruct-1b3" in line for line in table), table
+    assert "fp32: batch_size 1,2,4,8,16 × new_tokens 32,128 (10 points)" in out.stdout
