@@ -80,6 +80,13 @@ mutation:
 	$(MUTATION_VENV)/bin/mutmut run $(foreach n,$(mutation_names),"$(n).*")
 	$(MUTATION_VENV)/bin/python scripts/mutation_survivors.py --out $(MUTATION_OUT) $(mutation_names)
 
+# The heavy faults (README "Faults survived"): orchestrator SIGKILLed, results disk full, Docker engine restarted
+# (restarts this host's dockerd), real failed image builds — and a larger matrix fuzz. Opt-in, ≈ 8 min.
+.PHONY: faults
+faults:
+	$(PYTHON) -m pytest -q -m faults tests/test_faults_heavy.py
+	SLM_FUZZ_EXAMPLES=2000 $(PYTHON) -m pytest -q tests/test_matrix_fuzz.py
+
 OUT ?= results/gpu-acceptance
 gpu-acceptance:
 	$(PYTHON) -m benchmarks.gpu_acceptance --out $(OUT)
