@@ -3,7 +3,8 @@
 ``load_runs(paths)`` reads every record of one or several runs (``results/<run-id>/``: every ``**/*.json`` whose
 ``schema`` is ``slm-matrix.record/1`` or ``/2``) and returns a ``Tables`` with:
 
-- ``trials``   one row per trial record (failed ones included, with their reasons)
+- ``trials``   one row per trial record (failed ones included, with their reasons), with its operating point
+               (``sweep_of`` and one column per axis: batch_size, new_tokens, prompt_tokens, threads)
 - ``prompts``  one row per prompt of every successful run trial
 - ``energy``   one row per trial × window × component figure: source, raw joules, idle watts, net joules
 - ``failures`` every failed trial and every unreadable record file, with the reason
@@ -31,6 +32,8 @@ from runners.record import PHASES as _PHASES
 PHASES = (*_PHASES, HOST_WINDOW)
 SOURCES = ENERGY_SOURCES
 NUMERIC_SUFFIXES = ("_j", "_s", "_b", "_kwh", "_median", "_mean", "_max", "_identical", "_per_token", "_per_token_net")
+# the operating point's axes, one column each (threads_asked: None where the engine chose its own)
+OPERATING_AXES = ("batch_size", "new_tokens", "prompt_tokens", "threads", "threads_asked")
 SKIP_DIRS = {"work"}  # results/<run>/work/<trial>/: the trial in flight, not yet judged by the orchestrator
 
 
@@ -123,6 +126,8 @@ def _identity(r: Record, run_dir: Path, problem: str | None) -> dict[str, Any]:
         "engine": r.engine_name or "?", "device": r.device or "?", "precision": r.precision,
         "runtime": r.runtime, "provider": r.provider, "config": r.config, "setting": r.setting,
         "batch": r.generation.get("batch_size"), "new_tokens_budget": r.generation.get("new_tokens"),
+        # the operating point (issue 24): the sweep it belongs to, its axis values (the job's where not swept)
+        "sweep_of": r.sweep_of, "swept_axes": ",".join(r.swept_axes) or None, **r.operating_point(),
         "work": r.work, "repetition": r.repetition, "order_index": t.get("order_index"),
         "matrix_name": t.get("matrix_name"), "seed": t.get("seed"), "matrix_hash": t.get("matrix_hash"),
         "dataset": r.loaded_workload.get("dataset"), "workload_seed": r.loaded_workload.get("seed"),
@@ -259,6 +264,9 @@ def load_runs(paths: Iterable[str | Path] | str | Path, *, validate: bool = True
     tdf = pd.DataFrame(trials)
     for col in tdf.columns:  # a figure missing in every record is still a number column (NaN), not an object one
         if col.endswith(NUMERIC_SUFFIXES):
+            tdf[col] = pd.to_numeric(tdf[col], errors="coerce").astype(float)
+    for col in OPERATING_AXES:  # an axis no record knows is NaN, never an object column of Nones
+        if col in tdf:
             tdf[col] = pd.to_numeric(tdf[col], errors="coerce").astype(float)
     if not tdf.empty:
         tdf = _disambiguate_configs(tdf).sort_values(["run_id", "model", "config", "repetition"],

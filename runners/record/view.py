@@ -142,6 +142,28 @@ class Record:
         return bool(self.generation.get("fixed_length", True))
 
     @property
+    def sweep_of(self) -> str | None:
+        """The swept setting this trial's operating point came from (None: a fixed setting)."""
+        return self.trial.get("sweep_of")
+
+    @property
+    def swept_axes(self) -> dict[str, int]:
+        """The axes the sweep set for this point ({} for a fixed setting)."""
+        return {k: v for k, v in mapping(self.trial.get("axes")).items() if isinstance(v, int)}
+
+    def operating_point(self) -> dict[str, int | None]:
+        """Where the trial ran, swept or not: batch size, new tokens, prompt tokens (only when the workload fixed
+        them: style "length"), threads asked for (None: the engine's default) and threads the engine says it ran.
+        Non-swept runs at different points compare on the same axes."""
+        details = mapping(at(self.data, "engine", "details"))
+        asked = self.swept_axes.get("threads", self.engine_options.get("threads"))
+        ran = next((details[k] for k in ("threads", "torch_threads", "intra_op_threads")
+                    if isinstance(details.get(k), int)), None)
+        return {"batch_size": self.generation.get("batch_size"), "new_tokens": self.generation.get("new_tokens"),
+                "prompt_tokens": self.workload.get("prompt_tokens"), "threads_asked": asked,
+                "threads": asked if asked is not None else ran}
+
+    @property
     def engine_options(self) -> dict:
         return mapping(self.job.get("engine_options"))
 
