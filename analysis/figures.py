@@ -146,6 +146,30 @@ def _power(f: Figures, ok: pd.DataFrame, series: dict) -> None:
         "closest to its configuration's median energy, or time where it has no energy figure).")
 
 
+def _batch_curves(f: Figures, op) -> None:
+    """J/token and tokens/s against batch size, per context (and threads where set) with two or more batch sizes;
+    each panel one energy source, named in its title."""
+    if op is None or op.empty:
+        return
+    p = op.points.dropna(subset=["batch_size"])
+    p = p.assign(panel=p["context"] + np.where(p["threads_key"] == "engine default", "", " · " + p["threads_key"])
+                 + "\n" + p["energy_source"].fillna("no") + " energy")
+    p = p[p.groupby(["panel", "line"])["batch_size"].transform("nunique") > 1]
+    if p.empty:
+        f.absent["batch_energy"] = "No runtime was measured at two or more batch sizes: no curve against batch size."
+        return
+    words = (" Median over repetitions with its bootstrap confidence band, one line per runtime; batch size on a "
+             "log2 axis; one panel per model, energy boundary and work, its energy source in the title (measured "
+             "and estimated figures are never on one curve).")
+    energy = p.dropna(subset=["j_per_token"])
+    if not energy.empty:
+        f.png["batch_energy"] = plots.to_png(plots.batch_curves(energy, "j_per_token", "J/token"))
+        f.captions["batch_energy"] = "J/token against batch size." + words
+    f.png["batch_speed"] = plots.to_png(plots.batch_curves(p.dropna(subset=["tokens_per_s"]), "tokens_per_s",
+                                                           "tokens/s"))
+    f.captions["batch_speed"] = "Tokens/s against batch size." + words
+
+
 def make_figures(a, src: str) -> Figures:
     """Every figure of the report (``a``: analysis.report.Analysis; ``src``: the energy source in words)."""
     f = Figures()
@@ -166,4 +190,5 @@ def make_figures(a, src: str) -> Figures:
     if not a.quality_table.empty:
         _quality(f, a.quality_table)
     _power(f, ok, a.tables.series)
+    _batch_curves(f, a.operating)
     return f

@@ -6,6 +6,7 @@ import io
 import warnings
 
 import matplotlib
+import matplotlib.ticker  # noqa: F401  (batch sizes written as numbers on the log2 axis)
 
 matplotlib.use("Agg")  # headless: the analysis runs in CI and over SSH
 import matplotlib.pyplot as plt  # noqa: E402
@@ -109,6 +110,32 @@ def quality_energy_scatter(q: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def _words(ax, title: str, xlabel: str, ylabel: str, legend: int) -> None:
+    """A panel's title, axis labels and legend (its font size)."""
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=legend, loc="best")
+
+
+def batch_curves(points: pd.DataFrame, metric: str, label: str, panel: str = "panel") -> plt.Figure:
+    """A metric's median (with its confidence band) against batch size, one line per runtime, one panel per
+    ``panel`` (one context: model, energy boundary, work); batch size on a log2 axis."""
+    panels = sorted(points[panel].unique())
+    fig, axes = _grid(len(panels), col_wrap=2, w=6.0, h=4.0)
+    pal = _palette(points["line"])
+    for ax, name in zip(axes, panels):
+        for line, g in points[points[panel] == name].sort_values("batch_size").groupby("line", sort=True):
+            ax.plot(g["batch_size"], g[metric], "o-", color=pal[line], label=line, lw=1.6)
+            ax.fill_between(g["batch_size"], g[f"{metric}_low"], g[f"{metric}_high"], color=pal[line], alpha=0.2,
+                            lw=0)
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        _words(ax, name, "batch size", label, legend=8)
+    fig.tight_layout()
+    return fig
+
+
 def savings_heatmap(matrix: pd.DataFrame, title: str) -> plt.Figure:
     """model × configuration: % energy saved against the worst configuration of the same model."""
     fig, ax = plt.subplots(figsize=(1.3 * max(len(matrix.columns), 3) + 3, 0.6 * max(len(matrix), 2) + 2.2))
@@ -143,10 +170,7 @@ def power_over_time(traces: list[tuple[str, dict]]) -> plt.Figure | None:
         for k in keys:
             y = pd.to_numeric(pd.Series(s[k]), errors="coerce").to_numpy(float)  # a missed sample is None
             ax.plot(t[: len(y)], y[: len(t)], lw=1.2, label=k)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("time in generate window (s)")
-        ax.set_ylabel(ylabel)
-        ax.legend(fontsize=7, loc="best")
+        _words(ax, title, "time in generate window (s)", ylabel, legend=7)
     fig.tight_layout()
     return fig
 

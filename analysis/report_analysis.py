@@ -11,6 +11,7 @@ import pandas as pd
 from analysis.load import Tables, load_runs
 from analysis.metrics import (add_metrics, agreement_spec, comparison_groups, flag_different_output,
                               flag_mixed_hardware, model_config_medians, with_agreement)
+from analysis.operating_points import OperatingPoints, applies, operating_points
 from analysis.quality import add_quality, load_evaluations, paired_vs_reference, quality_table
 from analysis.stats import MIN_N_TEST, Comparison, run_statistics, savings_best_worst, savings_matrix, savings_pair
 from analysis.study import DEFAULT_STUDY_CSV, STUDY_PAIR, compare_with_study, headline, our_medians, read_medians
@@ -41,6 +42,8 @@ class Analysis:
     agreement: ReferencePolicy = field(default_factory=ReferencePolicy)  # the run's reference policy (run.json)
     # trials of configurations whose repetitions came from more than one machine (kept out of every comparison)
     mixed_hardware: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # the curves against batch size and the other axes (analysis/operating_points.py); None without a sweep
+    operating: OperatingPoints | None = None
 
     @property
     def sources(self) -> list[str]:
@@ -81,6 +84,8 @@ def analyse(run_dirs, *, study_csv: str | Path | None = DEFAULT_STUDY_CSV, pairs
         study = read_medians(study_csv)
         a.study = headline(study)
         a.study_comparison = compare_with_study(our_medians(ok), study) if not ok.empty else None
+    if applies(tables.trials[tables.trials["mode"] == "run"]):
+        a.operating = operating_points(ok, tables.prompts)
     evaluations, eval_tasks = load_evaluations(tables.run_dirs)
     if not evaluations.empty:
         a.quality = add_quality(every, evaluations)  # whether answers work is shown for every configuration

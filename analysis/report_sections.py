@@ -11,6 +11,8 @@ from analysis.figures import Figures
 from analysis.quality import NONE_SOLVED
 from analysis.report_analysis import Analysis
 from analysis.report_format import html_table, md_table
+from analysis.report_operating import FIGURES as OPERATING_FIGURES
+from analysis.report_operating import section as operating_section
 from analysis.report_headlines import NO_ENERGY_WORDS, headlines
 from analysis.report_tables import (agreement_table, comparison_tables, different_table, no_reference,
                                     preparation_table, quality_display, stats_overview, summary_tables,
@@ -91,7 +93,8 @@ def render(a: Analysis, figs: Figures, title: str) -> tuple[str, str]:
            "title": title}
     h: list[str] = []
     md: list[str] = []
-    for section in (_head, _headline_section, _tables_section, _statistics_section, _quality_section,
+    for section in (_head, _headline_section, _tables_section, _operating_section, _statistics_section,
+                    _quality_section,
                     _validity_section, _savings_section, _study_section, _plots_section, _failures_section):
         section(a, h, md, ctx)
     h.append("</body></html>")
@@ -112,7 +115,9 @@ def _head(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None:
     h.append(f"<h1>{html.escape(title)}</h1><p class='muted'>Runs: {html.escape(runs)} · hosts: "
              f"{html.escape(host_words)} · generated {html.escape(stamp)}</p>")
     h.append(f"<div class='banner {kind}'>{html.escape(banner)}</div>")
-    h.append("<nav><a href='#headline'>Headline</a><a href='#tables'>Tables</a><a href='#stats'>Statistics</a>"
+    h.append("<nav><a href='#headline'>Headline</a><a href='#tables'>Tables</a>"
+             + ("<a href='#operating'>Operating points</a>" if a.operating is not None and not a.operating.empty
+                else "") + "<a href='#stats'>Statistics</a>"
              "<a href='#quality'>pass@1</a><a href='#validity'>Meter validity</a><a href='#savings'>Savings</a>"
              "<a href='#study'>Study</a><a href='#plots'>Plots</a><a href='#failures'>Failures</a></nav>")
     md += [f"# {title}", "", f"Runs: {runs} · hosts: {host_words} · generated {stamp}", "", f"> **{banner}**", ""]
@@ -154,6 +159,11 @@ def _tables_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None
     if not prep.empty:
         h.append("<h3>Preparation (model conversion, outside every measured window)</h3>" + html_table(prep))
         md += ["### Preparation (model conversion, outside every measured window)", "", md_table(prep)]
+
+
+def _operating_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None:
+    """The curves against the operating point (only for a sweep, or several values of an axis)."""
+    operating_section(a.operating, ctx["figs"], h, md)
 
 
 def _statistics_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None:
@@ -276,12 +286,16 @@ def _plots_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None:
     h.append("<h2 id='plots'>Plots</h2>")
     md += ["## Plots", ""]
     for name, png in figs.png.items():
+        if name in OPERATING_FIGURES:  # shown in their own section
+            continue
         b64 = base64.b64encode(png).decode()
         cap = html.escape(figs.captions.get(name, name))
         h.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{b64}'>"
                  f"<figcaption class='muted'>{cap}</figcaption></figure>")
         md += [f"![{figs.captions.get(name, name)}](plots/{name}.png)", ""]
     for name, why in figs.absent.items():  # a figure with nothing finite to draw: said, not drawn
+        if name in OPERATING_FIGURES:
+            continue
         h.append(f"<p class='muted'>{html.escape(why)}</p>")
         md += [f"_{why}_", ""]
 

@@ -99,12 +99,15 @@ def _per_prompt(model: str, prompts: int, batch: int, new_tokens: int, duration_
 
 def _job(model: str, runtime: str, engine: str, device: str, precision: str, run_id: str, repetition: int,
          order_index: int, seed: int, params_b: float, prompts: int, batch: int, new_tokens: int,
-         fixed_length: bool) -> dict[str, Any]:
-    """The job, with the bookkeeping the orchestrator passes through (orchestrator/execute.py, _bookkeeping)."""
-    trial = {"run_id": run_id, "trial_id": f"{run_id}-{model}-{runtime}-{precision}-r{repetition}",
-             "cell_id": f"{model}/{runtime}/{precision}/b{batch}", "runtime": runtime, "engine": engine,
-             "model": model, "setting": precision, "repetition": repetition, "order_index": order_index,
-             "seed": seed, "matrix_hash": "synthetic", "matrix_name": "synthetic", "model_params_b": params_b}
+         fixed_length: bool, sweep_of: str | None = None) -> dict[str, Any]:
+    """The job, with the bookkeeping the orchestrator passes through (orchestrator/execute.py, _bookkeeping); a
+    sweep's point (``sweep_of``) is named and carries its axes as a matrix sweep's does (orchestrator/sweep.py)."""
+    setting = precision if sweep_of is None else f"{sweep_of}__bs{batch}__nt{new_tokens}"
+    trial = {"run_id": run_id, "trial_id": f"{run_id}-{model}-{runtime}-{setting}-r{repetition}",
+             "cell_id": f"{model}/{runtime}/{setting}/b{batch}", "runtime": runtime, "engine": engine,
+             "model": model, "setting": setting, "repetition": repetition, "order_index": order_index,
+             "seed": seed, "matrix_hash": "synthetic", "matrix_name": "synthetic", "model_params_b": params_b,
+             **({"sweep_of": sweep_of, "axes": {"batch_size": batch, "new_tokens": new_tokens}} if sweep_of else {})}
     return {"schema": "slm-matrix.job/1", "engine": engine, "device": device, "precision": precision,
             "model": {"name": model, "path": f"/models/{model}"},
             "workload": {"style": "fragment", "count": prompts, "selection": "first", "seed": 2412},
@@ -121,12 +124,14 @@ def make_record(*, model: str = "tiny-a", hub_id: str | None = None, params_b: f
                 batch: int = 1, intensity_g_per_kwh: float | None = 400.0, diverge: Iterable[int] = (),
                 status: str = "ok", error: dict[str, str] | None = None, series: bool = True,
                 load_s: float = 2.0, seed: int = 0, agreement: dict[str, Any] | None = None,
-                diverge_from: int | None = None, fixed_length: bool = True) -> dict[str, Any]:
+                diverge_from: int | None = None, fixed_length: bool = True,
+                sweep_of: str | None = None) -> dict[str, Any]:
     """One schema-valid record. ``energy_j`` is the generate window's total, split over ``components`` (shares);
     ``idle_w`` goes to the runner's idle baseline, ``host_idle_w`` to the orchestrator's; ``diverge`` lists prompt
     indices whose output differs from the reference tokens (for agreement), from token ``diverge_from`` on (default:
     half way). ``source="unavailable"`` writes a trial without any energy figure (``energy_j`` is ignored);
-    ``fixed_length=False`` one asked for work as served (its own stopping), another comparison boundary."""
+    ``fixed_length=False`` one asked for work as served (its own stopping), another comparison boundary;
+    ``sweep_of`` makes it a point of that swept setting (batch size and new tokens its axes)."""
     runtime = runtime or f"{engine}-{device}"
     if components is None:
         components = ESTIMATED_COMPONENTS if source == "estimated" else (
@@ -135,7 +140,7 @@ def make_record(*, model: str = "tiny-a", hub_id: str | None = None, params_b: f
     energy = {c: energy_j * share for c, share in components.items()}
     t0 = 1_800_000_000.0 + 1000 * order_index
     job = _job(model, runtime, engine, device, precision, run_id, repetition, order_index, seed, params_b, prompts,
-               batch, new_tokens, fixed_length)
+               batch, new_tokens, fixed_length, sweep_of)
     record = new_record(job, job_hash=hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest(),
                         created_unix=t0 + 900)
     record["status"] = status
@@ -209,6 +214,43 @@ def synthetic_run(*, run_id: str = "synthetic", models=DEMO_MODELS, configs=DEMO
             status="failed" if is_failed else "ok",
             error={"phase": "load", "type": "MemoryError", "message": "synthetic: out of memory while loading"}
             if is_failed else None))
+    return records
+
+
+# A sweep with known curves (J/token, tokens/s per batch size), one new-tokens budget, 16 prompts, estimated energy:
+# torch's J/token falls to its least at batch 8 and rises again, llama.cpp's falls all the way (least at 16);
+# llama.cpp leads at batch 1–2, torch from batch 4 (one inversion). Every engine's batch of 8 or more changes
+# prompt 0's tokens after token 16 (batched kernels), so batch invariance is 15/16 there and 1 at batch 2 and 4.
+SWEEP_CURVES = {  # runtime -> (engine, batch -> (J/token, tokens/s))
+    "torch-cpu": ("torch", {1: (1.0, 20.0), 2: (0.75, 35.0), 4: (0.5, 60.0), 8: (0.4, 90.0), 16: (0.45, 100.0)}),
+    "llamacpp-cpu": ("llamacpp", {1: (0.8, 30.0), 2: (0.7, 45.0), 4: (0.6, 55.0), 8: (0.55, 60.0),
+                                  16: (0.5, 62.0)}),
+}
+# measured on another boundary (RAPL), far below both: a ranking across boundaries would put it first everywhere
+SWEEP_MEASURED = {"onnx-cpu": ("onnx", {b: (0.1, 40.0) for b in (1, 2, 4, 8, 16)})}
+SWEEP_PROMPTS, SWEEP_NEW_TOKENS, SWEEP_DIVERGE_AT = 16, 32, 8
+
+
+def sweep_run(*, run_id: str = "sweep", model: tuple[str, float] = ("smol-135m", 0.135), repetitions: int = 3,
+              noise: float = 0.01, seed: int = 0, curves=None, measured=None) -> list[dict[str, Any]]:
+    """Records of a batch-size sweep with known curves (``SWEEP_CURVES``; ``SWEEP_MEASURED`` on a measured boundary),
+    each a point of the swept setting "fp32" as the orchestrator writes it."""
+    rng = np.random.default_rng(seed)
+    runs = [(rt, e, b, jt, "estimated") for rt, (e, pts) in (SWEEP_CURVES if curves is None else curves).items()
+            for b, jt in pts.items()]
+    runs += [(rt, e, b, jt, "measured") for rt, (e, pts) in (SWEEP_MEASURED if measured is None else measured).items()
+             for b, jt in pts.items()]
+    tokens = SWEEP_PROMPTS * SWEEP_NEW_TOKENS
+    records = []
+    for order_index, ((runtime, engine, batch, (jpt, tps), source), rep) in enumerate(
+            (r, rep) for r in runs for rep in range(repetitions)):
+        wobble = float(rng.lognormal(0.0, noise))
+        records.append(make_record(
+            model=model[0], params_b=model[1], engine=engine, runtime=runtime, run_id=run_id, repetition=rep,
+            order_index=order_index, energy_j=jpt * tokens * wobble, duration_s=tokens / tps * wobble, source=source,
+            idle_w={"cpu": 2.0, "ram": 1.0} if source == "estimated" else {"cpu:package-0": 2.0, "cpu:dram-0": 0.5},
+            prompts=SWEEP_PROMPTS, new_tokens=SWEEP_NEW_TOKENS, batch=batch, sweep_of="fp32", series=False,
+            diverge=(0,) if batch >= SWEEP_DIVERGE_AT else (), diverge_from=16))
     return records
 
 

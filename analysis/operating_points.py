@@ -1,0 +1,155 @@
+"""Operating points (issue 24): J/token, tokens/s, mean power, TTFT/TPOT against batch size, new tokens, prompt
+tokens and threads, per model and runtime — the sweet spot of each runtime, the runtime ranking at each batch size
+and where it inverts, the time–energy Pareto front over the sweep, and batch invariance (the share of prompts whose
+tokens equal the same runtime's at batch 1).
+
+Figures are compared only within one context: one comparison group (a model within one energy boundary, which names
+its source, and one work) and one prompt length; rankings also hold threads fixed. A curve is therefore drawn from one
+energy source and says which. Only the rows every other comparison uses (``Analysis.ok``) enter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from analysis.figures import fronts
+from analysis.stats import median_ci
+
+AXES = ("batch_size", "new_tokens", "prompt_tokens", "threads")
+# metric column -> label; mean_w is the generate window's mean power (its energy ÷ its duration)
+CURVE_METRICS = {"j_per_token": "J/token", "tokens_per_s": "tokens/s", "mean_w": "mean W", "ttft_s_median": "TTFT s",
+                 "tpot_s_median": "TPOT s"}
+LINE_KEYS = ["runtime", "engine", "precision"]
+
+
+@dataclass
+class OperatingPoints:
+    points: pd.DataFrame  # one row per context × line × point: medians with CIs, batch invariance, Pareto membership
+    sweet_spots: pd.DataFrame  # per context × line: the point of least median J/token
+    rankings: pd.DataFrame  # per context × threads × batch size: lines ordered by median J/token
+    inversions: list[str] = field(default_factory=list)  # per context: who leads where, in words
+
+    @property
+    def empty(self) -> bool:
+        return self.points.empty
+
+
+def applies(trials: pd.DataFrame) -> bool:
+    """A run with a sweep, or more than one value of some axis within one model × runtime."""
+    if trials.empty:
+        return False
+    if "sweep_of" in trials and trials["sweep_of"].notna().any():
+        return True
+    per = trials.groupby(["model", "runtime"])[[a for a in AXES if a in trials]].nunique()
+    return bool((per > 1).any().any())
+
+
+def _with_keys(ok: pd.DataFrame) -> pd.DataFrame:
+    """Trials with ``line`` (the runtime's configuration without the point's setting), ``context`` (what may be
+    compared: comparison group, energy source, new tokens, prompt length) and ``mean_w``."""
+    t = ok.copy()
+    t["line"] = [f"{r.runtime} · {r.engine}" + ("" if r.precision == "fp32" else f" {r.precision}")
+                 for r in t.itertuples()]
+    nt = t["new_tokens"].map(lambda v: "?" if pd.isna(v) else f"{int(v)}")
+    pt = t["prompt_tokens"].map(lambda v: "" if pd.isna(v) else f", {int(v)}-token prompts")
+    # a group is one energy boundary, and a boundary names its source: one context, one source
+    t["context"] = t["group"].astype(str) + " · " + nt + " new tokens" + pt
+    t["threads_key"] = t["threads_asked"].map(lambda v: "engine default" if pd.isna(v) else f"{int(v)} threads")
+    t["mean_w"] = pd.to_numeric(t["energy_j"], errors="coerce") / pd.to_numeric(t["duration_s"], errors="coerce")
+    return t
+
+
+def batch_invariance(t: pd.DataFrame, prompts: pd.DataFrame) -> pd.Series:
+    """Per trial at batch > 1: the share of its prompts whose output ids equal the same runtime, engine, precision
+    and model's at batch 1 (other axes equal; the batch-1 trial of the lowest repetition); NaN without one."""
+    out = pd.Series(np.nan, index=t.index)
+    if prompts.empty:
+        return out
+    ids = {tid: dict(zip(g["index"], map(tuple, g["output_ids"]))) for tid, g in prompts.groupby("trial_id")}
+    same = ["run_id", "model", *LINE_KEYS, "new_tokens", "prompt_tokens", "threads_key"]
+    for _, g in t.groupby(same, dropna=False):
+        ones = g[g["batch_size"] == 1].sort_values("repetition")
+        if ones.empty or ones["trial_id"].iloc[0] not in ids:
+            continue
+        reference = ids[ones["trial_id"].iloc[0]]
+        for i, tid in g.loc[g["batch_size"] > 1, "trial_id"].items():
+            outputs = ids.get(tid, {})
+            shared = [k for k in outputs if k in reference]
+            if shared:
+                out[i] = sum(outputs[k] == reference[k] for k in shared) / len(shared)
+    return out
+
+
+def _point_rows(t: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    keys = ["model", "context", "energy_source", "line", *AXES, "threads_key"]
+    for key, g in t.groupby(keys, dropna=False, sort=True):
+        row = dict(zip(keys, key), n=len(g))
+        for col in CURVE_METRICS:
+            ci = median_ci(g[col]) if col in g else {"median": np.nan, "ci_low": np.nan, "ci_high": np.nan}
+            row.update({col: ci["median"], f"{col}_low": ci["ci_low"], f"{col}_high": ci["ci_high"]})
+        row["energy_j"] = pd.to_numeric(g["energy_j"], errors="coerce").median()
+        row["duration_s"] = pd.to_numeric(g["duration_s"], errors="coerce").median()
+        row["batch_invariance"] = g["batch_invariance"].min()  # the worst trial, as agreement reads it
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def sweet_spots(points: pd.DataFrame) -> pd.DataFrame:
+    """Per context × line: the operating point of least median J/token."""
+    p = points.dropna(subset=["j_per_token"])
+    if p.empty:
+        return pd.DataFrame(columns=["model", "context", "line", *AXES, "j_per_token"])
+    best = p.loc[p.groupby(["context", "line"], sort=True)["j_per_token"].idxmin()]
+    return best[["model", "context", "line", *AXES, "j_per_token", "tokens_per_s"]].reset_index(drop=True)
+
+
+def rankings(points: pd.DataFrame) -> pd.DataFrame:
+    """Per context × threads × batch size: the lines ordered by median J/token (one energy boundary and work each)."""
+    rows = []
+    p = points.dropna(subset=["j_per_token", "batch_size"])
+    for (context, threads, batch), g in p.groupby(["context", "threads_key", "batch_size"], sort=True):
+        order = g.sort_values(["j_per_token", "line"])
+        rows.append({"context": context, "threads": threads, "batch_size": int(batch),
+                     "ranking": " < ".join(order["line"]), "leader": order["line"].iloc[0], "lines": len(order)})
+    return pd.DataFrame(rows, columns=["context", "threads", "batch_size", "ranking", "leader", "lines"])
+
+
+def inversion_words(ranks: pd.DataFrame) -> list[str]:
+    """Per context and threads with two or more lines: who leads at which batch sizes, e.g. 'llamacpp leads at
+    batch 1–2, torch from batch 4' — or that one leads at every batch size."""
+    out = []
+    for (context, threads), g in ranks[ranks["lines"] > 1].groupby(["context", "threads"], sort=True):
+        g = g.sort_values("batch_size")
+        runs: list[list] = []  # [leader, first batch, last batch]
+        for leader, batch in zip(g["leader"], g["batch_size"]):
+            if runs and runs[-1][0] == leader:
+                runs[-1][2] = batch
+            else:
+                runs.append([leader, batch, batch])
+        where = f"{context}" + ("" if threads == "engine default" else f", {threads}")
+        if len(runs) == 1:
+            out.append(f"{where}: {runs[0][0]} uses the least J/token at every batch size measured "
+                       f"({', '.join(map(str, g['batch_size']))}); the ranking does not invert.")
+            continue
+        parts = [f"{leader} leads at batch {lo}" + (f"–{hi}" if hi != lo else "") if i == 0 else
+                 f"{leader} from batch {lo}" + (f" to {hi}" if i < len(runs) - 1 and hi != lo else "")
+                 for i, (leader, lo, hi) in enumerate(runs)]
+        out.append(f"{where}: the ranking by J/token inverts — " + ", ".join(parts) + ".")
+    return out
+
+
+def operating_points(ok: pd.DataFrame, prompts: pd.DataFrame) -> OperatingPoints:
+    """Everything the Operating points section shows, from the compared trials and their prompts."""
+    empty = pd.DataFrame()
+    if ok.empty or not applies(ok):
+        return OperatingPoints(empty, empty, empty)
+    t = _with_keys(ok)
+    t["batch_invariance"] = batch_invariance(t, prompts)
+    points = _point_rows(t)
+    points["pareto"] = fronts(points, "duration_s", "energy_j", "context")
+    ranks = rankings(points)
+    return OperatingPoints(points, sweet_spots(points), ranks, inversion_words(ranks))
