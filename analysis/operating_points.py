@@ -102,9 +102,10 @@ def sweet_spots(points: pd.DataFrame) -> pd.DataFrame:
     """Per context × line: the operating point of least median J/token."""
     p = points.dropna(subset=["j_per_token"])
     if p.empty:
-        return pd.DataFrame(columns=["model", "context", "line", *AXES, "j_per_token"])
+        return pd.DataFrame(columns=["model", "context", "energy_source", "line", *AXES, "j_per_token"])
     best = p.loc[p.groupby(["context", "line"], sort=True)["j_per_token"].idxmin()]
-    return best[["model", "context", "line", *AXES, "j_per_token", "tokens_per_s"]].reset_index(drop=True)
+    return best[["model", "context", "energy_source", "line", *AXES, "j_per_token", "tokens_per_s"]].reset_index(
+        drop=True)
 
 
 def rankings(points: pd.DataFrame) -> pd.DataFrame:

@@ -48,7 +48,8 @@ def sentences(op: OperatingPoints) -> list[str]:
     """Sweet spot per runtime, the inversions, the Pareto front, batch invariance below 1: in words."""
     out = []
     for context, g in op.sweet_spots.groupby("context", sort=True):
-        out.append(f"{context}: least J/token " + "; ".join(
+        source = g["energy_source"].iloc[0]
+        out.append(f"{context}, {'no' if pd.isna(source) else source} energy: least J/token " + "; ".join(
             f"{r.line} at batch {fmt(r.batch_size)}" + ("" if pd.isna(r.threads) else f", {fmt(r.threads)} threads")
             + f" ({fmt(r.j_per_token)} J/token, {fmt(r.tokens_per_s)} tokens/s)" for r in g.itertuples()) + ".")
     out += op.inversions

@@ -96,7 +96,8 @@ def test_report_has_the_section_and_its_plots(sweep):
     md, page = paths["markdown"].read_text(), paths["html"].read_text()
     part = md[md.index("## Operating points"):md.index("## Statistics")]
     assert "llamacpp-cpu · llamacpp leads at batch 1–2, torch-cpu · torch from batch 4" in part
-    assert "least J/token llamacpp-cpu · llamacpp at batch 16" in part and "torch-cpu · torch at batch 8" in part
+    assert "32 new tokens, estimated energy: least J/token llamacpp-cpu · llamacpp at batch 16" in part
+    assert "torch-cpu · torch at batch 8, 2 threads (0.398 J/token" in part
     assert "Pareto front in energy and time over the whole sweep — torch-cpu · torch at batch 8" in part
     assert "torch-cpu · torch at batch 8: 93.8% of prompts identical" in part
     assert "| 0.398 [" in part  # torch's median J/token at batch 8 with its interval
