@@ -32,7 +32,7 @@ MATRIX ?= matrix.toml
 RUN ?= study-2412.15441
 ORCH = $(PYTHON) orchestrate.py
 
-.PHONY: humaneval archs test test-newest test-py312 gpu-acceptance smoke matrix images images-cpu images-gpu submit status report plan
+.PHONY: humaneval archs sweep test test-newest test-py312 gpu-acceptance smoke matrix images images-cpu images-gpu submit status report plan
 
 test:
 	$(PYTHON) -m pytest -q tests
@@ -95,6 +95,13 @@ smoke:
 	$(ORCH) run --matrix matrix-smoke.toml --run-id smoke --build --strict
 	$(ORCH) run --matrix matrix-smoke-eval.toml --run-id smoke-eval --build --strict
 	$(ORCH) evaluate --run-id smoke-eval --build
+
+# Operating points (issue 24): SmolLM2-135M through every CPU runtime × batch 1–16 × new tokens 32, 128 (and threads
+# 1, 2 on torch): 162 trials, hours on 2 cores — its budget first, then the run and its report.
+sweep:
+	$(ORCH) plan --matrix matrix-sweep.toml
+	$(ORCH) run --matrix matrix-sweep.toml --run-id sweep --build
+	$(PYTHON) -m analysis report results/sweep --out results/sweep/report
 
 matrix:
 	$(ORCH) run --matrix $(MATRIX) --run-id $(RUN) --build
