@@ -99,8 +99,10 @@ def test_a_swept_run_records_each_points_axes_and_runs_its_batch_together(tmp_pa
         assert rec["trial"]["setting"] == f"fp32__bs{axes['batch_size']}__nt{axes['new_tokens']}"
         assert rec["job"]["generation"]["batch_size"] == axes["batch_size"]
         assert [p["generated_tokens"] for p in rec["per_prompt"]] == [axes["new_tokens"]] * 2
-        # two prompts: one batch of two, or two batches of one — run together, not one after the other
+        # two prompts: one batch of two, or two batches of one — run together, not one after the other: a batch takes
+        # as many decode steps as it has new tokens (an engine that ran its prompts in turn would take twice as many)
         assert rec["tokens"]["batches"] == 2 // axes["batch_size"]
+        assert [p["decode_steps"] for p in rec["per_prompt"]] == [axes["new_tokens"]] * 2
         assert "padded batch" in rec["engine"]["details"]["batching"]
 
 
