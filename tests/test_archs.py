@@ -18,6 +18,8 @@ from conftest import REPO, orchestrate
 from orchestrator.tomlw import dumps
 
 ARCHS = REPO / "matrix-archs.toml"
+# heavy (8.5 min on 2 cores): `make test-all`; `make archs` runs the whole grid
+pytestmark = pytest.mark.heavy
 CPU_RUNTIMES = ("torch-cpu", "onnx-cpu", "openvino", "llamacpp-cpu", "vllm-cpu")
 SLIDING = "mistral"
 # what each runtime does with the sliding-window model at fp32 (make archs found the same on the full workload):

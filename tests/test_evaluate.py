@@ -13,7 +13,8 @@ from conftest import REPO, orchestrate
 from evaluation import humaneval as he
 
 MATRIX = REPO / "matrix-smoke-eval.toml"
-pytestmark = pytest.mark.usefixtures("docker_client")
+# heavy (11 min on 2 cores): `make test-all` or `make smoke`; CI covers the sandbox, the executor and pass@1 apart
+pytestmark = [pytest.mark.usefixtures("docker_client"), pytest.mark.heavy]
 
 
 @pytest.fixture(scope="module")
