@@ -34,8 +34,9 @@ ORCH = $(PYTHON) orchestrate.py
 
 .PHONY: humaneval archs sweep test test-all test-newest test-py312 gpu-acceptance smoke matrix images images-cpu images-gpu submit status report plan
 
-# CI's suite: everything but the long end-to-end runs marked heavy (the evaluated smoke slice, 11 min; the
-# architectures subset, 8.5 min — cold CI had reached 79 of its 90 minutes); test-all runs them too.
+# CI's suite: everything but the long runs marked heavy (the evaluated smoke slice, 11 min; the architectures subset,
+# 8.5 min; the converting runtimes' architectures beyond CI's representative subset, 7 min; vLLM's real model —
+# cold CI had reached 79, then 62 of its 90 minutes); test-all runs them too.
 test:
 	$(PYTHON) -m pytest -q -m "not heavy" tests
 

@@ -18,6 +18,18 @@ if str(REPO) not in sys.path:  # orchestrator/ and runners/ live at the reposito
     sys.path.insert(0, str(REPO))
 
 
+def architecture_params(in_make_test: tuple[str, ...]) -> list:
+    """The seven fixture architectures as test parameters, those outside ``in_make_test`` marked heavy: make test (CI's
+    time) runs a representative subset per runtime — chosen so that across the runtimes every architecture runs —
+    and make test-all runs every one."""
+    from orchestrator import fixtures
+
+    unknown = set(in_make_test) - set(fixtures.ARCHITECTURES)
+    assert not unknown, f"not fixture architectures: {sorted(unknown)}"
+    return [pytest.param(arch, id=arch, marks=() if arch in in_make_test else pytest.mark.heavy)
+            for arch in fixtures.ARCHITECTURES]
+
+
 def docker_expected() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes") or os.environ.get("SLM_REQUIRE_DOCKER") == "1"
 

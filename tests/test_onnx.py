@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from _containers import Launch, build_image, engine_cache, summary
+from conftest import architecture_params
 from _converting_engines import tiny  # noqa: F401  (pytest fixture)
 from _converting_engines import (NEW_TOKENS, PROMPTS, agreement_line, assert_exact, assert_reused, body,
                                  build_foreign, prepare_and_run, reference_factory)
@@ -126,7 +127,7 @@ def references(tmp_path_factory):
     return reference_factory(tmp_path_factory.mktemp("onnx-references"))
 
 
-@pytest.mark.parametrize("arch", fixtures.ARCHITECTURES)
+@pytest.mark.parametrize("arch", architecture_params(("gpt2", "bloom", "phi")))
 def test_each_architecture_exports_with_past_and_generates_exactly(launch, tiny, onnx_cache, references, arch):
     model = tiny[arch]
     prep, rec = prepare_and_run(launch, model, onnx_cache, engine="onnx", reference=references(model))
@@ -148,6 +149,7 @@ def test_each_architecture_exports_with_past_and_generates_exactly(launch, tiny,
     assert all(x is None or x >= 1 for x in agreement["first_divergence"]), AGREEMENT[arch]
 
 
+@pytest.mark.heavy  # it needs all seven architectures' runs: make test-all
 def test_fp32_agreement_over_the_seven_architectures_is_at_least_95_percent():
     if len(AGREEMENT) < len(fixtures.ARCHITECTURES):
         pytest.skip("needs every architecture's run (run the whole module)")

@@ -134,6 +134,7 @@ def test_vllm_cpu_generates_exactly_and_agrees_with_torch(vllm_cpu, tiny_model_d
     assert all(x is None or x >= 1 for x in agreement["first_divergence"]), agreement
 
 
+@pytest.mark.heavy  # a real model through vLLM's CPU build (1.5 min): make test-all; the tiny runs above stay in CI
 def test_vllm_cpu_smollm2_real_model(vllm_cpu, smollm2_dir, readable_models, tmp_path_factory):
     readable_models(smollm2_dir)
     reference = _reference(tmp_path_factory.mktemp("vllm-refs-smol"), smollm2_dir, count=4, new_tokens=24)
