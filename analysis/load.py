@@ -136,6 +136,7 @@ def _identity(r: Record, run_dir: Path, problem: str | None) -> dict[str, Any]:
         "co2_intensity_g_per_kwh": r.co2.get("intensity_g_per_kwh"), "co2_source": r.co2.get("source"),
         "agreement_reference": r.agreement.get("reference"),
         "agreement_share_identical": r.agreement.get("share_identical"),
+        "batch_invariance": r.batch_invariance,
         "hostname": r.environment.get("hostname"), "cpu_model": r.environment.get("cpu_model"),
         "machine": r.machine(), "hardware": r.hardware(), "gpu_model": r.gpu_model,
         "image": r.environment.get("image"), "runner_version": r.environment.get("runner_version"),

@@ -1,7 +1,7 @@
 """Operating points (issue 24): J/token, tokens/s, mean power, TTFT/TPOT against batch size, new tokens, prompt
 tokens and threads, per model and runtime — the sweet spot of each runtime, the runtime ranking at each batch size
 and where it inverts, the time–energy Pareto front over the sweep, and batch invariance (the share of prompts whose
-tokens equal the same runtime's at batch 1).
+tokens equal the same configuration's at batch 1, as the record's agreement block gives it).
 
 Figures are compared only within one context: one comparison group (a model within one energy boundary, which names
 its source, and one work) and one prompt length; rankings also hold threads fixed. A curve is therefore drawn from one
@@ -60,27 +60,6 @@ def _with_keys(ok: pd.DataFrame) -> pd.DataFrame:
     t["threads_key"] = t["threads_asked"].map(lambda v: "engine default" if pd.isna(v) else f"{int(v)} threads")
     t["mean_w"] = pd.to_numeric(t["energy_j"], errors="coerce") / pd.to_numeric(t["duration_s"], errors="coerce")
     return t
-
-
-def batch_invariance(t: pd.DataFrame, prompts: pd.DataFrame) -> pd.Series:
-    """Per trial at batch > 1: the share of its prompts whose output ids equal the same runtime, engine, precision
-    and model's at batch 1 (other axes equal; the batch-1 trial of the lowest repetition); NaN without one."""
-    out = pd.Series(np.nan, index=t.index)
-    if prompts.empty:
-        return out
-    ids = {tid: dict(zip(g["index"], map(tuple, g["output_ids"]))) for tid, g in prompts.groupby("trial_id")}
-    same = ["run_id", "model", *LINE_KEYS, "new_tokens", "prompt_tokens", "threads_key"]
-    for _, g in t.groupby(same, dropna=False):
-        ones = g[g["batch_size"] == 1].sort_values("repetition")
-        if ones.empty or ones["trial_id"].iloc[0] not in ids:
-            continue
-        reference = ids[ones["trial_id"].iloc[0]]
-        for i, tid in g.loc[g["batch_size"] > 1, "trial_id"].items():
-            outputs = ids.get(tid, {})
-            shared = [k for k in outputs if k in reference]
-            if shared:
-                out[i] = sum(outputs[k] == reference[k] for k in shared) / len(shared)
-    return out
 
 
 def _point_rows(t: pd.DataFrame) -> pd.DataFrame:
@@ -143,13 +122,13 @@ def inversion_words(ranks: pd.DataFrame) -> list[str]:
     return out
 
 
-def operating_points(ok: pd.DataFrame, prompts: pd.DataFrame) -> OperatingPoints:
-    """Everything the Operating points section shows, from the compared trials and their prompts."""
+def operating_points(ok: pd.DataFrame) -> OperatingPoints:
+    """Everything the Operating points section shows, from the compared trials (their batch invariance is the
+    record's: runners/agreement.py compares a trial at batch > 1 with its own configuration at batch 1)."""
     empty = pd.DataFrame()
     if ok.empty or not applies(ok):
         return OperatingPoints(empty, empty, empty)
     t = _with_keys(ok)
-    t["batch_invariance"] = batch_invariance(t, prompts)
     points = _point_rows(t)
     points["pareto"] = fronts(points, "duration_s", "energy_j", "context")
     ranks = rankings(points)

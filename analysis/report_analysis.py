@@ -85,7 +85,7 @@ def analyse(run_dirs, *, study_csv: str | Path | None = DEFAULT_STUDY_CSV, pairs
         a.study = headline(study)
         a.study_comparison = compare_with_study(our_medians(ok), study) if not ok.empty else None
     if applies(tables.trials[tables.trials["mode"] == "run"]):
-        a.operating = operating_points(ok, tables.prompts)
+        a.operating = operating_points(ok)
     evaluations, eval_tasks = load_evaluations(tables.run_dirs)
     if not evaluations.empty:
         a.quality = add_quality(every, evaluations)  # whether answers work is shown for every configuration

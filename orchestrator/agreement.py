@@ -31,9 +31,12 @@ def attach(store, spec: ReferencePolicy | dict[str, Any] | None = None) -> list[
     for k, found in sorted(summary.items()):
         shares = [a["share_identical"] for a in found]
         missing = next((a["reason"] for a in found if a.get("status") != "compared"), None)
+        # at batch > 1: the worst trial's share identical to its own configuration at batch 1 (None: not compared)
+        invariance = [(a.get("batch_invariance") or {}).get("share_identical") for a in found]
         rows.append({"model": k[0], "engine": k[1], "device": k[2], "precision": k[3], "runtime": k[4] or None,
                      "setting": k[5] or None, "trials": len(found),
                      "share_identical": None if missing else min(shares), "no_reference": missing,
                      # the one verdict, as the report, the pass@1 comparison and the archs table call it
-                     "different_output": None if missing else policy.verdict(found, k[3])})
+                     "different_output": None if missing else policy.verdict(found, k[3]),
+                     "batch_invariance": min((v for v in invariance if v is not None), default=None)})
     return rows

@@ -86,14 +86,18 @@ def print_agreement(console: Console, store) -> None:
     if not rows:
         return
     table = Table(title=f"token agreement with {policy.describe()} (share of prompts identical, worst trial)")
-    for col in ("model", "runtime", "engine", "device", "precision", "setting", "trials", "identical", "same work?"):
+    # a run with batches > 1 also says how many prompts batching left as at batch 1 (the same configuration's)
+    batched = any(r["batch_invariance"] is not None for r in rows)
+    for col in ("model", "runtime", "engine", "device", "precision", "setting", "trials", "identical",
+                *(("as at batch 1",) if batched else ()), "same work?"):
         table.add_column(col)
     for r in rows:
         share = ("[red]no reference[/]" if r["no_reference"] else f"{100 * r['share_identical']:.0f} %")
         verdict = ("unknown" if r["no_reference"] else
                    f"[red]NOT THE SAME OUTPUT[/]: {escape(r['different_output'])}" if r["different_output"] else "yes")
+        invariance = "" if r["batch_invariance"] is None else f"{100 * r['batch_invariance']:.0f} %"
         table.add_row(r["model"], r.get("runtime") or "", r["engine"], r["device"], r["precision"],
-                      r.get("setting") or "", str(r["trials"]), share, verdict)
+                      r.get("setting") or "", str(r["trials"]), share, *((invariance,) if batched else ()), verdict)
     console.print(table)
 
 

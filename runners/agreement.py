@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from runners.record import work_key
+from runners.record import batch_key, batch_size, work_key
 
 # A configuration in the reference's precision whose share of identical prompts is below this did different work.
 DEFAULT_THRESHOLD = 0.95
@@ -232,11 +232,37 @@ def references(records: dict[str, dict[str, Any]], spec: Mapping[str, Any] | Non
 
 
 
+def batch_references(records: dict[str, dict[str, Any]]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """batch key -> (id, record) of the same configuration and work at batch size 1 (the smallest id): what a
+    trial at a larger batch is compared with for batch invariance."""
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for rid, rec in sorted(records.items()):
+        key = batch_key(rec)
+        if key is not None and batch_size(rec) == 1 and rec.get("status") == "ok" and key not in out:
+            out[key] = (rid, rec)
+    return out
+
+
+def batch_invariance(record: dict[str, Any], held: tuple[str, dict[str, Any]] | None) -> dict[str, Any]:
+    """A trial at batch size > 1 against its own configuration at batch size 1: the share of prompts whose tokens
+    batching left unchanged (padding, other kernels for other shapes and a scheduler may move a near-tie)."""
+    if held is None:
+        return {"status": "no-reference", "reference": None, "share_identical": None,
+                "reason": "no ok record of this configuration and work at batch size 1 in this run"}
+    ref_id, ref = held
+    compared = token_agreement(record, ref, ref_id)
+    keep = ("status", "reason", "reference", "prompts", "identical", "share_identical", "first_divergence",
+            "other_prompt_ids")
+    return {k: compared[k] for k in keep}
+
+
 def attach_all(records: dict[str, dict[str, Any]], spec: Mapping[str, Any] | None = None) -> list[str]:
     """Set ``agreement`` on every ok run record (in place) under the policy ``spec`` (a ReferencePolicy, or its
-    dict; defaults where None); return the ids whose agreement changed."""
+    dict; defaults where None) — with ``batch_invariance`` for a trial at batch size > 1; return the ids whose
+    agreement changed."""
     ref_policy = ReferencePolicy.from_spec(spec)
     refs = references(records, ref_policy)
+    at_batch_1 = batch_references(records)
     changed = []
     for rid, rec in records.items():
         if rec.get("status") != "ok" or rec.get("mode", "run") != "run":
@@ -249,6 +275,8 @@ def attach_all(records: dict[str, dict[str, Any]], spec: Mapping[str, Any] | Non
         else:
             ref_id, ref = held
             new = token_agreement(rec, ref, ref_id)
+        if batch_size(rec) > 1:
+            new["batch_invariance"] = batch_invariance(rec, at_batch_1.get(batch_key(rec)))
         if rec.get("agreement") != new:
             rec["agreement"] = new
             changed.append(rid)

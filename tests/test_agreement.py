@@ -124,3 +124,51 @@ def test_the_verdict_reads_a_records_agreement_and_the_reports_columns_alike():
     # the worst trial speaks, and another input in any trial counts
     assert verdict([{**column_style, "share_identical": 1.0}, column_style], "fp32") is not None
     assert verdict([{**column_style, "share_identical": 1.0}, {**counted, "share_identical": 1.0}], "fp32") is not None
+
+
+def test_a_trial_at_batch_4_is_compared_with_its_own_configuration_at_batch_1():
+    """Batch invariance: the share of prompts whose tokens batching left unchanged, against the same runtime,
+    engine, precision and work at batch 1 — never another runtime's or precision's batch-1 trial."""
+    from analysis.synthetic import make_record
+    from runners.agreement import attach_all
+    from runners.record import Record
+
+    records = {
+        "bs1": make_record(batch=1, order_index=0),
+        "bs4": make_record(batch=4, order_index=1, diverge=(1,)),  # prompt 1 changed by batching
+        "bs2": make_record(batch=2, order_index=2),
+        # the same engine and precision at batch 1, but another runtime (image) or precision: not its reference
+        "other-rt-bs4": make_record(batch=4, runtime="torch-cpu-1t", order_index=3),
+        "bf16-bs1": make_record(batch=1, precision="bf16", order_index=4),
+        "bf16-bs4": make_record(batch=4, precision="bf16", order_index=5, diverge=(0, 2)),
+    }
+    attach_all(records)
+    inv = {rid: rec["agreement"].get("batch_invariance") for rid, rec in records.items()}
+    assert inv["bs1"] is None and inv["bf16-bs1"] is None  # batch 1 is the reference, not a figure
+    assert inv["bs4"]["reference"] == "bs1" and inv["bs4"]["prompts"] == 4
+    assert inv["bs4"]["share_identical"] == 0.75 and inv["bs4"]["first_divergence"][1] is not None
+    assert inv["bs2"]["share_identical"] == 1.0
+    assert inv["bf16-bs4"]["reference"] == "bf16-bs1" and inv["bf16-bs4"]["share_identical"] == 0.5
+    assert inv["other-rt-bs4"]["status"] == "no-reference" and "batch size 1" in inv["other-rt-bs4"]["reason"]
+    # agreement with the reference configuration stays what it was: torch fp32 at the same point (batch 4)
+    assert records["bs4"]["agreement"]["reference"] == records["other-rt-bs4"]["agreement"]["reference"] == "bs4"
+    assert Record(records["bs4"]).batch_invariance == 0.75 and Record(records["bs1"]).batch_invariance is None
+
+
+def test_the_runs_agreement_summary_gives_each_configurations_worst_batch_invariance(tmp_path):
+    from rich.console import Console
+
+    from analysis.synthetic import make_record
+    from orchestrator.summary import print_agreement
+
+    store = RunStore(tmp_path, "batches")
+    store.trials_dir.mkdir(parents=True, exist_ok=True)
+    for rid, rec in {"a1": make_record(batch=1), "b4": make_record(batch=4, order_index=1, diverge=(3,)),
+                     "c4": make_record(batch=4, order_index=2, repetition=1, diverge=(2, 3))}.items():
+        store.write_trial(rid, rec)
+    row, = attach(store)  # one configuration (not a sweep: one setting), three trials
+    assert row["trials"] == 3 and row["batch_invariance"] == 0.5  # the worse of 3/4 and 2/4; batch 1 has none
+    console = Console(record=True, width=200)
+    print_agreement(console, store)
+    text = console.export_text()
+    assert "as at batch 1" in text and "50 %" in text

@@ -140,6 +140,25 @@ def work_key(record: dict[str, Any]) -> str | None:
     return json.dumps([at(record, "model", "name"), job.get("workload"), job.get("generation")], sort_keys=True)
 
 
+
+def batch_key(record: dict[str, Any]) -> str | None:
+    """The work key and the whole configuration (runtime, engine, device, precision, options, every other axis) but
+    the batch size: records with the same key differ only in how many prompts ran together, so their tokens should
+    be the same — batch invariance compares them."""
+    job = mapping(record.get("job"))
+    if not job.get("model"):
+        return None
+    config = {k: v for k, v in job.items() if k not in ("schema", "trial", "model", "generation")}
+    generation = {k: v for k, v in mapping(job.get("generation")).items() if k != "batch_size"}
+    return json.dumps([at(record, "model", "name"), at(record, "trial", "runtime"), config, generation],
+                      sort_keys=True, default=str)
+
+
+def batch_size(record: dict[str, Any]) -> int:
+    """The batch size the job asked for (1 when it did not say)."""
+    value = mapping(mapping(record.get("job")).get("generation")).get("batch_size")
+    return value if isinstance(value, int) and value > 0 else 1
+
 def upgrade(data: dict[str, Any]) -> dict[str, Any]:
     """A record of an older released schema in today's shape (a new dict; the input is left as it was).
 

@@ -290,6 +290,12 @@ class Record:
         return mapping(self.data.get("agreement"))
 
     @property
+    def batch_invariance(self) -> float | None:
+        """Share of prompts identical to this configuration's own at batch size 1 (trials at batch > 1 that had
+        one in their run; None otherwise)."""
+        return mapping(self.agreement.get("batch_invariance")).get("share_identical")
+
+    @property
     def co2(self) -> dict:
         return mapping(self.data.get("co2"))
 
