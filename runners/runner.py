@@ -84,6 +84,10 @@ def _batches(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
+class SerialisedBatch(RuntimeError):
+    """An engine ran a batch's prompts one after another while saying it batched them."""
+
+
 class TrialRun:
     """One runner invocation of a job (the orchestrator's plan.Trial is a place in the matrix; this is its run)."""
 
@@ -256,11 +260,31 @@ class TrialRun:
                                        "decode_steps": len(steps),
                                        "output_ids": [int(t) for t in out]})
         self.record["phases"]["generate"] = w.result
+        if ignore_eos:
+            self._check_batched(per_prompt)
         self._decode(per_prompt)
         if not ignore_eos:
             self._check_stopping(per_prompt, stop)
         self.record["per_prompt"] = per_prompt
         self._summarise(w.result, per_prompt, len(self.batches), w.intensity_g_per_kwh)
+
+    def _check_batched(self, per_prompt: list[dict]) -> None:
+        """At fixed length a batch of B prompts is one decode step per token for all of them; an engine that stepped
+        through them in turn (B × N steps) ran batch 1 B times, and its figures would be batch 1's under batch B's
+        name. It must say so (its batching mode "sequential …", e.g. llama.cpp's option) or the trial fails."""
+        if str(self.engine.describe().get("batching") or "").startswith("sequential"):
+            return
+        for b, members in enumerate(self.batches):
+            entries = [p for p in per_prompt if p["batch"] == b]
+            lengths = [p["generated_tokens"] for p in entries]
+            steps = max((p["decode_steps"] for p in entries), default=0)
+            # a scheduler may take a step or two more than the longest output; prompts in turn take their sum
+            if len(members) > 1 and steps > max(lengths) + 1 and steps >= sum(lengths):
+                raise SerialisedBatch(
+                    f"batch {b}: {steps} decode steps for {len(members)} prompts of {max(lengths)} tokens — the "
+                    f"engine ran them one after another while it says {self.engine.describe().get('batching')!r}; "
+                    "a serialised batch is not batch " f"{len(members)}: make the engine batch, or declare its "
+                    "batching sequential")
 
     def _decode(self, per_prompt: list[dict]) -> None:
         """The text of every output, after the measured window (decoding is not serving work): up to the first EOS,

@@ -230,3 +230,26 @@ def test_todays_architectures_generate_exactly_and_batching_keeps_the_tokens(arc
     shape = single["workload"]["shape"]
     assert shape["longest_prompt"] + 24 > fixtures.SLIDING_WINDOW  # the window is crossed
     assert [p["output_ids"] for p in batched["per_prompt"]] == [p["output_ids"] for p in single["per_prompt"]]
+
+
+def test_an_engine_that_runs_a_batch_one_prompt_after_another_fails_the_trial(tiny_model_dir, monkeypatch):
+    """Torch made to loop over a batch's prompts (while still calling itself a padded batch): the trial fails with
+    the reason instead of recording batch 1's figures as batch 4's; the same loop declared sequential is recorded."""
+    from runners.engines.torch_engine import TorchEngine
+
+    batched = TorchEngine.generate
+
+    def in_turn(self, prompts, max_new_tokens, ignore_eos, on_step, stop=None):
+        return [batched(self, [p], max_new_tokens, ignore_eos, on_step, stop)[0] for p in prompts]
+
+    monkeypatch.setattr(TorchEngine, "generate", in_turn)
+    record = run(tiny_model_dir, generation={"new_tokens": 6, "batch_size": 4}, warmup={"batches": 0})
+    assert record["status"] == "failed" and record["error"]["type"] == "SerialisedBatch", record["error"]
+    assert "24 decode steps for 4 prompts of 6 tokens" in record["error"]["message"]
+    assert record["error"]["phase"] == "generate"
+
+    honest = TorchEngine.describe
+    monkeypatch.setattr(TorchEngine, "describe",
+                        lambda self: {**honest(self), "batching": "sequential prompts (one at a time)"})
+    record = run(tiny_model_dir, generation={"new_tokens": 6, "batch_size": 4}, warmup={"batches": 0})
+    assert record["status"] == "ok" and record["per_prompt"][0]["decode_steps"] == 24
