@@ -24,6 +24,7 @@ from orchestrator.images import Runtime, stale_problem
 from orchestrator.launch import LaunchSpec
 from orchestrator.models import ModelCache
 from orchestrator.plan import Cell, Plan, Trial
+from orchestrator.power_cap import CapFailed, PowerCap, note_path, problem, requested_w, setting_field
 from orchestrator.prepare import Preparer, cell_job
 from orchestrator.store import RunStore, failed_record
 
@@ -50,6 +51,8 @@ class Executor:
         self.idle_temps: dict[int, float] = {}
         self.baseline = None  # orchestrator.idle.IdleBaseline, with the meters
         self.node = node or {}  # {shard, slurm}: where on a cluster this invocation runs, for every record
+        self.cap_note = note_path(store.root, self.node.get("shard"))  # orchestrator/power_cap.py
+        self._cap_problems: dict[int, str | None] = {}  # watts -> why this host cannot cap its GPUs at that
         self.preparer = Preparer(self)
         client = getattr(launcher, "client", None)  # the Docker launcher's engine (none for the process launcher)
         self._watch = EngineWatch(client) if client is not None else None
@@ -68,9 +71,22 @@ class Executor:
                 sel.done.append(t)
             elif t.cell.runtime.spec.gpu and self.gpu_problem():
                 sel.skipped[t.id] = f"{t.cell.runtime.name} needs a GPU: {self.gpu_problem()}"
+            elif self.cap_problem(t.cell):
+                sel.skipped[t.id] = f"{t.cell.setting.name} caps the GPU power: {self.cap_problem(t.cell)}"
             else:
                 sel.todo.append(t)
         return sel
+
+    def cap_problem(self, cell: Cell) -> str | None:
+        """Why this host cannot set the cell's GPU power cap (its trials are skipped, never run uncapped); None when
+        it can or the cell asks for none. A cap outside the GPUs' range stops the run (MatrixError, with the range)."""
+        watts = requested_w(cell.setting, cell.runtime.spec.gpu)
+        if watts is None:
+            return None
+        if watts not in self._cap_problems:
+            self._cap_problems[watts] = problem(self.plan.matrix.host["gpus"], watts, str(self.plan.matrix.path),
+                                                setting_field(cell.setting))
+        return self._cap_problems[watts]
 
     def prepare(self, sel: Selection, build: bool) -> dict[str, str]:
         """Before the first trial: leftovers of a killed orchestrator removed, images ready, models and conversions
@@ -170,16 +186,21 @@ class Executor:
         for t in todo:
             self.ui.trial_started(t)
             if t.cell.id in broken:
-                job = cell_job(self.plan, t.cell, self.cache)
-                job["trial"] = self._bookkeeping(t)
-                record = failed_record(job, "prepare", "PrepareFailed", broken[t.cell.id])
-                record["host"] = None
-                self.store.write_trial(t.id, record)
+                record = self._not_launched(t, "prepare", "PrepareFailed", broken[t.cell.id])
             else:
                 record = self.run_trial(t)
             counts[record["status"]] += 1
             self.ui.trial_finished(t, record)
         return counts
+
+    def _not_launched(self, t: Trial, phase: str, error_type: str, message: str) -> dict[str, Any]:
+        """The failed record of a trial that could not be launched (nothing was measured), written."""
+        job = cell_job(self.plan, t.cell, self.cache)
+        job["trial"] = self._bookkeeping(t)
+        record = failed_record(job, phase, error_type, message)
+        record["host"] = None
+        self.store.write_trial(t.id, record)
+        return record
 
     def _bookkeeping(self, t: Trial) -> dict[str, Any]:
         m = self.plan.matrix
@@ -224,6 +245,23 @@ class Executor:
         return None
 
     def _run_trial_once(self, t: Trial) -> dict[str, Any]:
+        cap = PowerCap(self.cap_note, self.plan.matrix.host["gpus"],
+                       requested_w(t.cell.setting, t.cell.runtime.spec.gpu), t.id)
+        try:
+            with cap:  # set before the cooldown and the idle baseline; restored however the trial ends
+                record, spec = self._measure(t)
+        except CapFailed as e:
+            return self._not_launched(t, "power_cap", "PowerCapFailed", str(e))
+        if cap.restore_error:
+            self.ui.note(f"[red]the GPU power limit could not be restored:[/] {escape(cap.restore_error)} — the "
+                         f"next start restores it from {escape(str(self.cap_note))}")
+        record["host"].update(cap.block())
+        self.store.write_trial(t.id, record)
+        shutil.rmtree(spec.work, ignore_errors=True)
+        return record
+
+    def _measure(self, t: Trial) -> tuple[dict[str, Any], LaunchSpec]:
+        """Cooldown, idle baseline and the launch of one trial: its record with the host block (not written yet)."""
         from orchestrator.host_energy import restrict_idle, trial_boundary
 
         meters = self.meters()
@@ -242,9 +280,7 @@ class Executor:
         facts.node = {"hostname": socket.gethostname(), **self.node}
         facts.recorded_unix = time.time()
         record["host"] = facts.as_dict()
-        self.store.write_trial(t.id, record)
-        shutil.rmtree(spec.work, ignore_errors=True)
-        return record
+        return record, spec
 
     def _launch_watched(self, spec: LaunchSpec, t: Trial) -> tuple[dict[str, Any], HostFacts]:
         """launch(), EngineWentAway when the Docker engine went away under the trial (a connection error out of it,

@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from orchestrator.launchers import make_launcher
 from orchestrator.models import CONTAINER_USER, ModelCache
+from orchestrator.power_cap import recover
 from orchestrator.run_lock import RunLock
 from orchestrator.store import RunStore, no_space
 from orchestrator.summary import print_agreement, print_budget
@@ -67,6 +68,9 @@ def _run_locked(store: RunStore, plan, trials: list, shard: dict[str, Any] | Non
     cache = ModelCache(Path(opts.cache), reader=None if launcher.name == "process" else CONTAINER_USER)
     ex = Executor(plan, store, launcher, cache, reporter, retry_failed=opts.retry_failed,
                   node={"shard": shard, "slurm": env_facts()})
+    entry["power_cap_recovered"] = recover(ex.cap_note)  # GPU limits a killed orchestrator left capped, restored
+    for line in entry["power_cap_recovered"]:
+        console.print(f"[yellow]{escape(line)}[/]")
     entry["set_aside"] = set_aside = store.set_aside_invalid([t.id for t in trials])
     for trial_id, moved in set_aside.items():
         console.print(f"[yellow]record of {trial_id} is invalid[/] ({escape(moved['reason'])}): moved to "

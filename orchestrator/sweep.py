@@ -11,7 +11,9 @@ The matrix expands the product into one setting per point, named ``fp32__bs16__n
 selects them all) and its axis values (``axes``, in every record's trial block). An axis sets the job field a fixed
 setting would: ``batch_size`` and ``new_tokens`` the generation, ``prompt_tokens`` the workload (prompts of exactly N
 input ids: style "length"), ``threads`` the engine's CPU threads (CPU runtimes only: a CUDA runtime's cells of that
-setting are left out with the reason, never run with the axis ignored).
+setting are left out with the reason, never run with the axis ignored). ``power_limit_w`` sets no job field: the host
+caps the trial's GPUs at that many watts (orchestrator/power_cap.py; CUDA runtimes only, a CPU runtime's cells are
+left out with the reason).
 """
 
 from __future__ import annotations
@@ -27,13 +29,15 @@ AXES: dict[str, tuple[str, str]] = {
     "new_tokens": ("generation", "nt"),
     "prompt_tokens": ("workload", "pt"),
     "threads": ("engine_options", "th"),
+    "power_limit_w": ("host", "pl"),  # the host sets it around the trial (orchestrator/power_cap.py), not the job
 }
-# axes the issue asks for that need a GPU host to be honoured (set and restore an NVML power limit, several GPUs per
-# trial): refused by name until they are built, never accepted and ignored
-NOT_YET = {"power_limit_w": "a GPU power cap per trial is not built yet",
-           "gpus": "several GPUs per trial are not built yet"}
+# axes the issue asks for that need a GPU host to be honoured (several GPUs per trial): refused by name until they are
+# built, never accepted and ignored
+NOT_YET = {"gpus": "several GPUs per trial are not built yet"}
 # axes only a CPU engine can honour, and why
 CPU_ONLY = {"threads": "threads sets a CPU engine's threads; a CUDA engine's decode does not run on them"}
+# axes only a GPU engine can honour, and why
+GPU_ONLY = {"power_limit_w": "power_limit_w caps a GPU's power through NVML; a CPU engine runs on no GPU"}
 
 
 def parse_sweep(src: str, key: str, data: Any) -> dict[str, tuple[int, ...]]:
@@ -76,7 +80,8 @@ def overrides(point: dict[str, int]) -> dict[str, dict[str, Any]]:
     """What a point sets in the job: {section: {field: value}}."""
     out: dict[str, dict[str, Any]] = {}
     for axis, value in point.items():
-        out.setdefault(AXES[axis][0], {})[axis] = value
+        if AXES[axis][0] != "host":
+            out.setdefault(AXES[axis][0], {})[axis] = value
     if "prompt_tokens" in point:
         out["workload"]["style"] = "length"
     return out
@@ -84,11 +89,8 @@ def overrides(point: dict[str, int]) -> dict[str, dict[str, Any]]:
 
 def unhonoured(point: dict[str, int], device: str) -> str | None:
     """Why a runtime of this device cannot honour the point's axes (None: it can)."""
-    if device != "cpu":
-        for axis in point:
-            if axis in CPU_ONLY:
-                return CPU_ONLY[axis]
-    return None
+    refused = GPU_ONLY if device == "cpu" else CPU_ONLY
+    return next((refused[axis] for axis in point if axis in refused), None)
 
 
 def compact(sweep: dict[str, tuple[int, ...]]) -> str:

@@ -6,6 +6,9 @@ counter traces shaped like NVML's: the total-energy counter in mJ moves in steps
 power, and ``nvmlDeviceGetPowerUsage`` (mW) is an independent reading, so a meter that integrated power instead of
 differencing the counter gives a different number. On a GPU host the real library is used (tests/test_meters.py
 runs the meter for real there).
+
+The power-management limit is replayed too (orchestrator/power_cap.py): read, set within the board's constraints,
+and refused with NVML's NoPermission error while ``may_set`` is False (a process that is not root).
 """
 
 from __future__ import annotations
@@ -17,8 +20,14 @@ from dataclasses import dataclass
 from _known_rate import KnownRate
 
 
+# NVML's return codes that nvidia-ml-py gives as NVMLError.value (the same numbers as the library's)
+NVML_ERROR_INVALID_ARGUMENT, NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_NO_PERMISSION = 2, 3, 4
+
+
 class NVMLError(Exception):
-    pass
+    def __init__(self, message: str, value: int | None = None):
+        super().__init__(message)
+        self.value = value
 
 
 @dataclass
@@ -35,12 +44,27 @@ class FakeGpu:
     mem_clock_mhz: int | None = 3201  # NVML's max memory clock (an H200's); None: the query is not supported
     bus_width_bits: int | None = 6144
     power_limit_w: float | None = 700.0  # the power-limit constraint's maximum; None: the query is not supported
+    min_limit_w: float = 100.0  # the power-limit constraint's minimum
+    limit_w: float | None = None  # the power-management limit set now (None: the maximum); also the enforced one
+    may_set: bool = True  # False: setting the limit raises NoPermission (NVML's answer to a process that is not root)
     fail: bool = False  # every energy read raises NVMLError while set (e.g. "GPU is lost", "Unknown Error")
     offset_mj: int = 0  # added to the counter: a negative jump is a reset (e.g. a driver reload)
 
     def __post_init__(self):
         self.t0 = time.monotonic()
         self.rate = KnownRate(self.watts, self.t0)  # the board's power, changeable with set_watts
+        if self.limit_w is None:
+            self.limit_w = self.power_limit_w
+        self.limits_set: list[tuple[float, float]] = []  # every limit set through NVML: (unix time, W), in order
+
+    def set_limit_mw(self, mw: int) -> None:
+        if not self.may_set:
+            raise NVMLError("Insufficient Permissions", NVML_ERROR_NO_PERMISSION)
+        high = _supported(self.power_limit_w)
+        if not self.min_limit_w * 1000 <= mw <= high * 1000:
+            raise NVMLError("Invalid Argument", NVML_ERROR_INVALID_ARGUMENT)
+        self.limit_w = mw / 1000
+        self.limits_set.append((time.time(), self.limit_w))
 
     def set_watts(self, watts: float) -> float:
         """A power step now (the counter's increments follow; the power readings too); returns its instant."""
@@ -59,17 +83,27 @@ class FakeGpu:
 
 def _supported(value):
     if value is None:
-        raise NVMLError("Not Supported")
+        raise NVMLError("Not Supported", NVML_ERROR_NOT_SUPPORTED)
     return value
+
+
+def _by_uuid(gpus: list[FakeGpu], uuid: str) -> FakeGpu:
+    for g in gpus:
+        if g.uuid == uuid:
+            return g
+    raise NVMLError("Not Found")
 
 
 def module(gpus: list[FakeGpu]) -> types.ModuleType:
     m = types.ModuleType("pynvml")
     m.NVMLError = NVMLError
+    m.NVML_ERROR_INVALID_ARGUMENT, m.NVML_ERROR_NOT_SUPPORTED = NVML_ERROR_INVALID_ARGUMENT, NVML_ERROR_NOT_SUPPORTED
+    m.NVML_ERROR_NO_PERMISSION = NVML_ERROR_NO_PERMISSION
     m.NVML_TEMPERATURE_GPU = 0
     m.nvmlInit = lambda: None
     m.nvmlDeviceGetCount = lambda: len(gpus)
     m.nvmlDeviceGetHandleByIndex = lambda i: gpus[i]
+    m.nvmlDeviceGetHandleByUUID = lambda uuid: _by_uuid(gpus, uuid)
     m.nvmlDeviceGetUUID = lambda h: h.uuid
     m.nvmlDeviceGetName = lambda h: h.name
     m.nvmlDeviceGetTotalEnergyConsumption = lambda h: h.energy_mj()
@@ -80,8 +114,11 @@ def module(gpus: list[FakeGpu]) -> types.ModuleType:
     m.NVML_CLOCK_MEM = 2
     m.nvmlDeviceGetMaxClockInfo = lambda h, kind: _supported(h.mem_clock_mhz if kind == m.NVML_CLOCK_MEM else None)
     m.nvmlDeviceGetMemoryBusWidth = lambda h: _supported(h.bus_width_bits)
-    m.nvmlDeviceGetPowerManagementLimitConstraints = lambda h: (100_000, int(_supported(h.power_limit_w) * 1000))
-    m.nvmlDeviceGetEnforcedPowerLimit = lambda h: int(_supported(h.power_limit_w) * 1000)
+    m.nvmlDeviceGetPowerManagementLimitConstraints = lambda h: (int(h.min_limit_w * 1000),
+                                                                int(_supported(h.power_limit_w) * 1000))
+    m.nvmlDeviceGetPowerManagementLimit = lambda h: int(_supported(h.limit_w) * 1000)
+    m.nvmlDeviceGetEnforcedPowerLimit = lambda h: int(_supported(h.limit_w) * 1000)
+    m.nvmlDeviceSetPowerManagementLimit = lambda h, mw: h.set_limit_mw(mw)
     m.nvmlSystemGetDriverVersion = lambda: "590.00"
     m.nvmlSystemGetCudaDriverVersion_v2 = lambda: 13000
     return m

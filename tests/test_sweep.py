@@ -60,9 +60,26 @@ def test_an_axis_a_cuda_engine_cannot_honour_leaves_its_cells_out_with_the_reaso
     assert "fp32 (sweep, 8 points)" in line and "threads sets a CPU engine's threads" in line
 
 
+def test_a_power_cap_is_a_cuda_axis_and_a_cpu_runtime_leaves_its_cells_out_with_the_reason(tmp_path):
+    """power_limit_w is the host's (orchestrator/power_cap.py, tests/test_power_cap.py): it names the point, never a
+    job field; a CPU runtime never runs the point with the cap ignored."""
+    m = load(_matrix(tmp_path, '[settings.fp32]\nprecision = "fp32"\nsweep = { power_limit_w = [175, 250], '
+                                'batch_size = [1, 4] }\n', runtimes='[runtimes.torch-cuda]\nengines = ["torch"]\n'))
+    assert list(m.settings) == ["fp32__bs1__pl175", "fp32__bs1__pl250", "fp32__bs4__pl175", "fp32__bs4__pl250"]
+    point = m.settings["fp32__bs4__pl175"]
+    assert point.axes == {"batch_size": 4, "power_limit_w": 175}
+    job = job_body(m, m.runtimes["torch-cuda"], "torch", m.models["tiny"], point, {"name": "tiny", "path": "/m"})
+    assert "power_limit_w" not in json.dumps(job) and job["generation"]["batch_size"] == 4
+    plan = expand(m)
+    assert {c.runtime.name for c in plan.cells} == {"torch-cuda"} and len(plan.cells) == 4
+    (line,) = [x for x in plan.excluded if x.startswith("torch-cpu/torch")]
+    assert "fp32 (sweep, 4 points)" in line and "power_limit_w caps a GPU's power" in line
+
+
 @pytest.mark.parametrize("sweep, key, words", [
     ("{ batch_sizes = [1, 2] }", "settings.fp32.sweep.batch_sizes", "not a sweep axis"),
-    ("{ power_limit_w = [150, 250] }", "settings.fp32.sweep.power_limit_w", "not built yet"),
+    ("{ gpus = [1, 2] }", "settings.fp32.sweep.gpus", "not built yet"),
+    ("{ power_limit_w = [150, 0] }", "settings.fp32.sweep.power_limit_w[1]", "integer ≥ 1"),
     ("{ batch_size = 4 }", "settings.fp32.sweep.batch_size", "non-empty list"),
     ("{ batch_size = [] }", "settings.fp32.sweep.batch_size", "non-empty list"),
     ("{ batch_size = [1, 0] }", "settings.fp32.sweep.batch_size[1]", "integer ≥ 1"),

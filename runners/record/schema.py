@@ -103,6 +103,20 @@ PRIVILEGES_SCHEMA = {
     },
 }
 
+# host.power_cap (orchestrator/power_cap.py): the GPU power cap a trial ran under; absent in uncapped and older records
+POWER_CAP_SCHEMA = {
+    "type": "object",
+    "required": ["requested_w", "gpus"],
+    "properties": {
+        "requested_w": {"type": "integer", "minimum": 1},
+        "gpus": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["component", "requested_w", "enforced_w", "original_w", "restored_w"],
+            "properties": {"component": {"type": "string"}, "uuid": _str_or_null, "requested_w": _num,
+                           "enforced_w": _num, "original_w": _num, "restored_w": _num_or_null}}},
+        "restore_error": _str_or_null,  # why a limit could not be restored (the next start restores it from the note)
+    },
+}
+
 RECORD_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": RECORD_SCHEMA_ID,
@@ -147,7 +161,7 @@ RECORD_SCHEMA: dict[str, Any] = {
         "co2": {"type": ["object", "null"]},
         "agreement": {"type": ["object", "null"]},
         "environment": {"type": "object", "properties": {"privileges": PRIVILEGES_SCHEMA}},
-        "host": {"type": ["object", "null"]},
+        "host": {"type": ["object", "null"], "properties": {"power_cap": POWER_CAP_SCHEMA}},
     },
     "allOf": [
         # A failed record says why; a successful one has no error.

@@ -242,6 +242,11 @@ class Record:
         return at(self.host, "node", "hostname") or self.environment.get("hostname")
 
     @property
+    def power_cap(self) -> dict:
+        """The GPU power cap it ran under: requested_w; per GPU requested, enforced, original, restored W ({}: none)"""
+        return mapping(self.host.get("power_cap"))
+
+    @property
     def image(self) -> str | None:
         return self.host.get("image") or self.trial.get("image") or self.environment.get("image")
 
