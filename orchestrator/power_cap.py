@@ -151,6 +151,8 @@ class PowerCap:
         errors = []
         for g, h in zip(self.gpus, self._handles):
             try:
+                if g["enforced_w"] is not None:  # still the cap at the end? (a driver reload would have reset it)
+                    g["enforced_at_end_w"] = _w(pynvml.nvmlDeviceGetEnforcedPowerLimit(h))
                 original = round(g["original_w"] * 1000)
                 if pynvml.nvmlDeviceGetPowerManagementLimit(h) != original:
                     pynvml.nvmlDeviceSetPowerManagementLimit(h, original)

@@ -118,7 +118,7 @@ def test_a_failed_trial_ran_capped_and_its_gpu_is_restored_with_the_cap_in_its_r
     cap = Record(json.loads(ex.store.trial_path(trial.id).read_text())).power_cap
     assert cap["requested_w"] == 200
     assert cap["gpus"] == [{"component": "gpu:0", "uuid": "GPU-cap", "requested_w": 200, "enforced_w": 200.0,
-                            "original_w": 450.0, "restored_w": 450.0}]
+                            "enforced_at_end_w": 200.0, "original_w": 450.0, "restored_w": 450.0}]
 
 
 def test_the_records_cap_block_must_hold_requested_and_enforced(tmp_path, gpu):

@@ -112,7 +112,8 @@ POWER_CAP_SCHEMA = {
         "gpus": {"type": "array", "minItems": 1, "items": {
             "type": "object", "required": ["component", "requested_w", "enforced_w", "original_w", "restored_w"],
             "properties": {"component": {"type": "string"}, "uuid": _str_or_null, "requested_w": _num,
-                           "enforced_w": _num, "original_w": _num, "restored_w": _num_or_null}}},
+                           "enforced_w": _num, "enforced_at_end_w": _num, "original_w": _num,
+                           "restored_w": _num_or_null}}},
         "restore_error": _str_or_null,  # why a limit could not be restored (the next start restores it from the note)
     },
 }
