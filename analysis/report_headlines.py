@@ -9,7 +9,7 @@ import pandas as pd
 from analysis.figures import front_sentences
 from analysis.report_analysis import Analysis
 from analysis.report_format import fmt, pct, range_words, span
-from analysis.report_tables import different_table, no_reference, split_models
+from analysis.report_tables import different_table, no_reference, sampled_configs, split_models
 from analysis.stats import ALPHA, p_words, savings_best_worst, savings_range
 from analysis.study import STUDY_ID
 
@@ -109,6 +109,10 @@ def _agreement_sentences(a: Analysis) -> list[str]:
                    + ".")
     agree = a.medians.dropna(subset=["agreement"]) if "agreement" in a.medians else pd.DataFrame()
     no_ref = no_reference(a)
+    sampled = sampled_configs(a)
+    if sampled:
+        out.append("SAMPLED — token agreement not applicable (sampled decoding draws its tokens by chance; energy "
+                   "compared at fixed length, with sampled work only): " + "; ".join(sampled) + ".")
     if not no_ref.empty:
         out.append("NO REFERENCE — token agreement unknown (not checked, not identical) for: " + "; ".join(
             f"{r.model} {r.config}" for r in no_ref.itertuples()) + f". {no_ref['agreement_note'].iloc[0]}.")

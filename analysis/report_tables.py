@@ -9,6 +9,7 @@ from analysis.metrics import SUMMARY_COLUMNS
 from analysis.report_analysis import Analysis
 from analysis.report_format import fmt
 from analysis.stats import CONFIDENCE, Comparison, fmt_p
+from runners.agreement import NOT_APPLICABLE
 
 AGREEMENT_KEYS = ["model", "engine", "runtime", "precision", "config"]
 
@@ -29,10 +30,19 @@ def no_reference(a: Analysis) -> pd.DataFrame:
     ok = a.ok
     if ok.empty or "agreement_status" not in ok:
         return pd.DataFrame(columns=["model", "config", "agreement_note"])
-    miss = ok[ok["agreement_status"] != "compared"]
+    miss = ok[~ok["agreement_status"].isin(["compared", NOT_APPLICABLE["status"]])]
     note = miss["agreement_note"].astype(object)  # all-None is read as a float column
     miss = miss.assign(agreement_note=note.fillna("no agreement recorded for these trials"))
     return miss.groupby(["model", "config"], as_index=False)["agreement_note"].first()
+
+
+def sampled_configs(a: Analysis) -> list[str]:
+    """Model × configuration labels whose decoding was sampled: never in the agreement table, said in words."""
+    ok = a.ok
+    if ok.empty or "agreement_status" not in ok:
+        return []
+    hit = ok[ok["agreement_status"] == NOT_APPLICABLE["status"]]
+    return sorted({f"{r.model} {r.config}" for r in hit.itertuples()})
 
 
 def _agreement_verdict(g: pd.DataFrame) -> str:
@@ -55,6 +65,7 @@ def agreement_table(a: Analysis) -> pd.DataFrame:
     columns = [*AGREEMENT_KEYS, "trials", "identical (worst trial)", "verdict"]
     if every.empty or "agreement_status" not in every:
         return pd.DataFrame(columns=columns)
+    every = every[every["agreement_status"] != NOT_APPLICABLE["status"]]  # sampled: said apart (sampled_configs)
     rows = [(*key, len(g), g["agreement"].min(), _agreement_verdict(g))
             for key, g in every.groupby(AGREEMENT_KEYS, dropna=False, sort=True)]
     return pd.DataFrame(rows, columns=columns)

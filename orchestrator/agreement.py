@@ -38,5 +38,6 @@ def attach(store, spec: ReferencePolicy | dict[str, Any] | None = None) -> list[
                      "share_identical": None if missing else min(shares), "no_reference": missing,
                      # the one verdict, as the report, the pass@1 comparison and the archs table call it
                      "different_output": None if missing else policy.verdict(found, k[3]),
-                     "batch_invariance": min((v for v in invariance if v is not None), default=None)})
+                     "batch_invariance": min((v for v in invariance if v is not None), default=None),
+                     "sampled": any(a.get("status") == "not-applicable" for a in found)})
     return rows

@@ -241,6 +241,15 @@ def job_body(matrix: Matrix, runtime: RuntimeEntry, engine: str, model: ModelEnt
     }
 
 
+def greedy_only(engine: str, setting: Setting) -> str | None:
+    """Why a sampled setting is no cell of this engine (it decodes greedily only: the plan lists it as left out),
+    or None."""
+    from runners.engines import engine_class
+
+    why = engine_class(engine).greedy_only
+    return f"sampled decoding not offered: {why}" if why and setting.generation.get("sampling") else None
+
+
 def _check_jobs(matrix: Matrix, runtimes: dict[str, RuntimeEntry], models: dict[str, ModelEntry],
                 settings: dict[str, Setting]) -> None:
     from runners.job import JobError, parse_job
@@ -251,8 +260,8 @@ def _check_jobs(matrix: Matrix, runtimes: dict[str, RuntimeEntry], models: dict[
         for r in runtimes.values():
             for s in settings.values():
                 for e in r.engines:
-                    if s.precision not in r.spec.engine_precisions(e):
-                        continue  # not a cell: this engine does not offer that precision
+                    if s.precision not in r.spec.engine_precisions(e) or greedy_only(e, s):
+                        continue  # not a cell: this engine does not offer that precision or sampling
                     spec = {"name": m.name, "path": "/models/x"} if m.source != "hub" else {
                         "name": m.name, "hub_id": m.hub_id, "revision": m.revision, "hf_cache": "/hf-cache"}
                     try:
@@ -273,6 +282,6 @@ def _matrix_key(job_field: str, r: RuntimeEntry, engine: str, s: Setting) -> str
         return f"settings.{s.name}.precision"
     if rest in s.axes:  # a sweep's point: the axis of the setting it came from
         return f"settings.{s.sweep_of}.sweep.{rest}"
-    if head == "generation" and rest in s.generation:
+    if head == "generation" and rest.partition(".")[0] in s.generation:  # e.g. sampling.temperature
         return f"settings.{s.name}.generation.{rest}"
     return job_field

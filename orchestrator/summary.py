@@ -92,8 +92,9 @@ def print_agreement(console: Console, store) -> None:
                 *(("as at batch 1",) if batched else ()), "same work?"):
         table.add_column(col)
     for r in rows:
-        share = ("[red]no reference[/]" if r["no_reference"] else f"{100 * r['share_identical']:.0f} %")
-        verdict = ("unknown" if r["no_reference"] else
+        share = ("n/a" if r["sampled"] else "[red]no reference[/]" if r["no_reference"] else
+                 f"{100 * r['share_identical']:.0f} %")
+        verdict = ("sampled: agreement not applicable" if r["sampled"] else "unknown" if r["no_reference"] else
                    f"[red]NOT THE SAME OUTPUT[/]: {escape(r['different_output'])}" if r["different_output"] else "yes")
         invariance = "" if r["batch_invariance"] is None else f"{100 * r['batch_invariance']:.0f} %"
         table.add_row(r["model"], r.get("runtime") or "", r["engine"], r["device"], r["precision"],

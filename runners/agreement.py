@@ -15,10 +15,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from runners.record import batch_key, batch_size, work_key
+from runners.record import batch_key, batch_size, sampled, work_key
 
 # A configuration in the reference's precision whose share of identical prompts is below this did different work.
 DEFAULT_THRESHOLD = 0.95
+# the agreement of a sampled trial: its tokens are chance's, so no share is computed and none is ever shown
+NOT_APPLICABLE = {"status": "not-applicable", "reference": None, "share_identical": None,
+                  "reason": "sampled: agreement not applicable (sampled decoding draws its tokens by chance; its "
+                            "energy is compared at fixed length, with sampled work only)"}
 RUN_KEY = "reference_policy"  # run.json's key for the policy a run was started with (orchestrator/store.py)
 
 
@@ -80,9 +84,9 @@ class ReferencePolicy:
         return self.devices.index(device) if device in self.devices else len(self.devices)
 
     def is_reference(self, record: dict[str, Any]) -> bool:
-        """An ok run record of the reference configuration."""
+        """An ok run record of the reference configuration, decoded greedily (sampled tokens are chance's)."""
         engine = record.get("engine") or {}
-        return (record.get("status") == "ok" and record.get("mode", "run") == "run"
+        return (record.get("status") == "ok" and record.get("mode", "run") == "run" and not sampled(record)
                 and self.matches(engine.get("name"), engine.get("precision"), engine.get("device")))
 
     def verdict(self, agreements: Iterable[dict[str, Any] | None], precision: str) -> str | None:
@@ -268,14 +272,16 @@ def attach_all(records: dict[str, dict[str, Any]], spec: Mapping[str, Any] | Non
         if rec.get("status") != "ok" or rec.get("mode", "run") != "run":
             continue
         held = refs.get(work_key(rec))
-        if held is None:
+        if sampled(rec):
+            new = dict(NOT_APPLICABLE)
+        elif held is None:
             new = {"status": "no-reference", "reference": None, "share_identical": None,
                    "reason": f"no ok record of the reference configuration ({ref_policy.describe()}) did the same "
                              "work (model, workload, generation) in this run"}
         else:
             ref_id, ref = held
             new = token_agreement(rec, ref, ref_id)
-        if batch_size(rec) > 1:
+        if batch_size(rec) > 1 and not sampled(rec):
             new["batch_invariance"] = batch_invariance(rec, at_batch_1.get(batch_key(rec)))
         if rec.get("agreement") != new:
             rec["agreement"] = new

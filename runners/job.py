@@ -28,7 +28,7 @@ from runners import engines
 from runners.errors import JobError  # noqa: F401  (raised here, imported from here by callers)
 # the contract's types, importable from here as they always were
 from runners.job_spec import (DATASETS, DEVICES, JOB_SCHEMA, PROMPT_STYLES, SELECTIONS,  # noqa: F401
-                              GenerationSpec, Job, MeterSpec, ModelSpec, WarmupSpec, WorkloadSpec)
+                              GenerationSpec, Job, MeterSpec, ModelSpec, SamplingSpec, WarmupSpec, WorkloadSpec)
 
 
 # --- parsing -----------------------------------------------------------------------------------------------------
@@ -149,8 +149,13 @@ def _generation(r: _Reader) -> GenerationSpec:
         max_length=g.get("max_length", int, None, minimum=2, nullable=True),
         fixed_length=g.get("fixed_length", bool, True),
         stop_sequences=tuple(g.get("stop_sequences", list, [])),
+        sampling=_sampling(g) if g.data.get("sampling") is not None else g.data.pop("sampling", None),
     )
-    g.done(["batch_size", "new_tokens", "max_length", "fixed_length", "stop_sequences"])
+    g.done(["batch_size", "new_tokens", "max_length", "fixed_length", "stop_sequences", "sampling"])
+    if generation.sampling is not None and not generation.fixed_length:
+        raise JobError("generation.sampling", "is only compared at fixed length: sampled outputs as served end where "
+                       "chance puts their EOS, so their energies would be of different work",
+                       "set fixed_length = true, or remove sampling")
     if any(not isinstance(s, str) or not s for s in generation.stop_sequences):
         raise JobError("generation.stop_sequences", "must be a list of non-empty strings",
                        'write it as stop_sequences = ["\\ndef", "\\nclass"]')
@@ -163,6 +168,20 @@ def _generation(r: _Reader) -> GenerationSpec:
     if generation.new_tokens is None and generation.max_length is None:
         raise JobError("generation.new_tokens", "is missing", "give new_tokens (or the study's max_length)")
     return generation
+
+
+def _sampling(g: _Reader) -> SamplingSpec:
+    sm = g.sub("sampling")
+    sampling = SamplingSpec(temperature=sm.get("temperature", float), top_p=sm.get("top_p", float, 1.0),
+                            seed=sm.get("seed", int, None, nullable=True))
+    sm.done(["temperature", "top_p", "seed"])
+    if not sampling.temperature > 0:
+        raise JobError("generation.sampling.temperature", f"must be > 0, got {sampling.temperature!r}",
+                       "give a temperature such as 0.8 (greedy decoding is the default: remove sampling for it)")
+    if not 0 < sampling.top_p <= 1:
+        raise JobError("generation.sampling.top_p", f"must be in (0, 1], got {sampling.top_p!r}",
+                       "give top_p such as 0.95 (1 keeps every token)")
+    return sampling
 
 
 def _meters(r: _Reader) -> MeterSpec:
@@ -200,6 +219,11 @@ def parse_job(data: Any) -> Job:
     meters = _meters(r)
     engine_options = r.get("engine_options", dict, {})
     engines.engine_class(engine).check_options(engine_options)
+    greedy_only = engines.engine_class(engine).greedy_only
+    if generation.sampling is not None and greedy_only:
+        raise JobError("generation.sampling", f"engine {engine!r} decodes greedily only ({greedy_only})",
+                       "remove sampling for this runtime, or sample with " + ", ".join(
+                           n for n in engines.ENGINE_NAMES if not engines.engine_class(n).greedy_only))
     job = Job(
         engine=engine, device=device, precision=precision, model=model, workload=workload,
         generation=generation, warmup=warmup, meters=meters, engine_options=engine_options,

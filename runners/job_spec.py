@@ -51,6 +51,18 @@ class WorkloadSpec:
 
 
 @dataclass(frozen=True)
+class SamplingSpec:
+    """Sampled decoding (the words-to-watts study's setting): temperature and nucleus (top-p), seeded. Its tokens are
+    chance's, so sampled work is never token-compared; it runs at fixed length, so energy still compares."""
+    temperature: float
+    top_p: float = 1.0
+    seed: int | None = None  # None: the job's seed
+
+    def describe(self) -> str:
+        return f"sampled (temperature {self.temperature:g}, top-p {self.top_p:g})"
+
+
+@dataclass(frozen=True)
 class GenerationSpec:
     batch_size: int = 1
     new_tokens: int | None = 128  # exactly this many when fixed_length
@@ -58,6 +70,7 @@ class GenerationSpec:
     fixed_length: bool = True  # ignore EOS and produce the whole budget
     # as served (fixed_length false): also stop after the token that completes one of these (runners/stopping.py)
     stop_sequences: tuple[str, ...] = ()
+    sampling: SamplingSpec | None = None  # None: greedy (the default: token agreement needs it)
 
     def budget(self, padded_prompt_len: int) -> int:
         """New-token budget of one batch whose (left-padded) prompt length is given."""
@@ -106,7 +119,12 @@ class Job:
     schema: str = JOB_SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The job as stored; generation.sampling only when sampled, so greedy jobs read as before it existed (their
+        hash, their work key)."""
+        d = asdict(self)
+        if d["generation"]["sampling"] is None:
+            del d["generation"]["sampling"]
+        return d
 
     @property
     def hash(self) -> str:

@@ -131,7 +131,7 @@ class TrialRun:
                 if job.warmup.batches:
                     self._window("warmup", self._warmup, {"batches": job.warmup.batches})
                 self._generate()
-                if job.reference:
+                if job.reference and job.generation.sampling is None:  # sampled tokens are chance's
                     self.enter("agreement")
                     reference = json.loads(Path(job.reference).read_text())
                     rec["agreement"] = token_agreement(rec, reference, job.reference)
@@ -203,7 +203,7 @@ class TrialRun:
         cls = engine_class(job.engine)
         context = EngineContext(device=job.device, precision=job.precision, model_dir=self.model_dir,
                                 model_name=job.model.name, cache_dir=Path(job.cache_dir) if job.cache_dir else None,
-                                seed=job.seed, eos_ids=self.eos)
+                                seed=job.seed, eos_ids=self.eos, sampling=job.generation.sampling)
         self.engine = cls(context, self.tokenizer, cls.check_options(job.engine_options))
         self.engine.check_host()
 

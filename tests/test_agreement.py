@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from _models import tiny_model_dir, tiny_models  # noqa: F401  (pytest fixtures)
 
 from orchestrator.agreement import attach
@@ -172,3 +174,41 @@ def test_the_runs_agreement_summary_gives_each_configurations_worst_batch_invari
     print_agreement(console, store)
     text = console.export_text()
     assert "as at batch 1" in text and "50 %" in text
+
+
+def test_sampled_work_is_never_token_compared_nor_in_the_agreement_table(tmp_path):
+    """generation.sampling: its agreement is "not applicable" (never a share, never a reference), the run's
+    summary and the report say so in words, and no sampled row reaches the agreement table."""
+    from analysis.report import build_report
+    from analysis.report_analysis import analyse
+    from analysis.report_tables import agreement_table
+    from analysis.synthetic import make_record, write_run
+
+    def sampled(rec):
+        rec["job"]["generation"]["sampling"] = {"temperature": 0.8, "top_p": 0.95, "seed": 1}
+        rec["trial"]["setting"] = "sampled"
+        rec["trial"]["trial_id"] += "-sampled"
+        return rec
+
+    recs = [make_record(engine=e, order_index=i, repetition=r, diverge=(1,) if e == "onnx" else ())
+            for i, (e, r) in enumerate((e, r) for e in ("torch", "onnx") for r in range(2))]
+    recs += [sampled(make_record(engine=e, order_index=10 + i, repetition=r, diverge=(0, 1, 2, 3)))
+             for i, (e, r) in enumerate((e, r) for e in ("torch", "onnx") for r in range(2))]
+    run = write_run(recs, tmp_path / "run")
+    stored = [json.loads(p.read_text()) for p in sorted((run / "trials").glob("*.json"))]
+    for rec in stored:
+        a = rec["agreement"]
+        if rec["job"]["generation"].get("sampling"):
+            assert a["status"] == "not-applicable" and a["share_identical"] is None and "sampled" in a["reason"]
+        else:  # the greedy onnx trials are compared with greedy torch, never with a sampled trial
+            assert a["status"] == "compared" and a["reference"] and "sampled" not in a["reference"]
+            assert a["share_identical"] == (0.75 if rec["engine"]["name"] == "onnx" else 1.0)
+    table = agreement_table(analyse([run], study_csv=None))
+    assert len(table) == 2 and table["trials"].tolist() == [2, 2]  # the greedy torch and onnx rows only
+    md = build_report([run], tmp_path / "out", study_csv=None)["markdown"].read_text()
+    assert "SAMPLED — token agreement not applicable" in md and "TORCH-CPU" in md.split("SAMPLED")[1][:400]
+
+    store = RunStore(run.parent, run.name)
+    rows = attach(store)
+    assert {(r["engine"], r["sampled"], r["share_identical"]) for r in rows} == {
+        ("torch", False, 1.0), ("onnx", False, 0.75), ("torch", True, None), ("onnx", True, None)}

@@ -141,3 +141,16 @@ def test_stop_sequences_only_apply_as_served():
     assert e.value.field == "generation.stop_sequences"
     job = parse_job({**base, "generation": {"fixed_length": False, "stop_sequences": ["\ndef", "\nclass"]}})
     assert job.generation.stop_sequences == ("\ndef", "\nclass")
+
+
+def test_sampling_is_validated_and_refused_where_an_engine_decodes_greedily_only():
+    body = {"engine": "torch", "device": "cpu", "model": {"path": "/m"}, "generation": {"new_tokens": 4}}
+    job = parse_job({**body, "generation": {"new_tokens": 4, "sampling": {"temperature": 0.7}}})
+    assert (job.generation.sampling.temperature, job.generation.sampling.top_p) == (0.7, 1.0)
+    assert "sampling" not in parse_job(body).to_dict()["generation"]  # greedy jobs read (and hash) as before
+    with pytest.raises(JobError) as err:
+        parse_job({**body, "engine": "llamacpp", "generation": {"new_tokens": 4, "sampling": {"temperature": 0.7}}})
+    assert err.value.field == "generation.sampling" and "greedily only" in str(err.value)
+    assert "sample with onnx, openvino, torch" in str(err.value)
+    with pytest.raises(JobError, match=r"job.generation.sampling.top_p: must be in \(0, 1\]"):
+        parse_job({**body, "generation": {"new_tokens": 4, "sampling": {"temperature": 0.7, "top_p": 0}}})

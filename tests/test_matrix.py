@@ -170,6 +170,10 @@ def test_evaluated_matrices_use_full_prompts_the_same_work_and_a_torch_fp32_refe
     (lambda t: t + '\n[container]\nmem_limit = "lots"\n', "container.mem_limit: 'lots' is not a size", "512m"),
     (lambda t: t + '\n[settings.q]\nprecision = "int8"\n', "settings.q.precision: no selected runtime offers 'int8'", "use one of: bf16, fp16, fp32"),
     (lambda t: t + "\n[models.a.b]\nfixture = \"llama\"\n", "models.a: gives no source", ""),
+    (lambda t: t + '\n[settings.s]\nprecision = "fp32"\ngeneration = {sampling = {temperature = 0.0}}\n',
+     "settings.s.generation.sampling.temperature: must be > 0", "greedy decoding is the default"),
+    (lambda t: t + '\n[settings.s]\nprecision = "fp32"\ngeneration = {fixed_length = false, sampling = {temperature = 1.0}}\n',
+     "settings.s.generation.sampling: is only compared at fixed length", "set fixed_length = true"),
     (lambda t: t + "\n[workload\n", "(syntax): not valid TOML", "fix the TOML syntax"),
 ])
 def test_bad_matrix_gives_one_clear_error(tmp_path, edit, key, hint):
@@ -217,6 +221,17 @@ def test_settings_expand_cells_only_where_the_image_offers_the_precision(tmp_pat
                                                 "torch-cpu__torch__tiny__fp32"]
     assert any("llamacpp-cpu/llamacpp × bf16: engine offers fp32, fp16, q8_0, q4_k_m on cpu" in x
                for x in plan.excluded)
+
+
+def test_a_sampled_setting_is_no_cell_of_an_engine_that_decodes_greedily_only(tmp_path):
+    text = BASE.replace("[runtimes.torch-cpu]", "[runtimes.torch-cpu]\n[runtimes.llamacpp-cpu]") + (
+        '\n[settings.fp32]\nprecision = "fp32"\n\n[settings.sampled]\n'
+        'precision = "fp32"\ngeneration = {sampling = {temperature = 0.8, top_p = 0.95, seed = 3}}\n')
+    plan = expand(load(write(tmp_path, text)))
+    assert sorted(c.id for c in plan.cells) == ["llamacpp-cpu__llamacpp__tiny__fp32", "torch-cpu__torch__tiny__fp32",
+                                                "torch-cpu__torch__tiny__sampled"]
+    assert any(x.startswith("llamacpp-cpu/llamacpp × sampled: sampled decoding not offered: argmax")
+               for x in plan.excluded), plan.excluded
 
 
 def test_container_limits_model_over_runtime_over_image_over_matrix(tmp_path):

@@ -9,7 +9,7 @@ from _models import smollm2_dir, tiny_model_dir, tiny_models  # noqa: F401  (pyt
 import pytest
 
 from orchestrator import fixtures
-from runners.engines.hf_generate import greedy_generate
+from runners.engines.hf_generate import generate_ids
 from runners.environment import cuda_problem
 from runners.job import parse_job
 from runners.record import validate_record
@@ -84,7 +84,7 @@ def _first_token_is_eos_model(model_dir, tmp_path):
 
     tok = load_tokenizer(model_dir)
     prompt = [tok("def add(a, b):")["input_ids"]]
-    first = greedy_generate(AutoModelForCausalLM.from_pretrained(model_dir), tok, prompt, 3, frozenset(),
+    first = generate_ids(AutoModelForCausalLM.from_pretrained(model_dir), tok, prompt, 3, frozenset(),
                             lambda: None)[0][0]
     eos_dir = tmp_path / "eos-model"
     shutil.copytree(model_dir, eos_dir)
@@ -104,8 +104,8 @@ def test_fixed_length_ignores_eos_and_stop_at_eos_stops(tiny_model_dir, tmp_path
     eos = eos_ids(tok, eos_dir)
     assert eos == {tok.eos_token_id, first}  # the one rule: the tokenizer's EOS and config.json's eos_token_id
     model = AutoModelForCausalLM.from_pretrained(eos_dir)
-    assert len(greedy_generate(model, tok, prompt, 6, frozenset(), lambda: None)[0]) == 6
-    assert greedy_generate(model, tok, prompt, 6, eos, lambda: None)[0] == [first]
+    assert len(generate_ids(model, tok, prompt, 6, frozenset(), lambda: None)[0]) == 6
+    assert generate_ids(model, tok, prompt, 6, eos, lambda: None)[0] == [first]
 
 
 def test_engines_stop_on_the_eos_ids_of_their_context_not_their_own(tiny_model_dir, tmp_path):
@@ -253,3 +253,20 @@ def test_an_engine_that_runs_a_batch_one_prompt_after_another_fails_the_trial(ti
                         lambda self: {**honest(self), "batching": "sequential prompts (one at a time)"})
     record = run(tiny_model_dir, generation={"new_tokens": 6, "batch_size": 4}, warmup={"batches": 0})
     assert record["status"] == "ok" and record["per_prompt"][0]["decode_steps"] == 24
+
+
+def test_sampling_is_seeded_exact_length_and_not_greedy(tiny_model_dir):
+    """generation.sampling: exactly N tokens, the same tokens for the same seed (whatever ran before: warm-up),
+    other tokens for another seed, and not the greedy ones (a tiny random model's logits are nearly flat)."""
+    def outputs(warmup=1, **generation):
+        rec = run(tiny_model_dir, generation={"new_tokens": 8, **generation}, warmup={"batches": warmup})
+        assert rec["status"] == "ok", rec["error"]
+        assert all(p["generated_tokens"] == 8 for p in rec["per_prompt"])
+        return [p["output_ids"] for p in rec["per_prompt"]], rec
+
+    greedy, _ = outputs()
+    sampled, rec = outputs(sampling={"temperature": 1.0, "top_p": 0.9, "seed": 7})
+    again, _ = outputs(sampling={"temperature": 1.0, "top_p": 0.9, "seed": 7}, warmup=0)
+    other, _ = outputs(sampling={"temperature": 1.0, "top_p": 0.9, "seed": 8})
+    assert rec["job"]["generation"]["sampling"] == {"temperature": 1.0, "top_p": 0.9, "seed": 7}
+    assert sampled != greedy and other != sampled and again == sampled

@@ -54,6 +54,8 @@ class Engine:
     # Phases beyond load/generate this engine has, declared (the runner and the orchestrator read this, they do not
     # detect overrides): "prepare" (a conversion into the cache, in its own container), "compile" (its own window).
     optional_phases: ClassVar[frozenset[str]] = frozenset()
+    # None: the engine samples when the job asks (generation.sampling); else why it decodes greedily only
+    greedy_only: ClassVar[str | None] = None
     # Python modules the engine's runtime library needs; Engine.unavailable finds them without importing them
     requires: ClassVar[tuple[str, ...]] = ()
     # engine_options this engine understands: a typed dataclass (runners/engines/options.py) that validates itself

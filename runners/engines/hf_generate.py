@@ -1,7 +1,8 @@
-"""Greedy generation through the transformers ``generate`` API, shared by every engine whose model object speaks it
-(torch eager and compiled, optimum's ONNX Runtime and OpenVINO models): left padding, KV cache, a fresh greedy
-generation config (so no model's sampling defaults leak in), stopping on the EOS ids it is given (the runner's, from
-the engine's context) and on no others: exactly N new tokens when that set is empty.
+"""Generation through the transformers ``generate`` API, shared by every engine whose model object speaks it (torch
+eager and compiled, optimum's ONNX Runtime and OpenVINO models): left padding, KV cache, a fresh generation config —
+greedy, or the job's sampling (temperature, top-p, seeded), so no model's own sampling defaults leak in — stopping on
+the EOS ids it is given (the runner's, from the engine's context) and on no others: exactly N new tokens when that set
+is empty.
 """
 
 from __future__ import annotations
@@ -33,9 +34,12 @@ def pad_token_id(tokenizer: Any, model_config: Any) -> int:
     return 0
 
 
-def greedy_generate(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, eos: frozenset[int],
-                    on_step: StepHook, device: Any = "cpu", stop: Any = None) -> list[list[int]]:
-    """New ids per prompt; a row ends after a token of ``eos`` (empty: never) or the stop rule's token."""
+def generate_ids(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, eos: frozenset[int],
+                    on_step: StepHook, device: Any = "cpu", stop: Any = None, sampling: Any = None,
+                    seed: int = 0) -> list[list[int]]:
+    """New ids per prompt; a row ends after a token of ``eos`` (empty: never) or the stop rule's token. ``sampling``
+    (a SamplingSpec) samples instead of argmax, seeded with ``seed`` at every call (EngineContext.sampling_seed: of
+    the batch's prompts), so a batch's tokens do not depend on how many batches (warm-up included) ran before it."""
     import torch
     from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
@@ -54,8 +58,13 @@ def greedy_generate(model: Any, tokenizer: Any, prompts: list[list[int]], max_ne
     ids, mask = left_pad(prompts, pad)
     width = ids.shape[1]
     ids, mask = ids.to(device), mask.to(device)
+    # sampled: temperature and top-p only (top_k 0 switches off the top-50 filter transformers adds by default)
+    decoding = (dict(do_sample=False) if sampling is None else
+                dict(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0))
+    if sampling is not None:
+        torch.manual_seed(seed)
     gen_config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True, pad_token_id=pad,
+        max_new_tokens=max_new_tokens, **decoding, num_beams=1, use_cache=True, pad_token_id=pad,
         # eos None: the model keeps generating after EOS, so every prompt gets exactly max_new_tokens.
         eos_token_id=sorted(eos) or None,
         bos_token_id=getattr(config, "bos_token_id", None),

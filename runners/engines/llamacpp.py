@@ -34,6 +34,7 @@ class LlamaCppEngine(Engine):
     name = "llamacpp"
     optional_phases = frozenset({"prepare"})
     precisions = {"cpu": tuple(RECIPES), "cuda": tuple(RECIPES)}
+    greedy_only = "argmax of llama_get_logits over its batch API; its sampler chain is not wired in"
     requires = ("llama_cpp", "gguf")
 
     @classmethod

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 from runners.engines import _conversion
 from runners.engines import options as o
 from runners.engines.base import Engine, StepHook
-from runners.engines.hf_generate import greedy_generate
+from runners.engines.hf_generate import generate_ids
 from runners.errors import JobError
 
 ENGINE_DIR = "onnx"
@@ -129,8 +129,8 @@ class OnnxEngine(Engine):
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, ignore_eos: bool,
                  on_step: StepHook, stop=None) -> list[list[int]]:
-        return greedy_generate(self.model, self.tokenizer, prompts, max_new_tokens, self.ends_on(ignore_eos), on_step,
-                               self.device, stop)
+        return generate_ids(self.model, self.tokenizer, prompts, max_new_tokens, self.ends_on(ignore_eos), on_step,
+                            self.device, stop, self.ctx.sampling, self.ctx.sampling_seed(*prompts))
 
     def synchronize(self) -> None:
         if self.ctx.device == "cuda" and self.model is not None:

@@ -9,8 +9,10 @@ choices and bounds, and answers with the job's one-line error (field and fix); c
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import typing
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,15 @@ class EngineContext:
     # the end-of-sequence ids, computed once by the runner (runners/stopping.py eos_ids): every engine stops on
     # these and the record's eos_at is read with them, so no engine derives its own set
     eos_ids: frozenset[int] = frozenset()
+    # sampled decoding (runners/job_spec.SamplingSpec: temperature, top_p, seed) or None: greedy
+    sampling: Any = None
+
+    def sampling_seed(self, *prompts: list[int]) -> int:
+        """The sampler's seed for these prompts: the job's sampling seed (else the job's) mixed with the prompts'
+        ids — the same draw for the same prompt whatever ran before it (warm-up, other batches), and not the same
+        random numbers for every prompt."""
+        seed = self.seed if self.sampling is None or self.sampling.seed is None else self.sampling.seed
+        return (seed * 1_000_003 + zlib.crc32(json.dumps(prompts).encode())) % 2**32
 
     @staticmethod
     def visible_cpus() -> int:

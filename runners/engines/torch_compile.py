@@ -16,7 +16,7 @@ from typing import Any
 from runners.engines import options as o
 
 from runners.engines.base import module_found
-from runners.engines.hf_generate import greedy_generate
+from runners.engines.hf_generate import generate_ids
 from runners.engines.torch_engine import TorchEngine
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -53,7 +53,7 @@ class TorchCompileEngine(TorchEngine):
         runs = []
         for batch in self._compile_batches(shape):
             t0 = time.perf_counter()
-            greedy_generate(self.model, self.tokenizer, batch, 3, frozenset(), lambda: None, self.device)
+            generate_ids(self.model, self.tokenizer, batch, 3, frozenset(), lambda: None, self.device)
             self.synchronize()
             runs.append({"prompts": len(batch), "lengths": [len(p) for p in batch],
                          "seconds": round(time.perf_counter() - t0, 3)})

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from runners.engines import options as o
 from runners.engines.base import Engine, StepHook
-from runners.engines.hf_generate import greedy_generate
+from runners.engines.hf_generate import generate_ids
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -38,8 +38,8 @@ class TorchEngine(Engine):
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, ignore_eos: bool,
                  on_step: StepHook, stop=None) -> list[list[int]]:
-        return greedy_generate(self.model, self.tokenizer, prompts, max_new_tokens, self.ends_on(ignore_eos), on_step,
-                               self.device, stop)
+        return generate_ids(self.model, self.tokenizer, prompts, max_new_tokens, self.ends_on(ignore_eos), on_step,
+                            self.device, stop, self.ctx.sampling, self.ctx.sampling_seed(*prompts))
 
     def synchronize(self) -> None:
         if self.ctx.device == "cuda":

@@ -122,7 +122,7 @@ class VllmEngine(Engine):
         return facts
 
     # --- generate -------------------------------------------------------------------------------------------------
-    def _sampling(self, max_new_tokens: int, ignore_eos: bool, stop_rule=None):
+    def _sampling(self, max_new_tokens: int, ignore_eos: bool, stop_rule=None, seed: int | None = None):
         from vllm import SamplingParams
 
         stop = sorted(self.ends_on(ignore_eos))  # the runner's EOS set, the one every engine stops on
@@ -130,14 +130,19 @@ class VllmEngine(Engine):
         # as served with stop sequences: vLLM's own stop strings, the same definition as the runner's rule (the
         # first token whose text completes one); they need detokenisation. The runner checks where it stopped.
         strings = list(stop_rule.sequences) if stop_rule is not None else []
-        return SamplingParams(temperature=0.0, max_tokens=max_new_tokens, ignore_eos=ignore_eos,
+        sampled = self.ctx.sampling
+        decoding = (dict(temperature=0.0) if sampled is None else  # the job's sampling, seeded per request
+                    dict(temperature=sampled.temperature, top_p=sampled.top_p, seed=seed))
+        return SamplingParams(**decoding, max_tokens=max_new_tokens, ignore_eos=ignore_eos,
                               stop_token_ids=stop or None, stop=strings or None, detokenize=bool(strings))
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, ignore_eos: bool,
                  on_step: StepHook, stop=None) -> list[list[int]]:
         from vllm.inputs import TokensPrompt
 
-        params = self._sampling(max_new_tokens, ignore_eos, stop)
+        # sampled: one seeded generator per request, of its own prompt
+        params = (self._sampling(max_new_tokens, ignore_eos, stop) if self.ctx.sampling is None else
+                  [self._sampling(max_new_tokens, ignore_eos, stop, self.ctx.sampling_seed(p)) for p in prompts])
         inputs = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
         llm = self.llm
         if hasattr(llm, "enqueue") and hasattr(llm.llm_engine, "step"):

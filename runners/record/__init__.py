@@ -41,6 +41,6 @@ from runners.record.schema import (FIGURE_SCHEMA, PHASES, PROMPT_SCHEMA, RECORD_
                                    SOURCES, WINDOW_SCHEMA, record_validator, validate_record)
 from runners.record.energy import Energy, IdlePower, window_energy  # noqa: F401
 from runners.record.facts import (ENERGY_SOURCES, HOST_WINDOW, RECORD_SCHEMAS, SIZE_GROUPS, Metrics,  # noqa: F401
-                                  batch_key, batch_size, config_label, hardware_label, metrics_of, size_group, statistics_of, upgrade,
-                                  work_key, work_label)
+                                  batch_key, batch_size, config_label, hardware_label, metrics_of, sampled, size_group,
+                                  statistics_of, upgrade, work_key, work_label)
 from runners.record.view import Preparation, Record  # noqa: F401

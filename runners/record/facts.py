@@ -41,6 +41,10 @@ def work_label(generation: dict) -> str:
     or as served (each engine stops at EOS / a stop sequence)."""
     budget = (f"{generation['new_tokens']} new tokens" if generation.get("new_tokens") is not None
               else f"max_length {generation.get('max_length')}")
+    sampling = generation.get("sampling")
+    if sampling:  # fixed length, other tokens by chance: compared with sampled work only
+        return (f"sampled (temperature {sampling.get('temperature'):g}, top-p {sampling.get('top_p', 1.0):g}): "
+                f"{budget}")
     if generation.get("fixed_length", True):
         return f"same work: {budget}"
     stops = len(generation.get("stop_sequences") or [])
@@ -152,6 +156,11 @@ def batch_key(record: dict[str, Any]) -> str | None:
     generation = {k: v for k, v in mapping(job.get("generation")).items() if k != "batch_size"}
     return json.dumps([at(record, "model", "name"), at(record, "trial", "runtime"), config, generation],
                       sort_keys=True, default=str)
+
+
+def sampled(record: dict[str, Any]) -> bool:
+    """The job asked for sampled decoding (generation.sampling): its tokens are chance's, never token-compared."""
+    return bool(mapping(mapping(mapping(record.get("job")).get("generation")).get("sampling")))
 
 
 def batch_size(record: dict[str, Any]) -> int:
