@@ -137,12 +137,16 @@ def _setting(src: str, key: str, data: Any) -> list[Setting]:
     for i, d in enumerate(devices or ()):
         if d not in ("cpu", "cuda"):
             raise MatrixError(src, f"{key}.devices[{i}]", f"unknown device {d!r}", "use cpu or cuda")
+    cap = t.get("power_limit_w", int, None, minimum=1, what="the GPU power cap in watts, CUDA runtimes only")
     setting = Setting(key.split(".", 1)[1], t.get("precision", str, what="e.g. \"fp32\""),
                       dict(t.table("generation")), family=t.get("family", str, None),
-                      devices=tuple(devices) if devices else None)
+                      devices=tuple(devices) if devices else None, axes={"power_limit_w": cap} if cap else {})
     sweep = parse_sweep(src, key, t.get("sweep", dict, None, what="axes and their values, e.g. "
                                                                 "{ batch_size = [1, 4, 16] }"))
-    t.done(["precision", "generation", "family", "devices", "sweep"])
+    t.done(["precision", "generation", "family", "devices", "sweep", "power_limit_w"])
+    if cap and sweep:  # a point's axes are its sweep's: the cap of a swept setting is one of them
+        raise MatrixError(src, f"{key}.power_limit_w", "is fixed beside a sweep",
+                          f"give it as an axis of the sweep: sweep = {{ …, power_limit_w = [{cap}] }}")
     for axis in sweep:
         if axis in setting.generation:
             raise MatrixError(src, f"{key}.sweep.{axis}", f"is also fixed in {key}.generation",

@@ -29,7 +29,8 @@ from orchestrator.store import RunStore
 from runners.record import Record, validate_record
 
 
-def _matrix(tmp_path: Path, cap: str = "[200]") -> Path:
+def _matrix(tmp_path: Path, cap: str = "[200]", plain: bool = False) -> Path:
+    """A capped CUDA trial's matrix: the cap as a sweep axis (``cap`` a list) or, ``plain``, a setting field."""
     (tmp_path / "rapl").mkdir(exist_ok=True)  # no RAPL zones: the GPU is the only counter
     path = tmp_path / "matrix.toml"
     path.write_text(f"""
@@ -54,7 +55,7 @@ fixture = "llama"
 params_b = 0.001
 [settings.fp32]
 precision = "fp32"
-sweep = {{ power_limit_w = {cap} }}
+{f"power_limit_w = {cap}" if plain else f"sweep = {{ power_limit_w = {cap} }}"}
 """)
     return path
 
@@ -87,8 +88,8 @@ class _UI:
         self.lines.append(line)
 
 
-def _executor(tmp_path: Path, launcher, cap: str = "[200]") -> tuple[Executor, list]:
-    plan = expand(load(_matrix(tmp_path, cap)))
+def _executor(tmp_path: Path, launcher, cap: str = "[200]", plain: bool = False) -> tuple[Executor, list]:
+    plan = expand(load(_matrix(tmp_path, cap, plain)))
     store = RunStore(tmp_path / "results", "capped")
     store.open(plan.matrix, [t.id for t in plan.trials])
     return Executor(plan, store, launcher, ModelCache(tmp_path / "cache"), _UI()), plan.trials
@@ -201,3 +202,32 @@ def test_a_limit_outside_the_boards_range_is_refused_naming_the_field_and_the_ra
         ex.select(trials)
     assert e.value.key == "settings.fp32.sweep.power_limit_w" and "100–700 W" in str(e.value), str(e.value)
     assert gpu.limits_set == []
+
+
+def test_a_plain_setting_field_caps_its_trials_and_is_range_checked(tmp_path, fake_nvml):
+    board, = fake_nvml(FakeGpu("GPU-p", period_s=0.001, limit_w=450.0))
+    launcher = _Launcher(board)
+    ex, (trial,) = _executor(tmp_path, launcher, cap="200", plain=True)
+    assert trial.cell.setting.name == "fp32"  # not a sweep point: the setting keeps its name
+    record = ex.run_trial(trial)
+    ex.close()
+    assert launcher.limits_seen == [200.0] and board.limit_w == 450.0
+    assert record["host"]["power_cap"]["requested_w"] == 200
+    (tmp_path / "over").mkdir()
+    ex, trials = _executor(tmp_path / "over", _Launcher(board), cap="800", plain=True)
+    with pytest.raises(MatrixError) as err:
+        ex.select(trials)
+    assert err.value.key == "settings.fp32.power_limit_w", err.value
+
+
+def test_a_plain_cap_leaves_cpu_runtimes_out_and_is_refused_beside_a_sweep(tmp_path):
+    path = _matrix(tmp_path, "200", plain=True)
+    path.write_text(path.read_text() + "[runtimes.torch-cpu]\n")
+    plan = expand(load(path))
+    assert {c.runtime.name for c in plan.cells} == {"torch-cuda"}
+    assert any("caps a GPU" in x for x in plan.excluded), plan.excluded
+    beside = "power_limit_w = 200\nsweep = { batch_size = [1, 2] }"
+    path.write_text(path.read_text().replace("power_limit_w = 200", beside))
+    with pytest.raises(MatrixError) as err:
+        load(path)
+    assert err.value.key == "settings.fp32.power_limit_w"
