@@ -152,7 +152,7 @@ def _batch_curves(f: Figures, op) -> None:
     if op is None or op.empty:
         return
     p = op.points.dropna(subset=["batch_size"])
-    p = p.assign(panel=p["context"] + np.where(p["threads_key"] == "engine default", "", " · " + p["threads_key"])
+    p = p.assign(panel=p["context"] + np.where(p["held"] == "engine default", "", " · " + p["held"])
                  + "\n" + p["energy_source"].fillna("no") + " energy")
     p = p[p.groupby(["panel", "line"])["batch_size"].transform("nunique") > 1]
     if p.empty:

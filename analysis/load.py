@@ -33,7 +33,8 @@ PHASES = (*_PHASES, HOST_WINDOW)
 SOURCES = ENERGY_SOURCES
 NUMERIC_SUFFIXES = ("_j", "_s", "_b", "_kwh", "_median", "_mean", "_max", "_identical", "_per_token", "_per_token_net")
 # the operating point's axes, one column each (threads_asked: None where the engine chose its own)
-OPERATING_AXES = ("batch_size", "new_tokens", "prompt_tokens", "threads", "threads_asked")
+OPERATING_AXES = ("batch_size", "new_tokens", "prompt_tokens", "threads", "threads_asked", "power_limit_w",
+                  "power_enforced_w")
 SKIP_DIRS = {"work"}  # results/<run>/work/<trial>/: the trial in flight, not yet judged by the orchestrator
 
 
@@ -128,6 +129,10 @@ def _identity(r: Record, run_dir: Path, problem: str | None) -> dict[str, Any]:
         "batch": r.generation.get("batch_size"), "new_tokens_budget": r.generation.get("new_tokens"),
         # the operating point (issue 24): the sweep it belongs to, its axis values (the job's where not swept)
         "sweep_of": r.sweep_of, "swept_axes": ",".join(r.swept_axes) or None, **r.operating_point(),
+        # the GPU power cap it ran under (None: uncapped): asked, and the least any of its GPUs enforced
+        "power_limit_w": r.power_cap.get("requested_w"),
+        "power_enforced_w": min((g["enforced_w"] for g in r.power_cap.get("gpus") or () if g.get("enforced_w")),
+                                default=None),
         "work": r.work, "repetition": r.repetition, "order_index": t.get("order_index"),
         "matrix_name": t.get("matrix_name"), "seed": t.get("seed"), "matrix_hash": t.get("matrix_hash"),
         "dataset": r.loaded_workload.get("dataset"), "workload_seed": r.loaded_workload.get("seed"),

@@ -18,7 +18,7 @@ import pandas as pd
 from analysis.figures import fronts
 from analysis.stats import median_ci
 
-AXES = ("batch_size", "new_tokens", "prompt_tokens", "threads")
+AXES = ("batch_size", "new_tokens", "prompt_tokens", "threads", "power_limit_w")
 # metric column -> label; mean_w is the generate window's mean power (its energy ÷ its duration)
 CURVE_METRICS = {"j_per_token": "J/token", "tokens_per_s": "tokens/s", "mean_w": "mean W", "ttft_s_median": "TTFT s",
                  "tpot_s_median": "TPOT s"}
@@ -31,6 +31,8 @@ class OperatingPoints:
     sweet_spots: pd.DataFrame  # per context × line: the point of least median J/token
     rankings: pd.DataFrame  # per context × threads × batch size: lines ordered by median J/token
     inversions: list[str] = field(default_factory=list)  # per context: who leads where, in words
+    # per capped point: energy saved and time lost against the same point uncapped (power_cap_tradeoffs)
+    power_caps: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def empty(self) -> bool:
@@ -57,14 +59,18 @@ def _with_keys(ok: pd.DataFrame) -> pd.DataFrame:
     pt = t["prompt_tokens"].map(lambda v: "" if pd.isna(v) else f", {int(v)}-token prompts")
     # a group is one energy boundary, and a boundary names its source: one context, one source
     t["context"] = t["group"].astype(str) + " · " + nt + " new tokens" + pt
-    t["threads_key"] = t["threads_asked"].map(lambda v: "engine default" if pd.isna(v) else f"{int(v)} threads")
+    # what a ranking holds fixed besides the batch size: the threads asked for and the GPU power cap
+    threads = t["threads_asked"].map(lambda v: None if pd.isna(v) else f"{int(v)} threads")
+    cap = t["power_limit_w"].map(lambda v: None if pd.isna(v) else f"{int(v)} W cap") if "power_limit_w" in t \
+        else pd.Series(None, index=t.index)
+    t["held"] = [" · ".join(x for x in pair if isinstance(x, str)) or "engine default" for pair in zip(threads, cap)]
     t["mean_w"] = pd.to_numeric(t["energy_j"], errors="coerce") / pd.to_numeric(t["duration_s"], errors="coerce")
     return t
 
 
 def _point_rows(t: pd.DataFrame) -> pd.DataFrame:
     rows = []
-    keys = ["model", "context", "energy_source", "line", *AXES, "threads_key"]
+    keys = ["model", "context", "energy_source", "line", *AXES, "held"]
     for key, g in t.groupby(keys, dropna=False, sort=True):
         row = dict(zip(keys, key), n=len(g))
         for col in CURVE_METRICS:
@@ -88,10 +94,11 @@ def sweet_spots(points: pd.DataFrame) -> pd.DataFrame:
 
 
 def rankings(points: pd.DataFrame) -> pd.DataFrame:
-    """Per context × threads × batch size: the lines ordered by median J/token (one energy boundary and work each)."""
+    """Per context × threads and power cap × batch size: the lines ordered by median J/token (one energy boundary
+    and work each)."""
     rows = []
     p = points.dropna(subset=["j_per_token", "batch_size"])
-    for (context, threads, batch), g in p.groupby(["context", "threads_key", "batch_size"], sort=True):
+    for (context, threads, batch), g in p.groupby(["context", "held", "batch_size"], sort=True):
         order = g.sort_values(["j_per_token", "line"])
         rows.append({"context": context, "threads": threads, "batch_size": int(batch),
                      "ranking": " < ".join(order["line"]), "leader": order["line"].iloc[0], "lines": len(order)})
@@ -122,6 +129,30 @@ def inversion_words(ranks: pd.DataFrame) -> list[str]:
     return out
 
 
+def power_cap_tradeoffs(points: pd.DataFrame) -> pd.DataFrame:
+    """Per context × line × point capped at several GPU power limits: each cap against the same point uncapped (else
+    at its highest cap) — energy saved and time lost, in % of the reference's medians (negative: the other way)."""
+    cols = ["context", "line", "batch_size", "new_tokens", "prompt_tokens", "threads", "power_limit_w", "reference",
+            "energy_saved", "time_lost"]
+    if "power_limit_w" not in points or points["power_limit_w"].isna().all():
+        return pd.DataFrame(columns=cols)
+    rows = []
+    same = ["context", "line", "batch_size", "new_tokens", "prompt_tokens", "threads"]
+    for key, g in points.groupby(same, dropna=False, sort=True):
+        if len(g) < 2:
+            continue
+        uncapped = g[g["power_limit_w"].isna()]
+        ref = uncapped.iloc[0] if len(uncapped) else g.loc[g["power_limit_w"].idxmax()]
+        for _, r in g[g["power_limit_w"].notna()].sort_values("power_limit_w").iterrows():
+            if r.name == ref.name:
+                continue
+            rows.append({**dict(zip(same, key)), "power_limit_w": r["power_limit_w"],
+                         "reference": "uncapped" if pd.isna(ref["power_limit_w"]) else f"{int(ref['power_limit_w'])} W",
+                         "energy_saved": 1 - r["energy_j"] / ref["energy_j"],
+                         "time_lost": r["duration_s"] / ref["duration_s"] - 1})
+    return pd.DataFrame(rows, columns=cols)
+
+
 def operating_points(ok: pd.DataFrame) -> OperatingPoints:
     """Everything the Operating points section shows, from the compared trials (their batch invariance is the
     record's: runners/agreement.py compares a trial at batch > 1 with its own configuration at batch 1)."""
@@ -132,4 +163,4 @@ def operating_points(ok: pd.DataFrame) -> OperatingPoints:
     points = _point_rows(t)
     points["pareto"] = fronts(points, "duration_s", "energy_j", "context")
     ranks = rankings(points)
-    return OperatingPoints(points, sweet_spots(points), ranks, inversion_words(ranks))
+    return OperatingPoints(points, sweet_spots(points), ranks, inversion_words(ranks), power_cap_tradeoffs(points))

@@ -25,6 +25,11 @@ NOTE = ("Medians over repetitions with {level:.0f} % bootstrap confidence interv
         "and time of the generate window).")
 
 
+def _percent(saved: float) -> str:
+    """A saving in words: '12.0 % less' / '6.7 % more'."""
+    return f"{abs(100 * saved):.1f} % {'less' if saved >= 0 else 'more'}"
+
+
 def _interval(m, lo, hi) -> str:
     return "–" if pd.isna(m) else f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]"
 
@@ -58,6 +63,10 @@ def sentences(op: OperatingPoints) -> list[str]:
         out.append(f"{context}: Pareto front in energy and time over the whole sweep — " + ", ".join(
             f"{r.line} at batch {fmt(r.batch_size)}" for r in g.sort_values(["line", "batch_size"]).itertuples())
             + ".")
+    for context, g in op.power_caps.groupby("context", sort=True):
+        out.append(f"{context}: the GPU power cap's trade-off — " + "; ".join(
+            f"{r.line} at batch {fmt(r.batch_size)}, {fmt(r.power_limit_w)} W: {_percent(r.energy_saved)} energy "
+            f"for {_percent(-r.time_lost)} time against {r.reference}" for r in g.itertuples()) + ".")
     varied = op.points[op.points["batch_invariance"] < 1]
     if not varied.empty:
         out.append("Batch invariance below 1 (tokens changed by batching, against the same runtime at batch 1): "
