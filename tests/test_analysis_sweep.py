@@ -166,5 +166,5 @@ def test_the_power_cap_trade_off_against_the_same_point_uncapped(tmp_path):
     assert caps.loc[250, "energy_saved"] == pytest.approx(0.04) and set(caps["reference"]) == {"uncapped"}
     assert set(a.operating.rankings["threads"]) == {"engine default", "175 W cap", "250 W cap"}
     md = build_report([tmp_path / "run"], tmp_path / "out", study_csv=None)["markdown"].read_text()
-    assert "the GPU power cap's trade-off — torch-cuda · torch at batch 1, 175 W: 12.0 % less energy for 6.7 % more " \
-           "time against uncapped" in md
+    assert ("the GPU power cap's trade-off — torch-cuda · torch at batch 1, 175 W: 12.0 % less energy for 6.7 % "
+            "more time against uncapped") in md
