@@ -51,7 +51,7 @@ test-all:
 NEWEST_VENV ?= .venv-newest
 NEWEST_TESTS ?= tests/test_torch_engine.py tests/test_fixtures.py tests/test_workload.py tests/test_job.py \
 	tests/test_meters.py tests/test_agreement.py \
-	tests/test_gpu_acceptance.py::test_budget_dry_run_of_the_default_cuda_run_fits_eight_minutes \
+	tests/test_gpu_acceptance.py::test_budget_dry_run_of_the_default_cuda_run_fits_nine_minutes \
 	tests/test_gpu_acceptance.py::test_the_shipped_smollm2_tokenizer_serves_a_host_without_network \
 	tests/test_compile.py::test_compile_batches_have_the_jobs_batch_size_and_token_window
 test-newest:

@@ -5,8 +5,8 @@
                                         [--floor-tokenizer KIND] [--skip-archs]
 
 Time-boxed: it says its time budget (per-trial fixed cost × trials, per stage: COST) before it starts, runs its
-stages in order of value, and stops cleanly at --deadline (default 480 s on cuda: the default run is budgeted under
-8 minutes on one H100), writing its summary whatever was reached. --budget (or --dry-run) prints the budget and exits.
+stages in order of value, and stops cleanly at --deadline (default 540 s on cuda: the default run is budgeted under
+9 minutes on one H100, inside a 10-minute command), writing its summary whatever was reached. --budget (or --dry-run) prints the budget and exits.
 
 What it runs, through the orchestrator's process launcher and the same job contract as `make matrix` (one runner
 process per trial, host meters around it, records in results/<run>/), stage by stage:
@@ -15,6 +15,8 @@ process per trial, host meters around it, records in results/<run>/), stage by s
           with the tokenizer llama.cpp's converter accepts (SmolLM2's) × torch eager fp32/fp16/bf16 and every other
           engine whose library this Python can import (onnxruntime-gpu, vllm, llama.cpp with CUDA; the rest are
           listed as skipped, with the reason), N repetitions for the CV of energy;
+  batch   the floor model at batch 1, 8 and 32 (1 and 4 on CPU) in one precision, torch and vLLM where it runs: J/token
+          and tokens/s against batch size, batch invariance (each batch's tokens against the same engine's at 1);
   compile torch.compile on the floor model in one precision (bf16 on CUDA, fp32 on CPU);
   archs   the seven tiny random-weight architectures (orchestrator/fixtures.py) × torch eager fp32, one repetition:
           every architecture loads and generates on the device.
@@ -57,7 +59,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 # the kit's parts: the host, the stages and their budget, the figures and files it writes
-from benchmarks.gpu_acceptance_figures import goals, pack_records, print_goals, print_table, rows_from  # noqa: E402
+from benchmarks.gpu_acceptance_figures import (goals, pack_records, print_goals, print_power_limit,  # noqa: E402
+                                                print_table, rows_from)
 from benchmarks.gpu_acceptance_host import (bandwidth, floor_tokenizer, gpu_facts, host_facts,  # noqa: E402
                                             missing_modules, survey)
 from benchmarks.gpu_acceptance_stages import (PER_DEVICE, PRECISIONS, STAGES, budget, measured_costs,  # noqa: E402
@@ -76,7 +79,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prompts", type=int, help="HumanEval fragments per trial (default: 4 on cuda, 2 on cpu)")
     p.add_argument("--new-tokens", type=int, help="new tokens per prompt on the floor model (default: 64 / 16)")
     p.add_argument("--deadline", type=float, help="seconds after which the kit stops cleanly and writes its summary "
-                                                  "(default: 480 on cuda, 600 on cpu)")
+                                                  "(default: 540 on cuda, 600 on cpu)")
     p.add_argument("--budget", "--dry-run", dest="budget", action="store_true",
                    help="print the time budget of the run and exit without running it")
     p.add_argument("--floor-tokenizer", default=None, help="tokenizer of the floor model (default: the one llama.cpp's "
@@ -149,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     bw = bandwidth(args.device, args.bandwidth_gbs)
     console.print(f"memory bandwidth: " + (f"{bw['bytes_per_s'] / 1e9:.0f} GB/s ({bw['source']}: {bw['detail']})"
                                             if bw.get("bytes_per_s") else f"unknown ({bw.get('reason')})"))
-    (args.out / "gpu.json").write_text(json.dumps(gpu_facts(args.device), indent=1, default=str))
+    gpu = gpu_facts(args.device)
+    (args.out / "gpu.json").write_text(json.dumps(gpu, indent=1, default=str))
     walls, stop_at = [], t0 + args.deadline
     for r in runs:
         if time.monotonic() >= stop_at:
@@ -167,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                "runs": [{**r, **w} for r, w in zip(runs, walls)], "measured": measured_costs(runs, walls),
                "rows": rows, "unreadable": failures, "goals": goals(rows)}
     print_table(rows, console)
+    print_power_limit(gpu, console)
     print_goals(summary["goals"], console)
     summary["wall_s"] = round(time.monotonic() - t0, 1)
     console.print(f"wall time {summary['wall_s']:.0f} s (budget ≈ {plan['estimate_s']:.0f} s); "

@@ -31,7 +31,7 @@ def _median(values: list[float]) -> float | None:
 
 
 def rows_from(results: Path, runs: list[str], bw: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict]]:
-    """One row per run × model × engine × device × precision, from the records of the kit's runs."""
+    """One row per run × model × engine × device × precision × batch size, from the records of the kit's runs."""
     from analysis.load import load_runs
     from analysis.metrics import add_metrics
     from runners.agreement import ReferencePolicy, attach_all
@@ -51,11 +51,13 @@ def rows_from(results: Path, runs: list[str], bw: dict[str, Any]) -> tuple[list[
     records = {str(p): json.loads(Path(p).read_text()) for p in trials["record"]}
     attach_all(records, ReferencePolicy(devices=("cuda", "cpu")))
     out = []
-    keys = ["run_id", "model", "engine", "device", "precision"]
-    for key, g in trials[trials["mode"] == "run"].groupby(keys, sort=True):
+    keys = ["run_id", "model", "engine", "device", "precision", "batch_size"]
+    runs_ = trials[trials["mode"] == "run"].assign(batch_size=lambda t: t["batch_size"].fillna(1).astype(int))
+    for key, g in runs_.groupby(keys, sort=True):
         ok = g[g["status"] == "ok"]
         recs = [Record(records[p]) for p in ok["record"]]
         row = dict(zip(keys, key))
+        row["batch_size"] = int(row["batch_size"])
         row.update({"trials": len(g), "ok": len(ok), "failed": int((g["status"] == "failed").sum()),
                     "errors": sorted({f"{t}: {m}"[:300] for t, m in zip(g["error_type"], g["error_message"])
                                       if isinstance(t, str)})})
@@ -81,6 +83,9 @@ def rows_from(results: Path, runs: list[str], bw: dict[str, Any]) -> tuple[list[
             "energy_cv": _cv(energy) if len(energy) == len(ok) else None,
             "agreement_vs_fp32": (None if any(s is None for s in shares) else min(shares)),
             "agreement_status": sorted({r.agreement.get("status") for r in recs} - {None}),
+            # at batch > 1: the worst trial's share of prompts identical to the same engine at batch 1
+            "batch_invariance": min((r.batch_invariance for r in recs if r.batch_invariance is not None),
+                                    default=None),
             "weight_bytes": weight_bytes,
             "floor_s_per_token": floor_s,
             "bandwidth_fraction": floor_s / tpot if floor_s and tpot else None,
@@ -111,21 +116,30 @@ def print_table(rows: list[dict[str, Any]], console) -> None:
         return "—" if v is None else format(v, fmt)
 
     t = Table(title="GPU acceptance: engine × precision (medians over repetitions)")
-    for col in ("run", "model", "engine", "dev", "prec", "ok", "tok/s", "decode tok/s", "J/tok", "J/tok net",
-                "energy", "CV", "agree fp32", "exact", "floor %"):
+    for col in ("run", "model", "engine", "dev", "prec", "batch", "ok", "tok/s", "decode tok/s", "J/tok",
+                "J/tok net", "energy", "CV", "agree fp32", "as bs1", "exact", "floor %"):
         t.add_column(col)
     for r in rows:
-        t.add_row(r["run_id"], r["model"], r["engine"], r["device"], r["precision"], f"{r.get('ok', 0)}/{r['trials']}",
+        t.add_row(r["run_id"], r["model"], r["engine"], r["device"], r["precision"], str(r.get("batch_size", 1)),
+                  f"{r.get('ok', 0)}/{r['trials']}",
                   f(r.get("tokens_per_s"), ".1f"), f(r.get("decode_tokens_per_s"), ".1f"),
                   f(r.get("j_per_token"), ".4g"), f(r.get("j_per_token_net"), ".4g"), r.get("energy_source") or "—",
                   "—" if r.get("energy_cv") is None else f"{100 * r['energy_cv']:.2f} %",
                   "—" if r.get("agreement_vs_fp32") is None else f"{100 * r['agreement_vs_fp32']:.0f} %",
+                  "—" if r.get("batch_invariance") is None else f"{100 * r['batch_invariance']:.0f} %",
                   {True: "yes", False: "NO", None: "—"}[r.get("tokens_exact")],
                   "—" if r.get("bandwidth_fraction") is None else f"{100 * r['bandwidth_fraction']:.1f} %")
     console.print(t)
     for r in rows:
         for e in r.get("errors") or []:
             console.print(f"  [red]failed[/] {r['run_id']} {r['model']} {r['engine']} {r['precision']}: {e}")
+
+
+def print_power_limit(gpu: dict[str, Any], console) -> None:
+    """The board's power limit as it was during the run — read, never set (the kit leaves the device's settings)."""
+    if "power_limit_enforced_w" in gpu:
+        console.print(f"GPU power limit (read only): enforced {gpu['power_limit_enforced_w']} W, board maximum "
+                      f"{gpu.get('power_limit_max_w')} W")
 
 
 def print_goals(g: dict[str, Any], console) -> None:

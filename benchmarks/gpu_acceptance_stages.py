@@ -16,18 +16,21 @@ from orchestrator.tomlw import table as toml_table
 
 REPO = Path(__file__).resolve().parents[1]
 PRECISIONS = ("fp32", "fp16", "bf16")
-STAGES = ("floor", "compile", "archs")  # in order of value: a deadline cuts the tail, never the floor model
+STAGES = ("floor", "batch", "compile", "archs")  # in order of value: a deadline cuts the tail, never the floor
 PER_DEVICE = {
     # floor model size, precisions, repetitions, prompts, new tokens (floor), new tokens (archs), idle baseline s,
     # compile precision and repetitions, the tiny architectures' precisions (fp32: each loads and generates on the
-    # device; precision agreement is the floor model's), and the deadline: the default CUDA run fits one 10-minute
-    # command with time left to bring its files back
+    # device; precision agreement is the floor model's), the batch sweep of the floor model (batch sizes, one
+    # precision, new tokens; as many prompts as the largest batch, so every batch is full), and the deadline: the
+    # default CUDA run fits one 10-minute command with a minute left to write and bring its files back
     "cuda": {"size": "bench1b", "floor_precisions": PRECISIONS, "reps": 2, "prompts": 3, "new_tokens": 64,
              "arch_new_tokens": 16, "idle_s": 2.0, "compile_precision": "bf16", "compile_reps": 1,
-             "arch_precisions": ("fp32",), "deadline_s": 480},
+             "arch_precisions": ("fp32",), "batch_sizes": (1, 8, 32), "batch_precision": "bf16",
+             "batch_new_tokens": 32, "deadline_s": 540},
     "cpu": {"size": "tiny", "floor_precisions": ("fp32", "bf16"), "reps": 2, "prompts": 2, "new_tokens": 16,
             "arch_new_tokens": 8, "idle_s": 1.0, "compile_precision": "fp32", "compile_reps": 1,
-            "arch_precisions": ("fp32",), "deadline_s": 600},
+            "arch_precisions": ("fp32",), "batch_sizes": (1, 4), "batch_precision": "fp32", "batch_new_tokens": 8,
+            "deadline_s": 600},
 }
 # The budget model, seconds. trial_s: the fixed cost of one trial of the floor model (runner process start, imports,
 # model load, warmup batch, record, the orchestrator's work around it); tiny_trial_s: the same for a tiny
@@ -49,12 +52,12 @@ COST = {
 
 def matrix_text(name: str, device: str, models: dict[str, dict], runtimes: dict[str, list[str]],
                 precisions: list[str], reps: int, prompts: int, new_tokens: int, idle_s: float,
-                timeout_s: float, cooldown_s: float = 5.0) -> str:
+                timeout_s: float, cooldown_s: float = 5.0, batch_sizes: tuple[int, ...] = ()) -> str:
     from runners.engines.base import module_found
 
     text = toml_table("matrix", {"name": name, "seed": 11, "repetitions": reps})
     text += toml_table("workload", {"style": "fragment", "count": prompts, "selection": "first"})
-    text += toml_table("generation", {"batch_size": 1, "new_tokens": new_tokens, "fixed_length": True})
+    text += toml_table("generation", {"new_tokens": new_tokens, "fixed_length": True})
     text += toml_table("warmup", {"batches": 1})
     # codecarbon only where it is installed and useful: the estimated fallback of a CPU host without RAPL
     text += toml_table("meters", {"sample_interval_s": 0.1,
@@ -63,8 +66,9 @@ def matrix_text(name: str, device: str, models: dict[str, dict], runtimes: dict[
     text += toml_table("host", {"idle_seconds": idle_s, "cooldown_max_s": cooldown_s, "gpus": [0]})
     text += toml_table("agreement", {"engine": "torch", "precision": "fp32", "devices": [device]})
     text += toml_table("container", {"timeout_s": timeout_s})
-    for p in precisions:
-        text += toml_table(f"settings.{p}", {"precision": p})
+    for p in precisions:  # batch 1, or a sweep of batch sizes (points fp32__bs8, …)
+        text += toml_table(f"settings.{p}", {"precision": p, **({"sweep": {"batch_size": list(batch_sizes)}}
+                                                                   if batch_sizes else {})})
     for rt, engines in runtimes.items():
         text += toml_table(f"runtimes.{rt}", {"engines": engines})
     for m, spec in models.items():
@@ -90,6 +94,11 @@ def plan_runs(args, runnable: list[dict], tokenizer: str = "trained") -> list[di
                       "precisions": [p for p in d["floor_precisions"] if p in precisions], "reps": reps,
                       "prompts": prompts,
                       "new_tokens": new_tokens}}
+    # batching, where it matters: torch (the reference) and vLLM's scheduler when it runs here, one precision
+    batched = {rt: [e for e in es if e in ("torch", "vllm")] for rt, es in engines.items()}
+    runs["batch"] = {"name": "batch", "models": floor_model, "runtimes": {rt: es for rt, es in batched.items() if es},
+                     "precisions": [d["batch_precision"]], "reps": 1, "prompts": max(d["batch_sizes"]),
+                     "new_tokens": d["batch_new_tokens"], "batch_sizes": tuple(d["batch_sizes"])}
     compiled = next((r for r in runnable if r["engine"] == "torch-compile"), None)
     if compiled:
         # each repetition compiles again in a fresh process (Inductor's cache makes the later ones shorter)
@@ -111,16 +120,19 @@ def plan_runs(args, runnable: list[dict], tokenizer: str = "trained") -> list[di
 
 def trials_of(run: dict[str, Any]) -> int:
     engines = sum(len(e) for e in run["runtimes"].values())
-    return len(run["models"]) * engines * len(run["precisions"]) * run["reps"]
+    points = len(run.get("batch_sizes") or (1,))
+    return len(run["models"]) * engines * len(run["precisions"]) * points * run["reps"]
 
 
 def estimate(device: str, run: dict[str, Any], built: bool) -> float:
     """Seconds one stage takes by the budget model (COST): its fixed costs per trial × trials, plus generation."""
     c, d = COST[device], PER_DEVICE[device]
     fixed = c["tiny_trial_s"] if run["name"] == "archs" else c["trial_s"]
-    per_trial = (fixed + run.get("idle_s", d["idle_s"]) + min(c["cooldown_s"], run.get("cooldown_s", 5.0))
-                 + (run["prompts"] + 1) * run["new_tokens"] * c["tpot_s"])  # + 1: the warmup batch
-    total = c["stage_s"] + trials_of(run) * per_trial + (0 if built else c["first_build_s"])
+    per_trial = fixed + run.get("idle_s", d["idle_s"]) + min(c["cooldown_s"], run.get("cooldown_s", 5.0))
+    # decode steps: each batch (+ 1: the warm-up batch) takes new_tokens steps, about one batch-1 step's time each
+    steps = sum((-(-run["prompts"] // b) + 1) * run["new_tokens"] for b in run.get("batch_sizes") or (1,))
+    total = (c["stage_s"] + trials_of(run) * per_trial + steps * c["tpot_s"] * trials_of(run)
+             / len(run.get("batch_sizes") or (1,)) + (0 if built else c["first_build_s"]))
     if run["name"] == "compile":
         total += c["compile_s"] + (run["reps"] - 1) * c["compile_s"] / 2  # later processes hit Inductor's cache
     return total
@@ -154,7 +166,7 @@ def run_matrix(args, run: dict[str, Any], stop_at: float) -> dict[str, Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(matrix_text(run["name"], args.device, run["models"], run["runtimes"], run["precisions"],
                                 run["reps"], run["prompts"], run["new_tokens"], run.get("idle_s", d["idle_s"]),
-                                args.timeout, run.get("cooldown_s", 5.0)))
+                                args.timeout, run.get("cooldown_s", 5.0), run.get("batch_sizes", ())))
     cmd = [sys.executable, str(REPO / "orchestrate.py"), "run", "--launcher", "process", "--matrix", str(path),
            "--results", str(args.out / "results"), "--cache", str(args.cache), "--run-id", run["name"]]
     print(f"\n$ {' '.join(cmd)}", flush=True)
