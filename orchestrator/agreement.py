@@ -9,6 +9,7 @@ from collections import defaultdict
 from typing import Any
 
 from runners.agreement import ReferencePolicy, attach_all
+from runners.record.facts import mapping
 
 
 def attach(store, spec: ReferencePolicy | dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -32,7 +33,7 @@ def attach(store, spec: ReferencePolicy | dict[str, Any] | None = None) -> list[
         shares = [a["share_identical"] for a in found]
         missing = next((a["reason"] for a in found if a.get("status") != "compared"), None)
         # at batch > 1: the worst trial's share identical to its own configuration at batch 1 (None: not compared)
-        invariance = [(a.get("batch_invariance") or {}).get("share_identical") for a in found]
+        invariance = [mapping(a.get("batch_invariance")).get("share_identical") for a in found]
         rows.append({"model": k[0], "engine": k[1], "device": k[2], "precision": k[3], "runtime": k[4] or None,
                      "setting": k[5] or None, "trials": len(found),
                      "share_identical": None if missing else min(shares), "no_reference": missing,

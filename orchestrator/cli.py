@@ -12,6 +12,9 @@
     orchestrate.py status  [--run-id ID | --matrix F]      done / failed / left (per shard, node and Slurm task)
     orchestrate.py evaluate --run-id ID [--build]          HumanEval pass/fail of every full-prompt trial, in the
                                                            locked-down sandbox, outside every measured window
+    orchestrate.py export  RUN --out FILE [--images]       the run as one verifiable bundle (records, matrix, logs,
+                                                           image recipes, sha256 manifest; --images: the images too)
+    orchestrate.py verify  FILE                            every file of a bundle against its manifest
 Filters (plan, prepare, run): --runtime R, --model M, --setting S (repeatable).
 
 Exit status: 0 done (failed trials are results, recorded as such; --strict makes them exit 1), 2 bad matrix or
@@ -34,8 +37,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from orchestrator import REPO_ROOT, summary
+from orchestrator import REPO_ROOT, bundle, summary
 from orchestrator.budget import CALIBRATION_PROMPTS
+from orchestrator.bundle import BundleError
 from orchestrator.engine_watch import EngineWentAway, engine_failures
 from orchestrator.images import ImageError, build, discover
 from orchestrator.launch import HostProblem
@@ -112,6 +116,14 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     sub.add_parser("status", parents=[common], help="what is done, failed, left")
     ev = sub.add_parser("evaluate", parents=[common], help="run the completions' tests in the sandbox (resumable)")
     ev.add_argument("--build", action="store_true", help="build the sandbox image first (layer-cached)")
+    ex = sub.add_parser("export", help="the run as one verifiable bundle a reviewer can take away")
+    ex.add_argument("run", help="the run: its id under --results, or its folder")
+    ex.add_argument("--out", required=True, help="the bundle file (.tar, or .tar.gz to compress)")
+    ex.add_argument("--results", default=str(REPO_ROOT / "results"), help="results folder (default: results/)")
+    ex.add_argument("--images", action="store_true", help="add the images the run used (docker save, gzip): "
+                    "gigabytes, for a reproduction without registries")
+    ve = sub.add_parser("verify", help="check a bundle's files against its manifest")
+    ve.add_argument("bundle")
     return p.parse_args(argv)
 
 
@@ -128,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     try:
         return {"plan": cmd_plan, "build": cmd_build, "prepare": cmd_run, "run": cmd_run, "submit": cmd_submit,
-                "status": cmd_status, "evaluate": cmd_evaluate}[args.command](args)
-    except MatrixError as e:
+                "status": cmd_status, "evaluate": cmd_evaluate, "export": cmd_export,
+                "verify": cmd_verify}[args.command](args)
+    except (MatrixError, BundleError) as e:
         err_console.print(f"[red]error:[/] {escape(str(e))}")
         return 2
     except (HostProblem, ImageError, RunConflict, EngineWentAway) as e:
@@ -307,6 +320,32 @@ def cmd_status(args) -> int:
         console.print(f"  [yellow]not a record:[/] {escape(str(store.trial_path(trial_id)))}: {escape(why)} — the next "
                       "`run` moves it aside (trials/.invalid/) and runs the trial again")
     return 0
+
+
+def cmd_export(args) -> int:
+    run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.results) / args.run
+    from orchestrator.docker_layer import connected
+
+    try:
+        client = connected()
+    except HostProblem:  # without an engine the bundle still holds everything but the images' local facts
+        if args.images:
+            raise
+        client = None
+    b = bundle.export(run_dir, Path(args.out), client=client, with_images=args.images,
+                      say=lambda line: console.print(escape(line)))
+    console.print(f"wrote {b.path} ({b.size / 1e6:.1f} MB, {len(b.manifest['files'])} files with their sha256 in "
+                  f"{bundle.MANIFEST}); check it with `orchestrate.py verify {b.path}`")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    manifest, problems = bundle.verify(Path(args.bundle))
+    for line in problems:
+        console.print(f"[red]{escape(line)}[/]")
+    console.print(f"bundle of run {manifest['run_id']}: {len(manifest['files'])} files, "
+                  + ("every one as exported" if not problems else f"{len(problems)} not as exported"))
+    return 0 if not problems else 1
 
 
 if __name__ == "__main__":
