@@ -15,6 +15,8 @@
     orchestrate.py export  RUN --out FILE [--images]       the run as one verifiable bundle (records, matrix, logs,
                                                            image recipes, sha256 manifest; --images: the images too)
     orchestrate.py verify  FILE                            every file of a bundle against its manifest
+    orchestrate.py reproduce BUNDLE_OR_RUN [--cells C] [--repetitions N] [--allow-different-images]
+                                                           run it again as a new run; per cell what held
 Filters (plan, prepare, run): --runtime R, --model M, --setting S (repeatable).
 
 Exit status: 0 done (failed trials are results, recorded as such; --strict makes them exit 1), 2 bad matrix or
@@ -124,6 +126,13 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                     "gigabytes, for a reproduction without registries")
     ve = sub.add_parser("verify", help="check a bundle's files against its manifest")
     ve.add_argument("bundle")
+    rp = sub.add_parser("reproduce", parents=[common, launch], help="run a bundle or run again; say what held")
+    rp.add_argument("source", help="a bundle (orchestrate.py export) or a run folder")
+    rp.add_argument("--cells", action="append", help="only this cell (its plan id, e.g. "
+                    "torch-cpu__torch__smollm2__fp32; repeatable; default: every cell of the original)")
+    rp.add_argument("--repetitions", type=int, default=1, help="repetitions per cell (default 1; ≥ 2 for intervals)")
+    rp.add_argument("--allow-different-images", action="store_true",
+                    help="run images built from another recipe than the original's (the result says so)")
     return p.parse_args(argv)
 
 
@@ -141,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"plan": cmd_plan, "build": cmd_build, "prepare": cmd_run, "run": cmd_run, "submit": cmd_submit,
                 "status": cmd_status, "evaluate": cmd_evaluate, "export": cmd_export,
-                "verify": cmd_verify}[args.command](args)
+                "verify": cmd_verify, "reproduce": cmd_reproduce}[args.command](args)
     except (MatrixError, BundleError) as e:
         err_console.print(f"[red]error:[/] {escape(str(e))}")
         return 2
@@ -346,6 +355,40 @@ def cmd_verify(args) -> int:
     console.print(f"bundle of run {manifest['run_id']}: {len(manifest['files'])} files, "
                   + ("every one as exported" if not problems else f"{len(problems)} not as exported"))
     return 0 if not problems else 1
+
+
+def cmd_reproduce(args) -> int:
+    import json
+    import tempfile
+
+    from orchestrator import reproduce
+
+    with tempfile.TemporaryDirectory() as scratch:
+        run_dir, manifest = reproduce.original_run(Path(args.source), Path(scratch))
+        original = {p.stem: json.loads(p.read_text()) for p in sorted((run_dir / "trials").glob("*.json"))}
+        original_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+        matrix = load(run_dir / "matrix.toml")
+    if args.repetitions < 1:
+        raise MatrixError(args.source, "--repetitions", f"must be ≥ 1, got {args.repetitions}", "give 1 or more")
+    matrix = dataclasses.replace(matrix, repetitions=args.repetitions)
+    plan = expand(matrix)
+    unknown = sorted(set(args.cells or ()) - {c.id for c in plan.cells})
+    if unknown:
+        raise MatrixError(args.source, f"--cells {unknown[0]}", "is not a cell of the original",
+                          f"use one of: {', '.join(sorted(c.id for c in plan.cells))}")
+    trials = [t for t in plan.trials if not args.cells or t.cell.id in args.cells]
+    problems = reproduce.recipe_problems(manifest, sorted({t.cell.runtime.spec for t in trials}, key=lambda r: r.name))
+    if problems and not args.allow_different_images:
+        raise HostProblem("; ".join(problems) + " — its figures would be another image's: check out the original's "
+                          "commit, or add --allow-different-images (the reproduction then says so)")
+    opts = dataclasses.replace(_run_options(args), run_id=args.run_id or f"{original_id}-repro", build=True)
+    code = run_session(matrix, plan, trials, opts, console)
+    store = RunStore(args.results, opts.run_id)
+    rows = reproduce.compare_runs(original, store.records(), bool(problems))
+    path = reproduce.write(rows, store.root, str(args.source), bool(problems))
+    summary.print_reproduction(console, rows, original_id)
+    console.print(f"reproduction of {original_id}: {path}")
+    return code
 
 
 if __name__ == "__main__":

@@ -202,3 +202,23 @@ def print_evaluations(console: Console, evaluations: dict[str, dict[str, Any]]) 
     for key, evs in sorted(groups.items()):
         table.add_row(*map(str, key), str(len(evs)), ", ".join(f"{e['passed']}/{e['total']}" for e in evs))
     console.print(table)
+
+
+def print_reproduction(console: Console, rows: list[dict], original: str) -> None:
+    """Per cell of a reproduction: tokens identical, time and energy against the original (ratio of medians with its
+    interval, inside its range?), what differs of the host, the verdict."""
+    def ratio(f: dict) -> str:
+        if f.get("ratio") is None:
+            return escape(f.get("note") or "—")
+        ci = "" if f.get("low") is None else f" [{f['low']:.2f}, {f['high']:.2f}]"
+        inside = {True: ", in range", False: ", OUT of range", None: ""}[f.get("within_original_range")]
+        return f"×{f['ratio']:.2f}{ci}{inside}"
+
+    table = Table(title=f"reproduction of {original}: against the original's trials of each cell")
+    for col in ("cell", "trials", "tokens identical", "time", "energy", "host differs", "verdict"):
+        table.add_column(col)
+    for r in rows:
+        share = "—" if r["tokens_identical"] is None else f"{100 * r['tokens_identical']:.0f} %"
+        table.add_row(escape(str(r["cell"])), f"{r['trials']} vs {r['original_trials']}", share, ratio(r["time"]),
+                      ratio(r["energy"]), escape(", ".join(r["host_differences"]) or "—"), r["verdict"])
+    console.print(table)

@@ -1,0 +1,182 @@
+"""Which results of a recorded run held when it ran again (issue 25): `orchestrate.py reproduce BUNDLE_OR_RUN`.
+
+The original is a bundle (``orchestrate.py export``; its manifest is verified first, and a changed file refuses it) or
+a run folder. Its matrix snapshot runs again as a new run linked to it (``--cells``, ``--repetitions N``, default one
+per cell). Each image must be built from the recipe the original's was: this checkout's sources hash of the image's
+folder, the base and the runner against the one the bundle recorded — another recipe is refused unless
+``--allow-different-images``, which the result records. Then, per cell, ``compare`` says what held: tokens identical
+(share of prompts, against the original's first repetition), the generate window's time and energy as the ratio of
+medians with a bootstrap interval and whether the new median falls inside the original's range, energy only within
+one boundary, every difference of host, and a verdict: reproduced / tokens differ / slower / faster / other hardware /
+other image.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runners.agreement import token_agreement
+from runners.record import Record
+
+SCHEMA = "slm-matrix.reproduction/1"
+CONFIDENCE = 0.95
+HOST_FACTS = ("hostname", "cpu_model", "cpu_count", "kernel", "driver", "gpu")
+
+
+def ratio_ci(new: list[float], old: list[float], seed: int = 0) -> dict[str, Any]:
+    """median(new) / median(old) with a percentile bootstrap interval over both samples (None with the reason where
+    a sample is too small)."""
+    from scipy import stats
+
+    a, b = np.asarray(new, float), np.asarray(old, float)
+    out: dict[str, Any] = {"ratio": float(np.median(a) / np.median(b)) if len(a) and len(b) and np.median(b) else None,
+                           "low": None, "high": None, "note": None}
+    if out["ratio"] is None:
+        out["note"] = "no figure on one side"
+        return out
+    if len(a) < 2 or len(b) < 2:
+        out["note"] = f"n = {len(a)} new, {len(b)} original: no interval (give --repetitions ≥ 2)"
+        return out
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = stats.bootstrap((a, b), lambda x, y, axis=-1: np.median(x, axis=axis) / np.median(y, axis=axis),
+                              confidence_level=CONFIDENCE, n_resamples=2000, method="percentile",
+                              rng=np.random.default_rng(seed))
+    out["low"], out["high"] = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return out
+
+
+def host_of(r: Record) -> dict[str, Any]:
+    """The facts of the machine a trial ran on that a reproduction compares."""
+    env = r.environment
+    return {"hostname": env.get("hostname"), "cpu_model": env.get("cpu_model"), "cpu_count": env.get("cpu_count"),
+            "kernel": env.get("kernel") or env.get("platform"), "driver": env.get("driver_version"),
+            "gpu": r.gpu_model if r.device == "cuda" else None}
+
+
+def _figure(rs: list[Record], what: str) -> tuple[list[float], set]:
+    """Per trial: the generate window's seconds, or joules (with the set of boundaries they were measured on)."""
+    values, boundaries = [], set()
+    for r in rs:
+        e = r.energy("generate")
+        if e is None:
+            continue
+        if what == "time":
+            values.append(e.duration_s)
+        elif e.joules is not None:
+            values.append(e.joules)
+            boundaries.add((e.source, e.boundary))
+    return values, boundaries
+
+
+def _spread(new: list[float], old: list[float]) -> bool | None:
+    """Whether the new median lies within the original repetitions' range."""
+    return None if not new or not old else bool(min(old) <= float(np.median(new)) <= max(old))
+
+
+def compare_cell(old: list[Record], new: list[Record], images_allowed_to_differ: bool = False) -> dict[str, Any]:
+    """One cell: what held between the original's ok trials and the reproduction's."""
+    first = min(old, key=lambda r: r.repetition or 0)
+    shares = [token_agreement(n.data, first.data, first.trial_id).get("share_identical") for n in new]
+    time_new, _ = _figure(new, "time")
+    time_old, _ = _figure(old, "time")
+    e_new, b_new = _figure(new, "energy")
+    e_old, b_old = _figure(old, "energy")
+    same_boundary = bool(b_new) and b_new == b_old
+    hosts = [(k, host_of(first).get(k), host_of(new[0]).get(k)) for k in HOST_FACTS]
+    differ = {k: {"original": a, "reproduction": b} for k, a, b in hosts if a != b}
+    image = {"original": sorted({r.image_id for r in old if r.image_id}),
+             "reproduction": sorted({r.image_id for r in new if r.image_id})}
+    row = {"cell": first.trial.get("cell_id"), "model": first.model_name, "runtime": first.runtime,
+           "engine": first.engine_name, "precision": first.precision, "original_trials": len(old),
+           "trials": len(new),
+           "tokens_identical": None if any(s is None for s in shares) else min(shares),
+           "time": {**ratio_ci(time_new, time_old), "within_original_range": _spread(time_new, time_old)},
+           "energy": ({**ratio_ci(e_new, e_old), "within_original_range": _spread(e_new, e_old)} if same_boundary
+                      else {"ratio": None, "note": "not compared: another energy boundary or source "
+                                                   f"({sorted(map(str, b_old))} → {sorted(map(str, b_new))})"}),
+           "host_differences": differ, "image_ids": image, "images_allowed_to_differ": images_allowed_to_differ}
+    row["verdict"] = verdict(row)
+    return row
+
+
+def verdict(row: dict[str, Any]) -> str:
+    """The one word on a cell, most serious first: tokens differ, other hardware, other image, slower, faster,
+    reproduced. Time decides only where its interval excludes 1 (or, without one, outside the original's range)."""
+    if row["tokens_identical"] is None or row["tokens_identical"] < 1:
+        return "tokens differ"
+    if set(row["host_differences"]) - {"hostname"}:
+        return "other hardware"
+    if row["images_allowed_to_differ"]:
+        return "other image"
+    t = row["time"]
+    if t.get("low") is not None:
+        off = 1 if t["low"] > 1 else -1 if t["high"] < 1 else 0
+    else:
+        off = 0 if t.get("within_original_range") in (True, None) else (1 if (t.get("ratio") or 1) > 1 else -1)
+    return {1: "slower", -1: "faster", 0: "reproduced"}[off]
+
+
+def compare_runs(original: dict[str, dict], reproduction: dict[str, dict], images_allowed_to_differ: bool = False
+                 ) -> list[dict[str, Any]]:
+    """Per cell of the reproduction: compare_cell against the original's ok trials of the same cell."""
+    def by_cell(records: dict[str, dict]) -> dict[str, list[Record]]:
+        out: dict[str, list[Record]] = {}
+        for rec in records.values():
+            r = Record(rec)
+            if r.is_ok_run:
+                out.setdefault(r.trial.get("cell_id"), []).append(r)
+        return out
+
+    old, new = by_cell(original), by_cell(reproduction)
+    return [compare_cell(old[c], new[c], images_allowed_to_differ) for c in sorted(new) if c in old]
+
+
+def original_run(source: Path, scratch: Path) -> tuple[Path, dict[str, Any] | None]:
+    """The original's run folder and the bundle's manifest (None for a run folder): a bundle is verified, then its
+    run/ extracted into ``scratch``."""
+    from orchestrator.bundle import BundleError, verify
+
+    if source.is_dir():
+        if not (source / "run.json").is_file():
+            raise BundleError(f"{source} is not a run folder (no run.json) — give a run folder or a bundle")
+        return source, None
+    manifest, problems = verify(source)
+    if problems:
+        raise BundleError(f"{source} is not as exported — {'; '.join(problems[:5])} — a reproduction needs the "
+                          "bundle as it was written")
+    with tarfile.open(source) as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and m.name.startswith("run/")]
+        for m in members:
+            m.name = m.name[len("run/"):]
+        tar.extractall(scratch, members=members, filter="data")
+    return scratch, manifest
+
+
+def recipe_problems(manifest: dict[str, Any] | None, runtimes: list) -> list[str]:
+    """The images whose recipe in this checkout is not the one the original's images were built from."""
+    from orchestrator.images import sources_hash
+
+    if manifest is None:
+        return []
+    recorded = {e["image"]: e.get("recipe_sources") for e in (manifest.get("images") or {}).values()}
+    out = []
+    for rt in runtimes:
+        want = recorded.get(rt.image)
+        if want and want != sources_hash(rt):
+            out.append(f"{rt.image}: this checkout builds it from other sources ({sources_hash(rt)}) than the "
+                       f"original's ({want})")
+    return out
+
+
+def write(rows: list[dict[str, Any]], run_root: Path, original: str, allowed: bool) -> Path:
+    path = run_root / "reproduction.json"
+    path.write_text(json.dumps({"schema": SCHEMA, "original": original, "allow_different_images": allowed,
+                                "cells": rows}, indent=1, default=str))
+    return path

@@ -1,0 +1,105 @@
+"""orchestrate.py reproduce (orchestrator/reproduce.py): per cell what held between a run and its reproduction —
+tokens, time and energy against the original's spread, host and image differences, one verdict — and the refusals
+before anything runs (a bundle changed after export, images built from another recipe)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import pytest
+from conftest import orchestrate
+
+from analysis.synthetic import make_record, write_run
+from orchestrator import bundle
+from orchestrator.reproduce import compare_runs
+
+IMAGE = "slm-matrix/torch-cpu:latest"
+
+
+def _run(durations=(10.0, 10.2, 9.9), energy=100.0, **kw) -> dict[str, dict]:
+    recs = [make_record(engine="torch", repetition=i, order_index=i, duration_s=d, energy_j=energy * d / 10, **kw)
+            for i, d in enumerate(durations)]
+    return {r["trial"]["trial_id"]: r for r in recs}
+
+
+def _verdicts(original, reproduction, **kw) -> list[dict]:
+    rows = compare_runs(original, reproduction, **kw)
+    assert len(rows) == 1
+    return rows
+
+
+def test_the_same_figures_are_reproduced():
+    row, = _verdicts(_run(), _run(durations=(10.1, 9.95, 10.05)))
+    assert row["verdict"] == "reproduced" and row["tokens_identical"] == 1.0
+    assert row["time"]["low"] < 1 < row["time"]["high"] and row["time"]["within_original_range"] is True
+    assert row["energy"]["ratio"] == pytest.approx(10.05 / 10.0, rel=0.02)
+    assert row["host_differences"] == {} and row["trials"] == row["original_trials"] == 3
+
+
+def test_tokens_that_differ_are_never_called_reproduced():
+    row, = _verdicts(_run(), _run(diverge=(2,)))  # one prompt's tokens changed, figures the same
+    assert row["tokens_identical"] == 0.75 and row["verdict"] == "tokens differ"
+
+
+def test_slower_outside_the_interval_and_another_machine_are_said():
+    row, = _verdicts(_run(), _run(durations=(15.0, 15.3, 14.8)))
+    assert row["time"]["low"] > 1 and row["time"]["within_original_range"] is False and row["verdict"] == "slower"
+    other = _run()
+    for rec in other.values():
+        rec["environment"]["cpu_model"] = "Another CPU"
+    row, = _verdicts(_run(), other)
+    assert row["verdict"] == "other hardware"
+    assert row["host_differences"] == {"cpu_model": {"original": "Synthetic CPU", "reproduction": "Another CPU"}}
+    row, = _verdicts(_run(), _run(), images_allowed_to_differ=True)
+    assert row["verdict"] == "other image"
+
+
+def test_energy_of_another_boundary_is_not_compared():
+    row, = _verdicts(_run(source="estimated"), _run(source="measured"))
+    assert row["energy"]["ratio"] is None and "another energy boundary" in row["energy"]["note"]
+    assert row["time"]["ratio"] is not None
+
+
+def _bundle(tmp_path, recipe_sources: str | None = None):
+    recs = list(_run().values())
+    for rec in recs:
+        rec["host"] = {**(rec.get("host") or {}), "image": IMAGE}
+    run = write_run(recs, tmp_path / "results" / "orig")
+    (run / "run.json").write_text(json.dumps({"run_id": "orig", "invocations": []}))
+    (run / "matrix.toml").write_text('[matrix]\nname = "orig"\nseed = 1\nrepetitions = 1\n[workload]\ncount = 2\n'
+                                     '[generation]\nnew_tokens = 4\n[runtimes.torch-cpu]\nengines = ["torch"]\n'
+                                     '[models.tiny]\nfixture = "llama"\n')
+    b = bundle.export(run, tmp_path / "orig.tar", say=lambda line: None).path
+    if recipe_sources is None:
+        return b
+    out = tmp_path / "other-recipe.tar"
+    with tarfile.open(b) as tin, tarfile.open(out, "w") as tout:
+        for m in tin:
+            data = tin.extractfile(m).read()
+            if m.name == bundle.MANIFEST:  # the images were built from another recipe than this checkout's
+                manifest = json.loads(data)
+                manifest["images"]["torch-cpu"]["recipe_sources"] = recipe_sources
+                data = json.dumps(manifest).encode()
+                m.size = len(data)
+            tout.addfile(m, io.BytesIO(data))
+    return out
+
+
+def test_images_of_another_recipe_or_a_changed_bundle_are_refused_before_anything_runs(tmp_path):
+    other = _bundle(tmp_path, recipe_sources="0" * 16)
+    proc = orchestrate("reproduce", str(other), "--results", str(tmp_path / "repro"))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "other sources" in proc.stderr and "--allow-different-images" in proc.stderr
+    assert not (tmp_path / "repro").exists()  # refused before any run folder or container
+    changed = tmp_path / "changed.tar"
+    with tarfile.open(_bundle(tmp_path / "b")) as tin, tarfile.open(changed, "w") as tout:
+        for m in tin:
+            data = tin.extractfile(m).read()
+            if m.name == "run/matrix.toml":
+                data += b"# edited\n"
+                m.size = len(data)
+            tout.addfile(m, io.BytesIO(data))
+    proc = orchestrate("reproduce", str(changed), "--results", str(tmp_path / "repro"))
+    assert proc.returncode == 2 and "not as exported" in proc.stderr and "run/matrix.toml" in proc.stderr
