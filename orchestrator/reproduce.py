@@ -23,9 +23,9 @@ import numpy as np
 
 from runners.agreement import token_agreement
 from runners.record import Record
+from runners.record.facts import mapping
 
 SCHEMA = "slm-matrix.reproduction/1"
-CONFIDENCE = 0.95
 HOST_FACTS = ("hostname", "cpu_model", "cpu_count", "kernel", "driver", "gpu")
 
 
@@ -33,6 +33,8 @@ def ratio_ci(new: list[float], old: list[float], seed: int = 0) -> dict[str, Any
     """median(new) / median(old) with a percentile bootstrap interval over both samples (None with the reason where
     a sample is too small)."""
     from scipy import stats
+
+    from analysis.stats import CONFIDENCE  # the report's level, so both read alike
 
     a, b = np.asarray(new, float), np.asarray(old, float)
     out: dict[str, Any] = {"ratio": float(np.median(a) / np.median(b)) if len(a) and len(b) and np.median(b) else None,
@@ -165,7 +167,7 @@ def recipe_problems(manifest: dict[str, Any] | None, runtimes: list) -> list[str
 
     if manifest is None:
         return []
-    recorded = {e["image"]: e.get("recipe_sources") for e in (manifest.get("images") or {}).values()}
+    recorded = {e["image"]: e.get("recipe_sources") for e in mapping(manifest.get("images")).values()}
     out = []
     for rt in runtimes:
         want = recorded.get(rt.image)
