@@ -34,7 +34,7 @@ SOURCES = ENERGY_SOURCES
 NUMERIC_SUFFIXES = ("_j", "_s", "_b", "_kwh", "_median", "_mean", "_max", "_identical", "_per_token", "_per_token_net")
 # the operating point's axes, one column each (threads_asked: None where the engine chose its own)
 OPERATING_AXES = ("batch_size", "new_tokens", "prompt_tokens", "threads", "threads_asked", "power_limit_w",
-                  "power_enforced_w")
+                  "power_enforced_w", "gpus")
 SKIP_DIRS = {"work"}  # results/<run>/work/<trial>/: the trial in flight, not yet judged by the orchestrator
 
 
@@ -133,6 +133,8 @@ def _identity(r: Record, run_dir: Path, problem: str | None) -> dict[str, Any]:
         "power_limit_w": r.power_cap.get("requested_w"),
         "power_enforced_w": min((g["enforced_w"] for g in r.power_cap.get("gpus") or () if g.get("enforced_w")),
                                 default=None),
+        # the GPUs it ran on (a CUDA job without the field had one; None: a CPU trial)
+        "gpus": r.job.get("gpus", 1) if r.device == "cuda" else None,
         "work": r.work, "repetition": r.repetition, "order_index": t.get("order_index"),
         "matrix_name": t.get("matrix_name"), "seed": t.get("seed"), "matrix_hash": t.get("matrix_hash"),
         "dataset": r.loaded_workload.get("dataset"), "workload_seed": r.loaded_workload.get("seed"),

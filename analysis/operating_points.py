@@ -18,7 +18,7 @@ import pandas as pd
 from analysis.figures import fronts
 from analysis.stats import median_ci
 
-AXES = ("batch_size", "new_tokens", "prompt_tokens", "threads", "power_limit_w")
+AXES = ("batch_size", "new_tokens", "prompt_tokens", "threads", "power_limit_w", "gpus")
 # metric column -> label; mean_w is the generate window's mean power (its energy ÷ its duration)
 CURVE_METRICS = {"j_per_token": "J/token", "tokens_per_s": "tokens/s", "mean_w": "mean W", "ttft_s_median": "TTFT s",
                  "tpot_s_median": "TPOT s"}
@@ -59,11 +59,14 @@ def _with_keys(ok: pd.DataFrame) -> pd.DataFrame:
     pt = t["prompt_tokens"].map(lambda v: "" if pd.isna(v) else f", {int(v)}-token prompts")
     # a group is one energy boundary, and a boundary names its source: one context, one source
     t["context"] = t["group"].astype(str) + " · " + nt + " new tokens" + pt
-    # what a ranking holds fixed besides the batch size: the threads asked for and the GPU power cap
+    # what a ranking holds fixed besides the batch size: the threads asked for, the GPU power cap, several GPUs
     threads = t["threads_asked"].map(lambda v: None if pd.isna(v) else f"{int(v)} threads")
+    none = pd.Series(None, index=t.index)
     cap = t["power_limit_w"].map(lambda v: None if pd.isna(v) else f"{int(v)} W cap") if "power_limit_w" in t \
-        else pd.Series(None, index=t.index)
-    t["held"] = [" · ".join(x for x in pair if isinstance(x, str)) or "engine default" for pair in zip(threads, cap)]
+        else none
+    gpus = t["gpus"].map(lambda v: f"{int(v)} GPUs" if pd.notna(v) and v > 1 else None) if "gpus" in t else none
+    t["held"] = [" · ".join(x for x in held if isinstance(x, str)) or "engine default"
+                 for held in zip(threads, cap, gpus)]
     t["mean_w"] = pd.to_numeric(t["energy_j"], errors="coerce") / pd.to_numeric(t["duration_s"], errors="coerce")
     return t
 
@@ -71,6 +74,7 @@ def _with_keys(ok: pd.DataFrame) -> pd.DataFrame:
 def _point_rows(t: pd.DataFrame) -> pd.DataFrame:
     rows = []
     keys = ["model", "context", "energy_source", "line", *AXES, "held"]
+    t = t.assign(**{a: np.nan for a in AXES if a not in t})  # an axis the trials do not know was not varied
     for key, g in t.groupby(keys, dropna=False, sort=True):
         row = dict(zip(keys, key), n=len(g))
         for col in CURVE_METRICS:
@@ -132,12 +136,12 @@ def inversion_words(ranks: pd.DataFrame) -> list[str]:
 def power_cap_tradeoffs(points: pd.DataFrame) -> pd.DataFrame:
     """Per context × line × point capped at several GPU power limits: each cap against the same point uncapped (else
     at its highest cap) — energy saved and time lost, in % of the reference's medians (negative: the other way)."""
-    cols = ["context", "line", "batch_size", "new_tokens", "prompt_tokens", "threads", "power_limit_w", "reference",
-            "energy_saved", "time_lost"]
+    cols = ["context", "line", "batch_size", "new_tokens", "prompt_tokens", "threads", "gpus", "power_limit_w",
+            "reference", "energy_saved", "time_lost"]
     if "power_limit_w" not in points or points["power_limit_w"].isna().all():
         return pd.DataFrame(columns=cols)
     rows = []
-    same = ["context", "line", "batch_size", "new_tokens", "prompt_tokens", "threads"]
+    same = ["context", "line", "batch_size", "new_tokens", "prompt_tokens", "threads", "gpus"]
     for key, g in points.groupby(same, dropna=False, sort=True):
         if len(g) < 2:
             continue

@@ -39,6 +39,12 @@ def results_scope(results: Path | None) -> str:
     return hashlib.sha256(where.encode()).hexdigest()[:16]
 
 
+def device_ids(spec: LaunchSpec) -> list[str]:
+    """The Docker GPU device ids of a CUDA trial: exactly its GPUs (by UUID, the job's gpus of them, in the order of
+    [host] gpus), never every GPU of the host; "0" where NVML named none."""
+    return list(spec.gpus) or ["0"]
+
+
 class DockerLauncher:
     name = "docker"
 
@@ -112,8 +118,8 @@ class DockerLauncher:
             labels={**self.labels(spec.name), **spec.labels},
             # the record's environment.hostname names the machine, not a throw-away container id (kept in host.*)
             hostname=socket.gethostname(), **limits(spec.mem_limit, spec.cpus))
-        if spec.runtime.gpu:  # exactly the trial's GPUs (by UUID), never every GPU of the host
-            options["device_requests"] = [docker.types.DeviceRequest(device_ids=list(spec.gpus) or ["0"],
+        if spec.runtime.gpu:
+            options["device_requests"] = [docker.types.DeviceRequest(device_ids=device_ids(spec),
                                                                      capabilities=[["gpu"]])]
         return options
 

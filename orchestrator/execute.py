@@ -52,7 +52,8 @@ class Executor:
         self.baseline = None  # orchestrator.idle.IdleBaseline, with the meters
         self.node = node or {}  # {shard, slurm}: where on a cluster this invocation runs, for every record
         self.cap_note = note_path(store.root, self.node.get("shard"))  # orchestrator/power_cap.py
-        self._cap_problems: dict[int, str | None] = {}  # watts -> why this host cannot cap its GPUs at that
+        # (watts, GPU indices) -> why this host cannot cap those GPUs at that
+        self._cap_problems: dict[tuple[int, tuple[int, ...]], str | None] = {}
         self.preparer = Preparer(self)
         client = getattr(launcher, "client", None)  # the Docker launcher's engine (none for the process launcher)
         self._watch = EngineWatch(client) if client is not None else None
@@ -71,6 +72,8 @@ class Executor:
                 sel.done.append(t)
             elif t.cell.runtime.spec.gpu and self.gpu_problem():
                 sel.skipped[t.id] = f"{t.cell.runtime.name} needs a GPU: {self.gpu_problem()}"
+            elif self.gpus_problem(t.cell):
+                sel.skipped[t.id] = f"{t.cell.setting.name} runs on several GPUs: {self.gpus_problem(t.cell)}"
             elif self.cap_problem(t.cell):
                 sel.skipped[t.id] = f"{t.cell.setting.name} caps the GPU power: {self.cap_problem(t.cell)}"
             else:
@@ -83,10 +86,11 @@ class Executor:
         watts = requested_w(cell.setting, cell.runtime.spec.gpu)
         if watts is None:
             return None
-        if watts not in self._cap_problems:
-            self._cap_problems[watts] = problem(self.plan.matrix.host["gpus"], watts, str(self.plan.matrix.path),
-                                                setting_field(cell.setting))
-        return self._cap_problems[watts]
+        key = (watts, tuple(self.trial_indices(cell)))
+        if key not in self._cap_problems:
+            self._cap_problems[key] = problem(list(key[1]), watts, str(self.plan.matrix.path),
+                                              setting_field(cell.setting))
+        return self._cap_problems[key]
 
     def prepare(self, sel: Selection, build: bool) -> dict[str, str]:
         """Before the first trial: leftovers of a killed orchestrator removed, images ready, models and conversions
@@ -137,12 +141,28 @@ class Executor:
             self.baseline = IdleBaseline(self._meters, host)
         return self._meters
 
-    def trial_gpus(self, cell: Cell) -> dict[str, int]:
-        """{NVML UUID: host index} of the GPUs a CUDA cell runs on ([host] gpus); empty for a CPU cell."""
+    def trial_indices(self, cell: Cell) -> list[int]:
+        """The host indices of the GPUs a CUDA cell runs on: the first ``gpus`` (default 1) of [host] gpus; none for
+        a CPU cell."""
         if not cell.runtime.spec.gpu:
-            return {}
-        wanted = self.plan.matrix.host["gpus"]
-        return {(g.uuid or str(g.index)): g.index for g in self.meters().gpus if g.index in wanted}
+            return []
+        return self.plan.matrix.host["gpus"][:cell.setting.axes.get("gpus", 1)]
+
+    def trial_gpus(self, cell: Cell) -> dict[str, int]:
+        """{NVML UUID: host index} of the trial's GPUs this host has (trial_indices), in that order."""
+        found = {g.index: g for g in self.meters().gpus} if cell.runtime.spec.gpu else {}
+        return {(found[i].uuid or str(i)): i for i in self.trial_indices(cell) if i in found}
+
+    def gpus_problem(self, cell: Cell) -> str | None:
+        """Why this host cannot give a cell of several GPUs all of them (its trials are skipped, never run on
+        fewer); None when it can or the cell asks for one."""
+        wanted = self.trial_indices(cell)
+        if len(wanted) < 2:
+            return None
+        found = self.trial_gpus(cell)
+        missing = [i for i in wanted if i not in found.values()]
+        return (f"it asks for GPUs {wanted} of [host] gpus, and NVML finds no GPU {missing} on this host "
+                f"({len(self.meters().gpus)} found)") if missing else None
 
     def job(self, cell: Cell) -> tuple[dict[str, Any], dict[str, int]]:
         """The cell's job, its meters told which GPUs are the trial's own; and those GPUs, for the launcher."""
@@ -169,7 +189,7 @@ class Executor:
         if spec.mode == "run" and outcome.facts.get("image_id"):  # a trial's record names the image it ran in
             spec.job["trial"]["image_id"] = outcome.facts["image_id"]
         record = judge(outcome, spec.job, spec, spec.mode)
-        keep = host_energy.trial_boundary(cell.runtime.spec.device, self.plan.matrix.host["gpus"])
+        keep = host_energy.trial_boundary(cell.runtime.spec.device, self.trial_indices(cell))
         facts = HostFacts.launched(outcome, spec, self.store.root, record,
                                    container=host_energy.restrict(outcome.window, keep))
         return {**record, **host_energy.apply(record, outcome.trace, keep)}, facts
@@ -245,7 +265,7 @@ class Executor:
         return None
 
     def _run_trial_once(self, t: Trial) -> dict[str, Any]:
-        cap = PowerCap(self.cap_note, self.plan.matrix.host["gpus"],
+        cap = PowerCap(self.cap_note, self.trial_indices(t.cell),
                        requested_w(t.cell.setting, t.cell.runtime.spec.gpu), t.id)
         try:
             with cap:  # set before the cooldown and the idle baseline; restored however the trial ends
@@ -268,7 +288,7 @@ class Executor:
         trial_start = time.time()
         cooldown = self._cooldown(meters)
         idle = restrict_idle(self.baseline.for_trial(),
-                             trial_boundary(t.cell.runtime.spec.device, self.plan.matrix.host["gpus"]))
+                             trial_boundary(t.cell.runtime.spec.device, self.trial_indices(t.cell)))
         job, gpus = self.job(t.cell)
         job["trial"] = self._bookkeeping(t)
         spec = self.spec(t.id, t.cell.runtime.spec, "run", job,

@@ -33,6 +33,7 @@ from orchestrator.images import ImageError, Runtime, discover
 from orchestrator.matrix_entries import (ModelEntry, RuntimeEntry, Setting, check_runtime_settings, family_members,
                                          parse_models, parse_runtimes, parse_settings, setting_families)
 from orchestrator.matrix_table import CONTAINER_KEYS, MatrixError, Table, container_limits
+from orchestrator.sweep import unhonoured
 from runners.agreement import ReferencePolicy
 
 JOB_SECTIONS = ("workload", "generation", "warmup", "meters")
@@ -52,7 +53,8 @@ HOST_KEYS = {
                                              "each window the runner marks in its container is metered"),
 }
 # [host] keys that are not numbers
-HOST_GPUS_WHAT = "the host GPU indices a CUDA trial runs on and is metered on, e.g. [0]"
+HOST_GPUS_WHAT = ("the host GPU indices CUDA trials run on and are metered on, in order: a trial of gpus = N takes the "
+                  "first N, e.g. [0]")
 HOST_RAPL_WHAT = "the host's powercap tree (RAPL), e.g. \"/sys/class/powercap\""
 # [agreement]: which configuration is the token-agreement reference of every model × workload × generation
 AGREEMENT_DEFAULT = ReferencePolicy()  # the one default (runners/agreement.py)
@@ -122,6 +124,7 @@ def load(path: str | Path, *, images_dir: Path | None = None) -> Matrix:
                     settings={s: settings[s] for s in selected.settings},
                     runtimes={r: runtimes[r] for r in selected.runtimes},
                     models={m: models[m] for m in selected.models})
+    _check_host_gpus(src, host, settings)
     _check_jobs(matrix, runtimes, models, settings)
     return matrix
 
@@ -197,6 +200,17 @@ def _host(src: str, data: Any) -> dict[str, Any]:
     return host
 
 
+def _check_host_gpus(src: str, host: dict[str, Any], settings: dict[str, Setting]) -> None:
+    """A trial of gpus = N runs on the first N of [host] gpus: a setting asking more than the list holds could never
+    run anywhere."""
+    for s in settings.values():
+        n = s.axes.get("gpus", 1)
+        if n > len(host["gpus"]):
+            raise MatrixError(src, f"settings.{s.sweep_of}.sweep.gpus" if s.sweep_of else f"settings.{s.name}.gpus",
+                              f"asks {n} GPUs per trial but [host] gpus lists {len(host['gpus'])}",
+                              f"list the host GPUs a trial may take, e.g. [host] gpus = {list(range(n))}")
+
+
 def _agreement(src: str, data: Any) -> ReferencePolicy:
     at = Table(src, data, "agreement")
     agreement = {"engine": at.get("engine", str, AGREEMENT_DEFAULT.engine, what="the reference engine"),
@@ -238,6 +252,8 @@ def job_body(matrix: Matrix, runtime: RuntimeEntry, engine: str, model: ModelEnt
         "workload": {**copy.deepcopy(matrix.job["workload"]), **setting.workload}, "generation": generation,
         "warmup": copy.deepcopy(matrix.job["warmup"]), "meters": copy.deepcopy(matrix.job["meters"]),
         "engine_options": {**copy.deepcopy(runtime.engine_options), **setting.engine_options},
+        # GPUs per trial (CUDA); one is the default, left out so a one-GPU job reads as before the field existed
+        **({"gpus": setting.axes["gpus"]} if setting.axes.get("gpus", 1) > 1 else {}),
     }
 
 
@@ -250,6 +266,16 @@ def greedy_only(engine: str, setting: Setting) -> str | None:
     return f"sampled decoding not offered: {why}" if why and setting.generation.get("sampling") else None
 
 
+def single_gpu(engine: str, setting: Setting) -> str | None:
+    """Why a setting of several GPUs per trial is no cell of this engine (it runs a model on one GPU: the plan lists
+    it as left out), or None."""
+    from runners.engines import engine_class
+
+    why = engine_class(engine).multi_gpu
+    n = setting.axes.get("gpus", 1)
+    return f"{n} GPUs per trial not offered: {why}" if why and n > 1 else None
+
+
 def _check_jobs(matrix: Matrix, runtimes: dict[str, RuntimeEntry], models: dict[str, ModelEntry],
                 settings: dict[str, Setting]) -> None:
     from runners.job import JobError, parse_job
@@ -260,8 +286,9 @@ def _check_jobs(matrix: Matrix, runtimes: dict[str, RuntimeEntry], models: dict[
         for r in runtimes.values():
             for s in settings.values():
                 for e in r.engines:
-                    if s.precision not in r.spec.engine_precisions(e) or greedy_only(e, s):
-                        continue  # not a cell: this engine does not offer that precision or sampling
+                    if s.precision not in r.spec.engine_precisions(e) or greedy_only(e, s) or single_gpu(e, s) \
+                            or unhonoured(s.axes, r.spec.device):
+                        continue  # not a cell: this engine does not offer that precision, sampling, GPUs or axis
                     spec = {"name": m.name, "path": "/models/x"} if m.source != "hub" else {
                         "name": m.name, "hub_id": m.hub_id, "revision": m.revision, "hf_cache": "/hf-cache"}
                     try:

@@ -131,22 +131,29 @@ def parse_settings(src: str, data: Any) -> dict[str, Setting]:
     return out
 
 
+FIXED_AXES = ("power_limit_w", "gpus")  # sweep axes a setting may also give as a plain field
+
+
 def _setting(src: str, key: str, data: Any) -> list[Setting]:
     t = Table(src, data, key)
     devices = t.get("devices", list, None, what="the devices whose runtimes run it, e.g. [\"cuda\"]")
     for i, d in enumerate(devices or ()):
         if d not in ("cpu", "cuda"):
             raise MatrixError(src, f"{key}.devices[{i}]", f"unknown device {d!r}", "use cpu or cuda")
-    cap = t.get("power_limit_w", int, None, minimum=1, what="the GPU power cap in watts, CUDA runtimes only")
+    # the axes a setting may also fix (CUDA runtimes only): the GPU power cap, the GPUs per trial
+    fixed = {"power_limit_w": t.get("power_limit_w", int, None, minimum=1,
+                                    what="the GPU power cap in watts, CUDA runtimes only"),
+             "gpus": t.get("gpus", int, None, minimum=1, what="the GPUs one trial runs on, CUDA runtimes only")}
+    fixed = {axis: v for axis, v in fixed.items() if v}
     setting = Setting(key.split(".", 1)[1], t.get("precision", str, what="e.g. \"fp32\""),
                       dict(t.table("generation")), family=t.get("family", str, None),
-                      devices=tuple(devices) if devices else None, axes={"power_limit_w": cap} if cap else {})
+                      devices=tuple(devices) if devices else None, axes=fixed)
     sweep = parse_sweep(src, key, t.get("sweep", dict, None, what="axes and their values, e.g. "
                                                                 "{ batch_size = [1, 4, 16] }"))
-    t.done(["precision", "generation", "family", "devices", "sweep", "power_limit_w"])
-    if cap and sweep:  # a point's axes are its sweep's: the cap of a swept setting is one of them
-        raise MatrixError(src, f"{key}.power_limit_w", "is fixed beside a sweep",
-                          f"give it as an axis of the sweep: sweep = {{ …, power_limit_w = [{cap}] }}")
+    t.done(["precision", "generation", "family", "devices", "sweep", *FIXED_AXES])
+    for axis, value in fixed.items() if sweep else ():  # a point's axes are its sweep's: a fixed one is one of them
+        raise MatrixError(src, f"{key}.{axis}", "is fixed beside a sweep",
+                          f"give it as an axis of the sweep: sweep = {{ …, {axis} = [{value}] }}")
     for axis in sweep:
         if axis in setting.generation:
             raise MatrixError(src, f"{key}.sweep.{axis}", f"is also fixed in {key}.generation",

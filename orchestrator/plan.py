@@ -9,7 +9,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from orchestrator.matrix import Matrix, MatrixError, ModelEntry, RuntimeEntry, Setting, family_members, greedy_only
+from orchestrator.matrix import (Matrix, MatrixError, ModelEntry, RuntimeEntry, Setting, family_members, greedy_only,
+                                 single_gpu)
 from orchestrator.matrix_entries import setting_families
 from orchestrator.sweep import compact_names, unhonoured
 
@@ -85,7 +86,7 @@ def expand(matrix: Matrix) -> Plan:
                     skipped.setdefault((f"{r.name}/{e}", f"for {' and '.join(s.devices)} runtimes only"),
                                        []).append(s.name)
                     continue
-                why = unhonoured(s.axes, r.spec.device) or greedy_only(e, s)
+                why = unhonoured(s.axes, r.spec.device) or greedy_only(e, s) or single_gpu(e, s)
                 if why:
                     skipped.setdefault((f"{r.name}/{e}", why), []).append(s.name)
                     continue

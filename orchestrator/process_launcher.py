@@ -17,6 +17,16 @@ from orchestrator import REPO_ROOT
 from orchestrator.launch import LaunchSpec, Outcome, read_record, write_job
 
 
+def runner_env(spec: LaunchSpec) -> dict[str, str]:
+    """The runner's environment: offline, this checkout importable, and a CUDA trial shown its own GPUs only."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONUNBUFFERED": "1"}
+    if spec.runtime.gpu and spec.gpus:  # the trial's GPUs only, in the order of [host] gpus (CUDA takes UUIDs)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpus)
+    return env
+
+
 class ProcessLauncher:
     name = "process"
 
@@ -41,11 +51,7 @@ class ProcessLauncher:
     def run(self, spec: LaunchSpec, meters) -> Outcome:
         job_path = write_job(spec, spec.job)
         out = spec.work / "out" / "record.json"
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-               "PYTHONUNBUFFERED": "1"}
-        if spec.runtime.gpu and spec.gpus:  # the trial's GPUs only (CUDA takes UUIDs)
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpus)
+        env = runner_env(spec)
         facts = {"launcher": self.name, "image": None, "image_id": None, "python": self.python,
                  "limits": {"timeout_s": spec.timeout_s, "not_enforced": [k for k in ("mem_limit", "cpus")
                                                                           if getattr(spec, k)]}}

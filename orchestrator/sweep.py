@@ -13,7 +13,9 @@ setting would: ``batch_size`` and ``new_tokens`` the generation, ``prompt_tokens
 input ids: style "length"), ``threads`` the engine's CPU threads (CPU runtimes only: a CUDA runtime's cells of that
 setting are left out with the reason, never run with the axis ignored). ``power_limit_w`` sets no job field: the host
 caps the trial's GPUs at that many watts (orchestrator/power_cap.py; CUDA runtimes only, a CPU runtime's cells are
-left out with the reason).
+left out with the reason). ``gpus`` gives the trial the first N GPUs of ``[host] gpus`` (the job's ``gpus``: its
+engine spreads the model over them, its energy boundary holds exactly them; CUDA runtimes only, and engines that can
+spread a model: others' cells are left out with the reason).
 """
 
 from __future__ import annotations
@@ -30,14 +32,13 @@ AXES: dict[str, tuple[str, str]] = {
     "prompt_tokens": ("workload", "pt"),
     "threads": ("engine_options", "th"),
     "power_limit_w": ("host", "pl"),  # the host sets it around the trial (orchestrator/power_cap.py), not the job
+    "gpus": ("job", "g"),  # the job's own gpus field (orchestrator/matrix.py job_body), and the launcher's devices
 }
-# axes the issue asks for that need a GPU host to be honoured (several GPUs per trial): refused by name until they are
-# built, never accepted and ignored
-NOT_YET = {"gpus": "several GPUs per trial are not built yet"}
 # axes only a CPU engine can honour, and why
 CPU_ONLY = {"threads": "threads sets a CPU engine's threads; a CUDA engine's decode does not run on them"}
 # axes only a GPU engine can honour, and why
-GPU_ONLY = {"power_limit_w": "power_limit_w caps a GPU's power through NVML; a CPU engine runs on no GPU"}
+GPU_ONLY = {"power_limit_w": "power_limit_w caps a GPU's power through NVML; a CPU engine runs on no GPU",
+            "gpus": "gpus gives a trial several GPUs; a CPU engine runs on no GPU"}
 
 
 def parse_sweep(src: str, key: str, data: Any) -> dict[str, tuple[int, ...]]:
@@ -50,8 +51,6 @@ def parse_sweep(src: str, key: str, data: Any) -> dict[str, tuple[int, ...]]:
     axes = {}
     for axis, values in data.items():
         where = f"{key}.sweep.{axis}"
-        if axis in NOT_YET:
-            raise MatrixError(src, where, NOT_YET[axis], f"remove it; axes: {', '.join(AXES)}")
         if axis not in AXES:
             raise MatrixError(src, where, "is not a sweep axis", f"use one of: {', '.join(AXES)}")
         if not isinstance(values, list) or not values:
@@ -80,7 +79,7 @@ def overrides(point: dict[str, int]) -> dict[str, dict[str, Any]]:
     """What a point sets in the job: {section: {field: value}}."""
     out: dict[str, dict[str, Any]] = {}
     for axis, value in point.items():
-        if AXES[axis][0] != "host":
+        if AXES[axis][0] not in ("host", "job"):  # set around the trial, or a field of the job itself
             out.setdefault(AXES[axis][0], {})[axis] = value
     if "prompt_tokens" in point:
         out["workload"]["style"] = "length"

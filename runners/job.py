@@ -205,6 +205,20 @@ def _meters(r: _Reader) -> MeterSpec:
     return meters
 
 
+def _gpus(r: _Reader, engine: str, device: str, options, meters: MeterSpec) -> int:
+    """The job's GPUs per trial: CUDA only, an engine that can spread the model over them, and a boundary
+    (meters.gpus, where given) of exactly that many."""
+    gpus = r.get("gpus", int, 1, minimum=1)
+    if gpus > 1 and device != "cuda":
+        raise JobError("gpus", f"is {gpus} on device {device!r}: a CPU trial runs on no GPU",
+                       "remove gpus (or set it to 1), or run the job on cuda")
+    engines.engine_class(engine).check_gpus(gpus, options)
+    if meters.gpus is not None and len(meters.gpus) != gpus:
+        raise JobError("meters.gpus", f"holds {len(meters.gpus)} GPU(s) but the trial has gpus = {gpus}",
+                       "meter exactly the trial's GPUs: one meters.gpus entry per GPU it runs on")
+    return gpus
+
+
 def parse_job(data: Any) -> Job:
     """Validate a job given as a JSON-like dict; raise JobError naming the first bad field."""
     r = _Reader(data, "")
@@ -218,7 +232,7 @@ def parse_job(data: Any) -> Job:
     wu.done(["batches"])
     meters = _meters(r)
     engine_options = r.get("engine_options", dict, {})
-    engines.engine_class(engine).check_options(engine_options)
+    gpus = _gpus(r, engine, device, engines.engine_class(engine).check_options(engine_options), meters)
     greedy_only = engines.engine_class(engine).greedy_only
     if generation.sampling is not None and greedy_only:
         raise JobError("generation.sampling", f"engine {engine!r} decodes greedily only ({greedy_only})",
@@ -230,11 +244,11 @@ def parse_job(data: Any) -> Job:
         cache_dir=r.get("cache_dir", str, None, nullable=True),
         reference=r.get("reference", str, None, nullable=True),
         inputs=r.get("inputs", str, None, nullable=True),
-        seed=r.get("seed", int, 0),
+        seed=r.get("seed", int, 0), gpus=gpus,
         trial=r.get("trial", dict, {}),
     )
     r.done(["schema", "engine", "device", "precision", "model", "workload", "generation", "warmup", "meters",
-            "engine_options", "cache_dir", "reference", "inputs", "seed", "trial"])
+            "engine_options", "cache_dir", "reference", "inputs", "seed", "gpus", "trial"])
     if job.inputs and not Path(job.inputs).is_absolute() and not job.cache_dir:
         raise JobError("inputs", f"is a relative path ({job.inputs}) but the job has no cache_dir",
                        "give cache_dir (the inputs file lives in the model cache) or an absolute inputs path")

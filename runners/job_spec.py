@@ -115,15 +115,19 @@ class Job:
     # runners/workload.py; relative to cache_dir unless absolute). None: this image tokenises (as served, or by hand)
     inputs: str | None = None
     seed: int = 0
+    # the GPUs the trial runs on (CUDA): the engine spreads the model over them, meters.gpus holds exactly them
+    gpus: int = 1
     trial: dict[str, Any] = field(default_factory=dict)  # passed through to the record (run id, repetition, image)
     schema: str = JOB_SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
-        """The job as stored; generation.sampling only when sampled, so greedy jobs read as before it existed (their
-        hash, their work key)."""
+        """The job as stored; generation.sampling only when sampled and gpus only when several, so other jobs read
+        as before these existed (their hash, their work key)."""
         d = asdict(self)
         if d["generation"]["sampling"] is None:
             del d["generation"]["sampling"]
+        if d["gpus"] == 1:
+            del d["gpus"]
         return d
 
     @property

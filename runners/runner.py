@@ -80,6 +80,13 @@ def work_shape(job: Job, encoded: list[list[int]]) -> Shape:
                  longest_prompt=max(lengths), max_new_tokens=job.generation.budget(max(lengths)))
 
 
+def engine_context(job: Job, model_dir: Path, eos: frozenset[int]) -> EngineContext:
+    """What the job's engine may know of it (runners/engines/options.py EngineContext)."""
+    return EngineContext(device=job.device, precision=job.precision, model_dir=model_dir, model_name=job.model.name,
+                         cache_dir=Path(job.cache_dir) if job.cache_dir else None, seed=job.seed, eos_ids=eos,
+                         sampling=job.generation.sampling, gpus=job.gpus)
+
+
 def _batches(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
@@ -201,10 +208,8 @@ class TrialRun:
         job = self.job
         self.enter("host")
         cls = engine_class(job.engine)
-        context = EngineContext(device=job.device, precision=job.precision, model_dir=self.model_dir,
-                                model_name=job.model.name, cache_dir=Path(job.cache_dir) if job.cache_dir else None,
-                                seed=job.seed, eos_ids=self.eos, sampling=job.generation.sampling)
-        self.engine = cls(context, self.tokenizer, cls.check_options(job.engine_options))
+        self.engine = cls(engine_context(job, self.model_dir, self.eos), self.tokenizer,
+                          cls.check_options(job.engine_options))
         self.engine.check_host()
 
     def _window(self, phase: str, work: Callable[[], dict[str, Any] | None], info: dict[str, Any] | None = None

@@ -78,7 +78,8 @@ def test_a_power_cap_is_a_cuda_axis_and_a_cpu_runtime_leaves_its_cells_out_with_
 
 @pytest.mark.parametrize("sweep, key, words", [
     ("{ batch_sizes = [1, 2] }", "settings.fp32.sweep.batch_sizes", "not a sweep axis"),
-    ("{ gpus = [1, 2] }", "settings.fp32.sweep.gpus", "not built yet"),
+    ("{ gpus = [1, 2] }", "settings.fp32.sweep.gpus", "[host] gpus lists 1"),  # more than the host list gives
+    ("{ gpus = [0] }", "settings.fp32.sweep.gpus[0]", "integer ≥ 1"),
     ("{ power_limit_w = [150, 0] }", "settings.fp32.sweep.power_limit_w[1]", "integer ≥ 1"),
     ("{ batch_size = 4 }", "settings.fp32.sweep.batch_size", "non-empty list"),
     ("{ batch_size = [] }", "settings.fp32.sweep.batch_size", "non-empty list"),

@@ -56,6 +56,9 @@ class Engine:
     optional_phases: ClassVar[frozenset[str]] = frozenset()
     # None: the engine samples when the job asks (generation.sampling); else why it decodes greedily only
     greedy_only: ClassVar[str | None] = None
+    # None: the engine spreads one model over the trial's GPUs when the job gives it several (job.gpus); else why it
+    # runs a model on one GPU only
+    multi_gpu: ClassVar[str | None] = "its engine code places the model on one device"
     # Python modules the engine's runtime library needs; Engine.unavailable finds them without importing them
     requires: ClassVar[tuple[str, ...]] = ()
     # engine_options this engine understands: a typed dataclass (runners/engines/options.py) that validates itself
@@ -78,6 +81,14 @@ class Engine:
     def check_options(cls, options: dict[str, Any]) -> Options:
         """The job's engine_options as this engine's typed Options; JobError naming the field and the fix."""
         return cls.Options.parse(options, cls.name)
+
+    @classmethod
+    def check_gpus(cls, gpus: int, options: Options) -> None:
+        """JobError naming ``gpus`` when this engine cannot spread a model over that many GPUs (never given them
+        silently)."""
+        if gpus > 1 and cls.multi_gpu:
+            raise JobError("gpus", f"is {gpus} but engine {cls.name!r} runs a model on one GPU ({cls.multi_gpu})",
+                           "set gpus = 1 for this engine, or use an engine that spreads a model over several GPUs")
 
     @classmethod
     def unavailable(cls, device: str) -> str | None:

@@ -36,6 +36,8 @@ class LlamaCppEngine(Engine):
     precisions = {"cpu": tuple(RECIPES), "cuda": tuple(RECIPES)}
     greedy_only = "argmax of llama_get_logits over its batch API; its sampler chain is not wired in"
     requires = ("llama_cpp", "gguf")
+    # llama.cpp can split layers over GPUs (split_mode), but this engine does not set it up or check where they went
+    multi_gpu = "the engine offloads to one GPU; llama.cpp's split_mode is not wired in"
 
     @classmethod
     def unavailable(cls, device: str) -> str | None:

@@ -46,6 +46,7 @@ class OnnxEngine(Engine):
     # CUDA: fp32 and fp16 (ORT's integer MatMul kernels are CPU ones: int8 dynamic quantisation is no CUDA option).
     precisions = {"cpu": ("fp32", "int8"), "cuda": ("fp32", "fp16")}
     requires = ("onnxruntime", "optimum.onnxruntime")
+    multi_gpu = "one ONNX Runtime session runs on one CUDA execution provider device"
 
     @classmethod
     def unavailable(cls, device: str) -> str | None:

@@ -45,6 +45,7 @@ class OpenVinoEngine(Engine):
     optional_phases = frozenset({"prepare", "compile"})
     precisions = {"cpu": ("fp32", "bf16", "int8")}
     requires = ("openvino", "optimum.intel")
+    multi_gpu = "it runs on the CPU here; no NVIDIA GPU device"
 
     @dataclass(frozen=True)
     class Options(o.Options):

@@ -91,6 +91,8 @@ class EngineContext:
     eos_ids: frozenset[int] = frozenset()
     # sampled decoding (runners/job_spec.SamplingSpec: temperature, top_p, seed) or None: greedy
     sampling: Any = None
+    # the GPUs the trial runs on (job.gpus, CUDA): an engine that can spreads the model over them (Engine.multi_gpu)
+    gpus: int = 1
 
     def sampling_seed(self, *prompts: list[int]) -> int:
         """The sampler's seed for these prompts: the job's sampling seed (else the job's) mixed with the prompts'

@@ -18,6 +18,9 @@ class TorchEngine(Engine):
     name = "torch"
     precisions = {"cpu": ("fp32", "bf16", "fp16"), "cuda": ("fp32", "fp16", "bf16")}
     requires = ("torch", "transformers")
+    # several GPUs: accelerate's device_map="auto" places consecutive layers on each (in the torch images); the
+    # layers run in turn, one GPU busy at a time — model parallelism, not tensor parallelism
+    multi_gpu = None
 
     @dataclass(frozen=True)
     class Options(o.Options):
@@ -30,11 +33,18 @@ class TorchEngine(Engine):
 
         if self.ctx.device == "cpu":
             torch.set_num_threads(self.threads())
-        self.device = torch.device("cuda:0" if self.ctx.device == "cuda" else "cpu")
-        kwargs: dict[str, Any] = {"dtype": getattr(torch, DTYPES[self.ctx.precision])}
+        self.device = torch.device("cuda:0" if self.ctx.device == "cuda" else "cpu")  # where the inputs go
+        kwargs: dict[str, Any] = {"dtype": getattr(torch, DTYPES[self.ctx.precision]), **self.placement()}
         if self.options.attn_implementation:
             kwargs["attn_implementation"] = self.options.attn_implementation
-        self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, **kwargs).to(self.device).eval()
+        model = AutoModelForCausalLM.from_pretrained(self.model_dir, **kwargs)
+        self.model = (model if "device_map" in kwargs else model.to(self.device)).eval()
+
+    def placement(self) -> dict[str, Any]:
+        """from_pretrained's placement: the layers spread over the trial's GPUs (device_map "auto", accelerate's
+        balanced split over every visible GPU: the launcher shows exactly the trial's) when it has several; else none
+        (the model is moved to the one device)."""
+        return {"device_map": "auto"} if self.ctx.device == "cuda" and self.ctx.gpus > 1 else {}
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, ignore_eos: bool,
                  on_step: StepHook, stop=None) -> list[list[int]]:
@@ -45,7 +55,8 @@ class TorchEngine(Engine):
         if self.ctx.device == "cuda":
             import torch
 
-            torch.cuda.synchronize()
+            for gpu in range(self.ctx.gpus):  # every GPU the layers are on, not only the current one
+                torch.cuda.synchronize(gpu)
 
     def describe(self) -> dict[str, Any]:
         import torch
@@ -61,6 +72,8 @@ class TorchEngine(Engine):
         model = getattr(self, "model", None)
         if model is not None:
             info["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
+            if getattr(model, "hf_device_map", None):  # where each layer went, when spread over several GPUs
+                info["device_map"] = {k: str(v) for k, v in model.hf_device_map.items()}
             if self.ctx.device == "cuda":
                 info["gpu_name"] = torch.cuda.get_device_name(0)
         return info

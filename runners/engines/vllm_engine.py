@@ -34,12 +34,14 @@ class VllmEngine(Engine):
     optional_phases = frozenset({"compile"})
     precisions = {"cuda": ("fp32", "fp16", "bf16"), "cpu": ("fp32", "bf16")}
     requires = ("vllm",)
+    multi_gpu = None  # tensor parallelism: the model's layers sharded over the trial's GPUs
 
     @dataclass(frozen=True)
     class Options(o.Options):
         threads: int | None = o.option(None, "cpu: OpenMP threads, bound to the first N visible CPUs "
                                              "(VLLM_CPU_OMP_THREADS_BIND; default: all visible CPUs)", minimum=1)
-        tensor_parallel_size: int = o.option(1, "cuda: GPUs the model is sharded over", minimum=1)
+        tensor_parallel_size: int | None = o.option(None, "cuda: GPUs the model is sharded over (default: the job's "
+                                                         "gpus, which a given value must equal)", minimum=1)
         gpu_memory_utilization: float = o.option(0.9, "cuda: share of GPU memory vLLM may take, in (0, 1]",
                                                  minimum=0.01, maximum=1.0)
         enforce_eager: bool = o.option(False, "no torch.compile / CUDA graphs")
@@ -54,12 +56,24 @@ class VllmEngine(Engine):
         self._facts: dict[str, Any] = {}
         self._step_mode = None
 
+    @classmethod
+    def check_gpus(cls, gpus: int, options) -> None:
+        super().check_gpus(gpus, options)
+        tp = options.tensor_parallel_size
+        if gpus > 1 and tp is not None and tp != gpus:
+            raise JobError("engine_options.tensor_parallel_size", f"is {tp} but the trial has gpus = {gpus}",
+                           "remove tensor_parallel_size: the job's gpus sets it")
+
+    def tensor_parallel_size(self) -> int:
+        """The GPUs vLLM shards the model over: the trial's (job.gpus), or the option where the job gives one."""
+        return self.options.tensor_parallel_size or self.ctx.gpus
+
     def check_host(self) -> None:
         super().check_host()
         if self.ctx.device == "cuda":
             import torch
 
-            tp = self.options.tensor_parallel_size
+            tp = self.tensor_parallel_size()
             if tp > torch.cuda.device_count():
                 raise JobError("engine_options.tensor_parallel_size",
                                f"is {tp} but only {torch.cuda.device_count()} GPU(s) are visible",
@@ -80,9 +94,8 @@ class VllmEngine(Engine):
         self.max_model_len = int(opts.max_model_len or 64 * -(-(shape.context + 1) // 64))
         self.batch_size = shape.batch_size
 
-    def compile(self, shape) -> dict[str, Any]:
-        from vllm import LLM
-
+    def llm_kwargs(self, shape) -> dict[str, Any]:
+        """What ``LLM(...)`` is given for work of this shape (after load: it reads max_model_len)."""
         opts = self.options
         kwargs: dict[str, Any] = dict(
             model=str(self.model_dir), tokenizer=str(self.model_dir), dtype=DTYPES[self.ctx.precision],
@@ -92,8 +105,14 @@ class VllmEngine(Engine):
             generation_config="vllm", trust_remote_code=False,
         )
         if self.ctx.device == "cuda":
-            kwargs["tensor_parallel_size"] = opts.tensor_parallel_size
+            kwargs["tensor_parallel_size"] = self.tensor_parallel_size()
             kwargs["gpu_memory_utilization"] = opts.gpu_memory_utilization
+        return kwargs
+
+    def compile(self, shape) -> dict[str, Any]:
+        from vllm import LLM
+
+        kwargs = self.llm_kwargs(shape)
         t0 = time.perf_counter()
         self.llm = LLM(**kwargs)
         startup = time.perf_counter() - t0
