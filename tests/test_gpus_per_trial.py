@@ -129,6 +129,17 @@ def test_a_two_gpu_trial_runs_on_and_is_metered_on_exactly_the_first_two_host_gp
     validate_record(two)
 
 
+def test_a_capped_two_gpu_trial_caps_exactly_its_two_gpus(tmp_path, fake_nvml):
+    boards = fake_nvml(*(FakeGpu(f"GPU-{n}", period_s=0.001, limit_w=450.0) for n in "abc"))
+    ex, trials = _executor(tmp_path, _Launcher(), setting="sweep = { power_limit_w = [200], gpus = [2] }")
+    try:
+        record = ex.run_trial(trials["fp32__pl200__g2"])
+    finally:
+        ex.close()
+    assert [g["component"] for g in record["host"]["power_cap"]["gpus"]] == ["gpu:1", "gpu:2"]
+    assert [[w for _, w in b.limits_set] for b in boards] == [[], [200.0, 450.0], [200.0, 450.0]]
+
+
 def test_a_host_with_fewer_gpus_skips_the_two_gpu_cells_and_never_runs_them_on_fewer(tmp_path, fake_nvml):
     fake_nvml(FakeGpu("GPU-only", period_s=0.001))  # one board; the matrix lists two
     launcher = _Launcher()
