@@ -27,9 +27,9 @@ def test_registered_with_its_precisions_and_options():
     cls = engine_class("vllm")
     assert cls.precisions == {"cuda": ("fp32", "fp16", "bf16"), "cpu": ("fp32", "bf16")}
     assert {"tensor_parallel_size", "gpu_memory_utilization", "enforce_eager", "threads"} <= set(cls.options)
-    job = _job(device="cuda", precision="fp16",
+    job = _job(device="cuda", precision="fp16", gpus=2, meters={"gpus": {"0": 0, "1": 1}},
                engine_options={"tensor_parallel_size": 2, "gpu_memory_utilization": 1, "enforce_eager": True})
-    assert job.engine_options["tensor_parallel_size"] == 2
+    assert job.engine_options["tensor_parallel_size"] == 2 and job.gpus == 2
 
 
 @pytest.mark.parametrize("options, field", [({"tensor_parallel_size": 0}, "engine_options.tensor_parallel_size"),
