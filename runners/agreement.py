@@ -242,7 +242,8 @@ def batch_references(records: dict[str, dict[str, Any]]) -> dict[str, tuple[str,
     out: dict[str, tuple[str, dict[str, Any]]] = {}
     for rid, rec in sorted(records.items()):
         key = batch_key(rec)
-        if key is not None and batch_size(rec) == 1 and rec.get("status") == "ok" and key not in out:
+        if key is not None and batch_size(rec) == 1 and rec.get("status") == "ok" and rec.get("mode", "run") == "run" \
+                and key not in out:  # a prepare record of the cell has the same job but no outputs
             out[key] = (rid, rec)
     return out
 

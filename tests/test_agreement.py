@@ -144,8 +144,10 @@ def test_a_trial_at_batch_4_is_compared_with_its_own_configuration_at_batch_1():
         "bf16-bs1": make_record(batch=1, precision="bf16", order_index=4),
         "bf16-bs4": make_record(batch=4, precision="bf16", order_index=5, diverge=(0, 2)),
     }
+    # the cell's prepare record (same job, no outputs; its id sorts first) is never the batch-1 reference
+    records["a-prepare"] = {**make_record(batch=1, order_index=6), "mode": "prepare", "per_prompt": []}
     attach_all(records)
-    inv = {rid: rec["agreement"].get("batch_invariance") for rid, rec in records.items()}
+    inv = {rid: rec["agreement"].get("batch_invariance") for rid, rec in records.items() if rec["mode"] == "run"}
     assert inv["bs1"] is None and inv["bf16-bs1"] is None  # batch 1 is the reference, not a figure
     assert inv["bs4"]["reference"] == "bs1" and inv["bs4"]["prompts"] == 4
     assert inv["bs4"]["share_identical"] == 0.75 and inv["bs4"]["first_divergence"][1] is not None
