@@ -73,9 +73,12 @@ def images_used(run_dir: Path) -> dict[str, dict[str, Any]]:
             continue
         rt = by_tag.get(r.image)
         folder = rt.dockerfile.parent.name if rt else r.runtime
-        entry = used.setdefault(folder, {"image": r.image, "image_ids": []})
+        entry = used.setdefault(folder, {"image": r.image, "image_ids": [], "run_sources": []})
         if r.image_id and r.image_id not in entry["image_ids"]:
             entry["image_ids"].append(r.image_id)
+        sources = r.host.get("image_sources")  # the recipe the image that ran was built from (its label)
+        if sources and sources not in entry["run_sources"]:
+            entry["run_sources"].append(sources)
     return used
 
 
@@ -100,8 +103,9 @@ def _commit() -> str | None:
 
 
 def _image_facts(used: dict[str, dict[str, Any]], client) -> None:
-    """Beside the ids the records name: the local image of each tag now (id, size, the sources it was built from)
-    and this checkout's sources hash of its recipe — whether a rebuild here gives the image of the numbers."""
+    """Beside the ids and recipes the records name: the local image of each tag now (id, size, the sources it was
+    built from) and this checkout's sources hash of its recipe. Records older than the image_sources fact: the
+    local image's label stands for the run's recipe when it is the very image that ran."""
     runtimes = {rt.dockerfile.parent.name: rt for rt in discover().values()}
     for folder, entry in used.items():
         rt: Runtime | None = runtimes.get(folder)
@@ -115,6 +119,8 @@ def _image_facts(used: dict[str, dict[str, Any]], client) -> None:
             # the SDK's labels are {} when an image has none
             "id": img.id, "size_bytes": img.attrs.get("Size"), "sources": img.labels.get(SOURCES_LABEL),
             "ran_the_run": img.id in entry["image_ids"]}
+        if not entry["run_sources"] and entry["local"] and entry["local"]["ran_the_run"] and entry["local"]["sources"]:
+            entry["run_sources"] = [entry["local"]["sources"]]
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> None:

@@ -377,7 +377,10 @@ def cmd_reproduce(args) -> int:
         raise MatrixError(args.source, f"--cells {unknown[0]}", "is not a cell of the original",
                           f"use one of: {', '.join(sorted(c.id for c in plan.cells))}")
     trials = [t for t in plan.trials if not args.cells or t.cell.id in args.cells]
-    problems = reproduce.recipe_problems(manifest, sorted({t.cell.runtime.spec for t in trials}, key=lambda r: r.name))
+    problems, unknown = reproduce.recipe_problems(manifest, sorted({t.cell.runtime.spec for t in trials},
+                                                                    key=lambda r: r.name))
+    for line in unknown:
+        console.print(f"[yellow]{escape(line)}[/]: rebuilt from this checkout, the verdict cannot tell another image")
     if problems and not args.allow_different_images:
         raise HostProblem("; ".join(problems) + " — its figures would be another image's: check out the original's "
                           "commit, or add --allow-different-images (the reproduction then says so)")

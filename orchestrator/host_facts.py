@@ -43,6 +43,9 @@ class HostFacts:
     node: dict[str, Any] | None = field(default=None, metadata=TRIAL_ONLY)  # hostname, shard, Slurm task
     # a later pass (agreement) may rewrite the file: the time the trial's record was made
     recorded_unix: float | None = field(default=None, metadata=TRIAL_ONLY)
+    # the hash of the sources the image was built from (its label, orchestrator/images.py): what a reproduction
+    # must build again to run the same image
+    image_sources: str | None = field(default=None, metadata=TRIAL_ONLY)
 
     @classmethod
     def launched(cls, o: Outcome, spec: LaunchSpec, run_root: Path, record: dict[str, Any],
@@ -50,6 +53,7 @@ class HostFacts:
         """The facts of one launch; ``container``: its host window within the trial's boundary."""
         return cls(launcher=o.facts.get("launcher"), container_id=o.facts.get("container_id"),
                    image=o.facts.get("image"), image_id=o.facts.get("image_id"), limits=o.facts.get("limits"),
+                   image_sources=o.facts.get("image_sources"),
                    exit_code=o.exit_code, oom_killed=o.oom_killed, timed_out=o.timed_out,
                    started_unix=o.facts.get("started_unix"), exited_unix=o.facts.get("exited_unix"),
                    container=container, idle=None, log=str(spec.log_path.relative_to(run_root)),

@@ -161,20 +161,23 @@ def original_run(source: Path, scratch: Path) -> tuple[Path, dict[str, Any] | No
     return scratch, manifest
 
 
-def recipe_problems(manifest: dict[str, Any] | None, runtimes: list) -> list[str]:
-    """The images whose recipe in this checkout is not the one the original's images were built from."""
+def recipe_problems(manifest: dict[str, Any] | None, runtimes: list) -> tuple[list[str], list[str]]:
+    """(images this checkout builds from another recipe than the one the original's images were built from, images
+    whose original recipe the bundle does not know — records older than the image_sources fact)."""
     from orchestrator.images import sources_hash
 
     if manifest is None:
-        return []
-    recorded = {e["image"]: e.get("recipe_sources") for e in mapping(manifest.get("images")).values()}
-    out = []
+        return [], []
+    recorded = {e["image"]: e.get("run_sources") or [] for e in mapping(manifest.get("images")).values()}
+    differ, unknown = [], []
     for rt in runtimes:
         want = recorded.get(rt.image)
-        if want and want != sources_hash(rt):
-            out.append(f"{rt.image}: this checkout builds it from other sources ({sources_hash(rt)}) than the "
-                       f"original's ({want})")
-    return out
+        if not want:
+            unknown.append(f"{rt.image}: the bundle does not say which recipe its image was built from")
+        elif sources_hash(rt) not in want:
+            differ.append(f"{rt.image}: this checkout builds it from other sources ({sources_hash(rt)}) than the "
+                          f"original's ({', '.join(want)})")
+    return differ, unknown
 
 
 def write(rows: list[dict[str, Any]], run_root: Path, original: str, allowed: bool) -> Path:

@@ -21,7 +21,8 @@ IMAGE = "slm-matrix/torch-cpu:latest"
 def run_dir(tmp_path) -> Path:
     recs = [make_record(engine="torch", repetition=r, order_index=r) for r in range(2)]
     for rec in recs:
-        rec["host"] = {**(rec.get("host") or {}), "image": IMAGE, "image_id": "sha256:" + "ab" * 32}
+        rec["host"] = {**(rec.get("host") or {}), "image": IMAGE, "image_id": "sha256:" + "ab" * 32,
+                       "image_sources": "5" * 16}  # the label of the image that ran: the recipe it was built from
     run = write_run(recs, tmp_path / "results" / "run-a")
     (run / "run.json").write_text(json.dumps({"run_id": "run-a", "invocations": []}))
     (run / "matrix.toml").write_text('[matrix]\nname = "run-a"\n')
@@ -72,6 +73,7 @@ def test_the_bundle_holds_the_run_and_its_recipes_with_a_manifest(run_dir, tmp_p
     assert manifest["files"][record_name]["sha256"] == bundle.sha256_of(record)
     image = manifest["images"]["torch-cpu"]
     assert image["image"] == IMAGE and image["image_ids"] == ["sha256:" + "ab" * 32]
+    assert image["run_sources"] == ["5" * 16]
     assert len(image["recipe_sources"]) == 16  # this checkout's sources hash, as the image's label would say
     assert bundle.verify(b.path) == (manifest, [])
 

@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO, orchestrate
 from test_privileges import locked_down_problems
 
-from orchestrator.images import discover
+from orchestrator.images import discover, sources_hash
 
 NEW_TOKENS, PROMPTS = 4, 2
 # Options that only make the tiny run quick (vLLM's torch.compile of the model takes minutes on 2 cores).
@@ -93,6 +93,8 @@ def test_image_conforms(conformance, docker_client, runtime, engine):
     assert [p["generated_tokens"] for p in rec["per_prompt"]] == [NEW_TOKENS] * PROMPTS
     assert all(len(p["output_ids"]) == NEW_TOKENS for p in rec["per_prompt"])
     assert rec["host"]["image"] == rt.image and rec["host"]["image_id"] == docker_client.images.get(rt.image).id
+    # and the recipe it was built from (the sources hash of this checkout: the image was built from it just now)
+    assert rec["host"]["image_sources"] == sources_hash(rt)
     # it ran locked down, as seen from inside: no capabilities, no-new-privileges, read-only root, a pids limit, uid 1000
     assert locked_down_problems(rec["environment"].get("privileges")) == []
     # the engine's library versions are in the record

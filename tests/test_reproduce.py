@@ -63,6 +63,7 @@ def test_energy_of_another_boundary_is_not_compared():
 
 
 def _bundle(tmp_path, recipe_sources: str | None = None):
+    """A bundle of a synthetic run; ``recipe_sources``: the recipe its images were built from, per its manifest."""
     recs = list(_run().values())
     for rec in recs:
         rec["host"] = {**(rec.get("host") or {}), "image": IMAGE}
@@ -80,7 +81,7 @@ def _bundle(tmp_path, recipe_sources: str | None = None):
             data = tin.extractfile(m).read()
             if m.name == bundle.MANIFEST:  # the images were built from another recipe than this checkout's
                 manifest = json.loads(data)
-                manifest["images"]["torch-cpu"]["recipe_sources"] = recipe_sources
+                manifest["images"]["torch-cpu"]["run_sources"] = [recipe_sources]
                 data = json.dumps(manifest).encode()
                 m.size = len(data)
             tout.addfile(m, io.BytesIO(data))
@@ -103,3 +104,20 @@ def test_images_of_another_recipe_or_a_changed_bundle_are_refused_before_anythin
             tout.addfile(m, io.BytesIO(data))
     proc = orchestrate("reproduce", str(changed), "--results", str(tmp_path / "repro"))
     assert proc.returncode == 2 and "not as exported" in proc.stderr and "run/matrix.toml" in proc.stderr
+
+
+def test_the_recipe_check_compares_this_checkout_with_the_image_that_ran():
+    from orchestrator.images import discover, sources_hash
+    from orchestrator.reproduce import recipe_problems
+
+    rt = discover()["torch-cpu"]
+
+    def manifest(sources):
+        return {"images": {"torch-cpu": {"image": rt.image, "run_sources": sources}}}
+
+    assert recipe_problems(manifest([sources_hash(rt)]), [rt]) == ([], [])
+    differ, unknown = recipe_problems(manifest(["0" * 16]), [rt])
+    assert len(differ) == 1 and "other sources" in differ[0] and not unknown
+    differ, unknown = recipe_problems(manifest([]), [rt])  # records from before the image_sources fact
+    assert not differ and len(unknown) == 1
+    assert recipe_problems(None, [rt]) == ([], [])  # a run folder: nothing recorded to hold it to
