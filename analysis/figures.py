@@ -163,11 +163,48 @@ def _batch_curves(f: Figures, op) -> None:
              "and estimated figures are never on one curve).")
     energy = p.dropna(subset=["j_per_token"])
     if not energy.empty:
-        f.png["batch_energy"] = plots.to_png(plots.batch_curves(energy, "j_per_token", "J/token"))
+        f.png["batch_energy"] = plots.to_png(plots.axis_curves(energy, "j_per_token", "J/token"))
         f.captions["batch_energy"] = "J/token against batch size." + words
-    f.png["batch_speed"] = plots.to_png(plots.batch_curves(p.dropna(subset=["tokens_per_s"]), "tokens_per_s",
-                                                           "tokens/s"))
+    f.png["batch_speed"] = plots.to_png(plots.axis_curves(p.dropna(subset=["tokens_per_s"]), "tokens_per_s",
+                                                          "tokens/s"))
     f.captions["batch_speed"] = "Tokens/s against batch size." + words
+
+
+# The other operating-point axes, each drawn where a runtime was measured at two or more of its values with every
+# other axis held: axis -> (its words, log2 scale)
+OTHER_AXES = {"new_tokens": ("new tokens", True), "prompt_tokens": ("prompt tokens", True),
+              "threads": ("threads", False), "power_limit_w": ("GPU power cap (W)", False), "gpus": ("GPUs", False)}
+CURVE_FIGURES = ("batch_energy", "batch_speed", *(f"{a}_{k}" for a in OTHER_AXES for k in ("energy", "speed")))
+
+
+def _axis_curves(f: Figures, op) -> None:
+    """J/token and tokens/s against each other swept axis; a panel per model, energy boundary and values of the
+    other axes (so a curve moves one axis only)."""
+    if op is None or op.empty:
+        return
+    p = op.points
+    words = {"batch_size": "batch", **{a: w for a, (w, _) in OTHER_AXES.items()}}
+    for axis, (label, log2) in OTHER_AXES.items():
+        if axis not in p or p[axis].nunique() < 2:
+            continue
+        held = [a for a in words if a != axis and a in p]
+        q = p.dropna(subset=[axis])
+        # the comparison group without the work's token count (the work's kind: same work, as served, sampled)
+        q = q.assign(panel=[f"{r['model']} ⟨{r['energy_boundary']}⟩ · {str(r['work']).split(':')[0]}\n"
+                            + ", ".join(f"{words[a]} {r[a]:g}" for a in held if pd.notna(r[a]))
+                            + f"\n{r['energy_source'] if isinstance(r['energy_source'], str) else 'no'} energy"
+                            for _, r in q.iterrows()])
+        q = q[q.groupby(["panel", "line"])[axis].transform("nunique") > 1]
+        if q.empty:
+            continue
+        note = (" One line per runtime, median with its bootstrap band; one panel per model, energy boundary and "
+                "values of the other axes (named in its title).")
+        for metric, name, what in (("j_per_token", "energy", "J/token"), ("tokens_per_s", "speed", "tokens/s")):
+            drawn = q.dropna(subset=[metric])
+            if not drawn.empty:
+                f.png[f"{axis}_{name}"] = plots.to_png(plots.axis_curves(drawn, metric, what, x=axis, x_label=label,
+                                                                         log2=log2))
+                f.captions[f"{axis}_{name}"] = f"{what} against {label}." + note
 
 
 def make_figures(a, src: str) -> Figures:
@@ -191,4 +228,5 @@ def make_figures(a, src: str) -> Figures:
         _quality(f, a.quality_table)
     _power(f, ok, a.tables.series)
     _batch_curves(f, a.operating)
+    _axis_curves(f, a.operating)
     return f

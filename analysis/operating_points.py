@@ -73,8 +73,9 @@ def _with_keys(ok: pd.DataFrame) -> pd.DataFrame:
 
 def _point_rows(t: pd.DataFrame) -> pd.DataFrame:
     rows = []
-    keys = ["model", "context", "energy_source", "line", *AXES, "held"]
-    t = t.assign(**{a: np.nan for a in AXES if a not in t})  # an axis the trials do not know was not varied
+    keys = ["model", "group", "context", "energy_source", "energy_boundary", "work", "line", *AXES, "held"]
+    # an axis (or fact) the trials do not know was not varied
+    t = t.assign(**{a: np.nan for a in (*AXES, "energy_boundary", "work") if a not in t})
     for key, g in t.groupby(keys, dropna=False, sort=True):
         row = dict(zip(keys, key), n=len(g))
         for col in CURVE_METRICS:

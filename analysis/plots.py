@@ -118,20 +118,21 @@ def _words(ax, title: str, xlabel: str, ylabel: str, legend: int) -> None:
     ax.legend(fontsize=legend, loc="best")
 
 
-def batch_curves(points: pd.DataFrame, metric: str, label: str, panel: str = "panel") -> plt.Figure:
-    """A metric's median (with its confidence band) against batch size, one line per runtime, one panel per
-    ``panel`` (one context: model, energy boundary, work); batch size on a log2 axis."""
+def axis_curves(points: pd.DataFrame, metric: str, label: str, panel: str = "panel", x: str = "batch_size",
+                x_label: str = "batch size", log2: bool = True) -> plt.Figure:
+    """A metric's median (with its confidence band) against one operating-point axis (``x``), one line per runtime,
+    one panel per ``panel`` (one context, the other axes held); sizes (batch, tokens) on a log2 axis."""
     panels = sorted(points[panel].unique())
     fig, axes = _grid(len(panels), col_wrap=2, w=6.0, h=4.0)
     pal = _palette(points["line"])
     for ax, name in zip(axes, panels):
-        for line, g in points[points[panel] == name].sort_values("batch_size").groupby("line", sort=True):
-            ax.plot(g["batch_size"], g[metric], "o-", color=pal[line], label=line, lw=1.6)
-            ax.fill_between(g["batch_size"], g[f"{metric}_low"], g[f"{metric}_high"], color=pal[line], alpha=0.2,
-                            lw=0)
-        ax.set_xscale("log", base=2)
+        for line, g in points[points[panel] == name].sort_values(x).groupby("line", sort=True):
+            ax.plot(g[x], g[metric], "o-", color=pal[line], label=line, lw=1.6)
+            ax.fill_between(g[x], g[f"{metric}_low"], g[f"{metric}_high"], color=pal[line], alpha=0.2, lw=0)
+        if log2:
+            ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        _words(ax, name, "batch size", label, legend=8)
+        _words(ax, name, x_label, label, legend=8)
     fig.tight_layout()
     return fig
 

@@ -1,7 +1,7 @@
 """The report's Operating points section (issue 24): per model and runtime, the figures at each operating point with
 their intervals, the sweet spots, the ranking at each batch size and where it inverts, the time–energy Pareto front
-and batch invariance — with the curves against batch size. Present only when a run has a sweep or several values of
-an axis within one model × runtime (analysis/operating_points.py computes it all)."""
+and batch invariance — with the curves against batch size and every other swept axis. Present only when a run has a
+sweep or several values of an axis within one model × runtime (analysis/operating_points.py computes it all)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import html
 
 import pandas as pd
 
-from analysis.figures import Figures
+from analysis.figures import CURVE_FIGURES, Figures
 from analysis.operating_points import AXES, CURVE_METRICS, OperatingPoints
 from analysis.report_format import fmt, html_table, md_table
 from analysis.stats import CONFIDENCE
 
-FIGURES = ("batch_energy", "batch_speed")  # drawn in this section, not again under Plots
+FIGURES = CURVE_FIGURES  # drawn in this section, not again under Plots
 NOTE = ("Medians over repetitions with {level:.0f} % bootstrap confidence intervals, per operating point (batch size, "
         "new tokens, prompt tokens where the workload fixed them, threads). mean W = the generate window's energy ÷ "
         "its duration. Runtimes are ranked only within one model, energy boundary (and so one energy source) and "

@@ -130,7 +130,8 @@ def test_batch_invariance_is_the_worst_trial_of_a_point():
     keys = {"run_id": "r", "model": "m", "runtime": "torch-cpu", "engine": "torch", "precision": "fp32",
             "new_tokens": 8.0, "prompt_tokens": float("nan"), "threads": 2.0, "power_limit_w": float("nan"),
             "held": "engine default",
-            "context": "m · 8 new tokens", "energy_source": "estimated", "line": "torch-cpu · torch",
+            "group": "m", "energy_boundary": "cpu", "work": "same work: 8 new tokens", "context": "m · 8 new tokens",
+            "energy_source": "estimated", "line": "torch-cpu · torch",
             "energy_j": 1.0, "duration_s": 1.0}
     t = pd.DataFrame([{**keys, "trial_id": tid, "batch_size": b, "repetition": rep, "batch_invariance": inv}
                       for tid, b, rep, inv in (("one", 1.0, 0, None), ("four-a", 4.0, 0, 1.0),
@@ -168,3 +169,19 @@ def test_the_power_cap_trade_off_against_the_same_point_uncapped(tmp_path):
     md = build_report([tmp_path / "run"], tmp_path / "out", study_csv=None)["markdown"].read_text()
     assert ("the GPU power cap's trade-off — torch-cuda · torch at batch 1, 175 W: 12.0 % less energy for 6.7 % "
             "more time against uncapped") in md
+
+
+def test_a_curve_against_each_other_swept_axis_holds_the_rest(tmp_path):
+    """Runs at 8, 16 and 32 new tokens (batch 1): J/token and tokens/s against new tokens are drawn in the section
+    (one panel per model, boundary and the other axes' values), never again under Plots; no batch curve is drawn."""
+    recs = [make_record(engine=e, new_tokens=n, repetition=r, order_index=100 * i + 10 * j + r, sweep_of="fp32",
+                        duration_s=2.0 + n / 8, energy_j=(2.0 + n / 8) * 28)
+            for i, e in enumerate(("torch", "onnx")) for j, n in enumerate((8, 16, 32)) for r in range(2)]
+    run = write_run(recs, tmp_path / "run")
+    paths = build_report([run], tmp_path / "out", study_csv=None)
+    md = paths["markdown"].read_text()
+    part, rest = md[md.index("## Operating points"):md.index("## Statistics")], md[md.index("## Statistics"):]
+    for name in ("new_tokens_energy", "new_tokens_speed"):
+        assert f"(plots/{name}.png)" in part and f"plots/{name}.png" not in rest
+        assert (tmp_path / "out" / "plots" / f"{name}.png").is_file()
+    assert "J/token against new tokens" in part and "plots/batch_energy.png" not in md
