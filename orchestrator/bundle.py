@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from orchestrator import REPO_ROOT
+from orchestrator.fixtures_cache import sha256_file
 from orchestrator.images import BASE_DIR, SOURCES_LABEL, Runtime, discover, sources_hash
 from runners.record import Record
 
@@ -174,21 +175,13 @@ def export(run_dir: Path, out: Path, *, client=None, with_images: bool = False,
             for folder, e in sorted(used.items()):
                 saved = Path(scratch) / f"{folder}.tar.gz"
                 parts[f"images/{folder}"] = _save_image(client, e["image"], saved)
-                manifest["files"][f"images/{folder}.tar.gz"] = {"sha256": _file_sha256(saved),
+                manifest["files"][f"images/{folder}.tar.gz"] = {"sha256": sha256_file(saved),
                                                                "size": parts[f"images/{folder}"]}
                 tar.add(saved, arcname=f"images/{folder}.tar.gz")
                 saved.unlink()
         _add_bytes(tar, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode(), now)
     shutil.move(tmp, out)
     return Bundle(out, out.stat().st_size, parts, manifest)
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verify(bundle: Path) -> tuple[dict[str, Any], list[str]]:
@@ -217,10 +210,7 @@ def verify(bundle: Path) -> tuple[dict[str, Any], list[str]]:
             if want is None:
                 problems.append(f"{member.name}: not in the manifest (added after export)")
                 continue
-            h = hashlib.sha256()
-            f = tar.extractfile(member)
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+            h = hashlib.file_digest(tar.extractfile(member), "sha256")
             if h.hexdigest() != want["sha256"]:
                 problems.append(f"{member.name}: changed since export (sha256 {h.hexdigest()[:12]}, manifest "
                                 f"{want['sha256'][:12]})")
