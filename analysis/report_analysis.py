@@ -13,6 +13,7 @@ from analysis.metrics import (add_metrics, agreement_spec, comparison_groups, fl
                               flag_mixed_hardware, model_config_medians, with_agreement)
 from analysis.operating_points import OperatingPoints, applies, operating_points
 from analysis.quality import add_quality, load_evaluations, paired_vs_reference, quality_table
+from analysis.report_reproduction import load as load_reproductions
 from analysis.stats import MIN_N_TEST, Comparison, run_statistics, savings_best_worst, savings_matrix, savings_pair
 from analysis.study import DEFAULT_STUDY_CSV, STUDY_PAIR, compare_with_study, headline, our_medians, read_medians
 from runners.agreement import ReferencePolicy
@@ -44,6 +45,7 @@ class Analysis:
     mixed_hardware: pd.DataFrame = field(default_factory=pd.DataFrame)
     # the curves against batch size and the other axes (analysis/operating_points.py); None without a sweep
     operating: OperatingPoints | None = None
+    reproductions: list = field(default_factory=list)  # reproduction.json of a reproduce run
 
     @property
     def sources(self) -> list[str]:
@@ -86,6 +88,7 @@ def analyse(run_dirs, *, study_csv: str | Path | None = DEFAULT_STUDY_CSV, pairs
         a.study_comparison = compare_with_study(our_medians(ok), study) if not ok.empty else None
     if applies(tables.trials[tables.trials["mode"] == "run"]):
         a.operating = operating_points(ok)
+    a.reproductions = load_reproductions(tables.run_dirs)
     evaluations, eval_tasks = load_evaluations(tables.run_dirs)
     if not evaluations.empty:
         a.quality = add_quality(every, evaluations)  # whether answers work is shown for every configuration

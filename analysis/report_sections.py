@@ -13,6 +13,7 @@ from analysis.report_analysis import Analysis
 from analysis.report_format import html_table, md_table
 from analysis.report_operating import FIGURES as OPERATING_FIGURES
 from analysis.report_operating import section as operating_section
+from analysis.report_reproduction import section as reproduction_section
 from analysis.report_headlines import NO_ENERGY_WORDS, headlines
 from analysis.report_tables import (agreement_table, comparison_tables, different_table, no_reference,
                                     preparation_table, quality_display, stats_overview, summary_tables,
@@ -93,7 +94,7 @@ def render(a: Analysis, figs: Figures, title: str) -> tuple[str, str]:
            "title": title}
     h: list[str] = []
     md: list[str] = []
-    for section in (_head, _headline_section, _tables_section, _operating_section, _statistics_section,
+    for section in (_head, _headline_section, _reproduction_section, _tables_section, _operating_section, _statistics_section,
                     _quality_section,
                     _validity_section, _savings_section, _study_section, _plots_section, _failures_section):
         section(a, h, md, ctx)
@@ -115,7 +116,8 @@ def _head(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None:
     h.append(f"<h1>{html.escape(title)}</h1><p class='muted'>Runs: {html.escape(runs)} · hosts: "
              f"{html.escape(host_words)} · generated {html.escape(stamp)}</p>")
     h.append(f"<div class='banner {kind}'>{html.escape(banner)}</div>")
-    h.append("<nav><a href='#headline'>Headline</a><a href='#tables'>Tables</a>"
+    h.append("<nav><a href='#headline'>Headline</a>"
+             + ("<a href='#reproduction'>Reproduction</a>" if a.reproductions else "") + "<a href='#tables'>Tables</a>"
              + ("<a href='#operating'>Operating points</a>" if a.operating is not None and not a.operating.empty
                 else "") + "<a href='#stats'>Statistics</a>"
              "<a href='#quality'>pass@1</a><a href='#validity'>Meter validity</a><a href='#savings'>Savings</a>"
@@ -159,6 +161,11 @@ def _tables_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None
     if not prep.empty:
         h.append("<h3>Preparation (model conversion, outside every measured window)</h3>" + html_table(prep))
         md += ["### Preparation (model conversion, outside every measured window)", "", md_table(prep)]
+
+
+def _reproduction_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None:
+    """The original's figures beside the reproduction's (only in a run made by orchestrate.py reproduce)."""
+    reproduction_section(a.reproductions, h, md)
 
 
 def _operating_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None:

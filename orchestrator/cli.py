@@ -377,18 +377,20 @@ def cmd_reproduce(args) -> int:
         raise MatrixError(args.source, f"--cells {unknown[0]}", "is not a cell of the original",
                           f"use one of: {', '.join(sorted(c.id for c in plan.cells))}")
     trials = [t for t in plan.trials if not args.cells or t.cell.id in args.cells]
-    problems, unknown = reproduce.recipe_problems(manifest, sorted({t.cell.runtime.spec for t in trials},
-                                                                    key=lambda r: r.name))
+    needed = sorted({t.cell.runtime.spec for t in trials}, key=lambda r: r.name)
+    problems, unknown, how = reproduce.prepare_images(args.launcher, Path(args.source), manifest, needed,
+                                                      lambda line: console.print(escape(line)),
+                                                      args.allow_different_images)
     for line in unknown:
         console.print(f"[yellow]{escape(line)}[/]: rebuilt from this checkout, the verdict cannot tell another image")
     if problems and not args.allow_different_images:
         raise HostProblem("; ".join(problems) + " — its figures would be another image's: check out the original's "
                           "commit, or add --allow-different-images (the reproduction then says so)")
-    opts = dataclasses.replace(_run_options(args), run_id=args.run_id or f"{original_id}-repro", build=True)
+    opts = dataclasses.replace(_run_options(args), run_id=args.run_id or f"{original_id}-repro", build=not how)
     code = run_session(matrix, plan, trials, opts, console)
     store = RunStore(args.results, opts.run_id)
     rows = reproduce.compare_runs(original, store.records(), bool(problems))
-    path = reproduce.write(rows, store.root, str(args.source), bool(problems))
+    path = reproduce.write(rows, store.root, str(args.source), bool(problems), how)
     summary.print_reproduction(console, rows, original_id)
     console.print(f"reproduction of {original_id}: {path}")
     return code

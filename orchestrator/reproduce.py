@@ -38,7 +38,10 @@ def ratio_ci(new: list[float], old: list[float], seed: int = 0) -> dict[str, Any
 
     a, b = np.asarray(new, float), np.asarray(old, float)
     out: dict[str, Any] = {"ratio": float(np.median(a) / np.median(b)) if len(a) and len(b) and np.median(b) else None,
-                           "low": None, "high": None, "note": None}
+                           "low": None, "high": None, "note": None,
+                           # the two sides themselves, so a report can show the figures beside their ratio
+                           "median": float(np.median(a)) if len(a) else None, "n": len(a),
+                           "original_median": float(np.median(b)) if len(b) else None, "original_n": len(b)}
     if out["ratio"] is None:
         out["note"] = "no figure on one side"
         return out
@@ -100,7 +103,8 @@ def compare_cell(old: list[Record], new: list[Record], images_allowed_to_differ:
            "trials": len(new),
            "tokens_identical": None if any(s is None for s in shares) else min(shares),
            "time": {**ratio_ci(time_new, time_old), "within_original_range": _spread(time_new, time_old)},
-           "energy": ({**ratio_ci(e_new, e_old), "within_original_range": _spread(e_new, e_old)} if same_boundary
+           "energy": ({**ratio_ci(e_new, e_old), "within_original_range": _spread(e_new, e_old),
+                       "measured_on": sorted(f"{source} · {boundary}" for source, boundary in b_new)} if same_boundary
                       else {"ratio": None, "note": "not compared: another energy boundary or source "
                                                    f"({sorted(map(str, b_old))} → {sorted(map(str, b_new))})"}),
            "host_differences": differ, "image_ids": image, "images_allowed_to_differ": images_allowed_to_differ}
@@ -168,7 +172,7 @@ def recipe_problems(manifest: dict[str, Any] | None, runtimes: list) -> tuple[li
 
     if manifest is None:
         return [], []
-    recorded = {e["image"]: e.get("run_sources") or [] for e in mapping(manifest.get("images")).values()}
+    recorded = _recorded_sources(manifest)
     differ, unknown = [], []
     for rt in runtimes:
         want = recorded.get(rt.image)
@@ -180,8 +184,83 @@ def recipe_problems(manifest: dict[str, Any] | None, runtimes: list) -> tuple[li
     return differ, unknown
 
 
-def write(rows: list[dict[str, Any]], run_root: Path, original: str, allowed: bool) -> Path:
+def _recorded_sources(manifest: dict[str, Any]) -> dict[str, list[str]]:
+    return {e["image"]: e.get("run_sources") or [] for e in mapping(manifest.get("images")).values()}
+
+
+def prepare_images(launcher: str, source: Path, manifest: dict[str, Any] | None, runtimes: list, log,
+                   allow_different: bool = False) -> tuple[list[str], list[str], dict[str, str]]:
+    """ready_images through the Docker engine; with the process launcher there are no images to load, and this
+    checkout's recipes are what would run."""
+    if launcher != "docker":
+        return (*recipe_problems(manifest, runtimes), {})
+    from orchestrator.docker_layer import connected
+
+    return ready_images(connected(), source, manifest, runtimes, log, allow_different)
+
+
+def ready_images(client, source: Path, manifest: dict[str, Any] | None, runtimes: list, log,
+                 allow_different: bool = False) -> tuple[list[str], list[str], dict[str, str]]:
+    """Each image the reproduction needs, built from the original's recipe, in the cheapest way: the local image when
+    its sources label is the recorded one; else the bundle's saved image (``export --images``: docker load); else
+    built from this checkout's recipe, said so. Returns (images whose recipe differs from the original's, images
+    whose original recipe is unknown, {image: how it was made ready}) — recipe_problems' answer for the images that
+    will really run, not for this checkout's recipe."""
+    from orchestrator.images import build, image_info, sources_hash
+
+    recorded = _recorded_sources(manifest) if manifest is not None else {}
+    saved = _saved_images(source, manifest)
+    how: dict[str, str] = {}
+    rebuilt: list = []
+    for rt in runtimes:
+        want = recorded.get(rt.image) or []
+        local = image_info(client, rt)
+        if local is not None and local["sources"] and (local["sources"] in want or manifest is None
+                                                      and local["sources"] == sources_hash(rt)):
+            how[rt.image] = f"local image {local['id'][7:19]} (built from the {'original' if want else 'same'} recipe)"
+            continue
+        folder = rt.dockerfile.parent.name
+        if want and folder in saved:
+            loaded = _load_saved(client, source, saved[folder], rt.image)
+            if loaded in want:
+                how[rt.image] = f"loaded from the bundle ({saved[folder]})"
+                continue
+            log(f"{rt.image}: the bundle's saved image was built from {loaded}, not the recorded {', '.join(want)}")
+        rebuilt.append(rt)
+    differ, unknown = recipe_problems(manifest, rebuilt)
+    if not differ or allow_different:  # never build an image whose figures would be refused
+        for rt in rebuilt:
+            build(client, rt, log=lambda line: None)
+            how[rt.image] = f"rebuilt from this checkout's recipe ({sources_hash(rt)})"
+    for image, what in how.items():
+        log(f"{image}: {what}")
+    return differ, unknown, how
+
+
+def _saved_images(source: Path, manifest: dict[str, Any] | None) -> dict[str, str]:
+    """runtime folder -> the bundle member holding its saved image (``images/<folder>.tar.gz``)."""
+    if manifest is None or source.is_dir():
+        return {}
+    names = [n for n in mapping(manifest.get("files")) if n.startswith("images/") and n.endswith(".tar.gz")]
+    return {n[len("images/"):-len(".tar.gz")]: n for n in names}
+
+
+def _load_saved(client, source: Path, member: str, tag: str) -> str | None:
+    """docker load of one saved image from the bundle (streamed, never whole in memory); the sources label of the
+    image now under ``tag``."""
+    from orchestrator.images import SOURCES_LABEL
+
+    with tarfile.open(source) as tar:
+        f = tar.extractfile(member)
+        if f is None:
+            return None
+        client.images.load(f)
+    return (client.images.get(tag).labels or {}).get(SOURCES_LABEL)
+
+
+def write(rows: list[dict[str, Any]], run_root: Path, original: str, allowed: bool,
+          images: dict[str, str] | None = None) -> Path:
     path = run_root / "reproduction.json"
     path.write_text(json.dumps({"schema": SCHEMA, "original": original, "allow_different_images": allowed,
-                                "cells": rows}, indent=1, default=str))
+                                "images": images or {}, "cells": rows}, indent=1, default=str))
     return path

@@ -13,6 +13,7 @@ from conftest import orchestrate
 
 from analysis.synthetic import make_record, write_run
 from orchestrator import bundle
+from orchestrator.images import SOURCES_LABEL
 from orchestrator.reproduce import compare_runs
 
 IMAGE = "slm-matrix/torch-cpu:latest"
@@ -121,3 +122,68 @@ def test_the_recipe_check_compares_this_checkout_with_the_image_that_ran():
     differ, unknown = recipe_problems(manifest([]), [rt])  # records from before the image_sources fact
     assert not differ and len(unknown) == 1
     assert recipe_problems(None, [rt]) == ([], [])  # a run folder: nothing recorded to hold it to
+
+
+def _tiny_image(client, tag: str, sources: str) -> None:
+    """A one-file image labelled as built from ``sources`` (built in a second, saved in kilobytes)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for name, data in (("Dockerfile", f'FROM scratch\nCOPY marker /marker\nLABEL {SOURCES_LABEL}="{sources}"\n'),
+                           ("marker", sources)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data.encode())
+            t.addfile(info, io.BytesIO(data.encode()))
+    buf.seek(0)
+    client.images.build(fileobj=buf, custom_context=True, tag=tag, rm=True)
+
+
+def test_an_image_comes_from_the_bundle_when_the_local_one_is_of_another_recipe(tmp_path, docker_client):
+    """ready_images with a real Docker engine: the bundle's saved image (export --images) is loaded when the local
+    image was built from another recipe; then the local image is used as it is; a recipe nobody has is refused
+    without building anything."""
+    from orchestrator.images import Runtime
+    from orchestrator.reproduce import ready_images
+
+    rt = Runtime(name=f"repro-load-{tmp_path.name[-8:].lower()}", engines=("torch",), device="cpu",
+                 dockerfile=tmp_path / "never-built" / "Dockerfile")
+    try:
+        _tiny_image(docker_client, rt.image, "a" * 16)  # the image that ran the original
+        saved = tmp_path / "saved.tar.gz"
+        bundle._save_image(docker_client, rt.image, saved)
+        _tiny_image(docker_client, rt.image, "b" * 16)  # this host's image under the same tag: another recipe
+        member = f"images/{rt.dockerfile.parent.name}.tar.gz"
+        source = tmp_path / "bundle.tar"
+        with tarfile.open(source, "w") as tar:
+            tar.add(saved, arcname=member)
+        manifest = {"images": {rt.dockerfile.parent.name: {"image": rt.image, "run_sources": ["a" * 16]}},
+                    "files": {member: {}}}
+        said: list[str] = []
+        assert ready_images(docker_client, source, manifest, [rt], said.append) == (
+            [], [], {rt.image: f"loaded from the bundle ({member})"})
+        assert docker_client.images.get(rt.image).labels[SOURCES_LABEL] == "a" * 16 and said
+        problems, _, how = ready_images(docker_client, source, manifest, [rt], said.append)
+        assert not problems and how[rt.image].startswith("local image")
+        # neither local nor in the bundle, and this checkout cannot build that recipe: refused, nothing built
+        manifest["images"][rt.dockerfile.parent.name]["run_sources"] = ["c" * 16]
+        problems, _, how = ready_images(docker_client, tmp_path / "no-images.tar", {**manifest, "files": {}}, [rt],
+                                        said.append)
+        assert len(problems) == 1 and "other sources" in problems[0] and how == {}
+    finally:
+        docker_client.images.remove(rt.image, force=True)
+
+
+def test_the_report_of_a_reproduction_shows_the_originals_figures_beside_its_own(tmp_path):
+    from analysis.report import build_report
+    from orchestrator.reproduce import write
+
+    original = _run()
+    repro = _run(durations=(12.0, 12.4, 12.2))
+    run = write_run(list(repro.values()), tmp_path / "repro")
+    write(compare_runs(original, repro), run, "orig.tar", False, {IMAGE: "loaded from the bundle (images/x.tar.gz)"})
+    md = build_report([run], tmp_path / "report")["markdown"].read_text()
+    section = md[md.index("## Reproduction"):md.index("## Tables")]
+    assert "Reproduction of orig.tar: 1 cell(s) — 1 slower." in section
+    assert "loaded from the bundle" in section
+    # the original's median time (10.0 s of 10, 10.2, 9.9) and the reproduction's (12.2 s), each with its n
+    assert "10 (n=3)" in section and "12.2 (n=3)" in section and "×1.22" in section
+    assert "| slower |" in section
