@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable
 
 from orchestrator import REPO_ROOT
 from orchestrator.fixtures_cache import sha256_file
-from orchestrator.images import BASE_DIR, SOURCES_LABEL, Runtime, discover, sources_hash
+from orchestrator.images import SOURCES_LABEL, Runtime, discover, recipe_paths, sources_hash
 from runners.record import Record
 
 BUNDLE_SCHEMA = "slm-matrix.bundle/1"
@@ -80,19 +80,17 @@ def images_used(run_dir: Path) -> dict[str, dict[str, Any]]:
         sources = r.host.get("image_sources")  # the recipe the image that ran was built from (its label)
         if sources and sources not in entry["run_sources"]:
             entry["run_sources"].append(sources)
+        base = r.host.get("image_base")  # and the base image it was built FROM
+        if base and base not in entry.setdefault("run_bases", []):
+            entry["run_bases"].append(base)
     return used
 
 
 def recipe_files(folders: Iterable[str]) -> list[Path]:
-    """Everything the images of these runtime folders are built from (relative to the checkout)."""
-    roots = [REPO_ROOT / "images" / BASE_DIR, REPO_ROOT / "runners",
-             *(REPO_ROOT / "images" / f for f in sorted(set(folders)))]
-    out = []
-    for root in roots:
-        for p in sorted(root.rglob("*")):
-            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc":
-                out.append(p.relative_to(REPO_ROOT))
-    return out
+    """Everything the images of these runtime folders are built from (relative to the checkout): recipe_paths."""
+    runtimes = {rt.dockerfile.parent.name: rt for rt in discover().values()}
+    files = {p for f in set(folders) if f in runtimes for p in recipe_paths(runtimes[f])}
+    return sorted(p.relative_to(REPO_ROOT) for p in files)
 
 
 def _commit() -> str | None:

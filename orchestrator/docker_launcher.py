@@ -23,7 +23,7 @@ import docker.errors
 
 from orchestrator.docker_layer import (MEASURED_PIDS_LIMIT, MEASURED_TMPFS, Container, connect, connected, gpu_problem,
                                        limits, local_image, measured_lock_down, remove)
-from orchestrator.images import SOURCES_LABEL, Runtime, build, image_info
+from orchestrator.images import BASE_LABEL, SOURCES_LABEL, Runtime, build, image_info
 from orchestrator.launch import HostProblem, LaunchSpec, Outcome, read_record, write_job
 
 LABEL_RUN = "io.slm-matrix.run"
@@ -135,6 +135,7 @@ class DockerLauncher:
         volumes[str((spec.work / "out").resolve())] = {"bind": "/out", "mode": "rw"}
         facts: dict[str, Any] = {"launcher": self.name, "image": rt.image, "image_id": image.id,
                                  "image_sources": image.labels.get(SOURCES_LABEL),
+                                 "image_base": image.labels.get(BASE_LABEL),
                                  "limits": {"mem_limit": spec.mem_limit, "cpus": spec.cpus, "shm_size": spec.shm_size,
                                             "timeout_s": spec.timeout_s, "network": "none", "gpu": rt.gpu,
                                             "gpus": sorted(spec.gpus.values()) if rt.gpu else [],

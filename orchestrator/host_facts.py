@@ -46,6 +46,8 @@ class HostFacts:
     # the hash of the sources the image was built from (its label, orchestrator/images.py): what a reproduction
     # must build again to run the same image
     image_sources: str | None = field(default=None, metadata=TRIAL_ONLY)
+    # the base image it was built FROM (tag@digest, or tag@local id for a base made on the host)
+    image_base: str | None = field(default=None, metadata=TRIAL_ONLY)
 
     @classmethod
     def launched(cls, o: Outcome, spec: LaunchSpec, run_root: Path, record: dict[str, Any],
@@ -53,7 +55,7 @@ class HostFacts:
         """The facts of one launch; ``container``: its host window within the trial's boundary."""
         return cls(launcher=o.facts.get("launcher"), container_id=o.facts.get("container_id"),
                    image=o.facts.get("image"), image_id=o.facts.get("image_id"), limits=o.facts.get("limits"),
-                   image_sources=o.facts.get("image_sources"),
+                   image_sources=o.facts.get("image_sources"), image_base=o.facts.get("image_base"),
                    exit_code=o.exit_code, oom_killed=o.oom_killed, timed_out=o.timed_out,
                    started_unix=o.facts.get("started_unix"), exited_unix=o.facts.get("exited_unix"),
                    container=container, idle=None, log=str(spec.log_path.relative_to(run_root)),

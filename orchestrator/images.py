@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator import REPO_ROOT
+from orchestrator.build_causes import BUILD_CAUSES, EXTRA_CA_ENV, build_failure_cause  # noqa: F401  (re-exported)
 
 IMAGE_PREFIX_ENV = "IMAGE_PREFIX"
 LABEL_PREFIX = "io.slm-matrix."
@@ -129,20 +130,38 @@ def image_info(client, runtime: Runtime) -> dict[str, Any] | None:
             "created": img.attrs.get("Created"), "sources": (img.labels or {}).get(SOURCES_LABEL)}
 
 
-# An image records the sources it was built from (runners/, images/_base/, its own folder): one built from an older
-# checkout runs an older runner than the one in this checkout, and is said so (rebuild with --build).
+# An image records the sources it was built from (recipe_paths): one built from an older checkout runs an older
+# runner than the one in this checkout, and is said so (rebuild with --build).
 SOURCES_LABEL = LABEL_PREFIX + "sources"
+BASE_LABEL = LABEL_PREFIX + "base-image"  # the base it was built FROM: tag@id (a stock base's digest when pulled)
+
+
+# Build inputs of the host, not of the checkout's recipe (images/README.md: Build inputs)
+HOST_INPUT_DIRS = ("wheelhouse", "extra-ca")
+
+
+def recipe_paths(runtime: Runtime) -> list[Path]:
+    """The checkout's files a runtime's image is built from: runners/, the shared base, its own folder, and every
+    other file its Dockerfile COPYs from images/ (the openvino image installs torch-cpu's requirements and lock) —
+    not host inputs (CA certificates, wheels)."""
+    copied = set()
+    for line in runtime.dockerfile.read_text().splitlines():
+        parts = line.split()
+        if len(parts) > 2 and parts[0].upper() == "COPY" and not parts[1].startswith("--"):
+            copied.update(REPO_ROOT / src for src in parts[1:-1] if src.startswith("images/")
+                          and src.split("/")[1] not in HOST_INPUT_DIRS)
+    roots = {REPO_ROOT / "runners", REPO_ROOT / "images" / BASE_DIR, runtime.dockerfile.parent, *copied}
+    return sorted({p for root in roots for p in ([root] if root.is_file() else root.rglob("*"))
+                   if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"})
 
 
 def sources_hash(runtime: Runtime) -> str:
-    """sha256 (16 hex) of the checkout's files the runtime's image is built from (not host inputs: CA, wheels)."""
+    """sha256 (16 hex) of the checkout's files the runtime's image is built from (recipe_paths)."""
     import hashlib
 
     h = hashlib.sha256()
-    for folder in (REPO_ROOT / "runners", REPO_ROOT / "images" / BASE_DIR, runtime.dockerfile.parent):
-        for p in sorted(folder.rglob("*")):
-            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc":
-                h.update(str(p.relative_to(REPO_ROOT)).encode() + b"\0" + p.read_bytes())
+    for p in recipe_paths(runtime):
+        h.update(str(p.relative_to(REPO_ROOT)).encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -162,10 +181,7 @@ def stale_problem(client, runtime: Runtime) -> str | None:
 STOCK_BASE = "python:3.11-slim-bookworm"  # the Dockerfiles' default BASE_IMAGE
 LOCAL_BASE = "slm-matrix/base:bookworm"  # scripts/make_local_base.sh: Debian bookworm minbase + Python 3.11
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"  # the CPU images' default extra index
-EXTRA_CA_ENV = "SLM_EXTRA_CA_DIR"  # a folder of *.crt to trust in the images (a TLS-intercepting proxy's, a corp CA)
 WHEEL_DIRS_ENV = "SLM_WHEEL_DIRS"  # folders (os.pathsep) of local wheels for the pinned versions
-
-
 PULL_TIMEOUT_S = 90.0
 
 
@@ -187,6 +203,12 @@ def _pull(client, image: str, timeout_s: float) -> str | None:
     t.start()
     t.join(timeout_s)
     return result[0] if result else f"no answer within {timeout_s:.0f} s"
+
+
+def base_digest(client, base: str) -> str:
+    """``tag@sha256:…`` of the base image: its registry digest when pulled, else its local id (a base made here)."""
+    img = client.images.get(base)
+    return (img.attrs.get("RepoDigests") or [f"{base}@{img.id}"])[0]
 
 
 def ensure_base(client, log: Callable[[str], None]) -> str:
@@ -287,42 +309,6 @@ def build_args() -> dict[str, str]:
     return args
 
 
-# Causes of a failed build that the user can fix, by priority (a TLS failure also makes pip's resolver fail, and its
-# "ResolutionImpossible" is what the build ends with): (a line of the build log, the cause, the fix).
-BUILD_CAUSES = (
-    (re.compile(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed|SSLCertVerificationError"),
-     "TLS certificate verification failed against the registry",
-     f"add your proxy's CA certificates ({EXTRA_CA_ENV} / images/extra-ca, see README)"),
-    (re.compile(r"no space left on device", re.IGNORECASE),
-     "the disk is full (No space left on device)",
-     "free space on the Docker engine's disk (`docker system df`, `docker builder prune`), then build again"),
-    (re.compile(r"NewConnectionError|Failed to establish a new connection|Connection refused|ReadTimeoutError|"
-                r"ConnectTimeoutError|Read timed out|Temporary failure in name resolution|Name or service not known|"
-                r"Network is unreachable|Could not resolve"),
-     "the package registry did not answer (connection refused, timed out or not resolvable)",
-     "check the network and proxy settings (HTTPS_PROXY; PIP_INDEX_URL / PIP_EXTRA_INDEX_URL), or build from local "
-     "wheels (--wheels DIR / SLM_WHEEL_DIRS, see README)"),
-    (re.compile(r"No matching distribution found for|Could not find a version that satisfies the requirement"),
-     "a pinned package is in none of the registries the build can reach",
-     "give its wheel (--wheels DIR / SLM_WHEEL_DIRS) or an index that has it (PIP_EXTRA_INDEX_URL), see README"),
-)
-
-
-def build_failure_cause(lines) -> str | None:
-    """"cause: fix (the log line that shows it)" of the highest-priority known cause among a failed build's log
-    lines; None when none is known."""
-    found: dict[int, str] = {}
-    for line in lines:
-        for i, (pattern, _, _) in enumerate(BUILD_CAUSES):
-            if i not in found and pattern.search(line):
-                found[i] = line.strip()
-    if not found:
-        return None
-    i = min(found)
-    _, cause, fix = BUILD_CAUSES[i]
-    return f"{cause}: {fix} (the build log: {found[i][:300]})"
-
-
 def build_dockerfile(client, dockerfile: Path, tag: str, log: Callable[[str], None], nocache: bool = False,
                      labels: dict[str, str] | None = None) -> None:
     """Build one Dockerfile of images/ (context: the repository root) with the build arguments; ImageError on failure,
@@ -368,9 +354,10 @@ def build(client, runtime: Runtime, *, log: Callable[[str], None] = print, nocac
     import docker.errors
 
     t0 = time.monotonic()
-    prepare_build(client, log)
+    base = prepare_build(client, log)["base"]
     build_dockerfile(client, REPO_ROOT / "images" / BASE_DIR / "Dockerfile", base_image(), log, nocache)
-    build_dockerfile(client, runtime.dockerfile, runtime.image, log, nocache, {SOURCES_LABEL: sources_hash(runtime)})
+    build_dockerfile(client, runtime.dockerfile, runtime.image, log, nocache,
+                     {SOURCES_LABEL: sources_hash(runtime), BASE_LABEL: base_digest(client, base)})
     try:
         info = image_info(client, runtime)
     except docker.errors.APIError as e:

@@ -95,6 +95,8 @@ def test_image_conforms(conformance, docker_client, runtime, engine):
     assert rec["host"]["image"] == rt.image and rec["host"]["image_id"] == docker_client.images.get(rt.image).id
     # and the recipe it was built from (the sources hash of this checkout: the image was built from it just now)
     assert rec["host"]["image_sources"] == sources_hash(rt)
+    # and the base image it was built FROM, by digest (the local base's id where it was made here)
+    assert "@sha256:" in rec["host"]["image_base"], rec["host"]["image_base"]
     # it ran locked down, as seen from inside: no capabilities, no-new-privileges, read-only root, a pids limit, uid 1000
     assert locked_down_problems(rec["environment"].get("privileges")) == []
     # the engine's library versions are in the record
