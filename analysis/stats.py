@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -62,6 +63,31 @@ def median_ci(values, *, confidence: float = CONFIDENCE, n_resamples: int = 2000
         if np.isfinite(lo) and np.isfinite(hi):
             out.update(ci_low=float(lo), ci_high=float(hi), ci_note=None if method == "BCa" else "percentile")
             break
+    return out
+
+
+def median_ratio_ci(new: list[float], old: list[float], seed: int = 0) -> dict[str, Any]:
+    """median(new) / median(old) with a percentile bootstrap interval over both samples (None with the reason where
+    a sample is too small), and each side's median and n: how a reproduction's figure compares with the original's,
+    and one engine's with another's of its runtime family."""
+    a, b = np.asarray(new, float), np.asarray(old, float)
+    out: dict[str, Any] = {"ratio": float(np.median(a) / np.median(b)) if len(a) and len(b) and np.median(b) else None,
+                           "low": None, "high": None, "note": None,
+                           # the two sides themselves, so a report can show the figures beside their ratio
+                           "median": float(np.median(a)) if len(a) else None, "n": len(a),
+                           "original_median": float(np.median(b)) if len(b) else None, "original_n": len(b)}
+    if out["ratio"] is None:
+        out["note"] = "no figure on one side"
+        return out
+    if len(a) < 2 or len(b) < 2:
+        out["note"] = f"n = {len(a)} and {len(b)}: no interval (2 or more on each side)"
+        return out
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = stats.bootstrap((a, b), lambda x, y, axis=-1: np.median(x, axis=axis) / np.median(y, axis=axis),
+                              confidence_level=CONFIDENCE, n_resamples=2000, method="percentile",
+                              rng=np.random.default_rng(seed))
+    out["low"], out["high"] = float(res.confidence_interval.low), float(res.confidence_interval.high)
     return out
 
 

@@ -15,46 +15,18 @@ from __future__ import annotations
 
 import json
 import tarfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from analysis.stats import median_ratio_ci
 from runners.agreement import token_agreement
 from runners.record import Record
 from runners.record.facts import mapping
 
 SCHEMA = "slm-matrix.reproduction/1"
 HOST_FACTS = ("hostname", "cpu_model", "cpu_count", "kernel", "driver", "gpu")
-
-
-def ratio_ci(new: list[float], old: list[float], seed: int = 0) -> dict[str, Any]:
-    """median(new) / median(old) with a percentile bootstrap interval over both samples (None with the reason where
-    a sample is too small)."""
-    from scipy import stats
-
-    from analysis.stats import CONFIDENCE  # the report's level, so both read alike
-
-    a, b = np.asarray(new, float), np.asarray(old, float)
-    out: dict[str, Any] = {"ratio": float(np.median(a) / np.median(b)) if len(a) and len(b) and np.median(b) else None,
-                           "low": None, "high": None, "note": None,
-                           # the two sides themselves, so a report can show the figures beside their ratio
-                           "median": float(np.median(a)) if len(a) else None, "n": len(a),
-                           "original_median": float(np.median(b)) if len(b) else None, "original_n": len(b)}
-    if out["ratio"] is None:
-        out["note"] = "no figure on one side"
-        return out
-    if len(a) < 2 or len(b) < 2:
-        out["note"] = f"n = {len(a)} new, {len(b)} original: no interval (give --repetitions ≥ 2)"
-        return out
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = stats.bootstrap((a, b), lambda x, y, axis=-1: np.median(x, axis=axis) / np.median(y, axis=axis),
-                              confidence_level=CONFIDENCE, n_resamples=2000, method="percentile",
-                              rng=np.random.default_rng(seed))
-    out["low"], out["high"] = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return out
 
 
 def host_of(r: Record) -> dict[str, Any]:
@@ -102,8 +74,8 @@ def compare_cell(old: list[Record], new: list[Record], images_allowed_to_differ:
            "engine": first.engine_name, "precision": first.precision, "original_trials": len(old),
            "trials": len(new),
            "tokens_identical": None if any(s is None for s in shares) else min(shares),
-           "time": {**ratio_ci(time_new, time_old), "within_original_range": _spread(time_new, time_old)},
-           "energy": ({**ratio_ci(e_new, e_old), "within_original_range": _spread(e_new, e_old),
+           "time": {**median_ratio_ci(time_new, time_old), "within_original_range": _spread(time_new, time_old)},
+           "energy": ({**median_ratio_ci(e_new, e_old), "within_original_range": _spread(e_new, e_old),
                        "measured_on": sorted(f"{source} · {boundary}" for source, boundary in b_new)} if same_boundary
                       else {"ratio": None, "note": "not compared: another energy boundary or source "
                                                    f"({sorted(map(str, b_old))} → {sorted(map(str, b_new))})"}),

@@ -141,11 +141,13 @@ def test_an_image_comes_from_the_bundle_when_the_local_one_is_of_another_recipe(
     """ready_images with a real Docker engine: the bundle's saved image (export --images) is loaded when the local
     image was built from another recipe; then the local image is used as it is; a recipe nobody has is refused
     without building anything."""
+    from orchestrator import REPO_ROOT
     from orchestrator.images import Runtime
     from orchestrator.reproduce import ready_images
 
+    # torch-cpu's recipe under a tag of its own: the test never touches the real image
     rt = Runtime(name=f"repro-load-{tmp_path.name[-8:].lower()}", engines=("torch",), device="cpu",
-                 dockerfile=tmp_path / "never-built" / "Dockerfile")
+                 dockerfile=REPO_ROOT / "images" / "torch-cpu" / "Dockerfile")
     try:
         _tiny_image(docker_client, rt.image, "a" * 16)  # the image that ran the original
         saved = tmp_path / "saved.tar.gz"
