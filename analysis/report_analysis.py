@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.families import families
 from analysis.load import Tables, load_runs
 from analysis.metrics import (add_metrics, agreement_spec, comparison_groups, flag_different_output,
                               flag_mixed_hardware, model_config_medians, with_agreement)
@@ -46,6 +47,7 @@ class Analysis:
     # the curves against batch size and the other axes (analysis/operating_points.py); None without a sweep
     operating: OperatingPoints | None = None
     reproductions: list = field(default_factory=list)  # reproduction.json of a reproduce run
+    families: pd.DataFrame = field(default_factory=pd.DataFrame)  # engines of one runtime library compared
 
     @property
     def sources(self) -> list[str]:
@@ -89,6 +91,7 @@ def analyse(run_dirs, *, study_csv: str | Path | None = DEFAULT_STUDY_CSV, pairs
     if applies(tables.trials[tables.trials["mode"] == "run"]):
         a.operating = operating_points(ok)
     a.reproductions = load_reproductions(tables.run_dirs)
+    a.families = families(ok, seed=seed)
     evaluations, eval_tasks = load_evaluations(tables.run_dirs)
     if not evaluations.empty:
         a.quality = add_quality(every, evaluations)  # whether answers work is shown for every configuration

@@ -12,6 +12,7 @@ from analysis.quality import NONE_SOLVED
 from analysis.report_analysis import Analysis
 from analysis.report_format import html_table, md_table
 from analysis.report_operating import FIGURES as OPERATING_FIGURES
+from analysis.families import section as families_section
 from analysis.report_operating import section as operating_section
 from analysis.report_reproduction import section as reproduction_section
 from analysis.report_headlines import NO_ENERGY_WORDS, headlines
@@ -94,9 +95,9 @@ def render(a: Analysis, figs: Figures, title: str) -> tuple[str, str]:
            "title": title}
     h: list[str] = []
     md: list[str] = []
-    for section in (_head, _headline_section, _reproduction_section, _tables_section, _operating_section, _statistics_section,
-                    _quality_section,
-                    _validity_section, _savings_section, _study_section, _plots_section, _failures_section):
+    for section in (_head, _headline_section, _reproduction_section, _tables_section, _families_section,
+                    _operating_section, _statistics_section, _quality_section, _validity_section, _savings_section,
+                    _study_section, _plots_section, _failures_section):
         section(a, h, md, ctx)
     h.append("</body></html>")
     return "\n".join(h), "\n".join(md)
@@ -118,6 +119,7 @@ def _head(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None:
     h.append(f"<div class='banner {kind}'>{html.escape(banner)}</div>")
     h.append("<nav><a href='#headline'>Headline</a>"
              + ("<a href='#reproduction'>Reproduction</a>" if a.reproductions else "") + "<a href='#tables'>Tables</a>"
+             + ("<a href='#families'>Runtime families</a>" if not a.families.empty else "")
              + ("<a href='#operating'>Operating points</a>" if a.operating is not None and not a.operating.empty
                 else "") + "<a href='#stats'>Statistics</a>"
              "<a href='#quality'>pass@1</a><a href='#validity'>Meter validity</a><a href='#savings'>Savings</a>"
@@ -166,6 +168,11 @@ def _tables_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None
 def _reproduction_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None:
     """The original's figures beside the reproduction's (only in a run made by orchestrate.py reproduce)."""
     reproduction_section(a.reproductions, h, md)
+
+
+def _families_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None:
+    """Engines of one runtime library against each other (only where a family has two in one comparison)."""
+    families_section(a.families, h, md)
 
 
 def _operating_section(a: Analysis, h: list[str], md: list[str], ctx: dict) -> None:

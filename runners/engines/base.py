@@ -49,6 +49,9 @@ def module_found(name: str) -> bool:
 
 class Engine:
     name: ClassVar[str] = ""
+    # The runtime library this engine drives (e.g. "ONNX Runtime" for both optimum's loop and ONNX Runtime GenAI's):
+    # the report compares the engines of one family with each other, so the path, not the runtime, shows
+    family: ClassVar[str] = ""
     # device -> precisions this engine supports there; a device missing here is not supported at all.
     precisions: ClassVar[dict[str, tuple[str, ...]]] = {}
     # Phases beyond load/generate this engine has, declared (the runner and the orchestrator read this, they do not

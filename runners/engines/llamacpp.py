@@ -32,6 +32,7 @@ FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
 
 class LlamaCppEngine(Engine):
     name = "llamacpp"
+    family = "llama.cpp"
     optional_phases = frozenset({"prepare"})
     precisions = {"cpu": tuple(RECIPES), "cuda": tuple(RECIPES)}
     greedy_only = "argmax of llama_get_logits over its batch API; its sampler chain is not wired in"

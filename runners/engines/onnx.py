@@ -41,6 +41,7 @@ class ProviderFallback(RuntimeError):
 
 class OnnxEngine(Engine):
     name = "onnx"
+    family = "ONNX Runtime"
     optional_phases = frozenset({"prepare"})
     # CPU: fp32 and int8 dynamic quantisation (fp16 kernels on the CPU provider are partial and slow);
     # CUDA: fp32 and fp16 (ORT's integer MatMul kernels are CPU ones: int8 dynamic quantisation is no CUDA option).

@@ -42,6 +42,7 @@ KV_CACHE_PRECISIONS = ("f32", "f16", "bf16", "u8")
 
 class OpenVinoEngine(Engine):
     name = "openvino"
+    family = "OpenVINO"
     optional_phases = frozenset({"prepare", "compile"})
     precisions = {"cpu": ("fp32", "bf16", "int8")}
     requires = ("openvino", "optimum.intel")

@@ -26,6 +26,7 @@ _COMPILE_TEXT = ("def add(a, b):\n    return a + b\n\nfor i in range(10):\n    p
 
 class TorchCompileEngine(TorchEngine):
     name = "torch-compile"
+    family = "PyTorch"
     optional_phases = frozenset({"compile"})
     # torch.compile of a model accelerate has dispatched over several GPUs has not been tried: one GPU until it is
     multi_gpu = "torch.compile over a model spread by device_map has not been tried"

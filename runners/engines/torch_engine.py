@@ -16,6 +16,7 @@ DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 class TorchEngine(Engine):
     name = "torch"
+    family = "PyTorch"
     precisions = {"cpu": ("fp32", "bf16", "fp16"), "cuda": ("fp32", "fp16", "bf16")}
     requires = ("torch", "transformers")
     # several GPUs: accelerate's device_map="auto" places consecutive layers on each (in the torch images); the

@@ -31,6 +31,7 @@ def cpu_bind_list(threads: int) -> str:
 
 class VllmEngine(Engine):
     name = "vllm"
+    family = "vLLM"
     optional_phases = frozenset({"compile"})
     precisions = {"cuda": ("fp32", "fp16", "bf16"), "cpu": ("fp32", "bf16")}
     requires = ("vllm",)
