@@ -16,7 +16,7 @@ TPOT) and one native run on the same prompt ids, in alternating order (H N, N H,
   openvino-genai, onnx-genai, ctranslate2: the engine module's own native_decode(artifact, prompt_ids, new_tokens,
                   threads): the runtime's generate loop with no harness (its per-token timings where it reports them)
 The table: per engine, each side's median [min–max] over the rounds, harness / native as the ratio of medians with a
-bootstrap interval (orchestrator.reproduce.ratio_ci), and whether it meets the goal (≥ 0.95×). Exit 1 when an engine
+bootstrap interval (analysis.stats.median_ratio_ci), and whether it meets the goal (≥ 0.95×). Exit 1 when an engine
 is below the goal (0 with --no-fail), 2 when one could not be measured; an engine whose native_decode does not exist
 yet is listed as not available and fails nothing.
 """
@@ -60,7 +60,7 @@ TOOLS = {t.engine: t for t in (
 
 # --- inside the image: stdlib, the runtime and runners/ only -----------------------------------------------------
 
-def _torch_rate(spec: dict) -> float:
+def _torch_rate(spec: dict) -> dict:
     """transformers' plain generate, greedy, each new token timed as the streamer receives it."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -91,7 +91,7 @@ def _torch_rate(spec: dict) -> float:
     return _timed(rate, spec)
 
 
-def _vllm_rate(spec: dict) -> float:
+def _vllm_rate(spec: dict) -> dict:
     """vLLM's offline engine timed as `vllm bench latency` does (perf_counter around LLM.generate), at N and at 1
     new tokens: the difference is N − 1 decode steps."""
     from runners.engines.vllm_engine import cpu_bind_list
@@ -114,20 +114,28 @@ def _vllm_rate(spec: dict) -> float:
     return _timed(lambda ids: (n - 1) / (latency(ids, n) - latency(ids, 1)), spec)
 
 
-def _module_rate(spec: dict) -> float:
-    """The engine module's native_decode: its runtime's own generate loop, no harness."""
+def _module_rate(spec: dict) -> dict:
+    """The engine module's native_decode: its runtime's own generate loop, no harness, at the job's precision."""
+    import inspect
+
     from runners.engines import engine_class
 
     native_decode = sys.modules[engine_class(spec["engine"]).__module__].native_decode
-    return _timed(lambda ids: decode_rate(native_decode(spec["artifact"], ids, spec["new_tokens"],
-                                                        spec["threads"]), spec["new_tokens"]), spec)
+    extra = {"precision": spec["precision"]} if "precision" in inspect.signature(native_decode).parameters else {}
+    if not extra and spec["precision"] != "fp32":
+        raise ValueError(f"{spec['engine']}'s native_decode takes no precision: it measures fp32 only")
+    return _timed(lambda ids: decode_rate(native_decode(spec["artifact"], ids, spec["new_tokens"], spec["threads"],
+                                                        **extra), spec["new_tokens"]), spec)
 
 
 def decode_rate(result: dict, new_tokens: int) -> float:
     """Decode tokens/s of one native_decode result: the runtime's own figure where it gives one (TPOT, decode
-    tokens/s, per-token intervals), else (N − 1) / (seconds − time to the first token)."""
+    tokens/s, per-token intervals), else (N − 1) / (seconds − time to the first token). Whose is which: OpenVINO
+    GenAI's perf metrics give tpot_ms; ONNX Runtime GenAI and CTranslate2 time each step of their loop."""
     if result.get("tpot_s"):
         return 1 / result["tpot_s"]
+    if result.get("tpot_ms"):  # OpenVINO GenAI's perf metrics: [mean, std] over its repetitions
+        return 1000 / result["tpot_ms"][0]
     if result.get("decode_tokens_per_s"):
         return result["decode_tokens_per_s"]
     if result.get("per_token_s"):  # intervals between consecutive new tokens
@@ -139,10 +147,16 @@ def decode_rate(result: dict, new_tokens: int) -> float:
                      f"first_token_s): {sorted(result)}")
 
 
-def _timed(rate, spec: dict) -> float:
-    """One warm-up generation, then each prompt once, as the harness trial does: the median decode rate."""
+def _timed(rate, spec: dict) -> dict:
+    """One warm-up generation, then each prompt once, as the harness trial does: the median decode rate (and each
+    call's rate and seconds, which bound it)."""
     rate(spec["prompts"][0])
-    return statistics.median(rate(ids) for ids in spec["prompts"])
+    rates, seconds = [], []
+    for ids in spec["prompts"]:
+        t0 = time.perf_counter()
+        rates.append(rate(ids))
+        seconds.append(time.perf_counter() - t0)
+    return {"decode_tok_s": statistics.median(rates), "rates": rates, "call_s": seconds}
 
 
 INSIDE = {"torch": _torch_rate, "vllm": _vllm_rate}
@@ -157,9 +171,9 @@ def spread(samples: list[float]) -> dict:
 
 def summarise(tool: Tool, harness: list[float], native: list[float], tolerance: float = TOLERANCE) -> dict:
     """One row: each side's median and spread, harness / native with its bootstrap interval, the goal."""
-    from orchestrator.reproduce import ratio_ci
+    from analysis.stats import median_ratio_ci
 
-    ratio = ratio_ci(harness, native)
+    ratio = median_ratio_ci(harness, native)
     return {"engine": tool.engine, "image": tool.image, "native_tool": tool.native, "status": "measured",
             "harness": spread(harness), "native": spread(native), "ratio": ratio,
             "goal": 1 - tolerance, "meets_goal": ratio["ratio"] is not None and ratio["ratio"] >= 1 - tolerance}
@@ -266,13 +280,14 @@ def native_rate(client, runtime, tool: Tool, args, model: Path, cache: Path, pre
     from orchestrator.docker_layer import measured_lock_down
 
     spec = {"engine": tool.engine, "model": f"/models/{model.name}", "artifact": artifact, "prompts": prompts,
-            "new_tokens": args.new_tokens, "threads": args.threads}
+            "new_tokens": args.new_tokens, "threads": args.threads, "precision": args.precision}
     volumes = {str(model.resolve()): {"bind": spec["model"], "mode": "ro"},
                str(cache.resolve()): {"bind": "/cache", "mode": "ro"},
                str(Path(__file__).resolve()): {"bind": INSIDE_PATH, "mode": "ro"}}
     container = dict(getattr(runtime, "container", ()) or ())
     out = client.containers.run(runtime.image, [INSIDE_PATH, "--inside", json.dumps(spec)], entrypoint="python",
                                 remove=True, stdout=True, stderr=False, volumes=volumes,
+                                labels={"io.slm-matrix.test": f"native-tools-{tool.engine}"},
                                 shm_size=container.get("shm_size"), **measured_lock_down())
     return json.loads(out.decode().strip().splitlines()[-1])["decode_tok_s"]
 
@@ -309,11 +324,22 @@ def measure(client, tool: Tool, args, model: Path, cache: Path, work: Path) -> d
     return summarise(tool, sides["harness"][1], sides["native"][1], args.tolerance)
 
 
+def _row(tool: Tool, client, args, model: Path, cache: Path, work: Path) -> dict:
+    """The engine's row: measured, not available yet, or failed with the cause (one engine's failure is its row)."""
+    import pytest
+
+    reason = unavailable(tool)
+    if reason:
+        return not_measured(tool, reason)
+    try:
+        return measure(client, tool, args, model, cache, work)
+    except (Exception, pytest.fail.Exception) as e:  # noqa: BLE001 — Launch fails through pytest.fail
+        return not_measured(tool, f"failed: {type(e).__name__}: …{str(e)[-400:]}")  # the cause is last
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     sys.path[:0] = [str(REPO), str(REPO / "tests")]
-    import pytest
-
     from orchestrator import fixtures
     from orchestrator.docker_launcher import connect
     from orchestrator.models import _readable
@@ -329,32 +355,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{model.name} {args.precision}: {args.prompt_tokens} prompt tokens, {args.new_tokens} new tokens, "
           f"{args.threads} threads, {args.reps} rounds × {args.prompts} prompts; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
-    rows = []
+    rows: list[dict] = []
     try:
         for name in args.engines:
-            tool = TOOLS[name]
-            reason = unavailable(tool)
-            if reason:
-                rows.append(not_measured(tool, reason))
-                continue
-            try:
-                rows.append(measure(client, tool, args, model, cache, work))
-            except (Exception, pytest.fail.Exception) as e:  # noqa: BLE001 — one engine's failure is its row
-                rows.append(not_measured(tool, f"failed: {type(e).__name__}: {str(e)[:300]}"))
+            rows.append(_row(TOOLS[name], client, args, model, cache, work))
+            print(table(rows[-1:]).splitlines()[-1], flush=True)
+            if args.out:  # after every engine: a long run stopped half-way keeps what it measured
+                args.out.write_text(json.dumps({"model": model.name, "args": {k: str(v) for k, v in vars(args).items()},
+                                                "rows": rows}, indent=2) + "\n")
     finally:
         if not args.cache:  # conversions of a throw-away cache (a GGUF of the model, …) are not worth the disk
             shutil.rmtree(cache, ignore_errors=True)
     print(f"load average at the end {os.getloadavg()[0]:.1f}; records and container logs in {work}")
     print(table(rows))
-    if args.out:
-        args.out.write_text(json.dumps({"model": model.name, "args": {k: str(v) for k, v in vars(args).items()},
-                                        "rows": rows}, indent=2) + "\n")
     return exit_status(rows, args.no_fail)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--inside"]:  # in the native container
         spec = json.loads(sys.argv[2])
-        print(json.dumps({"decode_tok_s": INSIDE.get(spec["engine"], _module_rate)(spec)}))
+        print(json.dumps(INSIDE.get(spec["engine"], _module_rate)(spec)))
         sys.exit(0)
     sys.exit(main())
