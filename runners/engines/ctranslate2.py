@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runners.engines import _conversion
-from runners.engines import options as o
 from runners.engines.base import Engine, StepHook
 from runners.errors import JobError
 
@@ -49,10 +47,6 @@ class CTranslate2Engine(Engine):
     precisions = {"cpu": tuple(RECIPES)}
     requires = ("ctranslate2",)
     multi_gpu = "it runs on the CPU here"
-
-    @dataclass(frozen=True)
-    class Options(o.Options):
-        pass
 
     def __init__(self, ctx, tokenizer, options):
         super().__init__(ctx, tokenizer, options)
