@@ -19,7 +19,7 @@ from _containers import Launch, build_image, engine_cache, summary
 from conftest import architecture_params
 from _converting_engines import tiny  # noqa: F401  (pytest fixture)
 from _converting_engines import (NEW_TOKENS, PROMPTS, agreement_line, assert_exact, assert_reused, body,
-                                 build_foreign, prepare_and_run, reference_factory)
+                                 build_foreign, reference_factory)
 from orchestrator import fixtures
 from runners.engines import engine_class
 from runners.engines.base import Shape
@@ -110,6 +110,23 @@ def references(tmp_path_factory):
     return reference_factory(tmp_path_factory.mktemp("genai-references"))
 
 
+PREPARED: dict[tuple, dict] = {}
+
+
+def _prepare(launch, model: Path, cache: Path, precision: str = "fp32") -> dict:
+    """One prepare per (model, precision) for the module: the runs of several tests share it."""
+    key = (str(model), precision)
+    if key not in PREPARED:
+        PREPARED[key], _ = launch("prepare", body(model, engine=ENGINE, precision=precision, cache=cache))
+    assert PREPARED[key]["status"] == "ok", summary(PREPARED[key])
+    return PREPARED[key]
+
+
+def _run(launch, model: Path, cache: Path, reference: Path, **over) -> dict:
+    rec, _ = launch("run", body(model, engine=ENGINE, cache=cache, reference=reference, **over))
+    return rec
+
+
 def _details(rec: dict) -> dict:
     return rec["engine"]["details"]
 
@@ -124,15 +141,13 @@ def _assert_f32(rec: dict) -> None:
 @pytest.mark.parametrize("arch", architecture_params(("llama",)))
 def test_each_architecture_converts_batches_and_agrees_with_torch(launch, tiny, genai_cache, references, arch):
     model = tiny[arch]
-    prep, rec = prepare_and_run(launch, model, genai_cache, engine=ENGINE, reference=references(model))
-    assert prep["status"] == "ok", summary(prep)
-    info = prep["phases"]["prepare"]["info"]
+    info = _prepare(launch, model, genai_cache)["phases"]["prepare"]["info"]
     assert info["artifact"] == f"/cache/openvino/{info['model_key']}/fp32/stateful"  # the openvino engine's IR
     assert set(info["weights"]["constant_types"]) == {"f32"}, info["weights"]
     tokenizer = info["tokenizer"]
     assert tokenizer["artifact"] == f"/cache/{ENGINE}/{info['model_key']}/tokenizer" and "seconds" in tokenizer
     assert tokenizer["converted"] or tokenizer["reason"], tokenizer
-    assert rec is not None, summary(prep)
+    rec = _run(launch, model, genai_cache, references(model))
     assert_exact(rec)
     assert_reused(rec)
     d = _details(rec)
@@ -156,10 +171,11 @@ def test_fp32_agreement_over_the_seven_architectures():
 @pytest.mark.parametrize("backend", ["PA", pytest.param("SDPA", marks=pytest.mark.heavy)])
 def test_batch_1_streams_through_llmpipeline_step_by_step(launch, tiny, genai_cache, references, backend):
     model = tiny["llama"]
-    over = dict(engine=ENGINE, batch=1, options={"attention_backend": backend})
-    prep, rec = prepare_and_run(launch, model, genai_cache, reference=references(model, batch=1), **over)
-    assert prep["status"] == "ok", summary(prep)
+    _prepare(launch, model, genai_cache)
+    rec = _run(launch, model, genai_cache, references(model, batch=1), batch=1,
+               options={"attention_backend": backend})
     assert_exact(rec)
+    assert_reused(rec)
     d = _details(rec)
     assert "LLMPipeline" in d["library"] and d["batching"] == "batch 1" and d["attention_backend"] == backend
     assert d["tokenizer_ir_loaded"] is True  # the pipeline as deployed: with its tokenizer IR
@@ -170,12 +186,10 @@ def test_batch_1_streams_through_llmpipeline_step_by_step(launch, tiny, genai_ca
 
 def test_int8_weight_compression_is_recorded_and_generates_exactly(launch, tiny, genai_cache, references):
     model = tiny["llama"]
-    prep, rec = prepare_and_run(launch, model, genai_cache, engine=ENGINE, precision="int8",
-                                reference=references(model))
-    assert prep["status"] == "ok", summary(prep)
-    info = prep["phases"]["prepare"]["info"]
+    info = _prepare(launch, model, genai_cache, "int8")["phases"]["prepare"]["info"]
     assert info["weights"]["format"] == "int8" and info["artifact"].endswith("/int8/stateful")
     assert {"u8", "i8"} & set(info["weights"]["constant_types"]), info["weights"]
+    rec = _run(launch, model, genai_cache, references(model), precision="int8")
     assert_exact(rec)
     compiled = _details(rec)["compiled"]
     assert compiled["INFERENCE_PRECISION_HINT"] == "f32" and compiled["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == 32

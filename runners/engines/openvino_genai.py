@@ -98,7 +98,7 @@ class OpenVinoGenAIEngine(Engine):
         if not (artifact / IR_FILE).is_file():
             raise JobError("cache_dir", f"no OpenVINO IR at {artifact}", "run prepare first")
         props = self.properties()
-        tokenizer_dir = Path((self.conversion.get("tokenizer") or {}).get("artifact") or "")
+        tokenizer_dir = Path(self.conversion.get("tokenizer", {}).get("artifact") or "")
         tokenizer = genai.Tokenizer(str(tokenizer_dir)) if (tokenizer_dir / TOKENIZER_FILES[0]).is_file() else None
         with compiled_model_printout() as printed:
             if self.batched:  # PagedAttention by construction: the property is LLMPipeline's, not the plugin's
@@ -196,7 +196,7 @@ class OpenVinoGenAIEngine(Engine):
         if self.conversion:
             info["conversion"] = {k: self.conversion.get(k) for k in
                                   ("model_key", "artifact", "cached", "exporter", "weights", "seconds")}
-            tokenizer = self.conversion.get("tokenizer") or {}
+            tokenizer = self.conversion.get("tokenizer", {})
             info["conversion"]["tokenizer"] = {k: tokenizer.get(k) for k in ("artifact", "cached", "converted",
                                                                              "reason", "seconds")}
         return info
@@ -268,9 +268,7 @@ def parse_properties(text: str) -> dict[str, Any]:
     EXECUTION_DEVICES as a list), plus 'model': its title (e.g. 'LLM with Paged Attention')."""
     out: dict[str, Any] = {}
     for line in text.splitlines():
-        if line.startswith("Model: "):
-            if out:
-                break
+        if line.startswith("Model: ") and not out:
             out["model"] = line[len("Model: "):].strip()
         elif out and line.startswith("  ") and ":" in line:
             key, _, value = line.strip().partition(":")
