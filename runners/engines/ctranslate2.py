@@ -131,6 +131,8 @@ class CTranslate2Engine(Engine):
             "inter_threads": 1,
             "kv_cache": True,
             "batching": BATCHING,
+            # a batch's decode steps include (longest - shortest prompt) steps that feed prompt tokens
+            "prompt_tail_in_decode_loop": True,
             "decoding": {"include_prompt_in_result": False, "fixed_length": "end_token [] (no end token), "
                          "max_length = new tokens", "as_served": "end_token = the runner's EOS ids, "
                          "return_end_token, stop rule through the callback"},
@@ -185,14 +187,15 @@ def convert(model_dir: Path, out: Path, quantization: str) -> dict[str, Any]:
 
 
 def native_decode(artifact_dir: str | Path, prompt_ids: list[int], new_tokens: int, threads: int,
-                  compute_type: str = "float32") -> dict[str, Any]:
+                  precision: str = "fp32") -> dict[str, Any]:
     """CTranslate2's generate loop with no harness around it, timed as its own benchmark scripts time it (wall clock
     around generate_batch), for benchmarks/native_tools.py: batch 1, greedy, exactly ``new_tokens`` new tokens.
-    The per-token callback's timestamps give the first token's time and the decode rate after it."""
+    The per-token callback's timestamps give the first token's time and the decode rate after it. ``precision``: the
+    artifact's (RECIPES), which sets the compute type."""
     import ctranslate2
 
     vocab = read_vocabulary(Path(artifact_dir))
-    generator = ctranslate2.Generator(str(artifact_dir), device="cpu", compute_type=compute_type,
+    generator = ctranslate2.Generator(str(artifact_dir), device="cpu", compute_type=RECIPES[precision][1],
                                       intra_threads=threads, inter_threads=1)
     stamps: list[float] = []
     t0 = time.perf_counter()
