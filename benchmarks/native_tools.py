@@ -2,8 +2,8 @@
 in the same image, on the same model, prompt length, new tokens and threads.
 
     python -m benchmarks.native_tools [--engines torch llamacpp ...] [--model smollm2|PATH] [--prompt-tokens 16]
-                                      [--new-tokens 64] [--threads T] [--reps 3] [--prompts 3] [--out FILE]
-                                      [--cache DIR] [--no-fail]
+                                      [--new-tokens 64] [--threads T] [--reps 3] [--prompts 3] [--precision fp32]
+                                      [--tolerance 0.05] [--cache DIR] [--out FILE] [--no-fail]
 
 Per engine, through real containers of its image: `prepare` once (the orchestrator's Docker launcher, a throw-away
 engine cache unless --cache), then --reps rounds, each one harness trial (batch 1, --prompts prompts of exactly
@@ -11,10 +11,12 @@ engine cache unless --cache), then --reps rounds, each one harness trial (batch 
 TPOT) and one native run on the same prompt ids, in alternating order (H N, N H, …) so that drift hits both. Native:
   llamacpp        llama-bench tg<N> on the prepared GGUF (benchmarks/llamacpp_bench.py), --prompts repetitions
   torch           plain model.generate, each new token timed by a streamer: (N − 1) / (last − first token)
-  vllm            LLM.generate timed as `vllm bench latency` times it (the CLI itself wants the network), at N and
-                  at 1 new tokens: (N − 1) / (latency N − latency 1); enforce_eager, as the tests run it
+  vllm            LLM.generate timed as `vllm bench latency` times it (its Python equivalent: one engine start-up
+                  for both lengths), at N and at 1 new tokens: (N − 1) / (latency N − latency 1); enforce_eager, as
+                  the tests run it
   openvino-genai, onnx-genai, ctranslate2: the engine module's own native_decode(artifact, prompt_ids, new_tokens,
-                  threads): the runtime's generate loop with no harness (its per-token timings where it reports them)
+                  threads): the runtime's generate loop with no harness — OpenVINO GenAI's perf_metrics TPOT, ONNX
+                  Runtime GenAI's generate_next_token steps, CTranslate2's per-token callback
 The table: per engine, each side's median [min–max] over the rounds, harness / native as the ratio of medians with a
 bootstrap interval (analysis.stats.median_ratio_ci), and whether it meets the goal (≥ 0.95×). Exit 1 when an engine
 is below the goal (0 with --no-fail), 2 when one could not be measured; an engine whose native_decode does not exist
@@ -53,9 +55,9 @@ TOOLS = {t.engine: t for t in (
     Tool("torch", "torch-cpu", "generate + streamer"),
     Tool("llamacpp", "llamacpp-cpu", "llama-bench tg"),
     Tool("vllm", "vllm-cpu", "LLM.generate (bench latency)", {"enforce_eager": True}),
-    Tool("openvino-genai", "openvino-genai", "native_decode"),
-    Tool("onnx-genai", "onnx-genai-cpu", "native_decode"),
-    Tool("ctranslate2", "ctranslate2-cpu", "native_decode"))}
+    Tool("openvino-genai", "openvino-genai", "perf_metrics TPOT"),
+    Tool("onnx-genai", "onnx-genai-cpu", "generate_next_token steps"),
+    Tool("ctranslate2", "ctranslate2-cpu", "generate_batch callback"))}
 
 
 # --- inside the image: stdlib, the runtime and runners/ only -----------------------------------------------------
