@@ -118,16 +118,24 @@ def _vllm_rate(spec: dict) -> dict:
 
 def _module_rate(spec: dict) -> dict:
     """The engine module's native_decode: its runtime's own generate loop, no harness, at the job's precision."""
-    import inspect
-
     from runners.engines import engine_class
 
     native_decode = sys.modules[engine_class(spec["engine"]).__module__].native_decode
-    extra = {"precision": spec["precision"]} if "precision" in inspect.signature(native_decode).parameters else {}
-    if not extra and spec["precision"] != "fp32":
-        raise ValueError(f"{spec['engine']}'s native_decode takes no precision: it measures fp32 only")
+    extra = precision_argument(native_decode, spec["precision"])
     return _timed(lambda ids: decode_rate(native_decode(spec["artifact"], ids, spec["new_tokens"], spec["threads"],
                                                         **extra), spec["new_tokens"]), spec)
+
+
+def precision_argument(native_decode, precision: str) -> dict:
+    """The precision keyword for a native_decode that takes one; one that does not runs fp32 only, and any other
+    precision is refused rather than measured as fp32."""
+    import inspect
+
+    if "precision" in inspect.signature(native_decode).parameters:
+        return {"precision": precision}
+    if precision != "fp32":
+        raise ValueError(f"{native_decode.__module__}.native_decode takes no precision: it measures fp32 only")
+    return {}
 
 
 def decode_rate(result: dict, new_tokens: int) -> float:

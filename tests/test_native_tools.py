@@ -74,10 +74,16 @@ def test_engines_without_a_native_side_are_not_available():
 
 
 def test_a_native_decode_without_precision_measures_fp32_only():
-    spec = {"engine": "ctranslate2", "artifact": "/nowhere", "prompts": [[1, 2]], "new_tokens": 4, "threads": 1,
-            "precision": "int8"}
-    with pytest.raises(ValueError, match="fp32 only"):  # refused before its runtime is imported: not int8 as fp32
-        nt._module_rate(spec)
+    def fp32_only(artifact_dir, prompt_ids, new_tokens, threads):
+        """A native_decode's signature without precision."""
+
+    def any_precision(artifact_dir, prompt_ids, new_tokens, threads, precision="fp32"):
+        """One with it."""
+
+    assert nt.precision_argument(fp32_only, "fp32") == {}
+    assert nt.precision_argument(any_precision, "int8") == {"precision": "int8"}
+    with pytest.raises(ValueError, match="fp32 only"):  # never int8 asked and fp32 measured
+        nt.precision_argument(fp32_only, "int8")
 
 
 @pytest.mark.parametrize("argv, flag", [(["--new-tokens", "1"], "--new-tokens"), (["--reps", "0"], "--reps"),
