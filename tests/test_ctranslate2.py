@@ -102,7 +102,8 @@ def test_each_architecture_converts_and_generates_exactly_the_references_tokens(
     prep, rec = prepare_and_run(launch, model, ct2_cache, engine="ctranslate2", reference=references(model))
     assert prep["status"] == "ok", summary(prep)
     info = prep["phases"]["prepare"]["info"]
-    assert info["cached"] is False and info["quantization"] == "float32" and info["bytes"] > 0
+    assert info["cached"] is False and info["quantization"] == info["saved_compute_type"] == "float32"
+    assert info["bytes"] > 0
     assert info["artifact"] == f"/cache/ctranslate2/{info['model_key']}/fp32"
     assert info["converter"]["tool"] == "ctranslate2.converters.TransformersConverter"
     assert_exact(rec)
@@ -120,6 +121,7 @@ def test_int8_weights_run_as_int8_and_are_recorded(launch, tiny, ct2_cache, refe
     assert prep["status"] == "ok", summary(prep)
     info = prep["phases"]["prepare"]["info"]
     assert info["quantization"] == "int8" and info["artifact"].endswith("/int8")
+    assert info["saved_compute_type"] == "int8_float32"  # the file holds int8 weights (read back), not float32
     assert_exact(rec)
     assert rec["engine"]["details"]["compute_type"] == "int8_float32"
     assert rec["agreement"]["prompts"] == PROMPTS  # recorded; int8 weights may change tokens

@@ -139,7 +139,8 @@ class CTranslate2Engine(Engine):
         }
         if self.conversion:
             info["conversion"] = {k: self.conversion.get(k) for k in
-                                  ("model_key", "artifact", "cached", "converter", "quantization", "seconds")}
+                                  ("model_key", "artifact", "cached", "converter", "quantization",
+                                           "saved_compute_type", "seconds")}
         return info
 
     def close(self) -> None:
@@ -174,6 +175,7 @@ def read_vocabulary(artifact: Path) -> list[str]:
 
 def convert(model_dir: Path, out: Path, quantization: str) -> dict[str, Any]:
     """TransformersConverter into ``out`` (the ensure() temp folder; force: it exists already)."""
+    import ctranslate2
     from ctranslate2.converters import TransformersConverter
 
     converter = TransformersConverter(str(model_dir), load_as_float16=False, low_cpu_mem_usage=True,
@@ -181,9 +183,11 @@ def convert(model_dir: Path, out: Path, quantization: str) -> dict[str, Any]:
     converter.convert(str(out), quantization=quantization, force=True)
     if not (out / MODEL_FILE).is_file():
         raise RuntimeError(f"the converter wrote no {MODEL_FILE} ({sorted(p.name for p in out.iterdir())})")
+    # compute type "default" keeps the saved weights' type: what the file really holds, read back
+    saved = ctranslate2.Generator(str(out), device="cpu", compute_type="default", intra_threads=1).compute_type
     return {"converter": {"tool": "ctranslate2.converters.TransformersConverter", "load_as_float16": False,
                           **_conversion.versions("ctranslate2", "transformers", "torch")},
-            "quantization": quantization, "vocabulary": len(read_vocabulary(out))}
+            "quantization": quantization, "saved_compute_type": saved, "vocabulary": len(read_vocabulary(out))}
 
 
 def native_decode(artifact_dir: str | Path, prompt_ids: list[int], new_tokens: int, threads: int,
