@@ -68,7 +68,9 @@ def test_the_overlay_sets_the_threads_and_takes_eos_out_of_genai():
 
 
 def test_the_builders_reason_is_its_last_exception_line():
-    stderr = ("Extra options: {}\nTraceback (most recent call last):\n  File \"builder.py\", line 806, in create_model\n"
+    stderr = ("Extra options: {}\nKeyError: 'rope_parameters'\n\nDuring handling of the above exception, another "
+              "exception occurred:\n\nTraceback (most recent call last):\n"
+              "  File \"builder.py\", line 806, in create_model\n"
               "    raise NotImplementedError(f\"The {hf_name} model is not currently supported.\")\n"
               "NotImplementedError: The /models/gpt2-tiny model is not currently supported.\n")
     assert builder_reason(stderr, 1) == "NotImplementedError: The /models/gpt2-tiny model is not currently supported."

@@ -272,7 +272,7 @@ def graph_facts(model_file: Path, precision: str, model_dir: Path) -> dict[str, 
                              "as_configured": configured is None or epsilons <= {float(f"{configured:.6g}")}}}
 
 
-# --- the runtime's own loop, for benchmarks/native_tools.py ------------------------------------------------------------
+# --- the runtime's own loop, for benchmarks/native_tools.py --------------------------------------------------------
 
 def native_decode(artifact_dir: str | Path, prompt_ids: list[int], new_tokens: int, threads: int,
                   warmup: int = 1) -> dict[str, Any]:
