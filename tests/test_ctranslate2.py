@@ -146,6 +146,12 @@ def test_as_served_stops_where_the_runners_rule_says_with_torchs_tokens(launch, 
     assert rec["status"] == "ok", summary(rec)
     assert rec["stopping"]["inconsistent"] == 0, [p["ended_by"] for p in rec["per_prompt"]]
     assert [p["output_ids"] for p in rec["per_prompt"]] == [p["output_ids"] for p in ref["per_prompt"]]
+    # the callback ends each row at its stop token: no steps past the batch's end but the prompt tail CTranslate2
+    # feeds inside its loop
+    batches = {p["batch"] for p in rec["per_prompt"]}
+    tails = sum(max(lengths) - min(lengths) for lengths in
+                ([p["prompt_tokens"] for p in rec["per_prompt"] if p["batch"] == b] for b in batches))
+    assert rec["stopping"]["steps_past_end"] <= tails, rec["stopping"]
 
 
 def test_an_architecture_the_converter_cannot_convert_is_refused_with_its_reason(launch, tiny, ct2_cache):

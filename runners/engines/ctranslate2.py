@@ -97,13 +97,12 @@ class CTranslate2Engine(Engine):
         results = self.generator.generate_batch(
             [self.tokens(p) for p in prompts], max_length=max_new_tokens, include_prompt_in_result=False,
             end_token=sorted(eos), return_end_token=True, callback=callback, **self.decoding(prompts))
+        # as served a row ends at its EOS (returned) or at the token whose callback said stop: nothing to trim
         out = [list(r.sequences_ids[0]) for r in results]
-        if not eos and stop is None:
-            bad = [len(row) for row in out if len(row) != max_new_tokens]
-            if bad:
-                raise RuntimeError(f"CTranslate2 returned {bad} new tokens where {max_new_tokens} were asked")
-            return out
-        return [_trim(row, eos, stop) for row in out]
+        if ignore_eos and any(len(row) != max_new_tokens for row in out):
+            raise RuntimeError(f"CTranslate2 returned {[len(row) for row in out]} new tokens where {max_new_tokens} "
+                               "were asked")
+        return out
 
     def tokens(self, ids: list[int]) -> list[str]:
         """Prompt ids as the converted model's vocabulary tokens (CTranslate2's input): a mapping, not a tokeniser."""
@@ -145,13 +144,6 @@ class CTranslate2Engine(Engine):
 
     def close(self) -> None:
         self.generator = None
-
-
-def _trim(row: list[int], eos: frozenset[int], stop) -> list[int]:
-    """Up to and including the first EOS, then up to the stop rule's token (the runner's rule, runners/stopping.py)."""
-    cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
-    hit = stop.first_hit(row[:cut]) if stop is not None else None
-    return row[:cut if hit is None else hit + 1]
 
 
 def check_compute_type(precision: str, got: str) -> None:
