@@ -41,15 +41,18 @@ def test_ratio_spread_and_goal_on_known_inputs():
 
 
 def test_table_and_exit_status():
-    at_par = nt.summarise(TORCH, [19.0, 21.0, 20.0], [20.0, 20.0, 20.0])
+    at_par = nt.summarise(TORCH, [18.0, 24.0, 20.0], [20.0, 20.0, 20.0])  # its interval reaches 0.9
     slow = nt.summarise(nt.TOOLS["llamacpp"], [18.0, 18.5, 18.9], [20.0, 20.5, 19.5])
     later = nt.not_measured(nt.TOOLS["onnx-genai"], "not available yet: runners.engines.onnx_genai has no "
                                                     "native_decode")
     text = nt.table([at_par, slow, later]).splitlines()
     assert "harness/native" in text[0] and len(text) == 4
-    assert text[1].startswith("torch") and "20.0 [19.0–21.0]" in text[1] and text[1].endswith("yes (≥ 0.95×)")
+    assert text[1].startswith("torch") and "20.0 [18.0–24.0]" in text[1]
+    assert text[1].endswith(f"yes (≥ 0.95×), not certain: the interval reaches {at_par['ratio']['low']:.2f}")
     assert "0.925 [" in text[2] and text[2].endswith("NO (< 0.95×)")
     assert text[3].startswith("onnx-genai") and text[3].endswith("has no native_decode")
+    sure = nt.summarise(TORCH, [20.0, 20.5, 21.0], [20.0, 20.0, 20.0])
+    assert nt.table([sure]).splitlines()[1].endswith("yes (≥ 0.95×)")  # the whole interval meets the goal
     assert nt.exit_status([at_par, later], no_fail=False) == 0  # not available yet fails nothing
     assert nt.exit_status([at_par, slow], no_fail=False) == 1
     assert nt.exit_status([at_par, slow], no_fail=True) == 0
