@@ -282,7 +282,7 @@ class TrialRun:
         for b, members in enumerate(self.batches):
             entries = [p for p in per_prompt if p["batch"] == b]
             lengths = [p["generated_tokens"] for p in entries]
-            steps = max((p["decode_steps"] for p in entries), default=0)
+            steps = max((p["decode_steps"] for p in entries), default=0) - self._prompt_tail(entries)
             # a scheduler may take a step or two more than the longest output; prompts in turn take their sum
             if len(members) > 1 and steps > max(lengths) + 1 and steps >= sum(lengths):
                 raise SerialisedBatch(
@@ -290,6 +290,14 @@ class TrialRun:
                     f"engine ran them one after another while it says {self.engine.describe().get('batching')!r}; "
                     "a serialised batch is not batch " f"{len(members)}: make the engine batch, or declare its "
                     "batching sequential")
+
+    def _prompt_tail(self, entries: list[dict]) -> int:
+        """Decode steps a batch spends on prompt tokens: an engine that feeds the longer prompts' last tokens inside
+        its decode loop (CTranslate2 forwards the common length at once) declares it, and takes one step more per
+        token of length difference — real batching, not a serialised batch nor steps past the end."""
+        if not entries or not self.engine.describe().get("prompt_tail_in_decode_loop"):
+            return 0
+        return max(p["prompt_tokens"] for p in entries) - min(p["prompt_tokens"] for p in entries)
 
     def _decode(self, per_prompt: list[dict]) -> None:
         """The text of every output, after the measured window (decoding is not serving work): up to the first EOS,
@@ -306,6 +314,7 @@ class TrialRun:
         longest: dict[int, int] = {}
         for p in per_prompt:
             longest[p["batch"]] = max(longest.get(p["batch"], 0), p["generated_tokens"])
+        tails = {b: self._prompt_tail([p for p in per_prompt if p["batch"] == b]) for b in longest}
         ends = []
         past_end: dict[int, int] = {}
         for p in per_prompt:
@@ -314,8 +323,9 @@ class TrialRun:
             p["ended_by"] = c["by"] if c["consistent"] else f"{c['by']} expected after {c['expected_tokens']} tokens"
             # decode steps beyond the batch's longest output: work paid for that nobody gets (e.g. an engine that
             # matches stop strings only after the step that completed them) — recorded, apart from wrong tokens
-            if p["decode_steps"] > longest[p["batch"]]:
-                past_end[p["batch"]] = p["decode_steps"] - longest[p["batch"]]
+            steps = p["decode_steps"] - tails[p["batch"]]
+            if steps > longest[p["batch"]]:
+                past_end[p["batch"]] = steps - longest[p["batch"]]
             ends.append(c)
         self.record["stopping"] = {
             "rule": "runner (runners/stopping.py)", "sequences": list(stop.sequences) if stop else [],

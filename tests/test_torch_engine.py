@@ -255,6 +255,34 @@ def test_an_engine_that_runs_a_batch_one_prompt_after_another_fails_the_trial(ti
     assert record["status"] == "ok" and record["per_prompt"][0]["decode_steps"] == 24
 
 
+def test_an_engine_that_feeds_prompt_tails_in_its_decode_loop_is_a_real_batch(tiny_model_dir, monkeypatch):
+    """CTranslate2 forwards a batch's common prompt length at once and feeds the longer prompts' last tokens inside
+    its decode loop: one step more per token of length difference. Declared (describe: prompt_tail_in_decode_loop),
+    those steps are neither a serialised batch nor steps past the end; undeclared, the same count is refused."""
+    from runners.engines.torch_engine import TorchEngine
+
+    batched = TorchEngine.generate
+
+    def with_tail(self, prompts, max_new_tokens, ignore_eos, on_step, stop=None):
+        for _ in range(max(map(len, prompts)) - min(map(len, prompts))):
+            on_step()
+        return batched(self, prompts, max_new_tokens, ignore_eos, on_step, stop)
+
+    monkeypatch.setattr(TorchEngine, "generate", with_tail)
+    work = {"generation": {"new_tokens": 1, "batch_size": 4}, "warmup": {"batches": 0}, "workload": {"style": "full"}}
+    refused = run(tiny_model_dir, **work)
+    assert refused["status"] == "failed" and refused["error"]["type"] == "SerialisedBatch", refused["error"]
+
+    honest = TorchEngine.describe
+    monkeypatch.setattr(TorchEngine, "describe", lambda self: {**honest(self), "prompt_tail_in_decode_loop": True})
+    record = run(tiny_model_dir, **work)
+    assert record["status"] == "ok", record["error"]
+    lengths = [p["prompt_tokens"] for p in record["per_prompt"]]
+    assert record["per_prompt"][0]["decode_steps"] == 1 + max(lengths) - min(lengths) >= 4  # looked serialised
+    served = run(tiny_model_dir, **{**work, "generation": {"new_tokens": 4, "batch_size": 4, "fixed_length": False}})
+    assert served["status"] == "ok" and served["stopping"]["steps_past_end"] == 0, served["stopping"]
+
+
 def test_sampling_is_seeded_exact_length_and_not_greedy(tiny_model_dir):
     """generation.sampling: exactly N tokens, the same tokens for the same seed (whatever ran before: warm-up),
     other tokens for another seed, and not the greedy ones (a tiny random model's logits are nearly flat)."""
