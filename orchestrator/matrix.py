@@ -109,7 +109,7 @@ def load(path: str | Path, *, images_dir: Path | None = None) -> Matrix:
     runtimes = parse_runtimes(src, top.table("runtimes"), known_runtimes)
     models = parse_models(src, top.table("models"), path.parent)
     settings = parse_settings(src, top.table("settings", {"fp32": {"precision": "fp32"}}))
-    check_runtime_settings(src, runtimes, settings)
+    check_runtime_settings(src, runtimes, settings, models)
     selected = _selection(src, top.table("matrix"), path.stem, runtimes, models, settings)
     _check_offered(src, selected, runtimes, settings)
     job_sections = {s: dict(top.table(s)) for s in JOB_SECTIONS}

@@ -38,6 +38,7 @@ class RuntimeEntry:
     engine_options: dict[str, Any]
     container: dict[str, Any]  # overrides of [container]
     settings: tuple[str, ...] | None = None  # only these settings (or families) for this entry; None: all
+    models: tuple[str, ...] | None = None  # only these models for this entry (e.g. those its converter takes)
 
 
 @dataclass(frozen=True)
@@ -106,18 +107,25 @@ def _runtime(src: str, key: str, data: Any, known: dict[str, Runtime]) -> Runtim
     opts = t.table("engine_options")
     cont = container_limits(t)
     only = t.get("settings", list, None, what="the settings (or families) this entry runs")
-    t.done(["image", "engines", "engine_options", "settings", *CONTAINER_KEYS])
-    return RuntimeEntry(name, rt, tuple(engines), dict(opts), cont, tuple(only) if only is not None else None)
+    models = t.get("models", list, None, what="the models this entry runs")
+    t.done(["image", "engines", "engine_options", "settings", "models", *CONTAINER_KEYS])
+    return RuntimeEntry(name, rt, tuple(engines), dict(opts), cont, tuple(only) if only is not None else None,
+                        tuple(models) if models is not None else None)
 
 
-def check_runtime_settings(src: str, runtimes: dict[str, RuntimeEntry], settings: dict[str, Setting]) -> None:
-    """An entry's own selection names settings or families that exist."""
+def check_runtime_settings(src: str, runtimes: dict[str, RuntimeEntry], settings: dict[str, Setting],
+                           models: dict[str, ModelEntry]) -> None:
+    """An entry's own selections name settings (or families) and models that exist."""
     families = setting_families(settings)
     for r in runtimes.values():
         for i, n in enumerate(r.settings or ()):
             if n not in settings and n not in families:
                 raise MatrixError(src, f"runtimes.{r.name}.settings[{i}]", f"unknown setting or family {n!r}",
                                   f"use one of: {', '.join([*settings, *families])}")
+        for i, n in enumerate(r.models or ()):
+            if n not in models:
+                raise MatrixError(src, f"runtimes.{r.name}.models[{i}]", f"unknown model {n!r}",
+                                  f"use one of: {', '.join(models)}")
 
 
 # --- [settings.<name>] ---------------------------------------------------------------------------------------------

@@ -94,10 +94,12 @@ def expand(matrix: Matrix) -> Plan:
                     skipped.setdefault((f"{r.name}/{e}", f"engine offers {', '.join(offered)} on {r.spec.device}"),
                                        []).append(s.name)
                     continue
-                for m in matrix.models.values():
-                    cells.append(Cell(r, e, m, s))
+                cells += [Cell(r, e, m, s) for m in matrix.models.values() if r.models is None or m.name in r.models]
     excluded = [f"{where} × {', '.join(compact_names(names, matrix.settings.values()))}: {why}"
                 for (where, why), names in skipped.items()]
+    excluded += [f"{r.name} × {', '.join(sorted(set(matrix.models) - set(r.models)))}: the entry runs "
+                 f"{', '.join(r.models)} only" for r in matrix.runtimes.values()
+                 if r.models is not None and set(matrix.models) - set(r.models)]
     # Canonical order first (sorted ids), then one seeded shuffle: same matrix + seed → same order anywhere.
     pending = sorted(((c, rep) for c in cells for rep in range(matrix.repetitions)),
                      key=lambda cr: (cr[0].id, cr[1]))

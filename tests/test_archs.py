@@ -40,6 +40,7 @@ def _matrix(folder):
     m["runtimes"]["torch-cpu"] = {"engines": ["torch"]}
     m["runtimes"]["torch-compile"] = {"image": "torch-cpu", "engines": ["torch-compile"]}
     m["models"] = {name: m["models"][name] for name in (SLIDING, "gemma3")}
+    m["runtimes"] = {name: m["runtimes"][name] for name in (*CPU_RUNTIMES, "torch-compile")}
     path = folder / "matrix-archs-ci.toml"
     path.write_text(dumps(m))
     return path

@@ -65,8 +65,8 @@ def test_study_matrix_is_the_study():
                                  "seed": 2412, "min_tokens": 10, "max_tokens": 15}
     assert m.job["generation"] == {"batch_size": 1, "max_length": 128, "fixed_length": True}
     assert {s.name: s.family for s in m.settings.values()} == {
-        "fp32": "study", "fp16": "precision", "bf16": "precision", "int8": "precision", "q8_0": "precision",
-        "q4_k_m": "precision"}
+        "fp32": "study", "fp16": "precision", "bf16": "precision", "int8": "precision", "int4": "precision",
+        "q8_0": "precision", "q4_k_m": "precision"}
     assert m.repetitions == 10 and isinstance(m.seed, int)
     assert m.job["warmup"]["batches"] >= 1
     assert m.host["idle_seconds"] > 0 and m.host["cooldown_max_s"] > 0
@@ -76,19 +76,25 @@ def test_study_matrix_is_the_study():
     assert {(r, e) for r, e, s in cells if s == "fp32"} == {
         ("torch-cpu", "torch"), ("torch-cpu", "torch-compile"), ("torch-cuda", "torch"), ("torch-cuda", "torch-compile"),
         ("onnx-cpu", "onnx"), ("onnx-cuda", "onnx"), ("openvino", "openvino"), ("openvino-nokv", "openvino"),
-        ("llamacpp-cpu", "llamacpp"), ("llamacpp-cuda", "llamacpp"), ("vllm-cpu", "vllm"), ("vllm-cuda", "vllm")}
-    # the precision axis: half precision on CUDA, ONNX int8, OpenVINO int8 weights, GGUF q8_0/q4_k_m on CPU and CUDA
+        ("llamacpp-cpu", "llamacpp"), ("llamacpp-cuda", "llamacpp"), ("vllm-cpu", "vllm"), ("vllm-cuda", "vllm"),
+        # the runtimes' native LLM paths (issue 27)
+        ("openvino-genai", "openvino-genai"), ("onnx-genai-cpu", "onnx-genai"), ("onnx-genai-cuda", "onnx-genai"),
+        ("ctranslate2-cpu", "ctranslate2")}
+    # the precision axis: half precision on CUDA, ONNX int8, OpenVINO int8 weights, GGUF q8_0/q4_k_m on CPU and CUDA,
+    # the native paths' int8 and int4 weights
     assert {(r, s) for r, e, s in cells if s != "fp32"} == {
         ("torch-cuda", "fp16"), ("torch-cuda", "bf16"), ("onnx-cuda", "fp16"), ("vllm-cuda", "fp16"),
         ("vllm-cuda", "bf16"), ("llamacpp-cuda", "fp16"), ("onnx-cpu", "int8"), ("openvino", "int8"),
-        ("llamacpp-cpu", "q8_0"), ("llamacpp-cpu", "q4_k_m"), ("llamacpp-cuda", "q8_0"), ("llamacpp-cuda", "q4_k_m")}
+        ("llamacpp-cpu", "q8_0"), ("llamacpp-cpu", "q4_k_m"), ("llamacpp-cuda", "q8_0"), ("llamacpp-cuda", "q4_k_m"),
+        ("openvino-genai", "int8"), ("onnx-genai-cpu", "int8"), ("onnx-genai-cpu", "int4"), ("onnx-genai-cuda", "fp16"),
+        ("onnx-genai-cuda", "int4"), ("ctranslate2-cpu", "int8")}
     # what is not a cell is said once per runtime/engine, with the reason
     assert "torch-cpu/torch × fp16, bf16: for cuda runtimes only" in plan.excluded
-    assert "torch-cpu/torch × int8, q8_0, q4_k_m: engine offers fp32, bf16, fp16 on cpu" in plan.excluded
-    assert "openvino-nokv/openvino × fp16, bf16, int8, q8_0, q4_k_m: the entry runs study only" in plan.excluded
+    assert "torch-cpu/torch × int8, int4, q8_0, q4_k_m: engine offers fp32, bf16, fp16 on cpu" in plan.excluded
+    assert "openvino-nokv/openvino × fp16, bf16, int8, int4, q8_0, q4_k_m: the entry runs study only" in plan.excluded
     assert len(plan.excluded) == len({x.split(" × ")[0] + x.split(":")[-1] for x in plan.excluded})
-    assert len(plan.trials) == len(plan.cells) * 10 == 312 * 10
-    assert len(plan.select(settings=["study"])) == 12 * 12 * 10  # a family selects its settings
+    assert len(plan.trials) == len(plan.cells) * 10 == 432 * 10
+    assert len(plan.select(settings=["study"])) == 16 * 12 * 10  # a family selects its settings
 
 
 def test_smoke_matrix_needs_no_hub_and_no_gpu():
@@ -117,6 +123,21 @@ def test_a_runtime_entry_may_run_an_image_again_under_its_own_name_and_settings(
         load(p)
     p.write_text(base + '[runtimes.openvino]\n[settings.fp16]\nprecision = "fp16"\ndevices = ["tpu"]\n')
     with pytest.raises(MatrixError, match=r"settings\.fp16\.devices\[0\]: unknown device 'tpu'"):
+        load(p)
+
+
+def test_a_runtime_entry_may_run_only_the_models_its_converter_takes(tmp_path):
+    """ONNX Runtime GenAI's builder refuses GPT-2: the smoke matrix gives its entry the models it converts; the plan
+    says which models the entry leaves out, and an unknown model is named with the choices."""
+    p = tmp_path / "m.toml"
+    base = '[matrix]\nname = "t"\nseed = 1\nrepetitions = 1\n[models.a]\nfixture = "llama"\n[models.b]\nfixture = "gpt2"\n'
+    p.write_text(base + '[runtimes.torch-cpu]\n[runtimes.openvino]\nmodels = ["a"]\n')
+    plan = expand(load(p))
+    assert {(c.runtime.name, c.model.name) for c in plan.cells} == {("torch-cpu", "a"), ("torch-cpu", "b"),
+                                                                    ("openvino", "a")}
+    assert "openvino × b: the entry runs a only" in plan.excluded
+    p.write_text(base + '[runtimes.openvino]\nmodels = ["c"]\n')
+    with pytest.raises(MatrixError, match=r"runtimes\.openvino\.models\[0\]: unknown model 'c'.*use one of: a, b"):
         load(p)
 
 

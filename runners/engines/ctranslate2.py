@@ -43,6 +43,7 @@ BATCHING = ("runtime batch (CTranslate2 generate_batch: the prompts' common leng
 
 class CTranslate2Engine(Engine):
     name = "ctranslate2"
+    family = "CTranslate2"
     optional_phases = frozenset({"prepare"})
     precisions = {"cpu": tuple(RECIPES)}
     requires = ("ctranslate2",)

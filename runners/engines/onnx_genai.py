@@ -48,6 +48,7 @@ _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit)): (.+)$
 
 class OnnxGenaiEngine(Engine):
     name = "onnx-genai"
+    family = "ONNX Runtime"
     optional_phases = frozenset({"prepare"})
     # the builder's precisions per execution provider: fp32, fp16 (CUDA), MatMulNBits weight-only int8 / int4
     precisions = {"cpu": ("fp32", "int8", "int4"), "cuda": ("fp32", "fp16", "int4")}

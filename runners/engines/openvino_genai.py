@@ -40,6 +40,7 @@ UNLIMITED = 2**64 - 1  # size_t max: LLMPipeline's own max_num_batched_tokens (n
 
 class OpenVinoGenAIEngine(Engine):
     name = "openvino-genai"
+    family = "OpenVINO"
     optional_phases = frozenset({"prepare"})
     precisions = {"cpu": ("fp32", "int8")}
     requires = ("openvino_genai", "openvino_tokenizers", "optimum.intel")
