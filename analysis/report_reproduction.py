@@ -16,6 +16,7 @@ import pandas as pd
 
 from analysis.report_format import fmt, html_table, md_table
 from analysis.stats import CONFIDENCE
+from runners.record.facts import mapping
 
 SCHEMA = "slm-matrix.reproduction/1"  # orchestrator/reproduce.py writes it
 NOTE = ("Each row compares one cell's trials in this run with the original run's trials of the same cell: tokens = the "
@@ -60,7 +61,7 @@ def table(doc: dict[str, Any]) -> pd.DataFrame:
                      "energy J, original": _side(e, "original_median", "original_n"),
                      "energy J, reproduction": _side(e, "median", "n"), "energy ratio": _ratio(e),
                      "energy measured on": ", ".join(e.get("measured_on") or []) or "–",
-                     "host differs": ", ".join(r.get("host_differences") or {}) or "–", "verdict": r.get("verdict")})
+                     "host differs": ", ".join(mapping(r.get("host_differences"))) or "–", "verdict": r.get("verdict")})
     return pd.DataFrame(rows)
 
 
@@ -68,7 +69,7 @@ def sentence(doc: dict[str, Any]) -> str:
     cells = doc.get("cells") or []
     verdicts = pd.Series([c.get("verdict") for c in cells]).value_counts()
     words = ", ".join(f"{n} {v}" for v, n in verdicts.items()) or "no cell compared"
-    images = "; ".join(f"{image}: {how}" for image, how in sorted((doc.get("images") or {}).items()))
+    images = "; ".join(f"{image}: {how}" for image, how in sorted(mapping(doc.get("images")).items()))
     allowed = " Images built from another recipe were allowed (--allow-different-images)." \
         if doc.get("allow_different_images") else ""
     return (f"Reproduction of {doc.get('original')}: {len(cells)} cell(s) — {words}." + allowed

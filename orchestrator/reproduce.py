@@ -227,7 +227,7 @@ def _load_saved(client, source: Path, member: str, tag: str) -> str | None:
         if f is None:
             return None
         client.images.load(f)
-    return (client.images.get(tag).labels or {}).get(SOURCES_LABEL)
+    return mapping(client.images.get(tag).labels).get(SOURCES_LABEL)
 
 
 def write(rows: list[dict[str, Any]], run_root: Path, original: str, allowed: bool,
