@@ -184,6 +184,7 @@ def test_batch_1_streams_through_llmpipeline_step_by_step(launch, tiny, genai_ca
     assert rec["agreement"]["share_identical"] == 1.0, agreement_line(backend, rec)
 
 
+@pytest.mark.heavy  # CI time: make test-all (int8 goes through the openvino engine's NNCF path, tested there)
 def test_int8_weight_compression_is_recorded_and_generates_exactly(launch, tiny, genai_cache, references):
     model = tiny["llama"]
     info = _prepare(launch, model, genai_cache, "int8")["phases"]["prepare"]["info"]
@@ -196,6 +197,7 @@ def test_int8_weight_compression_is_recorded_and_generates_exactly(launch, tiny,
     assert rec["agreement"]["prompts"] == PROMPTS  # recorded; int8 weights may change tokens
 
 
+@pytest.mark.heavy  # CI time: make test-all (the exporter is the openvino engine's, whose refusal test_openvino runs)
 def test_an_architecture_the_exporter_cannot_convert_fails_with_its_reason(launch, tiny, genai_cache,
                                                                           tmp_path_factory, readable_models):
     model = build_foreign("rwkv", tmp_path_factory.mktemp("foreign-genai") / "tiny-rwkv", tiny["llama"])
