@@ -151,6 +151,6 @@ def test_sampling_is_validated_and_refused_where_an_engine_decodes_greedily_only
     with pytest.raises(JobError) as err:
         parse_job({**body, "engine": "llamacpp", "generation": {"new_tokens": 4, "sampling": {"temperature": 0.7}}})
     assert err.value.field == "generation.sampling" and "greedily only" in str(err.value)
-    assert "sample with onnx, openvino, torch" in str(err.value)
+    assert "sample with ctranslate2, onnx, openvino, torch" in str(err.value)  # every engine that samples
     with pytest.raises(JobError, match=r"job.generation.sampling.top_p: must be in \(0, 1\]"):
         parse_job({**body, "generation": {"new_tokens": 4, "sampling": {"temperature": 0.7, "top_p": 0}}})
