@@ -306,7 +306,7 @@ def test_cuda_rows_without_a_usable_gpu_are_skipped_with_the_reason(tmp_path, do
     assert records(run_dir) == {}  # skipped is not done: a GPU host runs them on resume
     assert RunStore(run_dir.parent, run_dir.name).read_run()["invocations"][-1]["skipped"]
     status = orchestrate("status", "--run-id", "study-2412.15441", "--results", str(tmp_path / "results"))
-    assert "0 ok, 0 failed, 3120 left" in status.stdout and "torch-cuda needs a GPU" in status.stdout
+    assert "0 ok, 0 failed, 4320 left" in status.stdout and "torch-cuda needs a GPU" in status.stdout
 
 
 def test_an_image_that_is_not_built_is_named_with_the_fix(tmp_path, docker_client, tiny_model_dir):

@@ -57,7 +57,7 @@ def test_dry_run_prints_the_batch_script_of_a_4_node_gpu_cluster_and_writes_noth
                  "#SBATCH --gpus-per-node=1", "#SBATCH --constraint=h100", "#SBATCH --nodes=1"):
         assert line in out, line
     assert 'run --matrix' in out and '--shard "${SLURM_ARRAY_TASK_ID}/4"' in out and "exec " in out
-    assert "3120 trials over 4 shard(s)" in out
+    assert "4320 trials over 4 shard(s)" in out
     assert not (tmp_path / "results").exists()  # a dry run submits and writes nothing
     bad = orchestrate("submit", "--slurm", "--matrix", str(REPO / "matrix.toml"), "--time", "two days",
                       "--dry-run", "--results", str(tmp_path / "results"), timeout=120)
