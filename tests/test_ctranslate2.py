@@ -114,6 +114,7 @@ def test_each_architecture_converts_and_generates_exactly_the_references_tokens(
     assert rec["agreement"]["prompts"] == PROMPTS and rec["agreement"]["share_identical"] == 1.0, rec["agreement"]
 
 
+@pytest.mark.heavy  # CI time: make test-all
 def test_int8_weights_run_as_int8_and_are_recorded(launch, tiny, ct2_cache, references):
     model = tiny["llama"]
     prep, rec = prepare_and_run(launch, model, ct2_cache, engine="ctranslate2", precision="int8",
